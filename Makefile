@@ -1,0 +1,39 @@
+# Troupe: the two commands a new machine needs, and a few more.
+#   make demo    set up (packages, model), build, and run one task on the embedded defaults
+#   make test    set up, then fmt check, clippy, and the whole test suite
+#   make bench   set up (plus llama-bench), then every benchmark; results go to BENCHMARKS.md by hand
+SHELL := /bin/bash
+CARGO ?= cargo
+DEMO_TASK ?= Write a Python function that checks whether a word is a palindrome
+
+.PHONY: demo test setup-demo setup-test build lint bench serve clean
+
+setup-demo:
+	scripts/setup.sh demo
+
+setup-test:
+	scripts/setup.sh test
+
+build: setup-demo
+	$(CARGO) build --release --locked --bin troupe
+
+demo: build
+	./target/release/troupe run "$(DEMO_TASK)"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: setup-test lint
+	$(CARGO) test --locked --all-targets
+
+bench:
+	scripts/setup.sh bench
+	scripts/bench.sh
+
+serve: build
+	./target/release/troupe serve
+
+clean:
+	$(CARGO) clean
+	rm -rf .troupe

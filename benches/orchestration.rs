@@ -1,0 +1,2 @@
+//! Orchestration benchmark (written next).
+fn main() {}

@@ -1,0 +1,18 @@
+//! Troupe's database schema as sea-orm-migration steps.
+//!
+//! The same migrations serve SQLite (the embedded default) and PostgreSQL. Steps are listed in order below and
+//! named `mYYYYMMDD_HHMMSS_<verb>_<thing>`. Nothing else in Troupe creates or alters tables.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_core_tables;
+
+/// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_core_tables::Migration)]
+    }
+}

@@ -1,0 +1,159 @@
+//! The QA agent: reviews a step when the Director assigns one to it, and gives the verdict on the whole
+//! task at the end (a JSON verdict under a grammar). Running tests in a sandbox comes with the sandbox.
+
+use actix::{Actor, Context, Handler, ResponseFuture};
+use serde_json::json;
+
+use super::{earlier_work, run_step, AgentDeps, AgentError, AgentKind, Specialist};
+use crate::config::LlmLimits;
+use crate::llm::embedded::excerpt;
+use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
+use crate::messages::{Envelope, RunStep, StepKind, StepOutput, StepSpec, Verdict};
+
+/// The QA actor. Its state (steps handled) is lost on restart, by design.
+pub struct QaAgent {
+    deps: AgentDeps,
+    steps_handled: u64,
+}
+
+impl QaAgent {
+    /// A fresh QA agent.
+    pub fn new(deps: AgentDeps) -> Self {
+        QaAgent {
+            deps,
+            steps_handled: 0,
+        }
+    }
+}
+
+impl Actor for QaAgent {
+    type Context = Context<Self>;
+}
+
+impl Handler<Envelope<RunStep>> for QaAgent {
+    type Result = ResponseFuture<Result<StepOutput, AgentError>>;
+
+    fn handle(&mut self, envelope: Envelope<RunStep>, _ctx: &mut Context<Self>) -> Self::Result {
+        self.steps_handled += 1;
+        tracing::debug!(steps_handled = self.steps_handled, "qa step");
+        Box::pin(run_step::<Self>(&self.deps, envelope))
+    }
+}
+
+/// The JSON schema of a verdict; the grammar built from it bounds the feedback's length.
+pub fn verdict_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "verdict": { "type": "string", "enum": ["pass", "fail"] },
+            "feedback": { "type": "string", "minLength": 1, "maxLength": 80 }
+        },
+        "required": ["verdict", "feedback"],
+        "additionalProperties": false
+    })
+}
+
+impl Specialist for QaAgent {
+    const KIND: AgentKind = AgentKind::Qa;
+
+    fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
+        match step.kind {
+            StepKind::Work => LlmRequest {
+                purpose: format!("work.{}", step.idx),
+                messages: vec![
+                    ChatMessage::system(
+                        "You are the QA agent of a small team. Review the work for the step in one short \
+                         sentence.",
+                    ),
+                    ChatMessage::user(format!(
+                        "Task: {}\nStep: {}{}",
+                        step.prompt,
+                        step.instruction,
+                        earlier_work(step)
+                    )),
+                ],
+                max_tokens: limits.work_tokens,
+                output: OutputSpec::Text,
+            },
+            StepKind::Verify => LlmRequest {
+                purpose: "verify".to_owned(),
+                messages: vec![
+                    ChatMessage::system(
+                        "You are the QA agent of a small team. Decide whether the work answers the task. \
+                         Reply in JSON with a verdict (pass or fail) and short feedback.",
+                    ),
+                    ChatMessage::user(format!("Task: {}{}", step.prompt, earlier_work(step))),
+                ],
+                max_tokens: limits.verdict_tokens,
+                output: OutputSpec::Json { schema: verdict_schema() },
+            },
+        }
+    }
+
+    fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
+        let text = output.text.trim();
+        // A verification's output is JSON; a review's is free text.
+        if text.starts_with('{') {
+            let verdict: Verdict = serde_json::from_str(text).map_err(|e| {
+                AgentError::MalformedOutput(format!("verdict: {e}: {}", excerpt(text)))
+            })?;
+            if verdict.verdict != "pass" && verdict.verdict != "fail" {
+                return Err(AgentError::MalformedOutput(format!(
+                    "verdict must be pass or fail, got '{}'",
+                    excerpt(&verdict.verdict)
+                )));
+            }
+            return Ok(StepOutput {
+                text: text.to_owned(),
+                verdict: Some(verdict),
+            });
+        }
+        if text.is_empty() {
+            return Err(AgentError::MalformedOutput(
+                "the model produced no review".into(),
+            ));
+        }
+        Ok(StepOutput {
+            text: text.to_owned(),
+            verdict: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Usage;
+
+    fn output(text: &str) -> LlmOutput {
+        LlmOutput {
+            text: text.into(),
+            choice: None,
+            usage: Usage::default(),
+            generation_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_json_verdict_is_parsed() {
+        let step =
+            QaAgent::interpret(output(r#"{"verdict":"fail","feedback":"no test"}"#)).unwrap();
+        assert_eq!(step.verdict.unwrap().verdict, "fail");
+    }
+
+    #[test]
+    fn a_malformed_verdict_is_an_error_with_an_excerpt() {
+        let error = QaAgent::interpret(output(r#"{"verdict":"maybe","#)).unwrap_err();
+        assert!(
+            matches!(error, AgentError::MalformedOutput(ref m) if m.contains("verdict")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_verdict_is_refused() {
+        let error =
+            QaAgent::interpret(output(r#"{"verdict":"maybe","feedback":"x"}"#)).unwrap_err();
+        assert!(error.to_string().contains("pass or fail"));
+    }
+}

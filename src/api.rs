@@ -1,0 +1,85 @@
+//! The HTTP interface: the single route table. One file per resource under `api/`; errors map to HTTP in
+//! `api/error.rs` only.
+//!
+//! Handlers validate input, call the [`Core`](crate::app::Core) and shape JSON; they never reach actors'
+//! internals or the database except through the core and its storage reads.
+
+pub mod agents;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod tasks;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer, Resource};
+use tracing_actix_web::TracingLogger;
+
+use crate::app::Core;
+use error::ApiError;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("api/openapi.json");
+
+/// Builds the HTTP server on `listener` around `core`.
+pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server> {
+    let workers = match core.settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let max_body = core.settings.server.max_body_bytes;
+    let core = web::Data::from(core);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(core.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body)
+                    .error_handler(|error, _request| ApiError::from(error).into()),
+            )
+            .app_data(
+                web::QueryConfig::default().error_handler(|error, _request| {
+                    ApiError::InvalidQuery(error.to_string()).into()
+                }),
+            )
+            .service(
+                web::scope("/api/v1")
+                    .service(
+                        resource("/tasks")
+                            .route(web::post().to(tasks::create_task))
+                            .route(web::get().to(tasks::list_tasks)),
+                    )
+                    .service(resource("/tasks/{id}").route(web::get().to(tasks::get_task)))
+                    .service(
+                        resource("/tasks/{id}/cancel").route(web::post().to(tasks::cancel_task)),
+                    )
+                    .service(
+                        resource("/tasks/{id}/events").route(web::get().to(events::task_events)),
+                    )
+                    .service(resource("/agents").route(web::get().to(agents::list_agents)))
+                    .service(resource("/openapi.json").route(web::get().to(openapi))),
+            )
+            .service(resource("/metrics").route(web::get().to(health::metrics)))
+            .service(resource("/healthz").route(web::get().to(health::healthz)))
+            .service(resource("/readyz").route(web::get().to(health::readyz)))
+            .default_service(web::to(|| async { ApiError::NotFound }))
+    })
+    .workers(workers)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// A resource whose unmatched methods get a JSON 405.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(|| async { ApiError::MethodNotAllowed }))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}

@@ -1,0 +1,202 @@
+//! The one place where errors become HTTP responses: `{"error": {"code", "message"}}` with a 4xx saying
+//! what is wrong, or an opaque 5xx whose cause goes to the log. Every variant is matched explicitly.
+
+use actix_web::error::{JsonPayloadError, ResponseError};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::app::{CancelError, SubmitError};
+use crate::storage::StorageError;
+use crate::task::{TaskId, TaskStatus};
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// The body is JSON of the wrong shape.
+    #[error("request body is invalid: {0}")]
+    InvalidBody(String),
+    /// The body is not declared as JSON.
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than allowed.
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The prompt is empty.
+    #[error("prompt must not be empty")]
+    EmptyPrompt,
+    /// The prompt is too long.
+    #[error("prompt has {chars} characters; at most {max} are allowed")]
+    PromptTooLarge {
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An option is out of range.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// A path id is not a UUID.
+    #[error("'{0}' is not a task id (a UUID)")]
+    InvalidId(String),
+    /// The query string is invalid.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// No such task.
+    #[error("task {0} does not exist")]
+    TaskNotFound(TaskId),
+    /// The task is already over.
+    #[error("task {id} is already {status}")]
+    TaskFinished {
+        /// The task.
+        id: TaskId,
+        /// Its terminal status.
+        status: TaskStatus,
+    },
+    /// No such route.
+    #[error("no such route")]
+    NotFound,
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// A dependency is down.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// Our fault; the message stays in the log.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable error code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::EmptyPrompt => "empty_prompt",
+            ApiError::PromptTooLarge { .. } => "prompt_too_large",
+            ApiError::InvalidOption(_) => "invalid_option",
+            ApiError::InvalidId(_) => "invalid_id",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::TaskNotFound(_) => "task_not_found",
+            ApiError::TaskFinished { .. } => "task_finished",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidBody(_)
+            | ApiError::EmptyPrompt
+            | ApiError::InvalidOption(_)
+            | ApiError::InvalidId(_)
+            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::TaskNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TaskFinished { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(%cause, "internal error");
+        }
+        HttpResponse::build(self.status_code()).json(json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        }))
+    }
+}
+
+impl actix_web::Responder for ApiError {
+    type Body = actix_web::body::BoxBody;
+    fn respond_to(self, _request: &actix_web::HttpRequest) -> HttpResponse {
+        self.error_response()
+    }
+}
+
+impl From<JsonPayloadError> for ApiError {
+    fn from(error: JsonPayloadError) -> Self {
+        match error {
+            JsonPayloadError::OverflowKnownLength { limit, .. }
+            | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge(limit),
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+            JsonPayloadError::Deserialize(error) | JsonPayloadError::Serialize(error) => {
+                if error.is_data() {
+                    ApiError::InvalidBody(error.to_string())
+                } else {
+                    ApiError::InvalidJson(error.to_string())
+                }
+            }
+            JsonPayloadError::Payload(error) => ApiError::InvalidBody(error.to_string()),
+            other => ApiError::InvalidBody(other.to_string()),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::EmptyPrompt => ApiError::EmptyPrompt,
+            SubmitError::PromptTooLarge { chars, max } => ApiError::PromptTooLarge { chars, max },
+            SubmitError::InvalidOption(message) => ApiError::InvalidOption(message),
+            SubmitError::ReplaySourceNotFound(id) => ApiError::TaskNotFound(id),
+            SubmitError::Storage(error) => ApiError::from(error),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(error: CancelError) -> Self {
+        match error {
+            CancelError::NotFound(id) => ApiError::TaskNotFound(id),
+            CancelError::Finished { id, status } => ApiError::TaskFinished { id, status },
+            CancelError::Storage(error) => ApiError::from(error),
+            CancelError::DirectorGone => {
+                ApiError::Unavailable("the director is shutting down".into())
+            }
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        let mut cause = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            cause.push_str(": ");
+            cause.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        match error {
+            StorageError::Connect { .. } | StorageError::WriterStopped => {
+                ApiError::Unavailable(cause)
+            }
+            StorageError::Migrate(_)
+            | StorageError::Query { .. }
+            | StorageError::Corrupt { .. } => ApiError::Internal(cause),
+        }
+    }
+}
+
+/// Parses a task id from a path segment.
+pub fn parse_task_id(text: &str) -> Result<TaskId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::InvalidId(text.chars().take(64).collect()))
+}

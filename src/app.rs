@@ -1,0 +1,307 @@
+//! Assembly: [`Core`] (storage, event log, model, Director and agents) and [`Application`] (the core behind
+//! the HTTP server). The CLI's `run` uses the core alone; `serve` and the tests use the application.
+//!
+//! Both must be built inside an actix `System`: the actors live on its arbiter.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::dev::Server;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::agents::{AgentDeps, AgentKind, Chaos};
+use crate::api;
+use crate::config::Settings;
+use crate::director::{Director, DirectorDeps};
+use crate::events::{EventKind, EventLog};
+use crate::llm::embedded::EmbeddedProvider;
+use crate::llm::{LlmError, LlmProvider};
+use crate::messages::{CancelTask, Envelope, StartTask};
+use crate::storage::writer::{NewTask, Writer};
+use crate::storage::{Storage, StorageError};
+use crate::supervision::RestartPolicy;
+use crate::task::{TaskId, TaskOptions, TaskStatus};
+use crate::telemetry::metrics::{Metrics, MetricsError};
+use crate::telemetry::propagation;
+
+/// Capacity of the committed-events broadcast; a subscriber that falls further behind re-reads storage.
+const EVENT_BROADCAST_CAPACITY: usize = 16 * 1024;
+
+/// The system could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The model could not be started.
+    #[error("start the model: {0}")]
+    Model(#[from] LlmError),
+    /// The listen address could not be bound.
+    #[error("bind {address}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A task could not be submitted; every variant is the client's to fix except `Storage`.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The prompt is empty or only whitespace.
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    /// The prompt is longer than allowed.
+    #[error("prompt has {chars} characters; at most {max} are allowed")]
+    PromptTooLarge {
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An option is out of range.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// `options.replay_of` names no task.
+    #[error("task {0} (options.replay_of) does not exist")]
+    ReplaySourceNotFound(TaskId),
+    /// Storing the task failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A task could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NotFound(TaskId),
+    /// The task is already over.
+    #[error("task {id} is already {status}")]
+    Finished {
+        /// The task.
+        id: TaskId,
+        /// Its terminal status.
+        status: TaskStatus,
+    },
+    /// Reading the task failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The Director is gone (shutting down).
+    #[error("director unavailable")]
+    DirectorGone,
+}
+
+/// Everything but HTTP.
+pub struct Core {
+    /// The settings it was built from.
+    pub settings: Settings,
+    /// Reads.
+    pub storage: Storage,
+    /// Events and writes.
+    pub events: EventLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The default model.
+    pub llm: Arc<dyn LlmProvider>,
+    /// The Director.
+    pub director: Addr<Director>,
+}
+
+impl Core {
+    /// Opens and migrates storage, repairs tasks a previous process left unfinished, starts the event-log
+    /// writer, the model and the actors.
+    pub async fn start(settings: Settings) -> Result<Core, StartError> {
+        let metrics = Metrics::new()?;
+        let storage = Storage::connect(&settings.database).await?;
+        storage.migrate().await?;
+        let repaired = storage.fail_interrupted().await?;
+        if !repaired.is_empty() {
+            tracing::warn!(
+                count = repaired.len(),
+                "marked tasks left unfinished by a previous run as failed"
+            );
+        }
+        let llm: Arc<dyn LlmProvider> =
+            Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
+        Ok(Self::assemble(settings, storage, metrics, llm))
+    }
+
+    /// Assembles a core around an already started model (benchmarks and tests that share one).
+    pub fn assemble(
+        settings: Settings,
+        storage: Storage,
+        metrics: Metrics,
+        llm: Arc<dyn LlmProvider>,
+    ) -> Core {
+        let (broadcast, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
+        let writer = Writer::spawn(storage.clone(), broadcast.clone(), metrics.clone());
+        let events = EventLog::new(writer, broadcast, storage.clone());
+        let agent = AgentDeps {
+            events: events.clone(),
+            metrics: metrics.clone(),
+            limits: settings.llm.limits,
+            chaos: Arc::new(Chaos::panic_once(&settings.chaos_agents())),
+        };
+        let director = Director::start(DirectorDeps {
+            agent,
+            storage: storage.clone(),
+            settings: settings.director.clone(),
+            policy: RestartPolicy::from(&settings.supervision),
+            llm: Arc::clone(&llm),
+        });
+        Core {
+            settings,
+            storage,
+            events,
+            metrics,
+            llm,
+            director,
+        }
+    }
+
+    /// Validates and stores a task (status `queued`, event `task.queued`, committed before this returns),
+    /// then hands it to the Director. The task joins the current trace.
+    pub async fn submit(&self, prompt: &str, options: TaskOptions) -> Result<TaskId, SubmitError> {
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let chars = prompt.chars().count();
+        let max = self.settings.server.max_prompt_chars;
+        if chars > max {
+            return Err(SubmitError::PromptTooLarge { chars, max });
+        }
+        if let Some(max_steps) = options.max_steps {
+            if !(1..=8).contains(&max_steps) {
+                return Err(SubmitError::InvalidOption(format!(
+                    "options.max_steps must be within 1..=8, got {max_steps}"
+                )));
+            }
+        }
+        if let Some(source) = options.replay_of {
+            if self.storage.task(source).await?.is_none() {
+                return Err(SubmitError::ReplaySourceNotFound(source));
+            }
+        }
+        let id = TaskId::new();
+        let (trace_id, _) = propagation::ids(&propagation::current());
+        let options_json = serde_json::to_value(&options).unwrap_or_else(|_| json!({}));
+        let queued = EventLog::pending(
+            id,
+            EventKind::TaskQueued,
+            None,
+            json!({ "prompt": prompt, "options": options_json }),
+        );
+        self.events
+            .writer()
+            .create_task(
+                NewTask {
+                    id,
+                    prompt: prompt.to_owned(),
+                    options: options_json,
+                    trace_id,
+                    replay_of: options.replay_of,
+                    created_at: queued.at,
+                },
+                queued,
+            )
+            .await?;
+        let depth = self
+            .metrics
+            .mailbox_depth
+            .with_label_values(&[AgentKind::Director.as_str()]);
+        // do_send: the task is stored; should the Director be gone (shutdown), the next start marks it
+        // interrupted.
+        self.director.do_send(
+            Envelope::new(
+                id,
+                StartTask {
+                    prompt: prompt.to_owned(),
+                    options,
+                },
+            )
+            .counted(depth),
+        );
+        Ok(id)
+    }
+
+    /// Cancels a queued or running task.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), CancelError> {
+        let task = self
+            .storage
+            .task(id)
+            .await?
+            .ok_or(CancelError::NotFound(id))?;
+        if task.status.is_terminal() {
+            return Err(CancelError::Finished {
+                id,
+                status: task.status,
+            });
+        }
+        match self.director.send(Envelope::new(id, CancelTask)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_not_running)) => {
+                // It ended between the read and the message.
+                let status = self
+                    .storage
+                    .task(id)
+                    .await?
+                    .map_or(TaskStatus::Failed, |task| task.status);
+                Err(CancelError::Finished { id, status })
+            }
+            Err(_) => Err(CancelError::DirectorGone),
+        }
+    }
+}
+
+/// The core behind the HTTP server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    core: Arc<Core>,
+}
+
+impl Application {
+    /// Starts the core and binds `server.bind` (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let address = settings.server.bind.clone();
+        let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                address: address.clone(),
+                source,
+            })?
+            .port();
+        let core = Arc::new(Core::start(settings).await?);
+        let server = api::server(listener, Arc::clone(&core))
+            .map_err(|source| StartError::Bind { address, source })?;
+        Ok(Application { port, server, core })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The core (for tests and in-process tooling).
+    pub fn core(&self) -> Arc<Core> {
+        Arc::clone(&self.core)
+    }
+
+    /// Serves until the server is stopped (Ctrl-C / SIGTERM stop it gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

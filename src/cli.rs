@@ -1,0 +1,73 @@
+//! The `troupe` command line: argument parsing and one file per subcommand under `cli/`.
+
+pub mod migrate;
+pub mod model_worker;
+pub mod run;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::task::TaskId;
+
+/// Troupe: a Director and its Code, Research and QA agents working your task on a local model.
+#[derive(Debug, Parser)]
+#[command(name = "troupe", version, about)]
+pub struct Cli {
+    /// Configuration profile (config/<profile>.toml); also TROUPE_PROFILE.
+    #[arg(long, global = true, env = "TROUPE_PROFILE")]
+    pub profile: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one task in this process and watch the agents work it live.
+    Run {
+        /// The task.
+        prompt: String,
+        /// Print events as JSON lines instead of the live view.
+        #[arg(long)]
+        json: bool,
+        /// Most steps in the plan (1..=8).
+        #[arg(long)]
+        max_steps: Option<u32>,
+        /// Replay the recorded model outputs of this earlier task instead of calling the model.
+        #[arg(long)]
+        replay_of: Option<TaskId>,
+        /// Show log lines (at telemetry.log_level) beside the live view; by default only warnings.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Serve the HTTP and WebSocket API.
+    Serve {
+        /// Listen address (default: server.bind, 127.0.0.1:8080).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Host the embedded model for a server (started by Troupe itself; speaks JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    ModelWorker {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Inference threads.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Context window in tokens.
+        #[arg(long, default_value_t = 2048)]
+        context_size: u32,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u32,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+    },
+}

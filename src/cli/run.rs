@@ -1,0 +1,244 @@
+//! `troupe run "<prompt>"`: one task in this process, shown live (a spinner per agent with its streamed
+//! tokens, the plan, every decision with its probabilities, restarts, the verdict), ending with an exit code
+//! from the outcome: 0 completed, 1 failed, 130 cancelled (Ctrl-C cancels the task).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::agents::AgentKind;
+use crate::app::Core;
+use crate::config::Settings;
+use crate::events::{Event, EventKind};
+use crate::task::{TaskId, TaskOptions};
+
+/// Runs the task and returns the process exit code.
+pub async fn run(
+    settings: Settings,
+    prompt: &str,
+    options: TaskOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let core = Core::start(settings).await?;
+    let span = tracing::info_span!("troupe run", otel.name = "troupe run");
+    let id = core.submit(prompt, options).instrument(span).await?;
+    let mut subscription = core.events.subscribe(id, 0).await?;
+    let mut view = (!json).then(|| LiveView::new(id));
+    let mut outcome = EventKind::TaskFailed;
+    let mut cancel_requested = false;
+    loop {
+        let next = tokio::select! {
+            next = subscription.next() => next?,
+            _ = tokio::signal::ctrl_c(), if !cancel_requested => {
+                cancel_requested = true;
+                if let Some(view) = &view { view.note("cancelling…"); }
+                if let Err(error) = core.cancel(id).await {
+                    tracing::warn!(%error, "cancel");
+                }
+                continue;
+            }
+        };
+        let Some(event) = next else { break };
+        if event.kind.is_terminal() {
+            outcome = event.kind;
+        }
+        match &mut view {
+            Some(view) => view.show(&event),
+            None => println!("{}", serde_json::to_string(&event)?),
+        }
+    }
+    if let Some(view) = view {
+        view.finish();
+        if outcome == EventKind::TaskCompleted {
+            if let Some(task) = core.storage.task(id).await? {
+                print_result(task.result.as_ref());
+            }
+        }
+    }
+    Ok(match outcome {
+        EventKind::TaskCompleted => ExitCode::SUCCESS,
+        EventKind::TaskCancelled => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+fn print_result(result: Option<&Value>) {
+    let Some(result) = result else { return };
+    println!();
+    if let Some(answer) = result.get("answer").and_then(Value::as_str) {
+        println!("Answer:\n{answer}");
+    }
+    if let Some(verdict) = result.get("verdict").filter(|v| !v.is_null()) {
+        println!(
+            "\nQA verdict: {} ({})",
+            verdict
+                .get("verdict")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            verdict
+                .get("feedback")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        );
+    }
+}
+
+/// The terminal view: a line per event worth reading, a spinner per agent.
+struct LiveView {
+    multi: MultiProgress,
+    spinners: HashMap<AgentKind, ProgressBar>,
+    streamed: HashMap<AgentKind, String>,
+}
+
+impl LiveView {
+    fn new(id: TaskId) -> Self {
+        let multi = MultiProgress::new();
+        let _ = multi.println(format!("task {id}"));
+        LiveView {
+            multi,
+            spinners: HashMap::new(),
+            streamed: HashMap::new(),
+        }
+    }
+
+    fn spinner(&mut self, agent: AgentKind) -> &ProgressBar {
+        let multi = &self.multi;
+        self.spinners.entry(agent).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner:.cyan} {prefix:>9.bold} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(agent.as_str());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        })
+    }
+
+    fn note(&self, line: &str) {
+        let _ = self.multi.println(line);
+    }
+
+    fn show(&mut self, event: &Event) {
+        let data = &event.data;
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        match event.kind {
+            EventKind::TaskQueued => {}
+            EventKind::TaskStarted => {
+                self.spinner(AgentKind::Director).set_message("planning…");
+            }
+            EventKind::PlanCreated => {
+                let steps = data
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                self.note("plan:");
+                for (index, step) in steps.iter().enumerate() {
+                    self.note(&format!("  {}. {}", index + 1, step.as_str().unwrap_or("")));
+                }
+                self.spinner(AgentKind::Director)
+                    .set_message("assigning steps…");
+            }
+            EventKind::DecisionMade => {
+                let options = data
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .map(|options| {
+                        options
+                            .iter()
+                            .map(|o| {
+                                format!(
+                                    "{} {:.2}",
+                                    o.get("name").and_then(Value::as_str).unwrap_or("?"),
+                                    o.get("probability").and_then(Value::as_f64).unwrap_or(0.0)
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                self.note(&format!(
+                    "decision: step {} → {} ({options}) {}",
+                    data.get("step").and_then(Value::as_i64).unwrap_or(0),
+                    text("chosen"),
+                    text("reasoning")
+                ));
+            }
+            EventKind::AgentStarted => {
+                if let Some(agent) = event.agent {
+                    self.streamed.insert(agent, String::new());
+                    let message = format!(
+                        "step {}: {}",
+                        data.get("step").and_then(Value::as_i64).unwrap_or(0),
+                        text("instruction")
+                    );
+                    self.spinner(agent).set_message(message);
+                }
+            }
+            EventKind::LlmToken => {
+                if let Some(agent) = event.agent {
+                    let streamed = self.streamed.entry(agent).or_default();
+                    streamed.push_str(&text("text"));
+                    let tail: String = streamed
+                        .replace('\n', " ")
+                        .chars()
+                        .rev()
+                        .take(70)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    self.spinner(agent).set_message(tail);
+                }
+            }
+            EventKind::LlmFinished => {
+                if let Some(agent) = event.agent {
+                    self.streamed.insert(agent, String::new());
+                }
+            }
+            EventKind::AgentFinished => {
+                if let Some(agent) = event.agent {
+                    let message = format!(
+                        "✓ step {} done",
+                        data.get("step").and_then(Value::as_i64).unwrap_or(0)
+                    );
+                    self.spinner(agent).set_message(message);
+                }
+            }
+            EventKind::AgentRestarted => {
+                self.note(&format!(
+                    "! {} restarted by its supervisor ({}: {})",
+                    event.agent.map_or("agent", AgentKind::as_str),
+                    text("reason"),
+                    text("detail")
+                ));
+            }
+            EventKind::QaVerdict => {
+                self.note(&format!(
+                    "qa verdict: {} ({})",
+                    text("verdict"),
+                    text("feedback")
+                ));
+            }
+            EventKind::TaskCompleted => self.note("task completed"),
+            EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
+            EventKind::TaskCancelled => self.note("task cancelled"),
+        }
+    }
+
+    fn finish(self) {
+        for bar in self.spinners.values() {
+            bar.finish_and_clear();
+        }
+    }
+}

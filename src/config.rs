@@ -1,0 +1,360 @@
+//! Typed settings and their layered loading: built-in `config/default.toml`, then `config/<profile>.toml`
+//! (profile from `TROUPE_PROFILE`), then `TROUPE__SECTION__KEY` environment variables.
+//!
+//! This is the only module that reads the environment. `Settings::validate` reports every problem at once,
+//! before anything starts. Modules receive their own section, never the whole tree.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::agents::AgentKind;
+
+/// The built-in defaults, compiled in so that the binary runs from any directory.
+const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The whole settings tree.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Long-term storage.
+    pub database: DatabaseSettings,
+    /// Short-term memory (reserved; in-process when empty).
+    pub redis: RedisSettings,
+    /// Model provider.
+    pub llm: LlmSettings,
+    /// Planning and task lifecycle.
+    pub director: DirectorSettings,
+    /// Restart policy of supervised agents.
+    pub supervision: SupervisionSettings,
+    /// Deliberate faults for watching supervision work.
+    pub chaos: ChaosSettings,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address of `troupe serve`.
+    pub bind: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest prompt accepted, in characters.
+    pub max_prompt_chars: usize,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://...`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    /// Empty: in-process short-term memory.
+    pub url: String,
+}
+
+/// Which model provider serves the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// llama.cpp in a supervised child process.
+    Embedded,
+    /// An OpenAI-compatible server (not built yet).
+    Openai,
+    /// Groq's cloud API (not built yet).
+    Groq,
+}
+
+/// `[llm]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmSettings {
+    /// Provider for new tasks.
+    pub provider: ProviderKind,
+    /// GGUF model file of the embedded provider.
+    pub model: PathBuf,
+    /// Inference threads.
+    pub threads: u32,
+    /// Context window in tokens.
+    pub context_size: u32,
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Sampling seed.
+    pub seed: u32,
+    /// Program hosting the model; empty means this executable.
+    pub worker_command: String,
+    /// Longest a model call may take, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Token budgets.
+    pub limits: LlmLimits,
+}
+
+/// `[llm.limits]`: token budgets per kind of call.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct LlmLimits {
+    /// The Director's plan.
+    pub plan_tokens: u32,
+    /// The reasoning after an agent choice.
+    pub decision_reason_tokens: u32,
+    /// A Research or Code step.
+    pub work_tokens: u32,
+    /// A QA verdict.
+    pub verdict_tokens: u32,
+}
+
+/// `[director]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DirectorSettings {
+    /// Most steps in a plan.
+    pub max_steps: u32,
+    /// Tasks running at once.
+    pub max_concurrent_tasks: usize,
+    /// Seconds before a step's agent is treated as stuck.
+    pub step_timeout_seconds: u64,
+    /// Retries of a step after its agent was restarted.
+    pub step_retries: u32,
+}
+
+/// `[supervision]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupervisionSettings {
+    /// Restarts allowed within the window.
+    pub max_restarts: u32,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+}
+
+/// `[chaos]`
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChaosSettings {
+    /// Agents that panic once on their first step.
+    pub panic_once: Vec<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For a terminal.
+    Human,
+    /// JSON lines.
+    Json,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// Log format.
+    pub log_format: LogFormat,
+    /// tracing-subscriber filter.
+    pub log_level: String,
+    /// Whether spans are created at all.
+    pub tracing: bool,
+    /// OTLP/HTTP endpoint; empty is off.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+}
+
+/// Loading or validation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or merged, or a value has the wrong type.
+    #[error("load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// Values that load but make no sense; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Loads the layers for the profile named by `TROUPE_PROFILE` (none: defaults and environment only),
+    /// reading profile files from `TROUPE_CONFIG_DIR` or `./config`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let profile = std::env::var("TROUPE_PROFILE").ok();
+        let dir = std::env::var_os("TROUPE_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        Self::load_from(&dir, profile.as_deref())
+    }
+
+    /// Loads defaults, then `<dir>/<profile>.toml` when a profile is given, then the environment.
+    pub fn load_from(dir: &Path, profile: Option<&str>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(profile) = profile.filter(|p| !p.is_empty()) {
+            builder = builder.add_source(config::File::from(dir.join(format!("{profile}.toml"))));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TROUPE")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("chaos.panic_once")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.bind: '{}' is not host:port",
+                self.server.bind
+            ));
+        }
+        if self.server.max_body_bytes < 256 {
+            problems.push("server.max_body_bytes: must be at least 256".into());
+        }
+        if self.server.max_prompt_chars == 0 {
+            problems.push("server.max_prompt_chars: must be positive".into());
+        }
+        let url = self.database.url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            problems.push(format!(
+                "database.url: '{url}' is neither sqlite: nor postgres://"
+            ));
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be positive".into());
+        }
+        if !self.redis.url.is_empty() {
+            problems
+                .push("redis.url: Redis short-term memory is not built yet; leave it empty".into());
+        }
+        match self.llm.provider {
+            ProviderKind::Embedded => {}
+            ProviderKind::Openai | ProviderKind::Groq => problems.push(format!(
+                "llm.provider: '{:?}' is not built yet; use embedded (replay is chosen per task with options.replay_of)",
+                self.llm.provider
+            )),
+        }
+        if self.llm.threads == 0 {
+            problems.push("llm.threads: must be positive".into());
+        }
+        if self.llm.context_size < 512 {
+            problems.push("llm.context_size: must be at least 512".into());
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            problems.push("llm.temperature: must be within 0..=2".into());
+        }
+        let limits = &self.llm.limits;
+        for (name, value) in [
+            ("plan_tokens", limits.plan_tokens),
+            ("decision_reason_tokens", limits.decision_reason_tokens),
+            ("work_tokens", limits.work_tokens),
+            ("verdict_tokens", limits.verdict_tokens),
+        ] {
+            if value == 0 || value > self.llm.context_size / 2 {
+                problems.push(format!(
+                    "llm.limits.{name}: must be within 1..=context_size/2"
+                ));
+            }
+        }
+        if !(1..=8).contains(&self.director.max_steps) {
+            problems.push("director.max_steps: must be within 1..=8".into());
+        }
+        if self.director.max_concurrent_tasks == 0 {
+            problems.push("director.max_concurrent_tasks: must be positive".into());
+        }
+        if self.director.step_timeout_seconds == 0 {
+            problems.push("director.step_timeout_seconds: must be positive".into());
+        }
+        if self.supervision.window_seconds == 0 {
+            problems.push("supervision.window_seconds: must be positive".into());
+        }
+        for name in &self.chaos.panic_once {
+            match name.parse::<AgentKind>() {
+                Ok(kind) if kind.is_specialist() => {}
+                _ => problems.push(format!(
+                    "chaos.panic_once: '{name}' is not a specialist agent (research, code, qa)"
+                )),
+            }
+        }
+        if !self.telemetry.otlp_endpoint.is_empty() {
+            problems.push(
+                "telemetry.otlp_endpoint: OTLP export is not built yet; leave it empty".into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The specialists chaos makes panic once, parsed (validated by `validate`).
+    pub fn chaos_agents(&self) -> Vec<AgentKind> {
+        self.chaos
+            .panic_once
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Settings {
+        Settings::load_from(Path::new("config"), None).unwrap()
+    }
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let settings = defaults();
+        assert_eq!(settings.llm.provider, ProviderKind::Embedded);
+        assert!(settings.database.url.starts_with("sqlite:"));
+        assert!(settings.chaos.panic_once.is_empty());
+    }
+
+    #[test]
+    fn test_profile_overrides_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load_from(&dir, Some("test")).unwrap();
+        assert_eq!(settings.director.max_steps, 2);
+        assert_eq!(settings.server.max_prompt_chars, 4000);
+    }
+
+    #[test]
+    fn validate_reports_every_problem_at_once() {
+        let mut settings = defaults();
+        settings.server.bind = "nowhere".into();
+        settings.llm.threads = 0;
+        settings.chaos.panic_once = vec!["director".into(), "research".into()];
+        let Err(ConfigError::Invalid(problems)) = settings.validate() else {
+            panic!("expected invalid configuration");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("server.bind")));
+        assert!(problems.iter().any(|p| p.contains("'director'")));
+    }
+
+    #[test]
+    fn unbuilt_providers_are_refused_with_a_clear_message() {
+        let mut settings = defaults();
+        settings.llm.provider = ProviderKind::Groq;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("not built yet"), "{err}");
+    }
+}

@@ -1,0 +1,415 @@
+//! The Director actor: owns the task lifecycle (queue, start, cancel, finish) and supervises the
+//! specialists. Each running task is a [`flow::TaskFlow`] future spawned in the Director's context; the flow
+//! reaches specialists only through [`Dispatch`] messages to the Director, which routes them to the current
+//! incarnation of the agent and restarts agents that panic, die or hang.
+//!
+//! Runtime guarantees (see ARCHITECTURE.md): the Director handles one message at a time, but task flows
+//! run concurrently (up to `director.max_concurrent_tasks`; the rest wait in a FIFO queue); a specialist's
+//! steps run concurrently too (each step is its own future). A restart replaces the agent with a fresh
+//! instance; the step that saw the failure is retried up to `director.step_retries` times.
+
+pub mod flow;
+pub mod plan;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::agents::code::CodeAgent;
+use crate::agents::qa::QaAgent;
+use crate::agents::research::ResearchAgent;
+use crate::agents::{AgentDeps, AgentError, AgentKind};
+use crate::config::DirectorSettings;
+use crate::events::{EventKind, EventLog};
+use crate::llm::LlmProvider;
+use crate::messages::{
+    AgentStatus, CancelTask, Dispatch, Envelope, GetAgents, NotRunning, RunStep, StartTask,
+    StepOutput,
+};
+use crate::storage::writer::{PendingEvent, TaskEnd};
+use crate::storage::Storage;
+use crate::supervision::{
+    AgentFactory, GaveUp, RestartPolicy, RestartReason, Restarted, Supervised,
+};
+use crate::task::{TaskId, TaskStatus};
+use crate::telemetry::propagation;
+
+/// A step could not be run on its agent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DispatchError {
+    /// The agent failed and was restarted; the step may be retried.
+    #[error("{agent} failed ({reason}: {detail}) and was restarted")]
+    Restarted {
+        /// The agent.
+        agent: AgentKind,
+        /// Why.
+        reason: RestartReason,
+        /// The failure.
+        detail: String,
+    },
+    /// The agent keeps failing; the supervisor gave up.
+    #[error(transparent)]
+    GaveUp(#[from] GaveUp),
+    /// The agent reported an error that a restart would not fix (a model error, malformed output).
+    #[error(transparent)]
+    Agent(AgentError),
+    /// The task was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+    /// No such specialist.
+    #[error("no specialist named {0}")]
+    NoSuchAgent(AgentKind),
+}
+
+/// What the Director and its task flows need.
+#[derive(Clone)]
+pub struct DirectorDeps {
+    /// Shared agent dependencies (events, metrics, limits, chaos).
+    pub agent: AgentDeps,
+    /// Reads (replay recordings).
+    pub storage: Storage,
+    /// Lifecycle settings.
+    pub settings: DirectorSettings,
+    /// Specialists' restart policy.
+    pub policy: RestartPolicy,
+    /// The default model provider.
+    pub llm: Arc<dyn LlmProvider>,
+}
+
+/// The Director actor.
+pub struct Director {
+    deps: DirectorDeps,
+    agents: HashMap<AgentKind, Supervised>,
+    running: HashMap<TaskId, CancellationToken>,
+    queue: VecDeque<Envelope<StartTask>>,
+}
+
+impl Director {
+    /// Starts the Director and its three specialists on the current arbiter.
+    pub fn start(deps: DirectorDeps) -> Addr<Director> {
+        let mut agents = HashMap::new();
+        for kind in AgentKind::SPECIALISTS {
+            let agent_deps = deps.agent.clone();
+            let factory: AgentFactory = match kind {
+                AgentKind::Research => {
+                    Box::new(move || ResearchAgent::new(agent_deps.clone()).start().recipient())
+                }
+                AgentKind::Code => {
+                    Box::new(move || CodeAgent::new(agent_deps.clone()).start().recipient())
+                }
+                _ => Box::new(move || QaAgent::new(agent_deps.clone()).start().recipient()),
+            };
+            agents.insert(kind, Supervised::start(kind, deps.policy, factory));
+        }
+        Director {
+            deps,
+            agents,
+            running: HashMap::new(),
+            queue: VecDeque::new(),
+        }
+        .start()
+    }
+
+    /// Takes a message out of the Director's mailbox count and records its hop latency.
+    fn received<M>(&self, envelope: &mut Envelope<M>) {
+        envelope.ticket.received();
+        self.deps
+            .agent
+            .metrics
+            .message_latency
+            .with_label_values(&[AgentKind::Director.as_str()])
+            .observe(envelope.sent_at.elapsed().as_secs_f64());
+    }
+
+    fn launch(&mut self, envelope: Envelope<StartTask>, ctx: &mut Context<Self>) {
+        let task_id = envelope.task_id;
+        let cancel = CancellationToken::new();
+        self.running.insert(task_id, cancel.clone());
+        self.deps
+            .agent
+            .metrics
+            .tasks_running
+            .set(self.running.len() as i64);
+        let span = tracing::info_span!(
+            "invoke_workflow",
+            otel.name = "invoke_workflow troupe",
+            gen_ai.operation.name = "invoke_workflow",
+            gen_ai.conversation.id = %task_id,
+            troupe.task.id = %task_id,
+        );
+        propagation::set_parent(&span, envelope.trace);
+        let flow = flow::TaskFlow::new(
+            task_id,
+            envelope.payload,
+            self.deps.clone(),
+            ctx.address(),
+            cancel,
+        );
+        ctx.spawn(
+            flow.run()
+                .instrument(span)
+                .into_actor(self)
+                .map(move |(), director, ctx| {
+                    director.running.remove(&task_id);
+                    director
+                        .deps
+                        .agent
+                        .metrics
+                        .tasks_running
+                        .set(director.running.len() as i64);
+                    director.launch_queued(ctx);
+                }),
+        );
+    }
+
+    fn launch_queued(&mut self, ctx: &mut Context<Self>) {
+        while self.running.len() < self.deps.settings.max_concurrent_tasks {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            self.launch(next, ctx);
+        }
+        self.deps
+            .agent
+            .metrics
+            .task_queue_depth
+            .set(self.queue.len() as i64);
+    }
+
+    /// Handles a failed step: restarts the agent (once per incarnation) and tells the flow.
+    fn restart(
+        &mut self,
+        agent: AgentKind,
+        generation: u64,
+        reason: RestartReason,
+        detail: String,
+        task_id: TaskId,
+        trace: &opentelemetry::Context,
+    ) -> DispatchError {
+        let Some(supervised) = self.agents.get_mut(&agent) else {
+            return DispatchError::NoSuchAgent(agent);
+        };
+        match supervised.restart(generation, reason, Instant::now()) {
+            Ok(Restarted::Fresh { restarts }) => {
+                self.deps
+                    .agent
+                    .metrics
+                    .supervisor_restarts
+                    .with_label_values(&[agent.as_str(), reason.as_str()])
+                    .inc();
+                tracing::warn!(%agent, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
+                let (trace_id, span_id) = propagation::ids(trace);
+                self.deps.agent.events.writer().send(crate::storage::writer::WriteOp::Event(
+                    PendingEvent {
+                        task_id,
+                        at: chrono::Utc::now(),
+                        kind: EventKind::AgentRestarted,
+                        agent: Some(agent),
+                        trace_id,
+                        span_id,
+                        data: json!({ "reason": reason.as_str(), "detail": detail, "restarts": restarts }),
+                    },
+                ));
+                DispatchError::Restarted {
+                    agent,
+                    reason,
+                    detail,
+                }
+            }
+            Ok(Restarted::AlreadyReplaced) => DispatchError::Restarted {
+                agent,
+                reason,
+                detail,
+            },
+            Err(gave_up) => {
+                tracing::error!(error = %gave_up, task_id = %task_id, "supervisor gave up");
+                DispatchError::GaveUp(gave_up)
+            }
+        }
+    }
+}
+
+impl Actor for Director {
+    type Context = Context<Self>;
+}
+
+impl Handler<Envelope<StartTask>> for Director {
+    type Result = ();
+
+    fn handle(&mut self, mut envelope: Envelope<StartTask>, ctx: &mut Context<Self>) {
+        self.received(&mut envelope);
+        if self.running.len() < self.deps.settings.max_concurrent_tasks {
+            self.launch(envelope, ctx);
+        } else {
+            self.queue.push_back(envelope);
+            self.deps
+                .agent
+                .metrics
+                .task_queue_depth
+                .set(self.queue.len() as i64);
+        }
+    }
+}
+
+impl Handler<Envelope<CancelTask>> for Director {
+    type Result = Result<(), NotRunning>;
+
+    fn handle(
+        &mut self,
+        mut envelope: Envelope<CancelTask>,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.received(&mut envelope);
+        let task_id = envelope.task_id;
+        if let Some(cancel) = self.running.get(&task_id) {
+            cancel.cancel();
+            return Ok(());
+        }
+        let Some(position) = self
+            .queue
+            .iter()
+            .position(|queued| queued.task_id == task_id)
+        else {
+            return Err(NotRunning);
+        };
+        // A queued task never started: end it here.
+        if let Some(queued) = self.queue.remove(position) {
+            self.deps
+                .agent
+                .metrics
+                .task_queue_depth
+                .set(self.queue.len() as i64);
+            let span = tracing::info_span!("task.cancel", troupe.task.id = %task_id);
+            propagation::set_parent(&span, queued.trace);
+            let writer = self.deps.agent.events.writer().clone();
+            let metrics = self.deps.agent.metrics.clone();
+            let end = span.in_scope(|| TaskEnd {
+                task_id,
+                status: TaskStatus::Cancelled,
+                result: None,
+                error: None,
+                event: EventLog::pending(
+                    task_id,
+                    EventKind::TaskCancelled,
+                    Some(AgentKind::Director),
+                    json!({ "while": "queued" }),
+                ),
+            });
+            ctx.spawn(
+                async move {
+                    metrics.tasks_total.with_label_values(&["cancelled"]).inc();
+                    if let Err(error) = writer.finish_task(end).await {
+                        tracing::error!(%error, "store cancellation of a queued task");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Envelope<Dispatch>> for Director {
+    type Result = ResponseActFuture<Self, Result<StepOutput, DispatchError>>;
+
+    fn handle(
+        &mut self,
+        mut envelope: Envelope<Dispatch>,
+        _ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        self.received(&mut envelope);
+        let task_id = envelope.task_id;
+        let trace = envelope.trace;
+        let Dispatch { agent, run } = envelope.payload;
+        let Some(supervised) = self.agents.get(&agent) else {
+            return Box::pin(actix::fut::ready(Err(DispatchError::NoSuchAgent(agent))));
+        };
+        let (recipient, generation) = supervised.current();
+        let depth = self
+            .deps
+            .agent
+            .metrics
+            .mailbox_depth
+            .with_label_values(&[agent.as_str()]);
+        let step = Envelope::<RunStep> {
+            trace: trace.clone(),
+            task_id,
+            sent_at: Instant::now(),
+            ticket: crate::messages::MailboxTicket::none(),
+            payload: run,
+        }
+        .counted(depth);
+        let timeout = Duration::from_secs(self.deps.settings.step_timeout_seconds);
+        let reply = recipient.send(step).timeout(timeout);
+        Box::pin(
+            reply
+                .into_actor(self)
+                .map(move |result, director, _ctx| match result {
+                    Ok(Ok(output)) => Ok(output),
+                    Ok(Err(AgentError::Cancelled)) => Err(DispatchError::Cancelled),
+                    Ok(Err(AgentError::Panicked(detail))) => Err(director.restart(
+                        agent,
+                        generation,
+                        RestartReason::Panic,
+                        detail,
+                        task_id,
+                        &trace,
+                    )),
+                    Ok(Err(error)) => Err(DispatchError::Agent(error)),
+                    Err(MailboxError::Closed) => Err(director.restart(
+                        agent,
+                        generation,
+                        RestartReason::Crash,
+                        "mailbox closed".to_owned(),
+                        task_id,
+                        &trace,
+                    )),
+                    Err(MailboxError::Timeout) => Err(director.restart(
+                        agent,
+                        generation,
+                        RestartReason::Timeout,
+                        format!("no answer within {} s", timeout.as_secs()),
+                        task_id,
+                        &trace,
+                    )),
+                }),
+        )
+    }
+}
+
+impl Handler<GetAgents> for Director {
+    type Result = Vec<AgentStatus>;
+
+    fn handle(&mut self, _query: GetAgents, _ctx: &mut Context<Self>) -> Vec<AgentStatus> {
+        let metrics = &self.deps.agent.metrics;
+        let mut agents = vec![AgentStatus {
+            name: AgentKind::Director,
+            status: "running",
+            restarts: 0,
+            mailbox_depth: 0,
+            in_flight: self.running.len() as i64,
+        }];
+        for kind in AgentKind::SPECIALISTS {
+            let restarts = self.agents.get(&kind).map_or(0, Supervised::restarts);
+            agents.push(AgentStatus {
+                name: kind,
+                status: "running",
+                restarts,
+                mailbox_depth: metrics
+                    .mailbox_depth
+                    .with_label_values(&[kind.as_str()])
+                    .get(),
+                in_flight: metrics
+                    .agent_in_flight
+                    .with_label_values(&[kind.as_str()])
+                    .get(),
+            });
+        }
+        agents
+    }
+}

@@ -1,0 +1,484 @@
+//! One task's flow, run by the Director: choose the model (default or replay), plan, assign each step to an
+//! agent (a scored decision), run the steps on the specialists, have QA verify, and end the task with its
+//! terminal status and event committed together.
+//!
+//! Every wait is raced against the task's cancellation, so a cancelled task ends at once; the specialists
+//! and the model stop their own work for it through the same token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Addr;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::plan::{self, Plan};
+use super::{Director, DirectorDeps, DispatchError};
+use crate::agents::{call_llm, AgentKind};
+use crate::events::{EventKind, EventLog};
+use crate::llm::embedded::excerpt;
+use crate::llm::replay::ReplayProvider;
+use crate::llm::{LlmError, LlmProvider};
+use crate::messages::{Dispatch, Envelope, RunStep, StartTask, StepKind, StepOutput, StepSpec};
+use crate::storage::writer::{DecisionRecord, StepUpdate, TaskEnd, WriteOp};
+use crate::storage::StorageError;
+use crate::task::{TaskId, TaskOptions, TaskStatus};
+
+/// Longest earlier output passed on to the next step, in characters.
+const EARLIER_OUTPUT_CHARS: usize = 300;
+
+/// Why a flow did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The user cancelled the task.
+    #[error("cancelled")]
+    Cancelled,
+    /// A model call of the Director failed.
+    #[error("{what}: {source}")]
+    Llm {
+        /// Which call.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: LlmError,
+    },
+    /// The plan could not be read.
+    #[error(transparent)]
+    Plan(#[from] plan::MalformedPlan),
+    /// A model choice came back without its scored options.
+    #[error("decision for step {0} has no scored options")]
+    Unscored(i32),
+    /// A step failed for good.
+    #[error("step {idx} on {agent}: {source}")]
+    Step {
+        /// The step.
+        idx: i32,
+        /// Its agent.
+        agent: AgentKind,
+        /// Why.
+        #[source]
+        source: DispatchError,
+    },
+    /// Replay was asked for but is impossible.
+    #[error("replay: {0}")]
+    Replay(String),
+    /// Reading a recording failed.
+    #[error("read replay recording: {0}")]
+    Storage(#[from] StorageError),
+    /// The Director stopped (the application is shutting down).
+    #[error("director stopped")]
+    DirectorGone,
+}
+
+/// A planned step and where it stands.
+struct PlannedStep {
+    idx: i32,
+    agent: AgentKind,
+    instruction: String,
+    kind: StepKind,
+    status: &'static str,
+    attempts: i32,
+    output: Option<String>,
+}
+
+/// One task's flow.
+pub struct TaskFlow {
+    task_id: TaskId,
+    prompt: String,
+    options: TaskOptions,
+    deps: DirectorDeps,
+    director: Addr<Director>,
+    cancel: CancellationToken,
+    steps: Vec<PlannedStep>,
+}
+
+impl TaskFlow {
+    /// A flow for the task `start` describes.
+    pub fn new(
+        task_id: TaskId,
+        start: StartTask,
+        deps: DirectorDeps,
+        director: Addr<Director>,
+        cancel: CancellationToken,
+    ) -> Self {
+        TaskFlow {
+            task_id,
+            prompt: start.prompt,
+            options: start.options,
+            deps,
+            director,
+            cancel,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Runs the task to its end and stores the end (status and terminal event in one commit).
+    pub async fn run(mut self) {
+        let started = Instant::now();
+        let task_id = self.task_id;
+        self.writer().send(WriteOp::StartTask(EventLog::pending(
+            task_id,
+            EventKind::TaskStarted,
+            Some(AgentKind::Director),
+            json!({ "options": self.options }),
+        )));
+        let span = tracing::info_span!(
+            "invoke_agent",
+            otel.name = "invoke_agent director",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = "director",
+            gen_ai.agent.id = "director",
+            gen_ai.conversation.id = %task_id,
+        );
+        let outcome = self.work().instrument(span).await;
+        let (status, result, error, kind, data) = match outcome {
+            Ok(result) => (
+                TaskStatus::Completed,
+                Some(result.clone()),
+                None,
+                EventKind::TaskCompleted,
+                json!({ "result": result }),
+            ),
+            Err(FlowError::Cancelled) => (
+                TaskStatus::Cancelled,
+                None,
+                None,
+                EventKind::TaskCancelled,
+                json!({}),
+            ),
+            Err(error) => {
+                let message = error.to_string();
+                tracing::warn!(task_id = %task_id, error = %message, "task failed");
+                (
+                    TaskStatus::Failed,
+                    None,
+                    Some(message.clone()),
+                    EventKind::TaskFailed,
+                    json!({ "error": message }),
+                )
+            }
+        };
+        self.close_open_steps(status);
+        let metrics = &self.deps.agent.metrics;
+        metrics
+            .tasks_total
+            .with_label_values(&[status.as_str()])
+            .inc();
+        metrics
+            .task_duration
+            .with_label_values(&[status.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let end = TaskEnd {
+            task_id,
+            status,
+            result,
+            error,
+            event: EventLog::pending(task_id, kind, Some(AgentKind::Director), data),
+        };
+        if let Err(error) = self.writer().finish_task(end).await {
+            tracing::error!(task_id = %task_id, %error, "store the end of a task");
+        }
+    }
+
+    fn writer(&self) -> &crate::storage::writer::Writer {
+        self.deps.agent.events.writer()
+    }
+
+    async fn work(&mut self) -> Result<serde_json::Value, FlowError> {
+        let llm = self.provider().await?;
+        let plan = self.plan(llm.as_ref()).await?;
+        for (position, instruction) in plan.steps.iter().enumerate() {
+            let idx = i32::try_from(position + 1).unwrap_or(i32::MAX);
+            let agent = self.assign(llm.as_ref(), idx, instruction).await?;
+            self.steps.push(PlannedStep {
+                idx,
+                agent,
+                instruction: instruction.clone(),
+                kind: StepKind::Work,
+                status: "pending",
+                attempts: 0,
+                output: None,
+            });
+        }
+        self.steps.push(PlannedStep {
+            idx: i32::try_from(plan.steps.len() + 1).unwrap_or(i32::MAX),
+            agent: AgentKind::Qa,
+            instruction: "Check the work against the task".to_owned(),
+            kind: StepKind::Verify,
+            status: "pending",
+            attempts: 0,
+            output: None,
+        });
+        self.writer().send(WriteOp::InsertSteps {
+            task_id: self.task_id,
+            steps: self
+                .steps
+                .iter()
+                .map(|step| (step.idx, step.agent, step.instruction.clone()))
+                .collect(),
+        });
+
+        let mut verdict = None;
+        for position in 0..self.steps.len() {
+            let output = self.run_step(position, &llm).await?;
+            if let Some(found) = output.verdict {
+                self.deps.agent.events.emit(
+                    self.task_id,
+                    EventKind::QaVerdict,
+                    Some(AgentKind::Qa),
+                    json!({ "verdict": found.verdict, "feedback": found.feedback }),
+                );
+                verdict = Some(found);
+            }
+        }
+        let work: Vec<_> = self
+            .steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Work)
+            .map(|step| json!({ "idx": step.idx, "agent": step.agent, "instruction": step.instruction, "output": step.output }))
+            .collect();
+        let answer = self
+            .steps
+            .iter()
+            .rev()
+            .find(|step| step.kind == StepKind::Work)
+            .and_then(|step| step.output.clone());
+        Ok(json!({
+            "answer": answer,
+            "plan": plan.steps,
+            "steps": work,
+            "verdict": verdict,
+            "provider": llm.provider_name(),
+            "model": llm.model_name(),
+        }))
+    }
+
+    /// The task's model: the default provider, or a replay of the task named by `options.replay_of`.
+    async fn provider(&self) -> Result<Arc<dyn LlmProvider>, FlowError> {
+        let Some(source) = self.options.replay_of else {
+            return Ok(Arc::clone(&self.deps.llm));
+        };
+        let recording = self.deps.storage.recording(source).await?;
+        if recording.outputs.is_empty() {
+            return Err(FlowError::Replay(format!(
+                "task {source} has no recorded model calls"
+            )));
+        }
+        Ok(Arc::new(ReplayProvider::new(
+            source,
+            recording.model,
+            recording.outputs,
+        )))
+    }
+
+    async fn plan(&self, llm: &dyn LlmProvider) -> Result<Plan, FlowError> {
+        let max_steps = self
+            .options
+            .max_steps
+            .map_or(self.deps.settings.max_steps, |asked| {
+                asked.min(self.deps.settings.max_steps)
+            });
+        let request = plan::plan_request(&self.prompt, max_steps, &self.deps.agent.limits);
+        let output = self.llm_call(llm, request, "plan").await?;
+        let plan = plan::parse_plan(&output.text, max_steps)?;
+        self.deps.agent.events.emit(
+            self.task_id,
+            EventKind::PlanCreated,
+            Some(AgentKind::Director),
+            json!({ "steps": plan.steps }),
+        );
+        Ok(plan)
+    }
+
+    /// Chooses the agent for step `idx` from the model's probabilities; records and announces the decision.
+    async fn assign(
+        &self,
+        llm: &dyn LlmProvider,
+        idx: i32,
+        instruction: &str,
+    ) -> Result<AgentKind, FlowError> {
+        let request = plan::assign_request(&self.prompt, idx, instruction, &self.deps.agent.limits);
+        let output = self.llm_call(llm, request, "assign agent").await?;
+        let choice = output.choice.ok_or(FlowError::Unscored(idx))?;
+        let agent: AgentKind = choice.chosen.parse().map_err(|_| {
+            FlowError::Plan(plan::MalformedPlan(format!(
+                "step {idx} assigned to unknown agent '{}'",
+                excerpt(&choice.chosen)
+            )))
+        })?;
+        let confidence = choice.confidence();
+        let options = json!(choice.options);
+        // A span event on the Director's span (the OpenTelemetry layer records it at every log level).
+        tracing::debug!(
+            decision.kind = "assign_agent",
+            decision.step = idx,
+            decision.options = %options,
+            decision.chosen = %agent,
+            decision.confidence = confidence,
+            decision.reasoning = %choice.reasoning,
+            "decision made"
+        );
+        self.deps
+            .agent
+            .metrics
+            .decisions
+            .with_label_values(&[AgentKind::Director.as_str(), "assign_agent"])
+            .inc();
+        self.deps.agent.events.emit(
+            self.task_id,
+            EventKind::DecisionMade,
+            Some(AgentKind::Director),
+            json!({
+                "kind": "assign_agent",
+                "step": idx,
+                "instruction": instruction,
+                "options": options,
+                "chosen": agent,
+                "confidence": confidence,
+                "reasoning": choice.reasoning,
+                "tokens": output.usage.input_tokens + output.usage.output_tokens,
+            }),
+        );
+        self.writer().send(WriteOp::Decision(DecisionRecord {
+            task_id: self.task_id,
+            step_idx: Some(idx),
+            kind: "assign_agent".to_owned(),
+            options,
+            chosen: agent.as_str().to_owned(),
+            confidence,
+            reasoning: choice.reasoning,
+        }));
+        Ok(agent)
+    }
+
+    async fn llm_call(
+        &self,
+        llm: &dyn LlmProvider,
+        request: crate::llm::LlmRequest,
+        what: &'static str,
+    ) -> Result<crate::llm::LlmOutput, FlowError> {
+        let call = call_llm(
+            &self.deps.agent,
+            llm,
+            self.task_id,
+            AgentKind::Director,
+            request,
+            self.cancel.clone(),
+        );
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(FlowError::Cancelled),
+            result = call => match result {
+                Ok(output) => Ok(output),
+                Err(LlmError::Cancelled) => Err(FlowError::Cancelled),
+                Err(source) => Err(FlowError::Llm { what, source }),
+            },
+        }
+    }
+
+    /// Runs step `position` on its agent, retrying after a restart as the policy allows.
+    async fn run_step(
+        &mut self,
+        position: usize,
+        llm: &Arc<dyn LlmProvider>,
+    ) -> Result<StepOutput, FlowError> {
+        let earlier: Vec<String> = self.steps[..position]
+            .iter()
+            .filter_map(|step| step.output.as_deref())
+            .map(|output| shorten(output, EARLIER_OUTPUT_CHARS))
+            .collect();
+        let retries = self.deps.settings.step_retries;
+        loop {
+            let step = &mut self.steps[position];
+            step.attempts += 1;
+            step.status = "running";
+            let attempt = u32::try_from(step.attempts).unwrap_or(u32::MAX);
+            let spec = StepSpec {
+                idx: step.idx,
+                kind: step.kind,
+                prompt: self.prompt.clone(),
+                instruction: step.instruction.clone(),
+                earlier: earlier.clone(),
+                attempt,
+            };
+            let agent = step.agent;
+            self.update_step(position, true);
+            let dispatch = Envelope::new(
+                self.task_id,
+                Dispatch {
+                    agent,
+                    run: RunStep {
+                        step: spec,
+                        llm: Arc::clone(llm),
+                        cancel: self.cancel.clone(),
+                    },
+                },
+            );
+            let reply = self.director.send(dispatch);
+            let result = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(FlowError::Cancelled),
+                reply = reply => reply.map_err(|_| FlowError::DirectorGone)?,
+            };
+            match result {
+                Ok(output) => {
+                    let step = &mut self.steps[position];
+                    step.status = "done";
+                    step.output = Some(output.text.clone());
+                    self.update_step(position, false);
+                    return Ok(output);
+                }
+                Err(DispatchError::Restarted { .. }) if attempt <= retries => continue,
+                Err(DispatchError::Cancelled) => return Err(FlowError::Cancelled),
+                Err(source) => {
+                    self.steps[position].status = "failed";
+                    self.update_step(position, false);
+                    return Err(FlowError::Step {
+                        idx: self.steps[position].idx,
+                        agent,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn update_step(&self, position: usize, starting: bool) {
+        let step = &self.steps[position];
+        let now = chrono::Utc::now();
+        self.writer().send(WriteOp::UpdateStep(StepUpdate {
+            task_id: self.task_id,
+            idx: step.idx,
+            agent: step.agent,
+            status: step.status,
+            output: step.output.clone(),
+            attempts: step.attempts,
+            started_at: starting.then_some(now),
+            finished_at: (!starting && step.status != "running").then_some(now),
+        }));
+    }
+
+    /// Steps still pending or running when the task ends are marked `cancelled` or `skipped`.
+    fn close_open_steps(&mut self, status: TaskStatus) {
+        let closing = if status == TaskStatus::Cancelled {
+            "cancelled"
+        } else {
+            "skipped"
+        };
+        for position in 0..self.steps.len() {
+            if matches!(self.steps[position].status, "pending" | "running") {
+                self.steps[position].status = closing;
+                self.update_step(position, false);
+            }
+        }
+    }
+}
+
+/// `text` cut to `limit` characters.
+fn shorten(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,272 @@
+//! The model layer: the [`LlmProvider`] trait, request and output types, and the providers.
+//!
+//! - [`embedded`]: llama.cpp in a supervised child process (`troupe model-worker`, see [`worker`]), so that
+//!   an abort inside llama.cpp (a `GGML_ASSERT` on some grammar states) kills the worker, never the server.
+//! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks.
+//!
+//! This module knows nothing of agents, events or storage; callers record calls (see `agents::LlmCaller`).
+
+pub mod embedded;
+pub mod protocol;
+pub mod replay;
+pub mod worker;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Who speaks a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// The request.
+    User,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Speaker.
+    pub role: Role,
+    /// Text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+}
+
+/// The shape the output must take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputSpec {
+    /// Free text, ended by the model or the token budget.
+    Text,
+    /// A JSON document valid for `schema`, enforced by a grammar built from the schema.
+    Json {
+        /// JSON Schema of the document.
+        schema: serde_json::Value,
+    },
+    /// A choice among `options`, scored by the model's own probabilities: the answer starts with `prefix`
+    /// (prefilled), the options' first-token logits at that point are turned into probabilities (softmax over
+    /// the candidates), the most probable option is taken, then `suffix` is prefilled and a short free-text
+    /// reason is generated under a grammar up to a closing `"}`.
+    Choice {
+        /// Prefilled text before the option, e.g. `{"agent": "`.
+        prefix: String,
+        /// The candidates; their first tokens must differ.
+        options: Vec<String>,
+        /// Prefilled text after the option, e.g. `", "reason": "`.
+        suffix: String,
+    },
+}
+
+/// One model call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmRequest {
+    /// A key for this call that is the same in every run of the same task ("plan", "assign.1", "work.1",
+    /// "verify"); the replay provider answers by it.
+    pub purpose: String,
+    /// The conversation; the provider applies the model's chat template.
+    pub messages: Vec<ChatMessage>,
+    /// Generation budget.
+    pub max_tokens: u32,
+    /// Required shape of the output.
+    pub output: OutputSpec,
+}
+
+/// One scored candidate of a choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredOption {
+    /// The candidate.
+    pub name: String,
+    /// The model's probability for it, normalised over the candidates.
+    pub probability: f64,
+}
+
+/// The outcome of a [`OutputSpec::Choice`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Every candidate with its probability, in the order requested.
+    pub options: Vec<ScoredOption>,
+    /// The chosen candidate.
+    pub chosen: String,
+    /// The model's stated reason.
+    pub reasoning: String,
+}
+
+impl Choice {
+    /// The probability of the chosen option.
+    pub fn confidence(&self) -> f64 {
+        self.options
+            .iter()
+            .find(|option| option.name == self.chosen)
+            .map_or(0.0, |option| option.probability)
+    }
+}
+
+/// Token counts of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+}
+
+/// What a call produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmOutput {
+    /// The whole output text (for a choice, the JSON object `prefix + option + suffix + reason + "}`).
+    pub text: String,
+    /// Set for [`OutputSpec::Choice`].
+    pub choice: Option<Choice>,
+    /// Token counts.
+    pub usage: Usage,
+    /// Seconds spent generating (after the prompt), for tokens/s.
+    pub generation_seconds: f64,
+}
+
+/// Receives streamed text pieces as the model produces them.
+pub type TokenSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A model call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// The caller cancelled the call.
+    #[error("model call cancelled")]
+    Cancelled,
+    /// The call took longer than its deadline.
+    #[error("model call timed out after {0} s")]
+    Timeout(u64),
+    /// The model worker process died during the call (it is restarted for the next call).
+    #[error("model worker died: {0}")]
+    WorkerCrashed(String),
+    /// The model worker is not running and could not be started.
+    #[error("model worker unavailable: {0}")]
+    Unavailable(String),
+    /// The output schema could not be turned into a grammar.
+    #[error("build grammar: {0}")]
+    Grammar(String),
+    /// The request itself is unusable (a prompt too long for the context, a choice whose options share a
+    /// first token).
+    #[error("invalid model request: {0}")]
+    InvalidRequest(String),
+    /// llama.cpp reported an error.
+    #[error("model error: {0}")]
+    Model(String),
+    /// The replayed task has no recorded output for this call.
+    #[error("replay has no recorded model output for '{purpose}'")]
+    ReplayMissing {
+        /// The call's purpose key.
+        purpose: String,
+    },
+    /// The worker spoke something that is not the protocol.
+    #[error("model worker protocol: {0}")]
+    Protocol(String),
+}
+
+impl LlmError {
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Cancelled => "cancelled",
+            LlmError::Timeout(_) => "timeout",
+            LlmError::WorkerCrashed(_) => "worker_crashed",
+            LlmError::Unavailable(_) => "unavailable",
+            LlmError::Grammar(_) => "grammar",
+            LlmError::InvalidRequest(_) => "invalid_request",
+            LlmError::Model(_) => "model",
+            LlmError::ReplayMissing { .. } => "replay_missing",
+            LlmError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// A source of model outputs.
+#[async_trait]
+pub trait LlmProvider: Send + Sync {
+    /// `gen_ai.provider.name` of this provider ("llama.cpp", "replay").
+    fn provider_name(&self) -> &'static str;
+    /// `gen_ai.request.model`.
+    fn model_name(&self) -> &str;
+    /// Runs one call, streaming text pieces to `on_token`; stops early when `cancel` fires.
+    async fn complete(
+        &self,
+        request: LlmRequest,
+        on_token: TokenSink,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError>;
+    /// Whether the provider can serve calls now (for `/readyz`).
+    fn check_ready(&self) -> Result<(), LlmError>;
+}
+
+/// Probabilities from logits by softmax, computed stably.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits
+        .iter()
+        .map(|&logit| f64::from(logit - max).exp())
+        .collect();
+    let sum: f64 = exps.iter().sum();
+    if sum > 0.0 && sum.is_finite() {
+        exps.into_iter().map(|e| e / sum).collect()
+    } else {
+        vec![1.0 / logits.len().max(1) as f64; logits.len()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let probabilities = softmax(&[2.0, 1.0, 0.0]);
+        let sum: f64 = probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-9);
+        assert!(probabilities[0] > probabilities[1] && probabilities[1] > probabilities[2]);
+    }
+
+    #[test]
+    fn softmax_is_stable_for_large_logits() {
+        let probabilities = softmax(&[1000.0, 1000.0]);
+        assert!((probabilities[0] - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn confidence_is_the_chosen_probability() {
+        let choice = Choice {
+            options: vec![
+                ScoredOption {
+                    name: "code".into(),
+                    probability: 0.7,
+                },
+                ScoredOption {
+                    name: "qa".into(),
+                    probability: 0.3,
+                },
+            ],
+            chosen: "code".into(),
+            reasoning: String::new(),
+        };
+        assert!((choice.confidence() - 0.7).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,422 @@
+//! The embedded provider: llama.cpp hosted by a supervised child process (`troupe model-worker`).
+//!
+//! One tokio task owns the child: it starts it, waits for `ready`, feeds it one call at a time and routes
+//! streamed tokens to the caller. When the child dies (an abort inside llama.cpp, a kill, an OOM) the call in
+//! flight fails with [`LlmError::WorkerCrashed`], the restart is counted, and a new child serves the next
+//! call. The server never dies with its model. Calls queue in a channel while the model is busy.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{FromWorker, ToWorker};
+use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use crate::config::LlmSettings;
+use crate::telemetry::metrics::Metrics;
+
+/// How long a fresh worker may take to load its model.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One queued call.
+struct Job {
+    request: LlmRequest,
+    ignore_eos: bool,
+    on_token: TokenSink,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<LlmOutput, LlmError>>,
+}
+
+/// The worker's state, for `/readyz`.
+#[derive(Debug, Clone)]
+enum WorkerState {
+    Starting,
+    Ready,
+    Down(String),
+}
+
+/// llama.cpp in a supervised child process.
+pub struct EmbeddedProvider {
+    model_name: String,
+    jobs: mpsc::UnboundedSender<Job>,
+    state: Arc<Mutex<WorkerState>>,
+}
+
+impl EmbeddedProvider {
+    /// Starts the worker and waits until its model is loaded.
+    pub async fn start(settings: &LlmSettings, metrics: Metrics) -> Result<Self, LlmError> {
+        if !settings.model.is_file() {
+            return Err(LlmError::Unavailable(format!(
+                "model file {} not found; run `scripts/setup.sh demo` (or `make demo`) to fetch it",
+                settings.model.display()
+            )));
+        }
+        let program = if settings.worker_command.is_empty() {
+            std::env::current_exe()
+                .map_err(|e| LlmError::Unavailable(format!("find this executable: {e}")))?
+        } else {
+            PathBuf::from(&settings.worker_command)
+        };
+        let model_name = settings
+            .model
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unknown".to_owned());
+        let launcher = Launcher {
+            program,
+            args: vec![
+                "model-worker".into(),
+                "--model".into(),
+                settings.model.display().to_string(),
+                "--threads".into(),
+                settings.threads.to_string(),
+                "--context-size".into(),
+                settings.context_size.to_string(),
+                "--seed".into(),
+                settings.seed.to_string(),
+                "--temperature".into(),
+                settings.temperature.to_string(),
+            ],
+        };
+        let state = Arc::new(Mutex::new(WorkerState::Starting));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let (first_ready, ready) = oneshot::channel();
+        let supervisor = WorkerSupervisor {
+            launcher,
+            queue,
+            state: Arc::clone(&state),
+            metrics,
+            timeout: Duration::from_secs(settings.request_timeout_seconds),
+            first_ready: Some(first_ready),
+        };
+        tokio::spawn(supervisor.run());
+        match ready.await {
+            Ok(Ok(())) => Ok(EmbeddedProvider {
+                model_name,
+                jobs,
+                state,
+            }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(LlmError::Unavailable(
+                "model worker supervisor stopped".into(),
+            )),
+        }
+    }
+
+    /// Runs a call that keeps generating past end-of-generation tokens, for benchmarks that need a fixed
+    /// number of tokens.
+    pub async fn complete_fixed_length(&self, request: LlmRequest) -> Result<LlmOutput, LlmError> {
+        self.submit(request, true, Arc::new(|_| {}), CancellationToken::new())
+            .await
+    }
+
+    async fn submit(
+        &self,
+        request: LlmRequest,
+        ignore_eos: bool,
+        on_token: TokenSink,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                request,
+                ignore_eos,
+                on_token,
+                cancel,
+                reply,
+            })
+            .map_err(|_| LlmError::Unavailable("model worker supervisor stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LlmError::Unavailable("model worker supervisor stopped".into()))?
+    }
+}
+
+#[async_trait]
+impl LlmProvider for EmbeddedProvider {
+    fn provider_name(&self) -> &'static str {
+        "llama.cpp"
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    async fn complete(
+        &self,
+        request: LlmRequest,
+        on_token: TokenSink,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError> {
+        self.submit(request, false, on_token, cancel).await
+    }
+
+    fn check_ready(&self) -> Result<(), LlmError> {
+        let state = self
+            .state
+            .lock()
+            .map(|state| state.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        match state {
+            WorkerState::Ready => Ok(()),
+            WorkerState::Starting => Err(LlmError::Unavailable("model worker is starting".into())),
+            WorkerState::Down(reason) => Err(LlmError::Unavailable(reason)),
+        }
+    }
+}
+
+/// How to start a worker.
+struct Launcher {
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// A running worker's pipes.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// Owns the worker process: starts, feeds and restarts it.
+struct WorkerSupervisor {
+    launcher: Launcher,
+    queue: mpsc::UnboundedReceiver<Job>,
+    state: Arc<Mutex<WorkerState>>,
+    metrics: Metrics,
+    timeout: Duration,
+    first_ready: Option<oneshot::Sender<Result<(), LlmError>>>,
+}
+
+/// How one call ended, as far as the worker's health goes.
+enum CallEnd {
+    /// The worker is fine and can take the next call.
+    Healthy,
+    /// The worker is gone or unusable and must be replaced.
+    Replace,
+}
+
+impl WorkerSupervisor {
+    async fn run(mut self) {
+        let mut next_id: u64 = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            self.set_state(WorkerState::Starting);
+            let mut worker = match self.start_worker().await {
+                Ok(worker) => {
+                    backoff = Duration::from_millis(100);
+                    worker
+                }
+                Err(error) => {
+                    tracing::error!(%error, "model worker failed to start");
+                    self.set_state(WorkerState::Down(error.to_string()));
+                    if let Some(first_ready) = self.first_ready.take() {
+                        // The first start failing is a start-up error the caller reports.
+                        let _ = first_ready.send(Err(error));
+                        return;
+                    }
+                    // Fail what is queued rather than leaving callers waiting, then retry.
+                    while let Ok(job) = self.queue.try_recv() {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            self.set_state(WorkerState::Ready);
+            if let Some(first_ready) = self.first_ready.take() {
+                let _ = first_ready.send(Ok(()));
+            }
+            loop {
+                let Some(job) = self.queue.recv().await else {
+                    // Every provider handle is gone: stop the worker and end.
+                    let _ = worker.child.kill().await;
+                    return;
+                };
+                next_id += 1;
+                match self.serve(&mut worker, next_id, job).await {
+                    CallEnd::Healthy => {}
+                    CallEnd::Replace => {
+                        let _ = worker.child.kill().await;
+                        let status = worker.child.wait().await;
+                        tracing::warn!(?status, "model worker lost; starting a new one");
+                        self.metrics
+                            .supervisor_restarts
+                            .with_label_values(&["model_worker", "crash"])
+                            .inc();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_state(&self, state: WorkerState) {
+        match self.state.lock() {
+            Ok(mut guard) => *guard = state,
+            Err(poisoned) => *poisoned.into_inner() = state,
+        }
+    }
+
+    async fn start_worker(&self) -> Result<Worker, LlmError> {
+        let mut child = Command::new(&self.launcher.program)
+            .args(&self.launcher.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                LlmError::Unavailable(format!(
+                    "start model worker {}: {e}",
+                    self.launcher.program.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(LlmError::Unavailable("model worker has no pipes".into()));
+        };
+        let mut stdout = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(START_TIMEOUT, stdout.next_line())
+            .await
+            .map_err(|_| {
+                LlmError::Unavailable("model worker did not load its model in 60 s".into())
+            })?;
+        match first {
+            Ok(Some(line)) => match serde_json::from_str::<FromWorker>(&line) {
+                Ok(FromWorker::Ready { model, context }) => {
+                    tracing::info!(%model, context, "model worker ready");
+                    Ok(Worker {
+                        child,
+                        stdin,
+                        stdout,
+                    })
+                }
+                _ => Err(LlmError::Protocol(format!(
+                    "expected ready, got: {}",
+                    excerpt(&line)
+                ))),
+            },
+            Ok(None) => {
+                let status = child.wait().await.ok();
+                Err(LlmError::Unavailable(format!(
+                    "model worker exited while loading the model ({})",
+                    status.map_or_else(|| "unknown status".into(), |s| s.to_string())
+                )))
+            }
+            Err(e) => Err(LlmError::Unavailable(format!("read model worker: {e}"))),
+        }
+    }
+
+    /// Serves one call on `worker`.
+    async fn serve(&self, worker: &mut Worker, id: u64, job: Job) -> CallEnd {
+        if job.cancel.is_cancelled() {
+            let _ = job.reply.send(Err(LlmError::Cancelled));
+            return CallEnd::Healthy;
+        }
+        let line = match serde_json::to_string(&ToWorker::Generate {
+            id,
+            request: job.request,
+            ignore_eos: job.ignore_eos,
+        }) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = job
+                    .reply
+                    .send(Err(LlmError::Protocol(format!("encode request: {e}"))));
+                return CallEnd::Healthy;
+            }
+        };
+        if let Err(e) = write_line(&mut worker.stdin, &line).await {
+            let _ = job
+                .reply
+                .send(Err(LlmError::WorkerCrashed(format!("write request: {e}"))));
+            return CallEnd::Replace;
+        }
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut cancel_sent = false;
+        loop {
+            tokio::select! {
+                line = worker.stdout.next_line() => {
+                    let line = match line {
+                        Ok(Some(line)) => line,
+                        Ok(None) | Err(_) => {
+                            let status = worker.child.try_wait().ok().flatten();
+                            let reason = status.map_or_else(
+                                || "pipe closed".to_owned(),
+                                |status| status.to_string(),
+                            );
+                            let _ = job.reply.send(Err(LlmError::WorkerCrashed(reason)));
+                            return CallEnd::Replace;
+                        }
+                    };
+                    match serde_json::from_str::<FromWorker>(&line) {
+                        Ok(FromWorker::Token { id: token_id, text }) if token_id == id => (job.on_token)(&text),
+                        Ok(FromWorker::Done { id: done_id, output, .. }) if done_id == id => {
+                            let _ = job.reply.send(Ok(output));
+                            return CallEnd::Healthy;
+                        }
+                        Ok(FromWorker::Failed { id: failed_id, kind, message }) if failed_id == id => {
+                            let _ = job.reply.send(Err(failure(&kind, message)));
+                            return CallEnd::Healthy;
+                        }
+                        Ok(other) => tracing::warn!(?other, "model worker reply for another call ignored"),
+                        Err(e) => {
+                            let _ = job.reply.send(Err(LlmError::Protocol(format!(
+                                "{e}: {}", excerpt(&line)
+                            ))));
+                            return CallEnd::Replace;
+                        }
+                    }
+                }
+                () = job.cancel.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    let cancel = serde_json::to_string(&ToWorker::Cancel { id }).unwrap_or_default();
+                    if write_line(&mut worker.stdin, &cancel).await.is_err() {
+                        let _ = job.reply.send(Err(LlmError::Cancelled));
+                        return CallEnd::Replace;
+                    }
+                }
+                () = &mut deadline => {
+                    let _ = job.reply.send(Err(LlmError::Timeout(self.timeout.as_secs())));
+                    // The worker is busy with a call nobody waits for: replace it.
+                    return CallEnd::Replace;
+                }
+            }
+        }
+    }
+}
+
+async fn write_line(stdin: &mut ChildStdin, line: &str) -> std::io::Result<()> {
+    stdin.write_all(line.as_bytes()).await?;
+    stdin.write_all(b"\n").await?;
+    stdin.flush().await
+}
+
+/// Maps a worker-reported failure to the provider error.
+fn failure(kind: &str, message: String) -> LlmError {
+    match kind {
+        "cancelled" => LlmError::Cancelled,
+        "grammar" => LlmError::Grammar(message),
+        "invalid_request" => LlmError::InvalidRequest(message),
+        "context_overflow" => LlmError::InvalidRequest(message),
+        _ => LlmError::Model(message),
+    }
+}
+
+/// The first 200 characters of `text`, for error messages about hostile or broken output.
+pub fn excerpt(text: &str) -> String {
+    const LIMIT: usize = 200;
+    match text.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

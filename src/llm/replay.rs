@@ -1,0 +1,138 @@
+//! The replay provider: answers each call with the output recorded for the same call (same `purpose`) of an
+//! earlier task. Used to replay a task deterministically (`options.replay_of`), to debug, and to benchmark
+//! the orchestration without model time. A call that was never recorded fails with
+//! [`LlmError::ReplayMissing`]; nothing is invented.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use crate::task::TaskId;
+
+/// Recorded outputs of one task, by purpose.
+pub struct ReplayProvider {
+    source: TaskId,
+    model_name: String,
+    recorded: HashMap<String, LlmOutput>,
+}
+
+impl ReplayProvider {
+    /// A provider answering from `recorded` (purpose -> output), the calls of task `source`.
+    pub fn new(source: TaskId, model_name: String, recorded: HashMap<String, LlmOutput>) -> Self {
+        ReplayProvider {
+            source,
+            model_name,
+            recorded,
+        }
+    }
+
+    /// The task whose outputs are replayed.
+    pub fn source(&self) -> TaskId {
+        self.source
+    }
+}
+
+#[async_trait]
+impl LlmProvider for ReplayProvider {
+    fn provider_name(&self) -> &'static str {
+        "replay"
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    async fn complete(
+        &self,
+        request: LlmRequest,
+        on_token: TokenSink,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError> {
+        if cancel.is_cancelled() {
+            return Err(LlmError::Cancelled);
+        }
+        let output =
+            self.recorded
+                .get(&request.purpose)
+                .cloned()
+                .ok_or(LlmError::ReplayMissing {
+                    purpose: request.purpose,
+                })?;
+        on_token(&output.text);
+        Ok(output)
+    }
+
+    fn check_ready(&self) -> Result<(), LlmError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::llm::{OutputSpec, Usage};
+
+    fn request(purpose: &str) -> LlmRequest {
+        LlmRequest {
+            purpose: purpose.into(),
+            messages: vec![],
+            max_tokens: 8,
+            output: OutputSpec::Text,
+        }
+    }
+
+    fn provider() -> ReplayProvider {
+        let output = LlmOutput {
+            text: "recorded".into(),
+            choice: None,
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 1,
+            },
+            generation_seconds: 0.1,
+        };
+        ReplayProvider::new(
+            TaskId::new(),
+            "m".into(),
+            HashMap::from([("plan".to_owned(), output)]),
+        )
+    }
+
+    #[tokio::test]
+    async fn answers_with_the_recorded_output_and_streams_it() {
+        let streamed = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&streamed);
+        let output = provider()
+            .complete(
+                request("plan"),
+                Arc::new(move |text| sink.lock().unwrap().push_str(text)),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(output.text, "recorded");
+        assert_eq!(*streamed.lock().unwrap(), "recorded");
+    }
+
+    #[tokio::test]
+    async fn an_unrecorded_call_is_a_clear_error() {
+        let error = provider()
+            .complete(
+                request("work.9"),
+                Arc::new(|_| {}),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            LlmError::ReplayMissing {
+                purpose: "work.9".into()
+            }
+        );
+    }
+}

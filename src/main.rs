@@ -1,0 +1,104 @@
+//! `troupe`: parse the command line, load configuration, start telemetry, run the command. Nothing else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use troupe::cli::{self, Cli, Command};
+use troupe::config::Settings;
+use troupe::llm::worker::WorkerOptions;
+use troupe::task::TaskOptions;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The model worker speaks its protocol on stdout: no logging set-up, no configuration.
+    if let Command::ModelWorker {
+        model,
+        threads,
+        context_size,
+        seed,
+        temperature,
+    } = &cli.command
+    {
+        let options = WorkerOptions {
+            model: model.clone(),
+            threads: *threads,
+            context: *context_size,
+            seed: *seed,
+            temperature: *temperature,
+        };
+        return match cli::model_worker::model_worker(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("model-worker: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let settings = {
+        let dir = std::env::var_os("TROUPE_CONFIG_DIR").map_or_else(
+            || std::path::PathBuf::from("config"),
+            std::path::PathBuf::from,
+        );
+        match Settings::load_from(&dir, cli.profile.as_deref()) {
+            Ok(settings) => settings,
+            Err(error) => {
+                eprintln!("troupe: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut settings = settings;
+    if let Command::Run { verbose: false, .. } = cli.command {
+        // The live view is the output of `run`; log lines would tear it.
+        settings.telemetry.log_level = "warn".to_owned();
+    }
+    let _telemetry = match troupe::telemetry::init(&settings.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("troupe: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = actix_rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Run {
+                prompt,
+                json,
+                max_steps,
+                replay_of,
+                ..
+            } => {
+                cli::run::run(
+                    settings,
+                    &prompt,
+                    TaskOptions {
+                        max_steps,
+                        replay_of,
+                    },
+                    json,
+                )
+                .await
+            }
+            Command::Serve { bind } => {
+                if let Some(bind) = bind {
+                    settings.server.bind = bind;
+                }
+                cli::serve::serve(settings)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
+            Command::Migrate => cli::migrate::migrate(&settings)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::ModelWorker { .. } => Ok(ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("troupe: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

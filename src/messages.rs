@@ -1,0 +1,190 @@
+//! The messages between actors, and the [`Envelope`] every one of them travels in.
+//!
+//! An envelope carries the sender's OpenTelemetry context (trace id, span id, flags, tracestate: the W3C
+//! trace context), the task id and the send time. The receiving handler opens its span as a child of that
+//! context, so one task is one trace across every actor; the send time gives the hop latency; the
+//! [`MailboxTicket`] inside keeps `troupe_mailbox_depth` honest even when a message is dropped unread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::Message;
+use prometheus::IntGauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{AgentError, AgentKind};
+use crate::llm::LlmProvider;
+use crate::task::{TaskId, TaskOptions};
+use crate::telemetry::propagation;
+
+/// A message with its trace context, task and send time.
+pub struct Envelope<M> {
+    /// The sender's span context; the handler's span is its child.
+    pub trace: opentelemetry::Context,
+    /// The task the message is about.
+    pub task_id: TaskId,
+    /// When it was sent.
+    pub sent_at: Instant,
+    /// Counts the message in its receiver's mailbox depth until received.
+    pub ticket: MailboxTicket,
+    /// The message.
+    pub payload: M,
+}
+
+impl<M> Envelope<M> {
+    /// Wraps `payload` with the current span's context, stamped now, uncounted.
+    pub fn new(task_id: TaskId, payload: M) -> Self {
+        Envelope {
+            trace: propagation::current(),
+            task_id,
+            sent_at: Instant::now(),
+            ticket: MailboxTicket::none(),
+            payload,
+        }
+    }
+
+    /// Counts this message in `depth` until it is received (or dropped).
+    pub fn counted(mut self, depth: IntGauge) -> Self {
+        depth.inc();
+        self.ticket = MailboxTicket(Some(depth));
+        self
+    }
+}
+
+impl<M> Message for Envelope<M>
+where
+    M: Message,
+    M::Result: 'static,
+{
+    type Result = M::Result;
+}
+
+/// Holds one unit of a mailbox-depth gauge: released when the handler takes the message, or when the
+/// message is dropped unread (its actor died), so the gauge never drifts.
+pub struct MailboxTicket(Option<IntGauge>);
+
+impl MailboxTicket {
+    /// A ticket that counts nothing.
+    pub fn none() -> Self {
+        MailboxTicket(None)
+    }
+
+    /// The handler has the message: it no longer waits in the mailbox.
+    pub fn received(&mut self) {
+        if let Some(depth) = self.0.take() {
+            depth.dec();
+        }
+    }
+}
+
+impl Drop for MailboxTicket {
+    fn drop(&mut self) {
+        self.received();
+    }
+}
+
+/// What a specialist is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Work on a planned step (Research, Code, or QA when the Director picks it for a step).
+    Work,
+    /// Check the work done so far against the task (QA, at the end of every task).
+    Verify,
+}
+
+/// One step for a specialist.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    /// Position in the plan, from 1.
+    pub idx: i32,
+    /// Work or verification.
+    pub kind: StepKind,
+    /// The user's prompt.
+    pub prompt: String,
+    /// The step's instruction.
+    pub instruction: String,
+    /// Outputs of earlier steps (most recent last), already shortened.
+    pub earlier: Vec<String>,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+}
+
+/// QA's verdict.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
+    /// "pass" or "fail".
+    pub verdict: String,
+    /// What is wrong or right.
+    pub feedback: String,
+}
+
+/// What a specialist produced.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The output text.
+    pub text: String,
+    /// QA's verdict, for verification steps.
+    pub verdict: Option<Verdict>,
+}
+
+/// Director to specialist: work one step with this model, stop when `cancel` fires.
+#[derive(Message)]
+#[rtype(result = "Result<StepOutput, AgentError>")]
+pub struct RunStep {
+    /// The step.
+    pub step: StepSpec,
+    /// The task's model provider (the default, or a replay).
+    pub llm: Arc<dyn LlmProvider>,
+    /// The task's cancellation.
+    pub cancel: CancellationToken,
+}
+
+/// API/CLI to Director: start (or queue) a stored task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartTask {
+    /// The user's prompt.
+    pub prompt: String,
+    /// Options given at submission.
+    pub options: TaskOptions,
+}
+
+/// API/CLI to Director: cancel a queued or running task.
+#[derive(Message)]
+#[rtype(result = "Result<(), NotRunning>")]
+pub struct CancelTask;
+
+/// The task is not queued or running in this Director.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("task is not queued or running")]
+pub struct NotRunning;
+
+/// Task flow to Director: run a step on a supervised specialist.
+#[derive(Message)]
+#[rtype(result = "Result<StepOutput, crate::director::DispatchError>")]
+pub struct Dispatch {
+    /// The specialist.
+    pub agent: AgentKind,
+    /// The step.
+    pub run: RunStep,
+}
+
+/// API to Director: the agents and their health.
+#[derive(Message)]
+#[rtype(result = "Vec<AgentStatus>")]
+pub struct GetAgents;
+
+/// One agent as `GET /api/v1/agents` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentStatus {
+    /// Agent name.
+    pub name: AgentKind,
+    /// "running".
+    pub status: &'static str,
+    /// Restarts since start-up.
+    pub restarts: u64,
+    /// Messages waiting in its mailbox.
+    pub mailbox_depth: i64,
+    /// Work accepted and not finished.
+    pub in_flight: i64,
+}

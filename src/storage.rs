@@ -1,0 +1,188 @@
+//! Long-term storage through sea-orm: connecting (SQLite by default, PostgreSQL when `database.url` says so),
+//! migrating, reading. Only this module talks to the database.
+//!
+//! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`);
+//! every write goes through the single batching [`writer`], so that a task's records and its events commit
+//! together and SQLite never sees two writers.
+
+pub mod entities;
+mod events;
+mod llm_calls;
+mod tasks;
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+pub use llm_calls::Recording;
+pub use tasks::{StepRecord, TaskRecord, TaskUsage};
+
+use crate::config::DatabaseSettings;
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be reached or opened.
+    #[error("connect to database {url}")]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        /// Why.
+        #[source]
+        source: DbErr,
+    },
+    /// Migrations failed.
+    #[error("migrate database")]
+    Migrate(#[source] DbErr),
+    /// A query failed.
+    #[error("{action}")]
+    Query {
+        /// What was being done, e.g. "read task".
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: DbErr,
+    },
+    /// A stored row does not parse (written by another version, or edited by hand).
+    #[error("stored {what} does not parse: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// The problem.
+        detail: String,
+    },
+    /// The writer task is gone (the application is shutting down).
+    #[error("storage writer stopped")]
+    WriterStopped,
+}
+
+impl StorageError {
+    fn query(action: &'static str) -> impl FnOnce(DbErr) -> StorageError {
+        move |source| StorageError::Query { action, source }
+    }
+}
+
+/// A connection pool and the reads Troupe makes. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    db: DatabaseConnection,
+}
+
+impl Storage {
+    /// Connects per `settings`; for a SQLite file, creates its folder and turns on WAL, full
+    /// synchronisation (committed means on disk) and foreign keys.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StorageError> {
+        let url = settings.url.as_str();
+        if let Some(path) = sqlite_path(url) {
+            if let Some(parent) = Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).map_err(|e| StorageError::Connect {
+                    url: redact(url),
+                    source: DbErr::Custom(format!("create folder {}: {e}", parent.display())),
+                })?;
+            }
+        }
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(settings.max_connections)
+            .connect_timeout(Duration::from_secs(10))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10))
+            });
+        let db = Database::connect(options)
+            .await
+            .map_err(|source| StorageError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        Ok(Storage { db })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        Migrator::up(&self.db, None)
+            .await
+            .map_err(StorageError::Migrate)
+    }
+
+    /// Checks the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db
+            .ping()
+            .await
+            .map_err(StorageError::query("ping database"))
+    }
+
+    /// The pool, for the writer.
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Which backend this is ("sqlite", "postgres").
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            sea_orm::DatabaseBackend::Sqlite => "sqlite",
+            sea_orm::DatabaseBackend::Postgres => "postgres",
+            _ => "other",
+        }
+    }
+}
+
+/// The file path of a `sqlite:` URL, if it names a file.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
+/// `url` without the password, for error messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_are_found_in_urls() {
+        assert_eq!(
+            sqlite_path("sqlite://.troupe/t.sqlite?mode=rwc"),
+            Some(".troupe/t.sqlite")
+        );
+        assert_eq!(sqlite_path("sqlite:data.db"), Some("data.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://x/y"), None);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,135 @@
+//! sea-orm entities, one module per table created by `migrations/`. Rows only; queries live in
+//! `storage/queries.rs` and writes in `storage/writer.rs`.
+#![allow(missing_docs)]
+
+/// `tasks`: one row per task.
+pub mod task {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tasks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub prompt: String,
+        pub status: String,
+        pub options: Option<Json>,
+        pub result: Option<Json>,
+        pub error: Option<String>,
+        pub trace_id: Option<String>,
+        pub replay_of: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub started_at: Option<DateTimeUtc>,
+        pub finished_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `steps`: the plan's steps, keyed by `(task_id, idx)`.
+pub mod step {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "steps")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub idx: i32,
+        pub agent: String,
+        pub instruction: String,
+        pub status: String,
+        pub output: Option<String>,
+        pub attempts: i32,
+        pub started_at: Option<DateTimeUtc>,
+        pub finished_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `events`: the per-task event log, keyed by `(task_id, seq)`.
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub task_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub at: DateTimeUtc,
+        pub kind: String,
+        pub agent: Option<String>,
+        pub trace_id: String,
+        pub span_id: String,
+        pub data: Json,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `decisions`: every choice the Director made, with the options it weighed.
+pub mod decision {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "decisions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub task_id: String,
+        pub step_idx: Option<i32>,
+        pub kind: String,
+        pub options: Json,
+        pub chosen: String,
+        pub confidence: f64,
+        pub reasoning: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// `llm_calls`: every model call with prompt, output and usage; the replay provider's source.
+pub mod llm_call {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "llm_calls")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub task_id: String,
+        pub purpose: String,
+        pub agent: String,
+        pub provider: String,
+        pub model: String,
+        pub prompt: String,
+        pub output: String,
+        pub choice: Option<Json>,
+        pub prompt_tokens: i64,
+        pub completion_tokens: i64,
+        pub duration_seconds: f64,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
