@@ -77,13 +77,29 @@ build_llama_bench() {
   (cd "$vendor" && git describe --always 2>/dev/null || echo "llama-cpp-python $LLAMA_CPP_PYTHON vendor") >"$dir/VERSION"
 }
 
+# PostgreSQL for the storage tests: used where it already answers on 127.0.0.1:5432, otherwise installed from
+# Debian's packages and started as a plain process, with the password the tests use (postgres/postgres).
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+ensure_postgres() {
+  if port_open 127.0.0.1 5432; then log "PostgreSQL answers on 127.0.0.1:5432"; return; fi
+  need_debs postgresql
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  log "starting PostgreSQL $version"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  for _ in $(seq 1 50); do port_open 127.0.0.1 5432 && break; sleep 0.2; done
+  port_open 127.0.0.1 5432 || { log "PostgreSQL did not start"; exit 1; }
+  as_root su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+}
+
 command -v cargo >/dev/null || { log "cargo is required (rustup); it is not installed"; exit 1; }
 need_debs cmake clang libclang-dev pkg-config ca-certificates
 command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || need_debs python3 python3-pip
 fetch_model
 
 case "$mode" in
-  demo|test) ;;
+  demo) ;;
+  test) ensure_postgres ;;
   bench) need_debs hyperfine; build_llama_bench ;;
   *) log "unknown mode: $mode (demo, test, bench)"; exit 2 ;;
 esac

@@ -270,6 +270,23 @@ impl Settings {
                 ));
             }
         }
+        // A structured output cut off by its budget would not parse: each budget must cover the most
+        // its grammar allows (one token per character at worst, plus the JSON around the strings).
+        let plan_bound =
+            self.director.max_steps * (crate::director::plan::MAX_INSTRUCTION_CHARS + 4) + 16;
+        if limits.plan_tokens < plan_bound {
+            problems.push(format!(
+                "llm.limits.plan_tokens: {} cannot hold a plan of director.max_steps = {} steps; at least {plan_bound}",
+                limits.plan_tokens, self.director.max_steps
+            ));
+        }
+        let verdict_bound = crate::agents::qa::MAX_FEEDBACK_CHARS + 24;
+        if limits.verdict_tokens < verdict_bound {
+            problems.push(format!(
+                "llm.limits.verdict_tokens: {} cannot hold a verdict; at least {verdict_bound}",
+                limits.verdict_tokens
+            ));
+        }
         if !(1..=8).contains(&self.director.max_steps) {
             problems.push("director.max_steps: must be within 1..=8".into());
         }

@@ -40,13 +40,16 @@ impl Handler<Envelope<RunStep>> for QaAgent {
     }
 }
 
+/// Longest verdict feedback, in characters (the grammar enforces it).
+pub const MAX_FEEDBACK_CHARS: u32 = 48;
+
 /// The JSON schema of a verdict; the grammar built from it bounds the feedback's length.
 pub fn verdict_schema() -> serde_json::Value {
     json!({
         "type": "object",
         "properties": {
             "verdict": { "type": "string", "enum": ["pass", "fail"] },
-            "feedback": { "type": "string", "minLength": 1, "maxLength": 80 }
+            "feedback": { "type": "string", "minLength": 1, "maxLength": MAX_FEEDBACK_CHARS }
         },
         "required": ["verdict", "feedback"],
         "additionalProperties": false

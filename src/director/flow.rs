@@ -358,22 +358,22 @@ impl TaskFlow {
         request: crate::llm::LlmRequest,
         what: &'static str,
     ) -> Result<crate::llm::LlmOutput, FlowError> {
-        let call = call_llm(
+        // Not raced against cancellation: the provider stops at the next token when the task's token
+        // fires, and letting the call end records it (a `cancelled` model error) instead of dropping it.
+        let result = call_llm(
             &self.deps.agent,
             llm,
             self.task_id,
             AgentKind::Director,
             request,
             self.cancel.clone(),
-        );
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => Err(FlowError::Cancelled),
-            result = call => match result {
-                Ok(output) => Ok(output),
-                Err(LlmError::Cancelled) => Err(FlowError::Cancelled),
-                Err(source) => Err(FlowError::Llm { what, source }),
-            },
+        )
+        .await;
+        match result {
+            Ok(_) if self.cancel.is_cancelled() => Err(FlowError::Cancelled),
+            Ok(output) => Ok(output),
+            Err(LlmError::Cancelled) => Err(FlowError::Cancelled),
+            Err(source) => Err(FlowError::Llm { what, source }),
         }
     }
 

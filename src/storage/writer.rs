@@ -8,10 +8,10 @@
 //! - a task's terminal status and its terminal event commit together (never one without the other);
 //! - under load, batches grow and the cost of a commit is shared by many events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
@@ -207,6 +207,8 @@ impl Writer {
             metrics,
             queue,
             next_seq: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
         };
         tokio::spawn(task.run());
         Writer { ops }
@@ -267,9 +269,16 @@ struct WriterTask {
     broadcast: broadcast::Sender<Arc<Event>>,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<WriteOp>,
-    /// Next `seq` per task with events in flight; dropped when the task ends.
+    /// Last `seq` used per task with events in flight; dropped when the task ends.
     next_seq: HashMap<TaskId, i64>,
+    /// Tasks ended by this writer (the most recent [`CLOSED_MEMORY`]): late events for them are dropped,
+    /// so a terminal event is always the last of its log.
+    closed: HashSet<TaskId>,
+    closed_order: VecDeque<TaskId>,
 }
+
+/// How many ended tasks the writer remembers to drop their late events.
+const CLOSED_MEMORY: usize = 100_000;
 
 /// What a committed batch must do afterwards.
 #[derive(Default)]
@@ -314,6 +323,14 @@ impl WriterTask {
                 }
                 for task_id in outcome.ended {
                     self.next_seq.remove(&task_id);
+                    if self.closed.insert(task_id) {
+                        self.closed_order.push_back(task_id);
+                    }
+                    if self.closed_order.len() > CLOSED_MEMORY {
+                        if let Some(oldest) = self.closed_order.pop_front() {
+                            self.closed.remove(&oldest);
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -397,7 +414,8 @@ impl WriterTask {
                 .exec(txn)
                 .await
                 .map_err(StorageError::query("insert task"))?;
-                self.next_seq.insert(task.id, 1);
+                // No event yet: the task's first one below gets seq 1.
+                self.next_seq.insert(task.id, 0);
                 self.push_event(txn, event, events, outcome).await
             }
             WriteOp::Event(event) => self.push_event(txn, event, events, outcome).await,
@@ -508,8 +526,9 @@ impl WriterTask {
                     .exec(txn)
                     .await
                     .map_err(StorageError::query("finish task"))?;
+                self.push_event(txn, end.event, events, outcome).await?;
                 outcome.ended.push(end.task_id);
-                self.push_event(txn, end.event, events, outcome).await
+                Ok(())
             }
             WriteOp::Flush(done) => {
                 outcome.flushes.push(done);
@@ -526,6 +545,10 @@ impl WriterTask {
         events: &mut Vec<event::ActiveModel>,
         outcome: &mut Outcome,
     ) -> Result<(), StorageError> {
+        if self.closed.contains(&pending.task_id) || outcome.ended.contains(&pending.task_id) {
+            tracing::debug!(task_id = %pending.task_id, kind = %pending.kind, "event after the end of its task dropped");
+            return Ok(());
+        }
         let seq = match self.next_seq.get(&pending.task_id) {
             Some(last) => last + 1,
             None => {
@@ -543,6 +566,9 @@ impl WriterTask {
             }
         };
         self.next_seq.insert(pending.task_id, seq);
+        // Stored timestamps keep microseconds (PostgreSQL's precision): so must the broadcast copy.
+        let mut pending = pending;
+        pending.at = pending.at.trunc_subsecs(6);
         events.push(event_row(&pending, seq));
         outcome.events.push(Event {
             seq,

@@ -1,0 +1,209 @@
+//! `spawn_app()` and typed helpers for the API.
+
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use awc::ws::Frame;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use troupe::app::Application;
+use troupe::config::Settings;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Settings from `config/test.toml` with a private SQLite file, a free port and the built `troupe` binary
+/// as model worker.
+pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
+    let mut settings = Settings::load_from(&root().join("config"), Some("test")).unwrap();
+    settings.database.url = format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display());
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.llm.model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    settings
+}
+
+static TELEMETRY: Once = Once::new();
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: awc::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the application with the test settings, changed by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    TELEMETRY.call_once(|| {
+        let settings = Settings::load_from(&root().join("config"), Some("test")).unwrap();
+        std::mem::forget(troupe::telemetry::init(&settings.telemetry).unwrap());
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&dir);
+    adjust(&mut settings);
+    let application = Application::build(settings)
+        .await
+        .expect("application starts");
+    let port = application.port();
+    actix_rt::spawn(application.run_until_stopped());
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client,
+        _dir: dir,
+    }
+}
+
+/// Starts the application with the test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+impl TestApp {
+    /// `POST /api/v1/tasks` with a JSON body; returns status and body.
+    pub async fn post_task(&self, body: &Value) -> (u16, Value) {
+        let mut response = self
+            .client
+            .post(format!("{}/api/v1/tasks", self.address))
+            .send_json(body)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response
+            .json::<Value>()
+            .limit(1 << 20)
+            .await
+            .unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Submits `prompt` and returns the task id (asserting 202).
+    pub async fn submit(&self, prompt: &str) -> String {
+        self.submit_with(json!({ "prompt": prompt })).await
+    }
+
+    /// Submits `body` and returns the task id (asserting 202).
+    pub async fn submit_with(&self, body: Value) -> String {
+        let (status, body) = self.post_task(&body).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["status"], "queued");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET path`; returns status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut response = self
+            .client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response
+            .json::<Value>()
+            .limit(8 << 20)
+            .await
+            .unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// `POST path` without a body; returns status and JSON body.
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let mut response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut response = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        String::from_utf8(response.body().limit(8 << 20).await.unwrap().to_vec()).unwrap()
+    }
+
+    /// Follows the task's WebSocket from `after` until the server closes it (within `limit`).
+    pub async fn follow(&self, id: &str, after: i64, limit: Duration) -> Vec<Value> {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/v1/tasks/{id}/events?after={after}",
+            self.port
+        );
+        let (_response, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
+        let deadline = Instant::now() + limit;
+        let mut events = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(remaining, socket.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("task {id} did not end within {limit:?}; events: {events:?}")
+                });
+            match frame {
+                Some(Ok(Frame::Text(bytes))) => {
+                    events.push(serde_json::from_slice(&bytes).unwrap())
+                }
+                Some(Ok(Frame::Ping(bytes))) => {
+                    socket.send(awc::ws::Message::Pong(bytes)).await.unwrap();
+                }
+                Some(Ok(Frame::Close(_))) | None => return events,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => panic!("websocket error: {error}"),
+            }
+        }
+    }
+
+    /// Polls `GET /api/v1/tasks/{id}` until `done(task)` holds (bounded).
+    pub async fn wait_for_task(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, task) = self.get(&format!("/api/v1/tasks/{id}")).await;
+            assert_eq!(status, 200, "{task}");
+            if done(&task) {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} not as expected within {limit:?}: {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The value of a metric line `name{labels}` in a Prometheus text scrape (0 when absent).
+pub fn metric_value(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Kinds of `events`, in order.
+pub fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| event["kind"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,11 @@
+//! Black-box tests: each starts the real application (real embedded model in a worker process, its own
+//! SQLite file, a random port) and talks to it over HTTP and WebSocket.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod bad_input;
+mod cancellation;
+mod helpers;
+mod postgres;
+mod replay;
+mod supervision;
+mod task_flow;

@@ -1,0 +1,176 @@
+//! The same migrations and storage code on real PostgreSQL: each test gets its own database (created here,
+//! dropped at the end). The server is found at `TROUPE_TEST_POSTGRES_URL` (default: the local one that
+//! `scripts/setup.sh test` makes sure runs).
+
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::json;
+use tokio::sync::broadcast;
+use troupe::config::DatabaseSettings;
+use troupe::events::{EventKind, EventLog};
+use troupe::storage::writer::{NewTask, TaskEnd, WriteOp, Writer};
+use troupe::storage::Storage;
+use troupe::task::{TaskId, TaskStatus};
+use troupe::telemetry::metrics::Metrics;
+
+fn server_url() -> String {
+    std::env::var("TROUPE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database; dropped when the guard goes.
+struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    async fn create() -> Self {
+        let server = server_url();
+        let admin = Database::connect(&server)
+            .await
+            .expect("PostgreSQL reachable (scripts/setup.sh test)");
+        let name = format!("troupe_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base)
+            .to_owned();
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    async fn drop_now(self) {
+        let admin = Database::connect(&server_url()).await.unwrap();
+        admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn migrations_and_the_event_log_work_on_postgres() {
+    let database = TestDatabase::create().await;
+    let settings = DatabaseSettings {
+        url: database.url.clone(),
+        max_connections: 4,
+    };
+    let storage = Storage::connect(&settings).await.unwrap();
+    assert_eq!(storage.backend_name(), "postgres");
+    storage.migrate().await.unwrap();
+    storage.migrate().await.unwrap(); // idempotent
+
+    let metrics = Metrics::new().unwrap();
+    let (broadcast, _) = broadcast::channel(64);
+    let writer = Writer::spawn(storage.clone(), broadcast.clone(), metrics);
+    let log = EventLog::new(writer.clone(), broadcast, storage.clone());
+
+    let id = TaskId::new();
+    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
+    writer
+        .create_task(
+            NewTask {
+                id,
+                prompt: "p".into(),
+                options: json!({}),
+                trace_id: "0".repeat(32),
+                replay_of: None,
+                created_at: queued.at,
+            },
+            queued,
+        )
+        .await
+        .unwrap();
+    let mut subscription = log.subscribe(id, 0).await.unwrap();
+    writer.send(WriteOp::StartTask(EventLog::pending(
+        id,
+        EventKind::TaskStarted,
+        None,
+        json!({}),
+    )));
+    for n in 0..50 {
+        log.emit(
+            id,
+            EventKind::LlmToken,
+            None,
+            json!({ "text": n.to_string() }),
+        );
+    }
+    writer
+        .finish_task(TaskEnd {
+            task_id: id,
+            status: TaskStatus::Completed,
+            result: Some(json!({ "answer": 42 })),
+            error: None,
+            event: EventLog::pending(id, EventKind::TaskCompleted, None, json!({})),
+        })
+        .await
+        .unwrap();
+    // A late event after the end is dropped, never appended after the terminal event.
+    log.emit(id, EventKind::LlmToken, None, json!({ "text": "late" }));
+    writer.flush().await.unwrap();
+
+    let mut streamed = Vec::new();
+    while let Some(event) = subscription.next().await.unwrap() {
+        streamed.push(event);
+    }
+    let stored = storage.events_after(id, 0).await.unwrap();
+    assert_eq!(stored.len(), 53);
+    assert_eq!(streamed, stored);
+    assert!(stored
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.seq == i as i64 + 1));
+    assert_eq!(stored.last().unwrap().kind, EventKind::TaskCompleted);
+    let task = storage.task(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.result, Some(json!({ "answer": 42 })));
+    assert!(task.started_at.is_some() && task.finished_at.is_some());
+    let usage = storage.usage(id).await.unwrap();
+    assert_eq!(usage.llm_calls, 0);
+    database.drop_now().await;
+}
+
+#[actix_rt::test]
+async fn tasks_left_running_by_a_dead_process_are_failed_at_start_up_on_postgres() {
+    let database = TestDatabase::create().await;
+    let settings = DatabaseSettings {
+        url: database.url.clone(),
+        max_connections: 2,
+    };
+    let storage = Storage::connect(&settings).await.unwrap();
+    storage.migrate().await.unwrap();
+    let (broadcast, _) = broadcast::channel(8);
+    let writer = Writer::spawn(storage.clone(), broadcast, Metrics::new().unwrap());
+    let id = TaskId::new();
+    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({}));
+    let task = NewTask {
+        id,
+        prompt: "p".into(),
+        options: json!({}),
+        trace_id: "0".repeat(32),
+        replay_of: None,
+        created_at: queued.at,
+    };
+    writer.create_task(task, queued).await.unwrap();
+
+    assert_eq!(storage.fail_interrupted().await.unwrap(), vec![id]);
+    let task = storage.task(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    assert!(task.error.unwrap().contains("interrupted"));
+    let events = storage.events_after(id, 0).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EventKind::TaskQueued, EventKind::TaskFailed]
+    );
+    assert_eq!(events[1].seq, 2);
+    database.drop_now().await;
+}
