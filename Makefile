@@ -25,7 +25,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 test: setup-test lint
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked
 
 bench:
 	scripts/setup.sh bench

@@ -1,2 +1,157 @@
-//! Orchestration benchmark (written next).
-fn main() {}
+//! Orchestration overhead: the Director -> specialists -> QA -> Director flow with the `replay` provider,
+//! so no model time is spent (the recording comes from one real task on the embedded model, made first).
+//!
+//! Reported (JSON on stdout, one object):
+//! - `core_us`: per task, from `task.started` to the terminal event's creation (envelopes, spans, metrics,
+//!   events handed to the batching writer), p50/p99, one task at a time;
+//! - `durable_us`: per task, from `submit` to the terminal event received by a subscriber, i.e. every event
+//!   committed to SQLite (WAL, synchronous=FULL), p50/p99, one task at a time;
+//! - `hop_us_mean`: mean mailbox hop (send to handler start) from `troupe_message_latency_seconds`;
+//! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` tasks in flight, durable.
+//!
+//! Run with `TROUPE_BENCH_TRACING=0` to measure with span creation off. `scripts/bench.sh` runs both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use troupe::app::Core;
+use troupe::config::Settings;
+use troupe::events::EventKind;
+use troupe::llm::embedded::EmbeddedProvider;
+use troupe::storage::Storage;
+use troupe::task::{TaskId, TaskOptions};
+use troupe::telemetry::metrics::Metrics;
+
+const SEQUENTIAL: usize = 300;
+const IN_FLIGHT: usize = 64;
+const THROUGHPUT_TASKS: usize = 3_000;
+
+fn main() -> anyhow::Result<()> {
+    let tracing = std::env::var("TROUPE_BENCH_TRACING").map_or(true, |v| v != "0");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut settings = Settings::load_from(&root.join("config"), Some("test"))?;
+    let dir = tempfile::tempdir()?;
+    settings.database.url = format!("sqlite://{}/bench.sqlite?mode=rwc", dir.path().display());
+    settings.llm.model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    settings.llm.threads = 2;
+    settings.director.max_concurrent_tasks = IN_FLIGHT;
+    settings.telemetry.tracing = tracing;
+    settings.telemetry.log_level = "error".into();
+    let _telemetry = troupe::telemetry::init(&settings.telemetry)?;
+
+    actix_rt::System::new().block_on(async move {
+        let metrics = Metrics::new()?;
+        let storage = Storage::connect(&settings.database).await?;
+        storage.migrate().await?;
+        let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
+        let core = Core::assemble(settings, storage, metrics, llm);
+
+        let prompt = "Write a Python function that adds two numbers";
+        let recorded = core.submit(prompt, TaskOptions::default()).await?;
+        let end = finish(&core, recorded).await?;
+        anyhow::ensure!(end == EventKind::TaskCompleted, "the recorded task ended {end}");
+        let replay = TaskOptions { max_steps: None, replay_of: Some(recorded) };
+
+        // Warm-up.
+        for _ in 0..20 {
+            let id = core.submit(prompt, replay.clone()).await?;
+            finish(&core, id).await?;
+        }
+
+        let mut core_us = Vec::with_capacity(SEQUENTIAL);
+        let mut durable_us = Vec::with_capacity(SEQUENTIAL);
+        let mut events_per_task = 0;
+        for _ in 0..SEQUENTIAL {
+            let started = Instant::now();
+            let id = core.submit(prompt, replay.clone()).await?;
+            let end = finish(&core, id).await?;
+            durable_us.push(started.elapsed().as_secs_f64() * 1e6);
+            anyhow::ensure!(end == EventKind::TaskCompleted, "a replayed task ended {end}");
+            let events = core.storage.events_after(id, 0).await?;
+            events_per_task = events.len();
+            let start = events.iter().find(|e| e.kind == EventKind::TaskStarted);
+            let last = events.last();
+            if let (Some(start), Some(last)) = (start, last) {
+                core_us.push((last.at - start.at).num_nanoseconds().unwrap_or(0) as f64 / 1e3);
+            }
+        }
+
+        let started = Instant::now();
+        let mut pending = tokio::task::JoinSet::new();
+        let mut submitted = 0;
+        let mut completed = 0;
+        while completed < THROUGHPUT_TASKS {
+            while submitted < THROUGHPUT_TASKS && pending.len() < IN_FLIGHT {
+                let id = core.submit(prompt, replay.clone()).await?;
+                let events = core.events.clone();
+                pending.spawn_local(async move {
+                    let mut subscription = events.subscribe(id, 0).await?;
+                    while let Some(event) = subscription.next().await? {
+                        if event.kind.is_terminal() {
+                            return Ok::<_, anyhow::Error>(event.kind);
+                        }
+                    }
+                    anyhow::bail!("stream ended without a terminal event")
+                });
+                submitted += 1;
+            }
+            if let Some(result) = pending.join_next().await {
+                let end = result??;
+                anyhow::ensure!(end == EventKind::TaskCompleted, "a replayed task ended {end}");
+                completed += 1;
+            }
+        }
+        let throughput = THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64();
+
+        let scrape = core.metrics.render()?;
+        let hop = |suffix: &str| -> f64 {
+            scrape
+                .lines()
+                .filter(|line| line.starts_with(&format!("troupe_message_latency_seconds_{suffix}")))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let hop_us_mean = hop("sum") / hop("count").max(1.0) * 1e6;
+
+        println!(
+            "{}",
+            json!({
+                "tracing": tracing,
+                "tasks_sequential": SEQUENTIAL,
+                "events_per_task": events_per_task,
+                "core_us": { "p50": percentile(&mut core_us, 0.50), "p99": percentile(&mut core_us, 0.99) },
+                "durable_us": { "p50": percentile(&mut durable_us, 0.50), "p99": percentile(&mut durable_us, 0.99) },
+                "hop_us_mean": hop_us_mean,
+                "in_flight": IN_FLIGHT,
+                "throughput_tasks": THROUGHPUT_TASKS,
+                "throughput_tasks_per_s": throughput,
+            })
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(())
+}
+
+/// Waits for task `id`'s terminal event.
+async fn finish(core: &Core, id: TaskId) -> anyhow::Result<EventKind> {
+    let mut subscription = core.events.subscribe(id, 0).await?;
+    while let Some(event) = subscription.next().await? {
+        if event.kind.is_terminal() {
+            return Ok(event.kind);
+        }
+    }
+    anyhow::bail!("task {id} ended without a terminal event")
+}
+
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}

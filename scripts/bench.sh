@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Reruns every benchmark and prints the figures; `make bench` calls it after `scripts/setup.sh bench`.
+# Results are also written to bench-results/<date>.json; copy the figures into BENCHMARKS.md with the
+# machine line this prints.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out="bench-results/$(date -u +%Y%m%dT%H%M%SZ).json"
+mkdir -p bench-results
+threads=${TROUPE_BENCH_THREADS:-2}
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr)"
+echo "machine: $machine" >&2
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)" >&2
+
+cargo build --release --locked --bin troupe >&2
+echo "== embedded generation vs llama-bench (tg64, $threads threads), same run" >&2
+troupe=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
+reference=$(target/llama-bench/bin/llama-bench -m "$model" -t "$threads" -p 0 -n 64 -r 5 -o json 2>/dev/null)
+troupe_again=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
+
+echo "== orchestration with the replay provider, tracing on then off" >&2
+orchestration_on=$(cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
+orchestration_off=$(TROUPE_BENCH_TRACING=0 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
+
+python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
+  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" <<'PY'
+import json, sys
+out, machine, threads, troupe, troupe_again, reference, on, off, version = sys.argv[1:]
+troupe, troupe_again, on, off = (json.loads(x) for x in (troupe, troupe_again, on, off))
+reference = json.loads(reference)
+tg = [r for r in reference if r.get("n_gen") == 64][0]
+ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
+result = {
+    "machine": machine,
+    "generation": {
+        "threads": int(threads),
+        "troupe_tokens_per_s": ours,
+        "troupe_end_to_end_tokens_per_s": troupe["end_to_end_tokens_per_s_median"],
+        "llama_bench_tg64_tokens_per_s": tg["avg_ts"],
+        "llama_bench_build": tg.get("build_commit", version),
+        "ratio": ours / tg["avg_ts"],
+    },
+    "orchestration": {"tracing_on": on, "tracing_off": off,
+        "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
+}
+json.dump(result, open(out, "w"), indent=2)
+print(json.dumps(result, indent=2))
+PY
+echo "written: $out" >&2
