@@ -16,7 +16,10 @@ const TOKENS: u32 = 64;
 const RUNS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
-    let threads: u32 = std::env::var("TROUPE_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads: u32 = std::env::var("TROUPE_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut settings = Settings::load_from(&root.join("config"), None)?;
     settings.llm.model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -37,7 +40,11 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let output = provider.complete_fixed_length(request.clone()).await?;
             let total = started.elapsed().as_secs_f64();
-            anyhow::ensure!(output.usage.output_tokens == u64::from(TOKENS), "generated {} tokens", output.usage.output_tokens);
+            anyhow::ensure!(
+                output.usage.output_tokens == u64::from(TOKENS),
+                "generated {} tokens",
+                output.usage.output_tokens
+            );
             inside.push(f64::from(TOKENS) / output.generation_seconds);
             end_to_end.push(f64::from(TOKENS) / total);
         }

@@ -11,12 +11,14 @@ pub mod research;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::{Actor, Context, Handler, ResponseFuture};
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -258,13 +260,46 @@ pub async fn call_llm(
 }
 
 /// How a specialist turns a step into a model request and the model's output into a step output.
-pub trait Specialist {
+pub trait Specialist: 'static {
     /// Which agent this is.
     const KIND: AgentKind;
     /// The model request for `step`.
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest;
     /// The step output from the model's output.
     fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError>;
+}
+
+/// The actor of specialist role `S` (see `agents/research.rs`, `code.rs`, `qa.rs` for the roles). Its state
+/// (steps handled) is lost on restart, by design: a restart is a fresh instance.
+pub struct SpecialistAgent<S: Specialist> {
+    deps: AgentDeps,
+    steps_handled: u64,
+    role: PhantomData<fn() -> S>,
+}
+
+impl<S: Specialist> SpecialistAgent<S> {
+    /// A fresh agent.
+    pub fn new(deps: AgentDeps) -> Self {
+        SpecialistAgent {
+            deps,
+            steps_handled: 0,
+            role: PhantomData,
+        }
+    }
+}
+
+impl<S: Specialist> Actor for SpecialistAgent<S> {
+    type Context = Context<Self>;
+}
+
+impl<S: Specialist> Handler<Envelope<RunStep>> for SpecialistAgent<S> {
+    type Result = ResponseFuture<Result<StepOutput, AgentError>>;
+
+    fn handle(&mut self, envelope: Envelope<RunStep>, _ctx: &mut Context<Self>) -> Self::Result {
+        self.steps_handled += 1;
+        tracing::debug!(agent = %S::KIND, steps_handled = self.steps_handled, "step received");
+        Box::pin(run_step::<S>(&self.deps, envelope))
+    }
 }
 
 /// Runs one step for specialist `S`: the `invoke_agent` span (child of the envelope's context), mailbox and

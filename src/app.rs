@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use crate::agents::{AgentDeps, AgentKind, Chaos};
 use crate::api;
 use crate::config::Settings;
-use crate::director::{Director, DirectorDeps};
+use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::events::{EventKind, EventLog};
 use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::{LlmError, LlmProvider};
@@ -156,6 +156,7 @@ impl Core {
             settings: settings.director.clone(),
             policy: RestartPolicy::from(&settings.supervision),
             llm: Arc::clone(&llm),
+            replays: ReplayCache::default(),
         });
         Core {
             settings,

@@ -26,6 +26,7 @@ use crate::agents::research::ResearchAgent;
 use crate::agents::{AgentDeps, AgentError, AgentKind};
 use crate::config::DirectorSettings;
 use crate::events::{EventKind, EventLog};
+use crate::llm::replay::ReplayProvider;
 use crate::llm::LlmProvider;
 use crate::messages::{
     AgentStatus, CancelTask, Dispatch, Envelope, GetAgents, NotRunning, RunStep, StartTask,
@@ -79,6 +80,35 @@ pub struct DirectorDeps {
     pub policy: RestartPolicy,
     /// The default model provider.
     pub llm: Arc<dyn LlmProvider>,
+    /// Complete recordings already read, for replays.
+    pub replays: ReplayCache,
+}
+
+/// Replay providers of complete recordings, by source task; bounded (cleared when full).
+#[derive(Clone, Default)]
+pub struct ReplayCache(Arc<std::sync::Mutex<HashMap<TaskId, Arc<ReplayProvider>>>>);
+
+impl ReplayCache {
+    /// Most recordings kept.
+    const CAPACITY: usize = 64;
+
+    /// The cached provider replaying `source`.
+    pub fn get(&self, source: TaskId) -> Option<Arc<dyn LlmProvider>> {
+        let cache = self.0.lock().ok()?;
+        cache
+            .get(&source)
+            .map(|provider| Arc::clone(provider) as Arc<dyn LlmProvider>)
+    }
+
+    /// Keeps `provider` for later replays of `source`.
+    pub fn insert(&self, source: TaskId, provider: Arc<ReplayProvider>) {
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= Self::CAPACITY {
+                cache.clear();
+            }
+            cache.insert(source, provider);
+        }
+    }
 }
 
 /// The Director actor.

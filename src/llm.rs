@@ -218,6 +218,19 @@ pub trait LlmProvider: Send + Sync {
     fn check_ready(&self) -> Result<(), LlmError>;
 }
 
+/// `text` cut to at most `limit` characters, with an ellipsis when cut.
+pub fn shorten(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The first 200 characters of `text`, for error messages about hostile or broken model output.
+pub fn excerpt(text: &str) -> String {
+    shorten(text, 200)
+}
+
 /// Probabilities from logits by softmax, computed stably.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -243,6 +256,12 @@ mod tests {
         let sum: f64 = probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-9);
         assert!(probabilities[0] > probabilities[1] && probabilities[1] > probabilities[2]);
+    }
+
+    #[test]
+    fn shorten_cuts_on_characters_not_bytes() {
+        assert_eq!(shorten("héllo", 2), "hé…");
+        assert_eq!(shorten("hi", 2), "hi");
     }
 
     #[test]

@@ -1,44 +1,18 @@
 //! The Code agent: writes a short piece of code for a step. (Running it in a sandbox comes with the
 //! sandbox; here the code is produced and handed on to QA.)
 
-use actix::{Actor, Context, Handler, ResponseFuture};
-
-use super::{earlier_work, run_step, AgentDeps, AgentError, AgentKind, Specialist};
+use super::{earlier_work, AgentError, AgentKind, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::messages::{Envelope, RunStep, StepOutput, StepSpec};
+use crate::messages::{StepOutput, StepSpec};
 
-/// The Code actor. Its state (steps handled) is lost on restart, by design.
-pub struct CodeAgent {
-    deps: AgentDeps,
-    steps_handled: u64,
-}
+/// The Code role.
+pub struct Code;
 
-impl CodeAgent {
-    /// A fresh Code agent.
-    pub fn new(deps: AgentDeps) -> Self {
-        CodeAgent {
-            deps,
-            steps_handled: 0,
-        }
-    }
-}
+/// The Code actor.
+pub type CodeAgent = SpecialistAgent<Code>;
 
-impl Actor for CodeAgent {
-    type Context = Context<Self>;
-}
-
-impl Handler<Envelope<RunStep>> for CodeAgent {
-    type Result = ResponseFuture<Result<StepOutput, AgentError>>;
-
-    fn handle(&mut self, envelope: Envelope<RunStep>, _ctx: &mut Context<Self>) -> Self::Result {
-        self.steps_handled += 1;
-        tracing::debug!(steps_handled = self.steps_handled, "code step");
-        Box::pin(run_step::<Self>(&self.deps, envelope))
-    }
-}
-
-impl Specialist for CodeAgent {
+impl Specialist for Code {
     const KIND: AgentKind = AgentKind::Code;
 
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {

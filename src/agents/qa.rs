@@ -1,44 +1,19 @@
 //! The QA agent: reviews a step when the Director assigns one to it, and gives the verdict on the whole
 //! task at the end (a JSON verdict under a grammar). Running tests in a sandbox comes with the sandbox.
 
-use actix::{Actor, Context, Handler, ResponseFuture};
 use serde_json::json;
 
-use super::{earlier_work, run_step, AgentDeps, AgentError, AgentKind, Specialist};
+use super::{earlier_work, AgentError, AgentKind, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
-use crate::llm::embedded::excerpt;
+use crate::llm::excerpt;
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::messages::{Envelope, RunStep, StepKind, StepOutput, StepSpec, Verdict};
+use crate::messages::{StepKind, StepOutput, StepSpec, Verdict};
 
-/// The QA actor. Its state (steps handled) is lost on restart, by design.
-pub struct QaAgent {
-    deps: AgentDeps,
-    steps_handled: u64,
-}
+/// The QA role.
+pub struct Qa;
 
-impl QaAgent {
-    /// A fresh QA agent.
-    pub fn new(deps: AgentDeps) -> Self {
-        QaAgent {
-            deps,
-            steps_handled: 0,
-        }
-    }
-}
-
-impl Actor for QaAgent {
-    type Context = Context<Self>;
-}
-
-impl Handler<Envelope<RunStep>> for QaAgent {
-    type Result = ResponseFuture<Result<StepOutput, AgentError>>;
-
-    fn handle(&mut self, envelope: Envelope<RunStep>, _ctx: &mut Context<Self>) -> Self::Result {
-        self.steps_handled += 1;
-        tracing::debug!(steps_handled = self.steps_handled, "qa step");
-        Box::pin(run_step::<Self>(&self.deps, envelope))
-    }
-}
+/// The QA actor.
+pub type QaAgent = SpecialistAgent<Qa>;
 
 /// Longest verdict feedback, in characters (the grammar enforces it).
 pub const MAX_FEEDBACK_CHARS: u32 = 48;
@@ -56,7 +31,7 @@ pub fn verdict_schema() -> serde_json::Value {
     })
 }
 
-impl Specialist for QaAgent {
+impl Specialist for Qa {
     const KIND: AgentKind = AgentKind::Qa;
 
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
@@ -139,14 +114,13 @@ mod tests {
 
     #[test]
     fn a_json_verdict_is_parsed() {
-        let step =
-            QaAgent::interpret(output(r#"{"verdict":"fail","feedback":"no test"}"#)).unwrap();
+        let step = Qa::interpret(output(r#"{"verdict":"fail","feedback":"no test"}"#)).unwrap();
         assert_eq!(step.verdict.unwrap().verdict, "fail");
     }
 
     #[test]
     fn a_malformed_verdict_is_an_error_with_an_excerpt() {
-        let error = QaAgent::interpret(output(r#"{"verdict":"maybe","#)).unwrap_err();
+        let error = Qa::interpret(output(r#"{"verdict":"maybe","#)).unwrap_err();
         assert!(
             matches!(error, AgentError::MalformedOutput(ref m) if m.contains("verdict")),
             "{error}"
@@ -155,8 +129,7 @@ mod tests {
 
     #[test]
     fn an_unknown_verdict_is_refused() {
-        let error =
-            QaAgent::interpret(output(r#"{"verdict":"maybe","feedback":"x"}"#)).unwrap_err();
+        let error = Qa::interpret(output(r#"{"verdict":"maybe","feedback":"x"}"#)).unwrap_err();
         assert!(error.to_string().contains("pass or fail"));
     }
 }

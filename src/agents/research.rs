@@ -1,43 +1,17 @@
 //! The Research agent: states the facts a step needs, briefly.
 
-use actix::{Actor, Context, Handler, ResponseFuture};
-
-use super::{earlier_work, run_step, AgentDeps, AgentError, AgentKind, Specialist};
+use super::{earlier_work, AgentError, AgentKind, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::messages::{Envelope, RunStep, StepOutput, StepSpec};
+use crate::messages::{StepOutput, StepSpec};
 
-/// The Research actor. Its state (steps handled) is lost on restart, by design.
-pub struct ResearchAgent {
-    deps: AgentDeps,
-    steps_handled: u64,
-}
+/// The Research role.
+pub struct Research;
 
-impl ResearchAgent {
-    /// A fresh Research agent.
-    pub fn new(deps: AgentDeps) -> Self {
-        ResearchAgent {
-            deps,
-            steps_handled: 0,
-        }
-    }
-}
+/// The Research actor.
+pub type ResearchAgent = SpecialistAgent<Research>;
 
-impl Actor for ResearchAgent {
-    type Context = Context<Self>;
-}
-
-impl Handler<Envelope<RunStep>> for ResearchAgent {
-    type Result = ResponseFuture<Result<StepOutput, AgentError>>;
-
-    fn handle(&mut self, envelope: Envelope<RunStep>, _ctx: &mut Context<Self>) -> Self::Result {
-        self.steps_handled += 1;
-        tracing::debug!(steps_handled = self.steps_handled, "research step");
-        Box::pin(run_step::<Self>(&self.deps, envelope))
-    }
-}
-
-impl Specialist for ResearchAgent {
+impl Specialist for Research {
     const KIND: AgentKind = AgentKind::Research;
 
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {

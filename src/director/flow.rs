@@ -17,8 +17,8 @@ use super::plan::{self, Plan};
 use super::{Director, DirectorDeps, DispatchError};
 use crate::agents::{call_llm, AgentKind};
 use crate::events::{EventKind, EventLog};
-use crate::llm::embedded::excerpt;
 use crate::llm::replay::ReplayProvider;
+use crate::llm::{excerpt, shorten};
 use crate::llm::{LlmError, LlmProvider};
 use crate::messages::{Dispatch, Envelope, RunStep, StartTask, StepKind, StepOutput, StepSpec};
 use crate::storage::writer::{DecisionRecord, StepUpdate, TaskEnd, WriteOp};
@@ -259,17 +259,27 @@ impl TaskFlow {
         let Some(source) = self.options.replay_of else {
             return Ok(Arc::clone(&self.deps.llm));
         };
+        if let Some(cached) = self.deps.replays.get(source) {
+            return Ok(cached);
+        }
         let recording = self.deps.storage.recording(source).await?;
         if recording.outputs.is_empty() {
             return Err(FlowError::Replay(format!(
                 "task {source} has no recorded model calls"
             )));
         }
-        Ok(Arc::new(ReplayProvider::new(
+        // A recording that holds the final verification belongs to a task that got to its end: it will not
+        // change, so later replays of it can skip the read.
+        let complete = recording.outputs.contains_key("verify");
+        let provider = Arc::new(ReplayProvider::new(
             source,
             recording.model,
             recording.outputs,
-        )))
+        ));
+        if complete {
+            self.deps.replays.insert(source, Arc::clone(&provider));
+        }
+        Ok(provider)
     }
 
     async fn plan(&self, llm: &dyn LlmProvider) -> Result<Plan, FlowError> {
@@ -472,13 +482,5 @@ impl TaskFlow {
                 self.update_step(position, false);
             }
         }
-    }
-}
-
-/// `text` cut to `limit` characters.
-fn shorten(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::agents::AgentKind;
 use crate::config::LlmLimits;
-use crate::llm::embedded::excerpt;
+use crate::llm::excerpt;
 use crate::llm::{ChatMessage, LlmRequest, OutputSpec};
 
 /// Longest planned step instruction, in characters (the grammar enforces it).

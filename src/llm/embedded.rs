@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use super::{excerpt, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
 use crate::config::LlmSettings;
 use crate::telemetry::metrics::Metrics;
 
@@ -409,14 +409,5 @@ fn failure(kind: &str, message: String) -> LlmError {
         "invalid_request" => LlmError::InvalidRequest(message),
         "context_overflow" => LlmError::InvalidRequest(message),
         _ => LlmError::Model(message),
-    }
-}
-
-/// The first 200 characters of `text`, for error messages about hostile or broken output.
-pub fn excerpt(text: &str) -> String {
-    const LIMIT: usize = 200;
-    match text.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
