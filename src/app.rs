@@ -9,13 +9,12 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::dev::Server;
 use serde_json::json;
-use tokio::sync::broadcast;
 
 use crate::agents::{AgentDeps, AgentKind, Chaos};
 use crate::api;
 use crate::config::Settings;
 use crate::director::{Director, DirectorDeps, ReplayCache};
-use crate::events::{EventKind, EventLog};
+use crate::events::{EventKind, EventLog, Hub};
 use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::{LlmError, LlmProvider};
 use crate::messages::{CancelTask, Envelope, StartTask};
@@ -25,9 +24,6 @@ use crate::supervision::RestartPolicy;
 use crate::task::{TaskId, TaskOptions, TaskStatus};
 use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
-
-/// Capacity of the committed-events broadcast; a subscriber that falls further behind re-reads storage.
-const EVENT_BROADCAST_CAPACITY: usize = 16 * 1024;
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +137,9 @@ impl Core {
         metrics: Metrics,
         llm: Arc<dyn LlmProvider>,
     ) -> Core {
-        let (broadcast, _) = broadcast::channel(EVENT_BROADCAST_CAPACITY);
-        let writer = Writer::spawn(storage.clone(), broadcast.clone(), metrics.clone());
-        let events = EventLog::new(writer, broadcast, storage.clone());
+        let hub = Hub::new();
+        let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
+        let events = EventLog::new(writer, hub, storage.clone());
         let agent = AgentDeps {
             events: events.clone(),
             metrics: metrics.clone(),

@@ -1,14 +1,15 @@
 //! Events: their kinds, the per-task event log ([`EventLog`]) and subscriptions to it.
 //!
 //! An event is appended by sending it to the storage writer, which assigns the task's next `seq`, commits
-//! it with the rest of its batch and only then broadcasts it. So every event a subscriber sees is already
+//! it with the rest of its batch and only then publishes it on the task's channel in the [`Hub`] (one
+//! channel per task with subscribers, so a subscriber wakes only for its own task's events). So every event a subscriber sees is already
 //! durable, and a subscription that reads the stored history after subscribing to the broadcast can never
 //! miss one (duplicates are dropped by `seq`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -152,21 +153,92 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
+/// Live fan-out of committed events: one broadcast channel per task that has subscribers. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Hub {
+    channels: Arc<Mutex<HashMap<TaskId, broadcast::Sender<Arc<Event>>>>>,
+}
+
+impl Hub {
+    /// Events a subscriber may fall behind by before it re-reads storage.
+    const CAPACITY: usize = 1024;
+
+    /// An empty hub.
+    pub fn new() -> Self {
+        Hub::default()
+    }
+
+    /// Publishes a committed event to its task's subscribers; a terminal event also retires the channel.
+    pub fn publish(&self, event: Arc<Event>) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sender = if event.kind.is_terminal() {
+            channels.remove(&event.task_id)
+        } else {
+            channels.get(&event.task_id).cloned()
+        };
+        drop(channels);
+        if let Some(sender) = sender {
+            // No receiver left is fine: the event is stored.
+            let _ = sender.send(event);
+        }
+    }
+
+    fn subscribe(
+        &self,
+        task_id: TaskId,
+    ) -> (
+        broadcast::Sender<Arc<Event>>,
+        broadcast::Receiver<Arc<Event>>,
+    ) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sender = channels
+            .entry(task_id)
+            .or_insert_with(|| broadcast::channel(Self::CAPACITY).0)
+            .clone();
+        let receiver = sender.subscribe();
+        (sender, receiver)
+    }
+
+    /// Drops the task's channel when `sender`'s channel is still the task's and its last receiver leaves.
+    fn release(&self, task_id: TaskId, sender: &broadcast::Sender<Arc<Event>>) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(current) = channels.get(&task_id) {
+            if current.same_channel(sender) && current.receiver_count() <= 1 {
+                channels.remove(&task_id);
+            }
+        }
+    }
+
+    /// Tasks with a live channel (for tests of the hub's bookkeeping).
+    pub fn open_channels(&self) -> usize {
+        self.channels.lock().map_or(0, |channels| channels.len())
+    }
+}
+
 /// Appends events and hands out subscriptions. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     writer: Writer,
-    broadcast: broadcast::Sender<Arc<Event>>,
+    hub: Hub,
     storage: Storage,
 }
 
 impl EventLog {
-    /// An event log writing through `writer` and reading history from `storage`; `broadcast` is the
-    /// channel the writer publishes committed events on.
-    pub fn new(writer: Writer, broadcast: broadcast::Sender<Arc<Event>>, storage: Storage) -> Self {
+    /// An event log writing through `writer` and reading history from `storage`; `hub` is where the
+    /// writer publishes committed events.
+    pub fn new(writer: Writer, hub: Hub, storage: Storage) -> Self {
         EventLog {
             writer,
-            broadcast,
+            hub,
             storage,
         }
     }
@@ -215,16 +287,20 @@ impl EventLog {
         after: i64,
     ) -> Result<Subscription, StorageError> {
         // Subscribe before reading history: an event committed in between is then in one or the other.
-        let live = self.broadcast.subscribe();
-        let backlog = self.storage.events_after(task_id, after).await?;
-        Ok(Subscription {
+        let (sender, live) = self.hub.subscribe(task_id);
+        // Built before the history read, so that a failed read still releases the channel (Drop).
+        let mut subscription = Subscription {
             task_id,
             last_seq: after,
-            backlog: backlog.into(),
+            backlog: VecDeque::new(),
             live,
+            sender,
+            hub: self.hub.clone(),
             storage: self.storage.clone(),
             finished: false,
-        })
+        };
+        subscription.backlog = self.storage.events_after(task_id, after).await?.into();
+        Ok(subscription)
     }
 }
 
@@ -234,8 +310,17 @@ pub struct Subscription {
     last_seq: i64,
     backlog: VecDeque<Event>,
     live: broadcast::Receiver<Arc<Event>>,
+    /// Keeps the task's channel identifiable (and open) while this subscription lives.
+    sender: broadcast::Sender<Arc<Event>>,
+    hub: Hub,
     storage: Storage,
     finished: bool,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.release(self.task_id, &self.sender);
+    }
 }
 
 impl Subscription {
@@ -254,7 +339,7 @@ impl Subscription {
                 return Ok(Some(event));
             }
             match self.live.recv().await {
-                Ok(event) if event.task_id == self.task_id => {
+                Ok(event) => {
                     if event.seq <= self.last_seq {
                         continue;
                     }
@@ -265,7 +350,6 @@ impl Subscription {
                     }
                     self.backlog.push_back((*event).clone());
                 }
-                Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => self.refill().await?,
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
             }

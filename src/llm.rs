@@ -216,6 +216,21 @@ pub trait LlmProvider: Send + Sync {
     ) -> Result<LlmOutput, LlmError>;
     /// Whether the provider can serve calls now (for `/readyz`).
     fn check_ready(&self) -> Result<(), LlmError>;
+    /// The process hosting the model, for providers that run one (for `GET /api/v1/agents`).
+    fn worker(&self) -> Option<WorkerStatus> {
+        None
+    }
+}
+
+/// The model's worker process as its supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerStatus {
+    /// "starting", "ready" or "down".
+    pub state: &'static str,
+    /// Its process id, while one runs.
+    pub pid: Option<u32>,
+    /// Restarts since start-up.
+    pub restarts: u64,
 }
 
 /// `text` cut to at most `limit` characters, with an ellipsis when cut.

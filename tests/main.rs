@@ -5,6 +5,7 @@
 mod bad_input;
 mod cancellation;
 mod helpers;
+mod model_worker;
 mod postgres;
 mod replay;
 mod supervision;

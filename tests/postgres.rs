@@ -4,9 +4,8 @@
 
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
-use tokio::sync::broadcast;
 use troupe::config::DatabaseSettings;
-use troupe::events::{EventKind, EventLog};
+use troupe::events::{EventKind, EventLog, Hub};
 use troupe::storage::writer::{NewTask, TaskEnd, WriteOp, Writer};
 use troupe::storage::Storage;
 use troupe::task::{TaskId, TaskStatus};
@@ -69,9 +68,9 @@ async fn migrations_and_the_event_log_work_on_postgres() {
     storage.migrate().await.unwrap(); // idempotent
 
     let metrics = Metrics::new().unwrap();
-    let (broadcast, _) = broadcast::channel(64);
-    let writer = Writer::spawn(storage.clone(), broadcast.clone(), metrics);
-    let log = EventLog::new(writer.clone(), broadcast, storage.clone());
+    let hub = Hub::new();
+    let writer = Writer::spawn(storage.clone(), hub.clone(), metrics);
+    let log = EventLog::new(writer.clone(), hub.clone(), storage.clone());
 
     let id = TaskId::new();
     let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
@@ -122,6 +121,12 @@ async fn migrations_and_the_event_log_work_on_postgres() {
     while let Some(event) = subscription.next().await.unwrap() {
         streamed.push(event);
     }
+    drop(subscription);
+    assert_eq!(
+        hub.open_channels(),
+        0,
+        "the finished task's channel is retired"
+    );
     let stored = storage.events_after(id, 0).await.unwrap();
     assert_eq!(stored.len(), 53);
     assert_eq!(streamed, stored);
@@ -148,8 +153,7 @@ async fn tasks_left_running_by_a_dead_process_are_failed_at_start_up_on_postgres
     };
     let storage = Storage::connect(&settings).await.unwrap();
     storage.migrate().await.unwrap();
-    let (broadcast, _) = broadcast::channel(8);
-    let writer = Writer::spawn(storage.clone(), broadcast, Metrics::new().unwrap());
+    let writer = Writer::spawn(storage.clone(), Hub::new(), Metrics::new().unwrap());
     let id = TaskId::new();
     let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({}));
     let task = NewTask {

@@ -1,4 +1,4 @@
-//! `/api/v1/agents`: the agents and their health.
+//! `/api/v1/agents`: the agents and their health, and the model's worker process.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -14,5 +14,10 @@ pub async fn list_agents(core: web::Data<Core>) -> Result<HttpResponse, ApiError
         .send(GetAgents)
         .await
         .map_err(|_| ApiError::Unavailable("the director is shutting down".into()))?;
-    Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
+    let model = json!({
+        "provider": core.llm.provider_name(),
+        "model": core.llm.model_name(),
+        "worker": core.llm.worker(),
+    });
+    Ok(HttpResponse::Ok().json(json!({ "agents": agents, "model": model })))
 }

@@ -176,6 +176,8 @@ impl LiveView {
             }
             EventKind::AgentStarted => {
                 if let Some(agent) = event.agent {
+                    self.spinner(AgentKind::Director)
+                        .set_message(format!("supervising {agent}"));
                     self.streamed.insert(agent, String::new());
                     let message = format!(
                         "step {}: {}",

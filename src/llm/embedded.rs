@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{excerpt, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use super::{excerpt, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, WorkerStatus};
 use crate::config::LlmSettings;
 use crate::telemetry::metrics::Metrics;
 
@@ -41,11 +41,19 @@ enum WorkerState {
     Down(String),
 }
 
+/// What the supervisor shares about its worker.
+#[derive(Debug, Clone)]
+struct WorkerHealth {
+    state: WorkerState,
+    pid: Option<u32>,
+    restarts: u64,
+}
+
 /// llama.cpp in a supervised child process.
 pub struct EmbeddedProvider {
     model_name: String,
     jobs: mpsc::UnboundedSender<Job>,
-    state: Arc<Mutex<WorkerState>>,
+    health: Arc<Mutex<WorkerHealth>>,
 }
 
 impl EmbeddedProvider {
@@ -84,13 +92,17 @@ impl EmbeddedProvider {
                 settings.temperature.to_string(),
             ],
         };
-        let state = Arc::new(Mutex::new(WorkerState::Starting));
+        let health = Arc::new(Mutex::new(WorkerHealth {
+            state: WorkerState::Starting,
+            pid: None,
+            restarts: 0,
+        }));
         let (jobs, queue) = mpsc::unbounded_channel();
         let (first_ready, ready) = oneshot::channel();
         let supervisor = WorkerSupervisor {
             launcher,
             queue,
-            state: Arc::clone(&state),
+            health: Arc::clone(&health),
             metrics,
             timeout: Duration::from_secs(settings.request_timeout_seconds),
             first_ready: Some(first_ready),
@@ -100,7 +112,7 @@ impl EmbeddedProvider {
             Ok(Ok(())) => Ok(EmbeddedProvider {
                 model_name,
                 jobs,
-                state,
+                health,
             }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(LlmError::Unavailable(
@@ -159,16 +171,33 @@ impl LlmProvider for EmbeddedProvider {
     }
 
     fn check_ready(&self) -> Result<(), LlmError> {
-        let state = self
-            .state
-            .lock()
-            .map(|state| state.clone())
-            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
-        match state {
+        match self.health().state {
             WorkerState::Ready => Ok(()),
             WorkerState::Starting => Err(LlmError::Unavailable("model worker is starting".into())),
             WorkerState::Down(reason) => Err(LlmError::Unavailable(reason)),
         }
+    }
+
+    fn worker(&self) -> Option<WorkerStatus> {
+        let health = self.health();
+        Some(WorkerStatus {
+            state: match health.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Ready => "ready",
+                WorkerState::Down(_) => "down",
+            },
+            pid: health.pid,
+            restarts: health.restarts,
+        })
+    }
+}
+
+impl EmbeddedProvider {
+    fn health(&self) -> WorkerHealth {
+        self.health
+            .lock()
+            .map(|health| health.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 }
 
@@ -189,7 +218,7 @@ struct Worker {
 struct WorkerSupervisor {
     launcher: Launcher,
     queue: mpsc::UnboundedReceiver<Job>,
-    state: Arc<Mutex<WorkerState>>,
+    health: Arc<Mutex<WorkerHealth>>,
     metrics: Metrics,
     timeout: Duration,
     first_ready: Option<oneshot::Sender<Result<(), LlmError>>>,
@@ -231,7 +260,11 @@ impl WorkerSupervisor {
                     continue;
                 }
             };
-            self.set_state(WorkerState::Ready);
+            let pid = worker.child.id();
+            self.update(|health| {
+                health.state = WorkerState::Ready;
+                health.pid = pid;
+            });
             if let Some(first_ready) = self.first_ready.take() {
                 let _ = first_ready.send(Ok(()));
             }
@@ -252,6 +285,10 @@ impl WorkerSupervisor {
                             .supervisor_restarts
                             .with_label_values(&["model_worker", "crash"])
                             .inc();
+                        self.update(|health| {
+                            health.pid = None;
+                            health.restarts += 1;
+                        });
                         break;
                     }
                 }
@@ -259,11 +296,15 @@ impl WorkerSupervisor {
         }
     }
 
-    fn set_state(&self, state: WorkerState) {
-        match self.state.lock() {
-            Ok(mut guard) => *guard = state,
-            Err(poisoned) => *poisoned.into_inner() = state,
+    fn update(&self, change: impl FnOnce(&mut WorkerHealth)) {
+        match self.health.lock() {
+            Ok(mut guard) => change(&mut guard),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
         }
+    }
+
+    fn set_state(&self, state: WorkerState) {
+        self.update(|health| health.state = state);
     }
 
     async fn start_worker(&self) -> Result<Worker, LlmError> {

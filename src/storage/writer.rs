@@ -17,12 +17,12 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
     TransactionTrait,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::entities::{decision, event, llm_call, step, task};
 use super::{Storage, StorageError};
 use crate::agents::AgentKind;
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, Hub};
 use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
 
@@ -194,16 +194,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task over `storage`; committed events are published on `broadcast`.
-    pub fn spawn(
-        storage: Storage,
-        broadcast: broadcast::Sender<Arc<Event>>,
-        metrics: Metrics,
-    ) -> Writer {
+    /// Starts the writer task over `storage`; committed events are published on `hub`.
+    pub fn spawn(storage: Storage, hub: Hub, metrics: Metrics) -> Writer {
         let (ops, queue) = mpsc::unbounded_channel();
         let task = WriterTask {
             storage,
-            broadcast,
+            hub,
             metrics,
             queue,
             next_seq: HashMap::new(),
@@ -266,7 +262,7 @@ pub(crate) fn event_row(pending: &PendingEvent, seq: i64) -> event::ActiveModel 
 
 struct WriterTask {
     storage: Storage,
-    broadcast: broadcast::Sender<Arc<Event>>,
+    hub: Hub,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<WriteOp>,
     /// Last `seq` used per task with events in flight; dropped when the task ends.
@@ -318,8 +314,7 @@ impl WriterTask {
                         .events
                         .with_label_values(&[event.kind.as_str()])
                         .inc();
-                    // No subscribers is fine: the event is stored.
-                    let _ = self.broadcast.send(Arc::new(event));
+                    self.hub.publish(Arc::new(event));
                 }
                 for task_id in outcome.ended {
                     self.next_seq.remove(&task_id);
