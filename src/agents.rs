@@ -396,6 +396,38 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The free-text request of a work step: the role's instructions, then the task, the step and earlier work.
+pub fn work_request(step: &StepSpec, limits: &LlmLimits, instructions: &str) -> LlmRequest {
+    LlmRequest {
+        purpose: format!("work.{}", step.idx),
+        messages: vec![
+            crate::llm::ChatMessage::system(instructions),
+            crate::llm::ChatMessage::user(format!(
+                "Task: {}\nStep: {}{}",
+                step.prompt,
+                step.instruction,
+                earlier_work(step)
+            )),
+        ],
+        max_tokens: limits.work_tokens,
+        output: crate::llm::OutputSpec::Text,
+    }
+}
+
+/// A free-text step output; empty text is malformed (`what` names what was missing: "code", "review").
+pub fn text_output(output: LlmOutput, what: &str) -> Result<StepOutput, AgentError> {
+    let text = output.text.trim();
+    if text.is_empty() {
+        return Err(AgentError::MalformedOutput(format!(
+            "the model produced no {what}"
+        )));
+    }
+    Ok(StepOutput {
+        text: text.to_owned(),
+        verdict: None,
+    })
+}
+
 /// The context lines a specialist adds to its prompt: earlier outputs, most recent last, shortened.
 pub fn earlier_work(step: &StepSpec) -> String {
     if step.earlier.is_empty() {

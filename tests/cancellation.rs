@@ -18,20 +18,7 @@ async fn cancelling_a_running_task_stops_it_within_two_seconds() {
         .await;
 
     // Wait until the model is generating for this task.
-    let url = format!("ws://127.0.0.1:{}/api/v1/tasks/{id}/events", app.port);
-    let (_response, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
-            .await
-            .unwrap();
-        let Some(Ok(Frame::Text(bytes))) = frame else {
-            panic!("stream ended before any token")
-        };
-        let event: Value = serde_json::from_slice(&bytes).unwrap();
-        if event["kind"] == "llm.token" {
-            break;
-        }
-    }
+    let mut socket = app.socket_after_first_token(&id).await;
 
     let asked = Instant::now();
     let (status, body) = app.post(&format!("/api/v1/tasks/{id}/cancel")).await;

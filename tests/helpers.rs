@@ -169,6 +169,28 @@ impl TestApp {
         }
     }
 
+    /// Opens the task's WebSocket and reads until the first `llm.token` event: the model is then working
+    /// for this task. Returns the socket, positioned after that event.
+    pub async fn socket_after_first_token(
+        &self,
+        id: &str,
+    ) -> impl futures_util::Stream<Item = Result<Frame, awc::error::WsProtocolError>> + Unpin {
+        let url = format!("ws://127.0.0.1:{}/api/v1/tasks/{id}/events", self.port);
+        let (_response, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
+                .await
+                .unwrap();
+            let Some(Ok(Frame::Text(bytes))) = frame else {
+                panic!("stream ended before any token")
+            };
+            let event: Value = serde_json::from_slice(&bytes).unwrap();
+            if event["kind"] == "llm.token" {
+                return socket;
+            }
+        }
+    }
+
     /// Polls `GET /api/v1/tasks/{id}` until `done(task)` holds (bounded).
     pub async fn wait_for_task(
         &self,

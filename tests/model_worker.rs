@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use awc::ws::Frame;
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::helpers::{metric_value, spawn_app, TestApp};
@@ -25,20 +23,7 @@ async fn a_killed_model_worker_fails_its_call_and_is_replaced() {
     let id = app
         .submit("Write a Python function that multiplies two numbers")
         .await;
-    let url = format!("ws://127.0.0.1:{}/api/v1/tasks/{id}/events", app.port);
-    let (_response, mut socket) = awc::Client::new().ws(url).connect().await.unwrap();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
-            .await
-            .unwrap();
-        let Some(Ok(Frame::Text(bytes))) = frame else {
-            panic!("stream ended before any token")
-        };
-        let event: Value = serde_json::from_slice(&bytes).unwrap();
-        if event["kind"] == "llm.token" {
-            break;
-        }
-    }
+    let _socket = app.socket_after_first_token(&id).await;
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()

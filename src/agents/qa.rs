@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use super::{earlier_work, AgentError, AgentKind, Specialist, SpecialistAgent};
+use super::{
+    earlier_work, text_output, work_request, AgentError, AgentKind, Specialist, SpecialistAgent,
+};
 use crate::config::LlmLimits;
 use crate::llm::excerpt;
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
@@ -36,23 +38,11 @@ impl Specialist for Qa {
 
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
         match step.kind {
-            StepKind::Work => LlmRequest {
-                purpose: format!("work.{}", step.idx),
-                messages: vec![
-                    ChatMessage::system(
-                        "You are the QA agent of a small team. Review the work for the step in one short \
-                         sentence.",
-                    ),
-                    ChatMessage::user(format!(
-                        "Task: {}\nStep: {}{}",
-                        step.prompt,
-                        step.instruction,
-                        earlier_work(step)
-                    )),
-                ],
-                max_tokens: limits.work_tokens,
-                output: OutputSpec::Text,
-            },
+            StepKind::Work => work_request(
+                step,
+                limits,
+                "You are the QA agent of a small team. Review the work for the step in one short sentence.",
+            ),
             StepKind::Verify => LlmRequest {
                 purpose: "verify".to_owned(),
                 messages: vec![
@@ -86,15 +76,7 @@ impl Specialist for Qa {
                 verdict: Some(verdict),
             });
         }
-        if text.is_empty() {
-            return Err(AgentError::MalformedOutput(
-                "the model produced no review".into(),
-            ));
-        }
-        Ok(StepOutput {
-            text: text.to_owned(),
-            verdict: None,
-        })
+        text_output(output, "review")
     }
 }
 
