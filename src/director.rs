@@ -32,7 +32,7 @@ use crate::messages::{
     AgentStatus, CancelTask, Dispatch, Envelope, GetAgents, NotRunning, RunStep, StartTask,
     StepOutput,
 };
-use crate::storage::writer::{PendingEvent, TaskEnd};
+use crate::storage::writer::{TaskEnd, WriteOp};
 use crate::storage::Storage;
 use crate::supervision::{
     AgentFactory, GaveUp, RestartPolicy, RestartReason, Restarted, Supervised,
@@ -233,18 +233,13 @@ impl Director {
                     .with_label_values(&[agent.as_str(), reason.as_str()])
                     .inc();
                 tracing::warn!(%agent, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
-                let (trace_id, span_id) = propagation::ids(trace);
-                self.deps.agent.events.writer().send(crate::storage::writer::WriteOp::Event(
-                    PendingEvent {
-                        task_id,
-                        at: chrono::Utc::now(),
-                        kind: EventKind::AgentRestarted,
-                        agent: Some(agent),
-                        trace_id,
-                        span_id,
-                        data: json!({ "reason": reason.as_str(), "detail": detail, "restarts": restarts }),
-                    },
-                ));
+                self.deps.agent.events.writer().send(WriteOp::Event(EventLog::pending_in(
+                    trace,
+                    task_id,
+                    EventKind::AgentRestarted,
+                    Some(agent),
+                    json!({ "reason": reason.as_str(), "detail": detail, "restarts": restarts }),
+                )));
                 DispatchError::Restarted {
                     agent,
                     reason,

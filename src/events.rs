@@ -255,7 +255,19 @@ impl EventLog {
         agent: Option<AgentKind>,
         data: serde_json::Value,
     ) -> PendingEvent {
-        let (trace_id, span_id) = propagation::ids(&propagation::current());
+        Self::pending_in(&propagation::current(), task_id, kind, agent, data)
+    }
+
+    /// Builds an event stamped now, with the trace and span of `cx` (for code that acts for a task
+    /// outside the task's spans, like a supervisor).
+    pub fn pending_in(
+        cx: &opentelemetry::Context,
+        task_id: TaskId,
+        kind: EventKind,
+        agent: Option<AgentKind>,
+        data: serde_json::Value,
+    ) -> PendingEvent {
+        let (trace_id, span_id) = propagation::ids(cx);
         PendingEvent {
             task_id,
             at: Utc::now(),

@@ -43,6 +43,17 @@ impl TestDatabase {
         }
     }
 
+    /// A migrated storage on this database.
+    async fn storage(&self, max_connections: u32) -> Storage {
+        let settings = DatabaseSettings {
+            url: self.url.clone(),
+            max_connections,
+        };
+        let storage = Storage::connect(&settings).await.unwrap();
+        storage.migrate().await.unwrap();
+        storage
+    }
+
     async fn drop_now(self) {
         let admin = Database::connect(&server_url()).await.unwrap();
         admin
@@ -55,16 +66,27 @@ impl TestDatabase {
     }
 }
 
+/// Stores a queued task (row and `task.queued` event) and returns its id.
+async fn store_queued_task(writer: &Writer) -> TaskId {
+    let id = TaskId::new();
+    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
+    let task = NewTask {
+        id,
+        prompt: "p".into(),
+        options: json!({}),
+        trace_id: "0".repeat(32),
+        replay_of: None,
+        created_at: queued.at,
+    };
+    writer.create_task(task, queued).await.unwrap();
+    id
+}
+
 #[actix_rt::test]
 async fn migrations_and_the_event_log_work_on_postgres() {
     let database = TestDatabase::create().await;
-    let settings = DatabaseSettings {
-        url: database.url.clone(),
-        max_connections: 4,
-    };
-    let storage = Storage::connect(&settings).await.unwrap();
+    let storage = database.storage(4).await;
     assert_eq!(storage.backend_name(), "postgres");
-    storage.migrate().await.unwrap();
     storage.migrate().await.unwrap(); // idempotent
 
     let metrics = Metrics::new().unwrap();
@@ -72,22 +94,7 @@ async fn migrations_and_the_event_log_work_on_postgres() {
     let writer = Writer::spawn(storage.clone(), hub.clone(), metrics);
     let log = EventLog::new(writer.clone(), hub.clone(), storage.clone());
 
-    let id = TaskId::new();
-    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
-    writer
-        .create_task(
-            NewTask {
-                id,
-                prompt: "p".into(),
-                options: json!({}),
-                trace_id: "0".repeat(32),
-                replay_of: None,
-                created_at: queued.at,
-            },
-            queued,
-        )
-        .await
-        .unwrap();
+    let id = store_queued_task(&writer).await;
     let mut subscription = log.subscribe(id, 0).await.unwrap();
     writer.send(WriteOp::StartTask(EventLog::pending(
         id,
@@ -147,24 +154,9 @@ async fn migrations_and_the_event_log_work_on_postgres() {
 #[actix_rt::test]
 async fn tasks_left_running_by_a_dead_process_are_failed_at_start_up_on_postgres() {
     let database = TestDatabase::create().await;
-    let settings = DatabaseSettings {
-        url: database.url.clone(),
-        max_connections: 2,
-    };
-    let storage = Storage::connect(&settings).await.unwrap();
-    storage.migrate().await.unwrap();
+    let storage = database.storage(2).await;
     let writer = Writer::spawn(storage.clone(), Hub::new(), Metrics::new().unwrap());
-    let id = TaskId::new();
-    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({}));
-    let task = NewTask {
-        id,
-        prompt: "p".into(),
-        options: json!({}),
-        trace_id: "0".repeat(32),
-        replay_of: None,
-        created_at: queued.at,
-    };
-    writer.create_task(task, queued).await.unwrap();
+    let id = store_queued_task(&writer).await;
 
     assert_eq!(storage.fail_interrupted().await.unwrap(), vec![id]);
     let task = storage.task(id).await.unwrap().unwrap();
