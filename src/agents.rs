@@ -184,7 +184,16 @@ pub async fn call_llm(
         let (trace_id, span_id) = propagation::ids(&propagation::current());
         let writer = deps.events.writer().clone();
         let token_purpose = purpose.clone();
+        let started = Instant::now();
+        let first_token = deps
+            .metrics
+            .llm_time_to_first_token
+            .with_label_values(&[provider, &model]);
+        let seen_first = std::sync::atomic::AtomicBool::new(false);
         let on_token: TokenSink = Arc::new(move |text: &str| {
+            if !seen_first.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                first_token.observe(started.elapsed().as_secs_f64());
+            }
             writer.send(WriteOp::Event(PendingEvent {
                 task_id,
                 at: chrono::Utc::now(),
@@ -195,7 +204,6 @@ pub async fn call_llm(
                 data: json!({ "purpose": token_purpose, "text": text }),
             }));
         });
-        let started = Instant::now();
         let result = llm.complete(request, on_token, cancel).await;
         let elapsed = started.elapsed().as_secs_f64();
         deps.metrics
@@ -214,6 +222,14 @@ pub async fn call_llm(
                 tokens
                     .with_label_values(&[provider, &model, "output"])
                     .inc_by(output.usage.output_tokens);
+                // Added even when zero, so that a local model's cost shows as 0 rather than absent.
+                deps.metrics
+                    .llm_cost
+                    .with_label_values(&[provider, &model])
+                    .inc_by(
+                        llm.price_per_million_tokens()
+                            .cost(output.usage.input_tokens, output.usage.output_tokens),
+                    );
                 deps.events.writer().send(WriteOp::LlmCall(LlmCallRecord {
                     task_id,
                     purpose: purpose.clone(),

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod http_metrics;
 pub mod tasks;
 
 use std::net::TcpListener;
@@ -33,6 +34,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(http_metrics::record))
             .wrap(TracingLogger::default())
             .app_data(core.clone())
             .app_data(

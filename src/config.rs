@@ -160,10 +160,19 @@ pub struct TelemetrySettings {
     pub log_level: String,
     /// Whether spans are created at all.
     pub tracing: bool,
-    /// OTLP/HTTP endpoint; empty is off.
+    /// OTLP/HTTP (protobuf) endpoint, the collector's base URL (`/v1/traces` is added) or the full traces
+    /// URL; empty: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, and without them no
+    /// export at all.
     pub otlp_endpoint: String,
-    /// `service.name` of exported spans.
+    /// Share of new traces sampled (0..=1, parent-based); unset: `OTEL_TRACES_SAMPLER(_ARG)`, else 1.
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
+    /// `service.name` of exported spans; empty: `OTEL_SERVICE_NAME`, else "troupe".
     pub service_name: String,
+    /// Extra resource attributes as `key=value,key=value` (the `OTEL_RESOURCE_ATTRIBUTES` syntax), applied
+    /// over that variable's.
+    #[serde(default)]
+    pub resource_attributes: String,
 }
 
 /// Loading or validation failed.
@@ -307,10 +316,18 @@ impl Settings {
                 )),
             }
         }
-        if !self.telemetry.otlp_endpoint.is_empty() {
-            problems.push(
-                "telemetry.otlp_endpoint: OTLP export is not built yet; leave it empty".into(),
-            );
+        let endpoint = self.telemetry.otlp_endpoint.as_str();
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: '{endpoint}' must be an http:// URL (OTLP over HTTP/protobuf; TLS and gRPC are not built)"
+            ));
+        }
+        if let Some(ratio) = self.telemetry.sampling_ratio {
+            if !(0.0..=1.0).contains(&ratio) {
+                problems.push(format!(
+                    "telemetry.sampling_ratio: {ratio} must be within 0..=1"
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

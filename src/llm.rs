@@ -220,6 +220,27 @@ pub trait LlmProvider: Send + Sync {
     fn worker(&self) -> Option<WorkerStatus> {
         None
     }
+    /// US dollars per million input and output tokens (for `troupe_llm_cost_usd_total`). Local models and
+    /// replays cost nothing; paid remote providers will report their configured prices.
+    fn price_per_million_tokens(&self) -> TokenPrices {
+        TokenPrices::default()
+    }
+}
+
+/// Prices of a provider's tokens, in US dollars per million.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenPrices {
+    /// Per million input (prompt) tokens.
+    pub input: f64,
+    /// Per million output (completion) tokens.
+    pub output: f64,
+}
+
+impl TokenPrices {
+    /// The cost of a call with this usage.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input + output_tokens as f64 * self.output) / 1_000_000.0
+    }
 }
 
 /// The model's worker process as its supervisor sees it.

@@ -137,6 +137,38 @@ impl Storage {
             _ => "other",
         }
     }
+
+    /// The connection pool's figures now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (size, idle, max) = match self.db.get_database_backend() {
+            sea_orm::DatabaseBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+            }
+            sea_orm::DatabaseBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+            }
+            _ => (0, 0, 0),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+        PoolStats {
+            in_use: size - idle,
+            idle,
+            max,
+        }
+    }
+}
+
+/// A connection pool's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections lent out.
+    pub in_use: u32,
+    /// Connections open and waiting.
+    pub idle: u32,
+    /// The pool's limit.
+    pub max: u32,
 }
 
 /// The file path of a `sqlite:` URL, if it names a file.

@@ -1,9 +1,13 @@
-//! Process-wide telemetry set-up: the `tracing` subscriber (log format, filter, OpenTelemetry layer) and the
-//! W3C propagator. Metrics live in [`metrics`]; span-context helpers in [`propagation`].
+//! Process-wide telemetry set-up: the `tracing` subscriber (log format, filter, OpenTelemetry layer), trace
+//! export and the W3C propagator. Metrics live in [`metrics`]; span-context helpers in [`propagation`]; the
+//! exporter, sampler and resource in [`export`]; the JSON log format in [`json_log`].
 //!
 //! Spans always get real OpenTelemetry ids (an SDK tracer provider is installed even without an exporter),
-//! because every event of a task records the task's trace id. OTLP export is not built yet.
+//! because every event of a task records the task's trace id. With an OTLP endpoint they are also exported
+//! in batches, and flushed when the [`TelemetryGuard`] is dropped.
 
+pub mod export;
+pub mod json_log;
 pub mod metrics;
 pub mod propagation;
 
@@ -32,6 +36,9 @@ pub enum TelemetryError {
         #[source]
         source: tracing_subscriber::filter::ParseError,
     },
+    /// The span exporter could not be built.
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
 }
 
 /// Flushes spans when dropped; hold it for the life of the process.
@@ -40,10 +47,17 @@ pub struct TelemetryGuard(());
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = PROVIDER.get() {
-            // Errors here only mean there was nothing left to flush.
-            let _ = provider.force_flush();
-        }
+        flush();
+    }
+}
+
+/// Exports every span ended so far (a no-op without an exporter). Blocks until the exporter answers or
+/// times out.
+pub fn flush() {
+    if let Some(provider) = PROVIDER.get() {
+        // Errors here only mean there was nothing left to flush or the collector is unreachable; neither
+        // may stop a shutdown.
+        let _ = provider.force_flush();
     }
 }
 
@@ -59,29 +73,26 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         source,
     })?;
 
+    let (context_layer, json_lines) = json_log::pair();
     let fmt_layer = match settings.log_format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_target(true)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(json_lines)
             .with_writer(std::io::stdout)
             .boxed(),
     };
 
     let otel_layer = if settings.tracing {
-        let provider = PROVIDER.get_or_init(|| {
-            SdkTracerProvider::builder()
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(settings.service_name.clone())
-                        .build(),
-                )
-                .build()
-        });
+        let provider = match PROVIDER.get() {
+            Some(provider) => provider,
+            None => {
+                let provider = tracer_provider(settings)?;
+                PROVIDER.get_or_init(|| provider)
+            }
+        };
         let tracer = provider.tracer("troupe");
         // Spans must exist for the OpenTelemetry layer even when the log filter would drop them, so the
         // layer carries its own filter: every span of Troupe's own code, whatever the log level.
@@ -97,8 +108,24 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 
     // A second initialisation in one process fails harmlessly: the first subscriber stays.
     let _ = tracing_subscriber::registry()
+        .with(context_layer)
         .with(fmt_layer.with_filter(filter))
         .with(otel_layer)
         .try_init();
     Ok(TelemetryGuard(()))
+}
+
+/// The SDK tracer provider: batch export when a destination is configured, the configured sampler and the
+/// resource.
+fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let mut builder =
+        SdkTracerProvider::builder().with_resource(export::resource(settings, &env));
+    if let Some(sampler) = export::sampler(settings) {
+        builder = builder.with_sampler(sampler);
+    }
+    if let export::Destination::Otlp(url) = export::destination(settings, &env) {
+        builder = builder.with_batch_exporter(export::exporter(&url)?);
+    }
+    Ok(builder.build())
 }

@@ -45,7 +45,8 @@ pub async fn task_events(
     let subscription = core.events.subscribe(id, after).await?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
-    actix_web::rt::spawn(stream_events(subscription, session, messages));
+    let open = OpenStream::new(core.metrics.websocket_connections.clone());
+    actix_web::rt::spawn(stream_events(subscription, session, messages, open));
     Ok(response)
 }
 
@@ -58,10 +59,27 @@ fn is_websocket_upgrade(request: &HttpRequest) -> bool {
 }
 
 /// Forwards events to the socket until the terminal event, the client leaving, or an error.
+/// Counts an open WebSocket stream in `troupe_websocket_connections` for as long as it lives.
+struct OpenStream(prometheus::IntGauge);
+
+impl OpenStream {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenStream(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 async fn stream_events(
     mut subscription: Subscription,
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
+    _open: OpenStream,
 ) {
     let close = loop {
         tokio::select! {

@@ -33,8 +33,25 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. Gauges read from elsewhere (the database pool, the model worker)
+/// are refreshed first.
 pub async fn metrics(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
+    let metrics = &core.metrics;
+    let pool = core.storage.pool_stats();
+    metrics
+        .db_pool_connections
+        .with_label_values(&["in_use"])
+        .set(i64::from(pool.in_use));
+    metrics
+        .db_pool_connections
+        .with_label_values(&["idle"])
+        .set(i64::from(pool.idle));
+    metrics.db_pool_max_connections.set(i64::from(pool.max));
+    let worker_up = core
+        .llm
+        .worker()
+        .is_some_and(|worker| worker.state == "ready");
+    metrics.model_worker_up.set(i64::from(worker_up));
     let text = core
         .metrics
         .render()

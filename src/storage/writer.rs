@@ -303,7 +303,11 @@ impl WriterTask {
     async fn apply(&mut self, batch: &mut Vec<WriteOp>) {
         let seq_before = self.next_seq.clone();
         let mut outcome = Outcome::default();
+        let started = std::time::Instant::now();
         let result = self.write(batch, &mut outcome).await;
+        self.metrics
+            .store_commit_duration
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 for reply in outcome.replies {

@@ -6,8 +6,8 @@
 //! (agent names, outcomes, providers; never task ids).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Metric names, each defined once.
@@ -42,6 +42,61 @@ pub mod names {
     pub const EVENTS: &str = "troupe_events_total";
     /// Event-log batches that failed to commit.
     pub const STORE_WRITE_ERRORS: &str = "troupe_store_write_errors_total";
+    /// Always 1; the label carries the running version.
+    pub const BUILD_INFO: &str = "troupe_build_info";
+    /// Money spent on model calls, from the configured prices.
+    pub const LLM_COST: &str = "troupe_llm_cost_usd_total";
+    /// Time from sending a model call to its first streamed piece.
+    pub const LLM_TIME_TO_FIRST_TOKEN: &str = "troupe_llm_time_to_first_token_seconds";
+    /// 1 while the embedded model's worker process is ready.
+    pub const MODEL_WORKER_UP: &str = "troupe_model_worker_up";
+    /// Duration of one commit of the storage writer's batch.
+    pub const STORE_COMMIT_DURATION: &str = "troupe_store_commit_duration_seconds";
+    /// Database pool connections by state (in_use, idle).
+    pub const DB_POOL_CONNECTIONS: &str = "troupe_db_pool_connections";
+    /// The database pool's size limit.
+    pub const DB_POOL_MAX_CONNECTIONS: &str = "troupe_db_pool_max_connections";
+    /// HTTP requests by method, route pattern and status.
+    pub const HTTP_REQUESTS: &str = "troupe_http_requests_total";
+    /// HTTP request duration by method and route pattern.
+    pub const HTTP_REQUEST_DURATION: &str = "troupe_http_request_duration_seconds";
+    /// Open WebSocket event streams.
+    pub const WEBSOCKET_CONNECTIONS: &str = "troupe_websocket_connections";
+}
+
+/// A metric's kind, as in the Prometheus text format's `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A value that only goes up.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+impl Kind {
+    /// The name used in `# TYPE` lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One entry of the catalogue: what `/metrics` may contain (documented in `observability/METRICS.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Full metric name.
+    pub name: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its label names, in order.
+    pub labels: Vec<String>,
+    /// Its help text.
+    pub help: String,
 }
 
 /// Buckets for work that lasts from a millisecond to five minutes (steps, tasks, model calls), dense enough
@@ -73,6 +128,12 @@ const HOP_BUCKETS: &[f64] = &[
     1.0,
 ];
 
+/// Buckets for one database commit: 100 µs to 10 s.
+const COMMIT_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 /// Metrics could not be registered (a programming error: a duplicate name).
 #[derive(Debug, thiserror::Error)]
 #[error("register metrics")]
@@ -82,6 +143,7 @@ pub struct MetricsError(#[from] prometheus::Error);
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    catalogue: std::sync::Arc<Vec<Entry>>,
     /// See [`names::MAILBOX_DEPTH`]; label `agent`.
     pub mailbox_depth: IntGaugeVec,
     /// See [`names::AGENT_IN_FLIGHT`]; label `agent`.
@@ -102,138 +164,280 @@ pub struct Metrics {
     pub supervisor_restarts: IntCounterVec,
     /// See [`names::LLM_TOKENS`]; labels `provider`, `model`, `type`.
     pub llm_tokens: IntCounterVec,
+    /// See [`names::LLM_COST`]; labels `provider`, `model`.
+    pub llm_cost: CounterVec,
     /// See [`names::LLM_REQUEST_DURATION`]; labels `provider`, `model`.
     pub llm_request_duration: HistogramVec,
+    /// See [`names::LLM_TIME_TO_FIRST_TOKEN`]; labels `provider`, `model`.
+    pub llm_time_to_first_token: HistogramVec,
     /// See [`names::LLM_ERRORS`]; labels `provider`, `kind`.
     pub llm_errors: IntCounterVec,
+    /// See [`names::MODEL_WORKER_UP`].
+    pub model_worker_up: IntGauge,
     /// See [`names::DECISIONS`]; labels `agent`, `kind`.
     pub decisions: IntCounterVec,
     /// See [`names::EVENTS`]; label `kind`.
     pub events: IntCounterVec,
-    /// See [`names::STORE_WRITE_ERRORS`].
+    /// See [`names::STORE_WRITE_ERRORS`]; label `op`.
     pub store_write_errors: IntCounterVec,
+    /// See [`names::STORE_COMMIT_DURATION`].
+    pub store_commit_duration: Histogram,
+    /// See [`names::DB_POOL_CONNECTIONS`]; label `state`.
+    pub db_pool_connections: IntGaugeVec,
+    /// See [`names::DB_POOL_MAX_CONNECTIONS`].
+    pub db_pool_max_connections: IntGauge,
+    /// See [`names::HTTP_REQUESTS`]; labels `method`, `route`, `status`.
+    pub http_requests: IntCounterVec,
+    /// See [`names::HTTP_REQUEST_DURATION`]; labels `method`, `route`.
+    pub http_request_duration: HistogramVec,
+    /// See [`names::WEBSOCKET_CONNECTIONS`].
+    pub websocket_connections: IntGauge,
+}
+
+/// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
+struct Registrar {
+    registry: Registry,
+    catalogue: Vec<Entry>,
+}
+
+impl Registrar {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        metric: C,
+        kind: Kind,
+    ) -> Result<C, MetricsError> {
+        for desc in metric.desc() {
+            self.catalogue.push(Entry {
+                name: desc.fq_name.clone(),
+                kind,
+                labels: desc.variable_labels.clone(),
+                help: desc.help.clone(),
+            });
+        }
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.add(IntGauge::new(name, help)?, Kind::Gauge)
+    }
+
+    fn gauge_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricsError> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?, Kind::Gauge)
+    }
+
+    fn counter_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?, Kind::Counter)
+    }
+
+    fn float_counter_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<CounterVec, MetricsError> {
+        self.add(CounterVec::new(Opts::new(name, help), labels)?, Kind::Counter)
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts)?, Kind::Histogram)
+    }
+
+    fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(HistogramVec::new(opts, labels)?, Kind::Histogram)
+    }
 }
 
 impl Metrics {
     /// Creates and registers every metric in a fresh registry, with the process collector.
     pub fn new() -> Result<Self, MetricsError> {
-        let registry = Registry::new();
-        let gauge_vec =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(metric.clone()))?;
-                Ok(metric)
-            };
-        let histogram_vec = |name: &str,
-                             help: &str,
-                             labels: &[&str],
-                             buckets: &[f64]|
-         -> Result<HistogramVec, MetricsError> {
-            let metric = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
-            )?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
+        let mut r = Registrar {
+            registry: Registry::new(),
+            catalogue: Vec::new(),
         };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, MetricsError> {
-            let metric = IntGauge::new(name, help)?;
-            registry.register(Box::new(metric.clone()))?;
-            Ok(metric)
-        };
-
+        let build_info = r.gauge_vec(
+            names::BUILD_INFO,
+            "Always 1; the version label says which Troupe is running.",
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let metrics = Metrics {
-            mailbox_depth: gauge_vec(
+            mailbox_depth: r.gauge_vec(
                 names::MAILBOX_DEPTH,
                 "Messages sent to an agent and not yet picked up by its handler.",
                 &["agent"],
             )?,
-            agent_in_flight: gauge_vec(
+            agent_in_flight: r.gauge_vec(
                 names::AGENT_IN_FLIGHT,
                 "Work an agent has accepted and not finished.",
                 &["agent"],
             )?,
-            task_queue_depth: gauge(
+            task_queue_depth: r.gauge(
                 names::TASK_QUEUE_DEPTH,
                 "Tasks accepted and waiting for a free slot.",
             )?,
-            tasks_running: gauge(names::TASKS_RUNNING, "Tasks being worked on.")?,
-            message_latency: histogram_vec(
+            tasks_running: r.gauge(names::TASKS_RUNNING, "Tasks being worked on.")?,
+            message_latency: r.histogram_vec(
                 names::MESSAGE_LATENCY,
                 "Time from sending a message to an agent to its handler starting.",
                 &["agent"],
                 HOP_BUCKETS,
             )?,
-            step_duration: histogram_vec(
+            step_duration: r.histogram_vec(
                 names::STEP_DURATION,
                 "Duration of one step on one agent.",
                 &["agent", "outcome"],
                 DURATION_BUCKETS,
             )?,
-            task_duration: histogram_vec(
+            task_duration: r.histogram_vec(
                 names::TASK_DURATION,
                 "Duration of a task from start to its terminal state.",
                 &["outcome"],
                 DURATION_BUCKETS,
             )?,
-            tasks_total: counter_vec(
+            tasks_total: r.counter_vec(
                 names::TASKS_TOTAL,
                 "Finished tasks by outcome.",
                 &["outcome"],
             )?,
-            supervisor_restarts: counter_vec(
+            supervisor_restarts: r.counter_vec(
                 names::SUPERVISOR_RESTARTS,
                 "Agent restarts by the supervisor.",
                 &["agent", "reason"],
             )?,
-            llm_tokens: counter_vec(
+            llm_tokens: r.counter_vec(
                 names::LLM_TOKENS,
                 "Model tokens by provider, model and type (input, output).",
                 &["provider", "model", "type"],
             )?,
-            llm_request_duration: histogram_vec(
+            llm_cost: r.float_counter_vec(
+                names::LLM_COST,
+                "Money spent on model calls in US dollars, from the configured prices (0 for local models).",
+                &["provider", "model"],
+            )?,
+            llm_request_duration: r.histogram_vec(
                 names::LLM_REQUEST_DURATION,
                 "Model call duration.",
                 &["provider", "model"],
                 DURATION_BUCKETS,
             )?,
-            llm_errors: counter_vec(
+            llm_time_to_first_token: r.histogram_vec(
+                names::LLM_TIME_TO_FIRST_TOKEN,
+                "Time from sending a model call to its first streamed piece.",
+                &["provider", "model"],
+                DURATION_BUCKETS,
+            )?,
+            llm_errors: r.counter_vec(
                 names::LLM_ERRORS,
                 "Failed model calls by provider and kind of failure.",
                 &["provider", "kind"],
             )?,
-            decisions: counter_vec(
+            model_worker_up: r.gauge(
+                names::MODEL_WORKER_UP,
+                "1 while the embedded model's worker process is ready, 0 while it starts or is down.",
+            )?,
+            decisions: r.counter_vec(
                 names::DECISIONS,
                 "Decisions by deciding agent and kind.",
                 &["agent", "kind"],
             )?,
-            events: counter_vec(
+            events: r.counter_vec(
                 names::EVENTS,
                 "Events appended to task logs, by kind.",
                 &["kind"],
             )?,
-            store_write_errors: counter_vec(
+            store_write_errors: r.counter_vec(
                 names::STORE_WRITE_ERRORS,
                 "Event-log batches that failed to commit, by operation.",
                 &["op"],
             )?,
-            registry,
+            store_commit_duration: r.histogram(
+                names::STORE_COMMIT_DURATION,
+                "Duration of one commit of the storage writer's batch.",
+                COMMIT_BUCKETS,
+            )?,
+            db_pool_connections: r.gauge_vec(
+                names::DB_POOL_CONNECTIONS,
+                "Database pool connections by state (in_use, idle).",
+                &["state"],
+            )?,
+            db_pool_max_connections: r.gauge(
+                names::DB_POOL_MAX_CONNECTIONS,
+                "The database pool's size limit.",
+            )?,
+            http_requests: r.counter_vec(
+                names::HTTP_REQUESTS,
+                "HTTP requests by method, route pattern and status code.",
+                &["method", "route", "status"],
+            )?,
+            http_request_duration: r.histogram_vec(
+                names::HTTP_REQUEST_DURATION,
+                "HTTP request duration (to the response head) by method and route pattern.",
+                &["method", "route"],
+                DURATION_BUCKETS,
+            )?,
+            websocket_connections: r.gauge(
+                names::WEBSOCKET_CONNECTIONS,
+                "Open WebSocket event streams.",
+            )?,
+            registry: Registry::new(),
+            catalogue: std::sync::Arc::new(Vec::new()),
         };
-        metrics.registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        Ok(metrics)
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        for desc in prometheus::core::Collector::desc(&process) {
+            let kind = if desc.fq_name.ends_with("_total") {
+                Kind::Counter
+            } else {
+                Kind::Gauge
+            };
+            r.catalogue.push(Entry {
+                name: desc.fq_name.clone(),
+                kind,
+                labels: desc.variable_labels.clone(),
+                help: desc.help.clone(),
+            });
+        }
+        r.registry.register(Box::new(process))?;
+        Ok(Metrics {
+            registry: r.registry,
+            catalogue: std::sync::Arc::new(r.catalogue),
+            ..metrics
+        })
     }
 
     /// The registry, for exporters.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Every metric this registry can export, in registration order.
+    pub fn catalogue(&self) -> &[Entry] {
+        &self.catalogue
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -273,5 +477,69 @@ mod tests {
             .render()
             .unwrap()
             .contains("troupe_tasks_total{outcome=\"failed\"}"));
+    }
+
+    /// `observability/METRICS.md` catalogue rows (those whose second cell is a metric type): (name, type,
+    /// labels).
+    fn documented() -> Vec<(String, String, Vec<String>)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/observability/METRICS.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+                let name = cells[0].trim_matches('`').to_owned();
+                let labels = cells[2]
+                    .split(',')
+                    .map(|label| label.trim().trim_matches('`').to_owned())
+                    .filter(|label| !label.is_empty() && label != "–" && label != "-")
+                    .collect();
+                (name, cells[1].to_owned(), labels)
+            })
+            .filter(|(_, kind, _)| ["counter", "gauge", "histogram"].contains(&kind.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn metrics_md_documents_exactly_the_exported_metrics() {
+        let metrics = Metrics::new().unwrap();
+        let mut exported: Vec<(String, String, Vec<String>)> = metrics
+            .catalogue()
+            .iter()
+            .map(|entry| {
+                let mut labels = entry.labels.clone();
+                labels.sort();
+                (entry.name.clone(), entry.kind.as_str().to_owned(), labels)
+            })
+            .collect();
+        let mut documented: Vec<(String, String, Vec<String>)> = documented()
+            .into_iter()
+            .map(|(name, kind, mut labels)| {
+                labels.sort();
+                (name, kind, labels)
+            })
+            .collect();
+        exported.sort();
+        documented.sort();
+        let missing: Vec<_> = exported.iter().filter(|e| !documented.contains(e)).collect();
+        let stale: Vec<_> = documented.iter().filter(|d| !exported.contains(d)).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "exported but not documented (or documented differently): {missing:#?}\n\
+             documented but not exported: {stale:#?}"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_covers_every_family_a_scrape_can_show() {
+        let metrics = Metrics::new().unwrap();
+        metrics.llm_cost.with_label_values(&["p", "m"]).inc_by(0.5);
+        metrics.websocket_connections.set(2);
+        let names: Vec<&str> = metrics.catalogue().iter().map(|e| e.name.as_str()).collect();
+        for family in metrics.registry().gather() {
+            assert!(names.contains(&family.name()), "{} not in the catalogue", family.name());
+        }
+        assert!(names.contains(&names::HTTP_REQUESTS));
+        assert!(names.contains(&"process_resident_memory_bytes"));
     }
 }
