@@ -149,6 +149,11 @@ pub struct AgentDeps {
     pub chaos: Arc<Chaos>,
 }
 
+/// A count as a span attribute value: OpenTelemetry attributes are signed 64-bit integers.
+fn as_int(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 /// Makes one model call on behalf of `agent` for `task_id`: a `chat {model}` span with the GenAI
 /// attributes, every streamed piece an `llm.token` event, the call stored (prompt, output, usage, duration)
 /// for inspection and replay, an `llm.finished` event, and the token and latency metrics.
@@ -169,7 +174,7 @@ pub async fn call_llm(
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = provider,
         gen_ai.request.model = %model,
-        gen_ai.request.max_tokens = request.max_tokens,
+        gen_ai.request.max_tokens = i64::from(request.max_tokens),
         gen_ai.agent.name = agent.as_str(),
         gen_ai.conversation.id = %task_id,
         troupe.llm.purpose = %request.purpose,
@@ -213,8 +218,9 @@ pub async fn call_llm(
         let span = tracing::Span::current();
         match &result {
             Ok(output) => {
-                span.record("gen_ai.usage.input_tokens", output.usage.input_tokens);
-                span.record("gen_ai.usage.output_tokens", output.usage.output_tokens);
+                // As i64: the OpenTelemetry layer exports u64 fields as strings, and GenAI usage is an int.
+                span.record("gen_ai.usage.input_tokens", as_int(output.usage.input_tokens));
+                span.record("gen_ai.usage.output_tokens", as_int(output.usage.output_tokens));
                 let tokens = &deps.metrics.llm_tokens;
                 tokens
                     .with_label_values(&[provider, &model, "input"])
@@ -340,7 +346,7 @@ pub fn run_step<S: Specialist>(
         gen_ai.agent.id = agent.as_str(),
         gen_ai.conversation.id = %task_id,
         troupe.step = envelope.payload.step.idx,
-        troupe.attempt = envelope.payload.step.attempt,
+        troupe.attempt = i64::from(envelope.payload.step.attempt),
     );
     propagation::set_parent(&span, envelope.trace.clone());
     let deps = deps.clone();

@@ -6,6 +6,7 @@ mod bad_input;
 mod cancellation;
 mod helpers;
 mod model_worker;
+mod otlp;
 mod postgres;
 mod replay;
 mod supervision;
