@@ -80,7 +80,12 @@ pub(crate) fn catalogue() -> BTreeMap<String, Metric> {
         .skip_while(|line| line.trim() != "| Name | Type | Labels | Meaning |");
     assert!(lines.next().is_some(), "METRICS.md has no catalogue table");
     for line in lines.skip(1).take_while(|line| line.starts_with('|')) {
-        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
         assert_eq!(cells.len(), 4, "METRICS.md row without 4 cells: {line}");
         let name = unquote_backticks(cells[0])
             .unwrap_or_else(|| panic!("METRICS.md: name not in backticks: {line}"));
@@ -105,7 +110,10 @@ pub(crate) fn catalogue() -> BTreeMap<String, Metric> {
             "METRICS.md lists {name} twice"
         );
     }
-    assert!(metrics.len() > 10, "METRICS.md: catalogue table not found or nearly empty");
+    assert!(
+        metrics.len() > 10,
+        "METRICS.md: catalogue table not found or nearly empty"
+    );
     metrics
 }
 
@@ -230,7 +238,11 @@ pub(crate) fn split_threshold(expr: &str) -> (String, char, f64) {
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("threshold of `{expr}` is not a number: {e}"));
-    (expr[..at].to_owned(), op.chars().next().unwrap_or('>'), threshold)
+    (
+        expr[..at].to_owned(),
+        op.chars().next().unwrap_or('>'),
+        threshold,
+    )
 }
 
 /// Every dashboard JSON, by uid.
@@ -271,7 +283,11 @@ pub(crate) fn prometheus_panel_queries() -> Vec<PanelQuery> {
                     continue;
                 }
                 let expr = target["expr"].as_str().unwrap_or_default();
-                assert!(!expr.is_empty(), "{uid}: panel {} has an empty query", panel["title"]);
+                assert!(
+                    !expr.is_empty(),
+                    "{uid}: panel {} has an empty query",
+                    panel["title"]
+                );
                 queries.push(PanelQuery {
                     place: format!("{uid} / {} / {}", panel["title"], target["refId"]),
                     expr: expr.to_owned(),
@@ -303,7 +319,10 @@ fn assert_known_series(place: &str, expr: &str, metrics: &BTreeMap<String, Metri
     let names = series_names(expr);
     for name in &names {
         if name.starts_with("troupe:") {
-            assert!(recorded.contains(name), "{place}: `{name}` is not a recording rule ({expr})");
+            assert!(
+                recorded.contains(name),
+                "{place}: `{name}` is not a recording rule ({expr})"
+            );
         } else {
             assert!(
                 catalogue_name(name, metrics).is_some(),
@@ -355,14 +374,22 @@ fn promtool_accepts_the_config_and_the_rules_and_their_unit_tests_pass() {
 
     let rules = run_tool(
         "promtool",
-        &["check", "rules", "observability/prometheus/rules/troupe.yml"],
+        &[
+            "check",
+            "rules",
+            "observability/prometheus/rules/troupe.yml",
+        ],
     );
     let expected = format!("SUCCESS: {} rules found", prometheus_rules().len());
     assert!(rules.contains(&expected), "{rules}");
 
     let tests = run_tool(
         "promtool",
-        &["test", "rules", "observability/prometheus/tests/troupe_test.yml"],
+        &[
+            "test",
+            "rules",
+            "observability/prometheus/tests/troupe_test.yml",
+        ],
     );
     assert!(tests.contains("SUCCESS"), "{tests}");
 }
@@ -395,7 +422,9 @@ fn every_alert_has_unit_tests_that_fire_it_and_keep_it_silent_and_every_recordin
     }
     for recorded in recorded_names() {
         assert!(
-            tested_exprs.iter().any(|expr| series_names(expr).contains(&recorded)),
+            tested_exprs
+                .iter()
+                .any(|expr| series_names(expr).contains(&recorded)),
             "no promql_expr_test checks the value of {recorded}"
         );
     }
@@ -406,18 +435,34 @@ fn amtool_accepts_the_alertmanager_config_and_each_severity_reaches_its_receiver
     let config = "--config.file=observability/alertmanager/alertmanager.yml";
     let check = run_tool(
         "amtool",
-        &["check-config", "observability/alertmanager/alertmanager.yml"],
+        &[
+            "check-config",
+            "observability/alertmanager/alertmanager.yml",
+        ],
     );
     assert!(check.contains("SUCCESS"), "{check}");
-    for rule in prometheus_rules().iter().filter(|rule| rule["alert"].is_string()) {
+    for rule in prometheus_rules()
+        .iter()
+        .filter(|rule| rule["alert"].is_string())
+    {
         let alert = format!("alertname={}", yaml_str(&rule["alert"]));
         let severity = yaml_str(&rule["labels"]["severity"]);
         let routed = run_tool(
             "amtool",
-            &["config", "routes", "test", config, &alert, &format!("severity={severity}")],
+            &[
+                "config",
+                "routes",
+                "test",
+                config,
+                &alert,
+                &format!("severity={severity}"),
+            ],
         );
         let receiver = routed.lines().next().unwrap_or_default().trim();
-        assert_eq!(receiver, severity, "{alert} severity={severity} routes to {receiver}");
+        assert_eq!(
+            receiver, severity,
+            "{alert} severity={severity} routes to {receiver}"
+        );
     }
 
     let alertmanager = read_yaml(&observability("alertmanager/alertmanager.yml"));
@@ -431,7 +476,10 @@ fn amtool_accepts_the_alertmanager_config_and_each_severity_reaches_its_receiver
         "no inhibition of warnings by criticals of the same alert name"
     );
     let group_by = yaml_seq(&alertmanager["route"]["group_by"]);
-    assert!(group_by.iter().any(|label| label == "alertname"), "{group_by:?}");
+    assert!(
+        group_by.iter().any(|label| label == "alertname"),
+        "{group_by:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -448,8 +496,14 @@ fn the_catalogue_follows_the_naming_conventions_and_lists_every_name_in_the_code
         );
         match metric.kind.as_str() {
             "counter" => assert!(name.ends_with("_total"), "counter without _total: {name}"),
-            "histogram" => assert!(name.ends_with("_seconds"), "histogram not in seconds: {name}"),
-            "gauge" => assert!(!name.ends_with("_total"), "gauge named like a counter: {name}"),
+            "histogram" => assert!(
+                name.ends_with("_seconds"),
+                "histogram not in seconds: {name}"
+            ),
+            "gauge" => assert!(
+                !name.ends_with("_total"),
+                "gauge named like a counter: {name}"
+            ),
             other => panic!("{name}: unknown type {other}"),
         }
         for label in &metric.labels {
@@ -457,7 +511,10 @@ fn the_catalogue_follows_the_naming_conventions_and_lists_every_name_in_the_code
                 !label.is_empty() && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{name}: bad label name `{label}`"
             );
-            assert!(!label.contains("task_id") && !label.contains("trace"), "{name}: unbounded label");
+            assert!(
+                !label.contains("task_id") && !label.contains("trace"),
+                "{name}: unbounded label"
+            );
         }
     }
     // Every name the code defines is catalogued (the code's names are string constants in one file).
@@ -468,12 +525,20 @@ fn the_catalogue_follows_the_naming_conventions_and_lists_every_name_in_the_code
         .step_by(2)
         .filter(|literal| {
             literal.starts_with("troupe_")
-                && literal.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
         .collect();
-    assert!(in_code.len() >= 10, "no metric names found in src/telemetry/metrics.rs");
+    assert!(
+        in_code.len() >= 10,
+        "no metric names found in src/telemetry/metrics.rs"
+    );
     for name in in_code {
-        assert!(metrics.contains_key(name), "{name} is exported but not in METRICS.md");
+        assert!(
+            metrics.contains_key(name),
+            "{name} is exported but not in METRICS.md"
+        );
     }
 }
 
@@ -490,13 +555,19 @@ fn every_rule_reads_only_catalogued_metrics_and_every_alert_is_documented() {
             .unwrap_or_else(|| panic!("rule without alert or record: {rule:?}"));
         let expr = yaml_str(&rule["expr"]);
         assert_known_series(name, expr, &metrics);
-        assert!(!series_names(expr).is_empty() || expr.contains("up{"), "{name} reads no Troupe series");
+        assert!(
+            !series_names(expr).is_empty() || expr.contains("up{"),
+            "{name} reads no Troupe series"
+        );
         if rule["record"].is_string() {
             continue;
         }
         split_threshold(expr);
         let severity = yaml_str(&rule["labels"]["severity"]);
-        assert!(["critical", "warning"].contains(&severity), "{name}: severity {severity}");
+        assert!(
+            ["critical", "warning"].contains(&severity),
+            "{name}: severity {severity}"
+        );
         for key in ["summary", "description", "runbook", "dashboard"] {
             let text = rule["annotations"][key].as_str().unwrap_or_default();
             assert!(!text.trim().is_empty(), "{name}: no `{key}` annotation");
@@ -507,10 +578,15 @@ fn every_rule_reads_only_catalogued_metrics_and_every_alert_is_documented() {
             yaml_str(&rule["annotations"]["runbook"]).ends_with(&anchor),
             "{name}: runbook should point at README.md{anchor}"
         );
-        assert!(readme.contains(&format!("### {}\n", name.to_lowercase())), "README.md has no runbook for {name}");
+        assert!(
+            readme.contains(&format!("### {}\n", name.to_lowercase())),
+            "README.md has no runbook for {name}"
+        );
         let dashboard = yaml_str(&rule["annotations"]["dashboard"]);
         assert!(
-            DASHBOARD_UIDS.iter().any(|uid| dashboard.ends_with(&format!("/d/{uid}"))),
+            DASHBOARD_UIDS
+                .iter()
+                .any(|uid| dashboard.ends_with(&format!("/d/{uid}"))),
             "{name}: dashboard annotation {dashboard} is not one of the dashboards"
         );
     }
@@ -522,7 +598,10 @@ fn every_rule_reads_only_catalogued_metrics_and_every_alert_is_documented() {
         "QueueBacklog",
         "AgentRestartStorm",
     ] {
-        assert!(alerts.iter().any(|a| a == required), "alert {required} is missing");
+        assert!(
+            alerts.iter().any(|a| a == required),
+            "alert {required} is missing"
+        );
     }
     assert_eq!(
         alerts.len(),
@@ -537,23 +616,36 @@ fn every_rule_reads_only_catalogued_metrics_and_every_alert_is_documented() {
 
 /// Provisioned datasources: uid -> type.
 fn datasources() -> BTreeMap<String, String> {
-    let file = read_yaml(&observability("grafana/provisioning/datasources/datasources.yml"));
+    let file = read_yaml(&observability(
+        "grafana/provisioning/datasources/datasources.yml",
+    ));
     yaml_seq(&file["datasources"])
         .iter()
-        .map(|ds| (yaml_str(&ds["uid"]).to_owned(), yaml_str(&ds["type"]).to_owned()))
+        .map(|ds| {
+            (
+                yaml_str(&ds["uid"]).to_owned(),
+                yaml_str(&ds["type"]).to_owned(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn datasources_have_fixed_uids_and_link_logs_and_traces_both_ways() {
     let sources = datasources();
-    let expected: BTreeMap<String, String> = [("prometheus", "prometheus"), ("loki", "loki"), ("jaeger", "jaeger")]
-        .iter()
-        .map(|(uid, kind)| (uid.to_string(), kind.to_string()))
-        .collect();
+    let expected: BTreeMap<String, String> = [
+        ("prometheus", "prometheus"),
+        ("loki", "loki"),
+        ("jaeger", "jaeger"),
+    ]
+    .iter()
+    .map(|(uid, kind)| (uid.to_string(), kind.to_string()))
+    .collect();
     assert_eq!(sources, expected);
 
-    let file = read_yaml(&observability("grafana/provisioning/datasources/datasources.yml"));
+    let file = read_yaml(&observability(
+        "grafana/provisioning/datasources/datasources.yml",
+    ));
     let by_uid = |uid: &str| {
         yaml_seq(&file["datasources"])
             .iter()
@@ -570,8 +662,12 @@ fn datasources_have_fixed_uids_and_link_logs_and_traces_both_ways() {
     let loki = by_uid("loki");
     let derived = yaml_seq(&loki["jsonData"]["derivedFields"]);
     assert!(
-        derived.iter().any(|field| field["datasourceUid"] == "jaeger"
-            && field["matcherRegex"].as_str().is_some_and(|re| re.contains("trace_id"))),
+        derived
+            .iter()
+            .any(|field| field["datasourceUid"] == "jaeger"
+                && field["matcherRegex"]
+                    .as_str()
+                    .is_some_and(|re| re.contains("trace_id"))),
         "{derived:?}"
     );
     // Jaeger -> Loki: a span links to the log lines with its trace id.
@@ -579,17 +675,27 @@ fn datasources_have_fixed_uids_and_link_logs_and_traces_both_ways() {
     let to_logs = &jaeger["jsonData"]["tracesToLogsV2"];
     assert_eq!(to_logs["datasourceUid"], "loki");
     let query = to_logs["query"].as_str().unwrap_or_default();
-    assert!(query.contains("trace_id") && query.contains("traceId"), "{query}");
+    assert!(
+        query.contains("trace_id") && query.contains("traceId"),
+        "{query}"
+    );
     // A literal `$` in provisioning files must be written `$$` (Grafana expands environment variables).
-    let text = read_text(&observability("grafana/provisioning/datasources/datasources.yml"));
+    let text = read_text(&observability(
+        "grafana/provisioning/datasources/datasources.yml",
+    ));
     for (at, _) in text.match_indices("${__") {
-        assert!(at > 0 && &text[at - 1..at] == "$", "unescaped Grafana variable in datasources.yml");
+        assert!(
+            at > 0 && &text[at - 1..at] == "$",
+            "unescaped Grafana variable in datasources.yml"
+        );
     }
 }
 
 #[test]
 fn the_dashboard_provider_loads_the_directory_compose_mounts() {
-    let file = read_yaml(&observability("grafana/provisioning/dashboards/dashboards.yml"));
+    let file = read_yaml(&observability(
+        "grafana/provisioning/dashboards/dashboards.yml",
+    ));
     let providers = yaml_seq(&file["providers"]);
     assert_eq!(providers.len(), 1);
     assert_eq!(providers[0]["type"], "file");
@@ -600,7 +706,8 @@ fn the_dashboard_provider_loads_the_directory_compose_mounts() {
         mounts.contains(&format!("./observability/grafana/dashboards:{path}:ro")),
         "{mounts:?}"
     );
-    assert!(mounts.contains(&"./observability/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()));
+    assert!(mounts
+        .contains(&"./observability/grafana/provisioning:/etc/grafana/provisioning:ro".to_owned()));
 }
 
 #[test]
@@ -613,22 +720,33 @@ fn the_five_dashboards_have_their_uids_unique_panel_ids_and_provisioned_datasour
         assert!(panels.len() >= 6, "{uid}: only {} panels", panels.len());
         let mut ids = BTreeSet::new();
         for panel in &panels {
-            let id = panel["id"].as_i64().unwrap_or_else(|| panic!("{uid}: panel without id"));
+            let id = panel["id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{uid}: panel without id"));
             assert!(ids.insert(id), "{uid}: panel id {id} twice");
             if panel["type"] == "row" {
                 continue;
             }
             let title = &panel["title"];
             let ds_uid = panel["datasource"]["uid"].as_str().unwrap_or_default();
-            let ds_type = sources
-                .get(ds_uid)
-                .unwrap_or_else(|| panic!("{uid} / {title}: datasource `{ds_uid}` is not provisioned"));
-            assert_eq!(panel["datasource"]["type"], ds_type.as_str(), "{uid} / {title}");
-            let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{uid} / {title}: no targets"));
+            let ds_type = sources.get(ds_uid).unwrap_or_else(|| {
+                panic!("{uid} / {title}: datasource `{ds_uid}` is not provisioned")
+            });
+            assert_eq!(
+                panel["datasource"]["type"],
+                ds_type.as_str(),
+                "{uid} / {title}"
+            );
+            let targets = panel["targets"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{uid} / {title}: no targets"));
             assert!(!targets.is_empty(), "{uid} / {title}: no targets");
             let mut refs = BTreeSet::new();
             for target in targets {
-                assert!(refs.insert(target["refId"].to_string()), "{uid} / {title}: refId twice");
+                assert!(
+                    refs.insert(target["refId"].to_string()),
+                    "{uid} / {title}: refId twice"
+                );
                 let target_uid = target["datasource"]["uid"].as_str().unwrap_or_default();
                 assert!(
                     sources.contains_key(target_uid),
@@ -636,17 +754,33 @@ fn the_five_dashboards_have_their_uids_unique_panel_ids_and_provisioned_datasour
                 );
                 if target_uid != "jaeger" {
                     assert!(
-                        target["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                        target["expr"]
+                            .as_str()
+                            .is_some_and(|e| !e.trim().is_empty()),
                         "{uid} / {title}: target without a query"
                     );
                 }
             }
-            let kinds = ["timeseries", "stat", "table", "logs", "bargauge", "gauge", "traces"];
-            assert!(kinds.contains(&panel["type"].as_str().unwrap_or_default()), "{uid} / {title}: type {}", panel["type"]);
+            let kinds = [
+                "timeseries",
+                "stat",
+                "table",
+                "logs",
+                "bargauge",
+                "gauge",
+                "traces",
+            ];
+            assert!(
+                kinds.contains(&panel["type"].as_str().unwrap_or_default()),
+                "{uid} / {title}: type {}",
+                panel["type"]
+            );
         }
         // Template variables would need substituting in prometheus_live; there are none.
         assert!(
-            dashboard["templating"]["list"].as_array().is_none_or(|list| list.is_empty()),
+            dashboard["templating"]["list"]
+                .as_array()
+                .is_none_or(|list| list.is_empty()),
             "{uid}: template variables are not handled by the tests"
         );
     }
@@ -656,7 +790,11 @@ fn the_five_dashboards_have_their_uids_unique_panel_ids_and_provisioned_datasour
 fn every_dashboard_query_reads_only_catalogued_metrics() {
     let metrics = catalogue();
     let queries = prometheus_panel_queries();
-    assert!(queries.len() >= 50, "only {} Prometheus queries", queries.len());
+    assert!(
+        queries.len() >= 50,
+        "only {} Prometheus queries",
+        queries.len()
+    );
     let mut used = BTreeSet::new();
     for query in &queries {
         assert_known_series(&query.place, &query.expr, &metrics);
@@ -665,7 +803,10 @@ fn every_dashboard_query_reads_only_catalogued_metrics() {
         }
     }
     // Every catalogued metric is on some dashboard.
-    let unused: Vec<_> = metrics.keys().filter(|name| !used.contains(*name)).collect();
+    let unused: Vec<_> = metrics
+        .keys()
+        .filter(|name| !used.contains(*name))
+        .collect();
     assert!(unused.is_empty(), "metrics on no dashboard: {unused:?}");
 }
 
@@ -673,17 +814,26 @@ fn every_dashboard_query_reads_only_catalogued_metrics() {
 fn every_dashboard_shows_p95_or_p99_latency_and_links_to_traces() {
     for (uid, dashboard) in dashboards() {
         let percentile = panels(&dashboard).iter().any(|panel| {
-            panel["targets"].as_array().into_iter().flatten().any(|target| {
-                let expr = target["expr"].as_str().unwrap_or_default();
-                (expr.contains("histogram_quantile(0.95,") || expr.contains("histogram_quantile(0.99,"))
-                    && expr.contains("_seconds_bucket")
-            })
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|target| {
+                    let expr = target["expr"].as_str().unwrap_or_default();
+                    (expr.contains("histogram_quantile(0.95,")
+                        || expr.contains("histogram_quantile(0.99,"))
+                        && expr.contains("_seconds_bucket")
+                })
         });
         assert!(percentile, "{uid}: no p95/p99 histogram_quantile panel");
         let links = dashboard["links"].as_array().cloned().unwrap_or_default();
         let to_traces = links
             .iter()
-            .filter(|link| link["url"].as_str().is_some_and(|url| url.contains("jaeger")))
+            .filter(|link| {
+                link["url"]
+                    .as_str()
+                    .is_some_and(|url| url.contains("jaeger"))
+            })
             .count();
         assert!(to_traces >= 1, "{uid}: no link to traces: {links:?}");
         // Explore links name a provisioned datasource.
@@ -691,7 +841,9 @@ fn every_dashboard_shows_p95_or_p99_latency_and_links_to_traces() {
             let url = link["url"].as_str().unwrap_or_default();
             if url.starts_with("/explore") {
                 assert!(
-                    ["%22jaeger%22", "%22loki%22", "%22prometheus%22"].iter().any(|ds| url.contains(ds)),
+                    ["%22jaeger%22", "%22loki%22", "%22prometheus%22"]
+                        .iter()
+                        .any(|ds| url.contains(ds)),
                     "{uid}: explore link to an unknown datasource: {url}"
                 );
             }
@@ -703,9 +855,9 @@ fn every_dashboard_shows_p95_or_p99_latency_and_links_to_traces() {
     assert!(
         panels(errors).iter().any(|panel| panel["type"] == "logs"
             && panel["datasource"]["uid"] == "loki"
-            && panel["targets"][0]["expr"]
-                .as_str()
-                .is_some_and(|expr| expr.contains("service=\"troupe\"") && expr.contains("level=\"ERROR\""))),
+            && panel["targets"][0]["expr"].as_str().is_some_and(|expr| expr
+                .contains("service=\"troupe\"")
+                && expr.contains("level=\"ERROR\""))),
         "errors: no Loki panel of error lines"
     );
 }
@@ -722,7 +874,11 @@ fn grafana_alert_rules_mirror_every_prometheus_alert() {
         .into_iter()
         .filter(|rule| rule["alert"].is_string())
         .collect();
-    assert_eq!(grafana.len(), alerts.len(), "one Grafana rule per Prometheus alert");
+    assert_eq!(
+        grafana.len(),
+        alerts.len(),
+        "one Grafana rule per Prometheus alert"
+    );
     let sources = datasources();
     for alert in &alerts {
         let name = yaml_str(&alert["alert"]);
@@ -743,23 +899,41 @@ fn grafana_alert_rules_mirror_every_prometheus_alert() {
         let source = yaml_str(&threshold_node["model"]["expression"]);
         let query_node = by_ref(source);
         let ds = yaml_str(&query_node["datasourceUid"]);
-        assert!(sources.contains_key(ds), "{name}: datasource {ds} not provisioned");
-        let grafana_query = yaml_str(&query_node["model"]["expr"]).split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            sources.contains_key(ds),
+            "{name}: datasource {ds} not provisioned"
+        );
+        let grafana_query = yaml_str(&query_node["model"]["expr"])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         assert_eq!(grafana_query, query, "{name}: queries differ");
         let evaluator = &threshold_node["model"]["conditions"][0]["evaluator"];
         let expected_type = if op == '>' { "gt" } else { "lt" };
         assert_eq!(evaluator["type"], expected_type, "{name}");
-        assert_eq!(evaluator["params"][0].as_f64(), Some(threshold), "{name}: thresholds differ");
+        assert_eq!(
+            evaluator["params"][0].as_f64(),
+            Some(threshold),
+            "{name}: thresholds differ"
+        );
         assert_eq!(rule["for"], alert["for"], "{name}: `for` differs");
-        assert_eq!(rule["labels"]["severity"], alert["labels"]["severity"], "{name}");
+        assert_eq!(
+            rule["labels"]["severity"], alert["labels"]["severity"],
+            "{name}"
+        );
         for key in ["summary", "description", "runbook", "dashboard"] {
             assert!(rule["annotations"][key].is_string(), "{name}: no {key}");
         }
     }
     // Grafana notifies through the stack's Alertmanager.
-    let contact = read_yaml(&observability("grafana/provisioning/alerting/contact-points.yml"));
+    let contact = read_yaml(&observability(
+        "grafana/provisioning/alerting/contact-points.yml",
+    ));
     let point = &contact["contactPoints"][0];
-    assert_eq!(point["receivers"][0]["settings"]["url"], "http://alertmanager:9093");
+    assert_eq!(
+        point["receivers"][0]["settings"]["url"],
+        "http://alertmanager:9093"
+    );
     let policies = read_yaml(&observability("grafana/provisioning/alerting/policies.yml"));
     assert_eq!(policies["policies"][0]["receiver"], point["name"]);
 }
@@ -774,7 +948,10 @@ fn loki_keeps_30_days_through_the_compactor_and_accepts_structured_metadata() {
     assert_eq!(loki["limits_config"]["retention_period"], "720h");
     assert_eq!(loki["limits_config"]["allow_structured_metadata"], true);
     assert_eq!(loki["compactor"]["retention_enabled"], true);
-    assert!(loki["compactor"]["delete_request_store"].is_string(), "retention needs a delete_request_store");
+    assert!(
+        loki["compactor"]["delete_request_store"].is_string(),
+        "retention needs a delete_request_store"
+    );
     assert_eq!(loki["server"]["http_listen_port"], 3100);
     let schema = &loki["schema_config"]["configs"][0];
     assert_eq!(schema["store"], "tsdb");
@@ -829,22 +1006,54 @@ fn alloy_ships_the_troupe_container_json_lines_with_few_labels_and_ids_as_metada
         .collect::<Vec<_>>()
         .join("\n");
     let flat = code.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(code.matches('{').count(), code.matches('}').count(), "unbalanced braces");
+    assert_eq!(
+        code.matches('{').count(),
+        code.matches('}').count(),
+        "unbalanced braces"
+    );
 
-    assert!(code.contains("\"com.docker.compose.project=troupe\""), "not filtered to the Compose project");
-    assert!(code.contains("\"com.docker.compose.service=troupe\""), "not filtered to the troupe service");
-    assert!(flat.contains("target_label = \"service\""), "no `service` label");
+    assert!(
+        code.contains("\"com.docker.compose.project=troupe\""),
+        "not filtered to the Compose project"
+    );
+    assert!(
+        code.contains("\"com.docker.compose.service=troupe\""),
+        "not filtered to the troupe service"
+    );
+    assert!(
+        flat.contains("target_label = \"service\""),
+        "no `service` label"
+    );
     assert!(alloy_block(&code, "loki.source.docker").contains("unix:///var/run/docker.sock"));
 
     let json_keys = alloy_map_keys(alloy_block(&code, "stage.json"));
-    for field in ["timestamp", "level", "target", "message", "trace_id", "span_id", "task_id", "agent"] {
-        assert!(json_keys.contains(field), "stage.json does not extract {field}: {json_keys:?}");
+    for field in [
+        "timestamp",
+        "level",
+        "target",
+        "message",
+        "trace_id",
+        "span_id",
+        "task_id",
+        "agent",
+    ] {
+        assert!(
+            json_keys.contains(field),
+            "stage.json does not extract {field}: {json_keys:?}"
+        );
     }
     let labels = alloy_map_keys(alloy_block(&code, "stage.labels"));
-    assert_eq!(labels, BTreeSet::from(["level".to_owned()]), "only low-cardinality labels");
+    assert_eq!(
+        labels,
+        BTreeSet::from(["level".to_owned()]),
+        "only low-cardinality labels"
+    );
     let metadata = alloy_map_keys(alloy_block(&code, "stage.structured_metadata"));
     for field in ["trace_id", "span_id", "task_id", "agent"] {
-        assert!(metadata.contains(field), "{field} is not structured metadata: {metadata:?}");
+        assert!(
+            metadata.contains(field),
+            "{field} is not structured metadata: {metadata:?}"
+        );
     }
     assert!(
         alloy_block(&code, "loki.write").contains("\"http://loki:3100/loki/api/v1/push\""),
@@ -856,7 +1065,10 @@ fn alloy_ships_the_troupe_container_json_lines_with_few_labels_and_ids_as_metada
             for target in panel["targets"].as_array().into_iter().flatten() {
                 if target["datasource"]["uid"] == "loki" {
                     let expr = target["expr"].as_str().unwrap_or_default();
-                    assert!(expr.contains("service=\"troupe\""), "{uid}: Loki query without the service label");
+                    assert!(
+                        expr.contains("service=\"troupe\""),
+                        "{uid}: Loki query without the service label"
+                    );
                 }
             }
         }
@@ -874,21 +1086,32 @@ fn jaeger_receives_otlp_and_keeps_spans_30_days_in_badger() {
     assert_eq!(protocols["http"]["endpoint"], "0.0.0.0:4318");
     let backends = &jaeger["extensions"]["jaeger_storage"]["backends"];
     let store = yaml_str(&jaeger["exporters"]["jaeger_storage_exporter"]["trace_storage"]);
-    assert_eq!(jaeger["extensions"]["jaeger_query"]["storage"]["traces"], store);
+    assert_eq!(
+        jaeger["extensions"]["jaeger_query"]["storage"]["traces"],
+        store
+    );
     let badger = &backends[store]["badger"];
     assert_eq!(badger["ttl"]["spans"], "720h");
     assert_eq!(badger["ephemeral"], false);
     for extension in yaml_seq(&jaeger["service"]["extensions"]) {
-        assert!(!jaeger["extensions"][yaml_str(extension)].is_null(), "extension {extension:?} not configured");
+        assert!(
+            !jaeger["extensions"][yaml_str(extension)].is_null(),
+            "extension {extension:?} not configured"
+        );
     }
     // The compose health check asks the healthcheckv2 port; the volume is where Badger writes.
-    assert_eq!(jaeger["extensions"]["healthcheckv2"]["http"]["endpoint"], "0.0.0.0:13133");
+    assert_eq!(
+        jaeger["extensions"]["healthcheckv2"]["http"]["endpoint"],
+        "0.0.0.0:13133"
+    );
     let service = &compose()["services"]["jaeger"];
     assert!(format!("{:?}", service["healthcheck"]["test"]).contains("127.0.0.1:13133/status"));
     let keys = yaml_str(&badger["directories"]["keys"]);
     assert!(
-        service_volumes(service).iter().any(|v| v.starts_with("jaegerdata:")
-            && keys.starts_with(v.split(':').nth(1).unwrap_or("-"))),
+        service_volumes(service)
+            .iter()
+            .any(|v| v.starts_with("jaegerdata:")
+                && keys.starts_with(v.split(':').nth(1).unwrap_or("-"))),
         "Badger's directory is not on the jaegerdata volume"
     );
 }
@@ -918,8 +1141,14 @@ fn published_ports(service: &Yaml) -> BTreeSet<u16> {
         .flatten()
         .map(|port| {
             let spec = yaml_str(port);
-            let container = spec.rsplit(':').next().unwrap_or(spec).trim_end_matches("/tcp");
-            container.parse().unwrap_or_else(|e| panic!("port {spec}: {e}"))
+            let container = spec
+                .rsplit(':')
+                .next()
+                .unwrap_or(spec)
+                .trim_end_matches("/tcp");
+            container
+                .parse()
+                .unwrap_or_else(|e| panic!("port {spec}: {e}"))
         })
         .collect()
 }
@@ -957,7 +1186,10 @@ fn compose_starts_every_service_pinned_healthchecked_and_with_named_volumes() {
         assert!(service.is_mapping(), "service {name} is missing");
         let published = published_ports(service);
         for port in ports {
-            assert!(published.contains(port), "{name} does not publish {port}: {published:?}");
+            assert!(
+                published.contains(port),
+                "{name} does not publish {port}: {published:?}"
+            );
         }
         // Stateful services keep their data in a declared named volume (everything but troupe here).
         if name != "troupe" {
@@ -968,7 +1200,10 @@ fn compose_starts_every_service_pinned_healthchecked_and_with_named_volumes() {
             assert!(!named.is_empty(), "{name} has no named volume");
             for volume in named {
                 let volume_name = volume.split(':').next().unwrap_or_default();
-                assert!(declared.contains(volume_name), "{name}: volume {volume_name} not declared");
+                assert!(
+                    declared.contains(volume_name),
+                    "{name}: volume {volume_name} not declared"
+                );
             }
         }
     }
@@ -980,22 +1215,41 @@ fn compose_starts_every_service_pinned_healthchecked_and_with_named_volumes() {
             .filter(|(_, tag)| !tag.contains('/'))
             .map(|(_, tag)| tag)
             .unwrap_or_else(|| panic!("{name}: image {image} has no tag"));
-        assert!(tag != "latest" && has_dot_version(tag), "{name}: image {image} is not pinned");
-        let test = service["healthcheck"]["test"].as_sequence().unwrap_or_else(|| panic!("{name}: no health check"));
-        assert!(test.len() >= 2 && test[0] != "NONE", "{name}: health check {test:?}");
+        assert!(
+            tag != "latest" && has_dot_version(tag),
+            "{name}: image {image} is not pinned"
+        );
+        let test = service["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: no health check"));
+        assert!(
+            test.len() >= 2 && test[0] != "NONE",
+            "{name}: health check {test:?}"
+        );
         assert_ne!(service["healthcheck"]["disable"], true, "{name}");
         // Bind mounts from the repository exist.
         for volume in service_volumes(service) {
             if let Some(source) = volume.strip_prefix("./observability/") {
                 let source = source.split(':').next().unwrap_or_default();
-                assert!(observability(source).exists(), "{name}: mounts missing {source}");
+                assert!(
+                    observability(source).exists(),
+                    "{name}: mounts missing {source}"
+                );
             }
         }
         for (dependency, condition) in service["depends_on"].as_mapping().into_iter().flatten() {
-            assert!(services.contains_key(dependency), "{name} depends on unknown {dependency:?}");
+            assert!(
+                services.contains_key(dependency),
+                "{name} depends on unknown {dependency:?}"
+            );
             let condition = yaml_str(&condition["condition"]);
             assert!(
-                ["service_started", "service_healthy", "service_completed_successfully"].contains(&condition),
+                [
+                    "service_started",
+                    "service_healthy",
+                    "service_completed_successfully"
+                ]
+                .contains(&condition),
                 "{name}: condition {condition}"
             );
         }
@@ -1010,38 +1264,63 @@ fn compose_starts_every_service_pinned_healthchecked_and_with_named_volumes() {
 fn compose_wires_troupe_to_its_telemetry_and_keeps_30_days_everywhere() {
     let compose = compose();
     let troupe = &compose["services"]["troupe"]["environment"];
-    assert_eq!(troupe["TROUPE__TELEMETRY__OTLP_ENDPOINT"], "http://jaeger:4318");
+    assert_eq!(
+        troupe["TROUPE__TELEMETRY__OTLP_ENDPOINT"],
+        "http://jaeger:4318"
+    );
     assert_eq!(troupe["TROUPE__TELEMETRY__LOG_FORMAT"], "json");
     assert!(yaml_str(&troupe["TROUPE__DATABASE__URL"]).starts_with("postgres://"));
 
     let prometheus = &compose["services"]["prometheus"];
-    let flags: Vec<&str> = yaml_seq(&prometheus["command"]).iter().map(yaml_str).collect();
-    assert!(flags.contains(&"--storage.tsdb.retention.time=30d"), "{flags:?}");
-    assert!(flags.contains(&"--config.file=/etc/prometheus/prometheus.yml"), "{flags:?}");
-    assert!(service_volumes(prometheus).contains(&"./observability/prometheus:/etc/prometheus:ro".to_owned()));
+    let flags: Vec<&str> = yaml_seq(&prometheus["command"])
+        .iter()
+        .map(yaml_str)
+        .collect();
+    assert!(
+        flags.contains(&"--storage.tsdb.retention.time=30d"),
+        "{flags:?}"
+    );
+    assert!(
+        flags.contains(&"--config.file=/etc/prometheus/prometheus.yml"),
+        "{flags:?}"
+    );
+    assert!(service_volumes(prometheus)
+        .contains(&"./observability/prometheus:/etc/prometheus:ro".to_owned()));
 
     let loki = &compose["services"]["loki"];
     assert!(format!("{:?}", loki["command"]).contains("-config.file=/etc/loki/loki.yml"));
-    assert!(service_volumes(loki).contains(&"./observability/loki/loki.yml:/etc/loki/loki.yml:ro".to_owned()));
-    assert_eq!(read_yaml(&observability("loki/loki.yml"))["limits_config"]["retention_period"], "720h");
+    assert!(service_volumes(loki)
+        .contains(&"./observability/loki/loki.yml:/etc/loki/loki.yml:ro".to_owned()));
+    assert_eq!(
+        read_yaml(&observability("loki/loki.yml"))["limits_config"]["retention_period"],
+        "720h"
+    );
 
     let jaeger = &compose["services"]["jaeger"];
     assert!(format!("{:?}", jaeger["command"]).contains("/etc/jaeger/config.yaml"));
-    assert!(service_volumes(jaeger).contains(&"./observability/jaeger/config.yaml:/etc/jaeger/config.yaml:ro".to_owned()));
+    assert!(service_volumes(jaeger)
+        .contains(&"./observability/jaeger/config.yaml:/etc/jaeger/config.yaml:ro".to_owned()));
 
     let alertmanager = &compose["services"]["alertmanager"];
-    assert!(format!("{:?}", alertmanager["command"]).contains("--config.file=/etc/alertmanager/alertmanager.yml"));
-    assert!(service_volumes(alertmanager).contains(&"./observability/alertmanager:/etc/alertmanager:ro".to_owned()));
+    assert!(format!("{:?}", alertmanager["command"])
+        .contains("--config.file=/etc/alertmanager/alertmanager.yml"));
+    assert!(service_volumes(alertmanager)
+        .contains(&"./observability/alertmanager:/etc/alertmanager:ro".to_owned()));
 
     let alloy = &compose["services"]["alloy"];
     assert!(format!("{:?}", alloy["command"]).contains("/etc/alloy/config.alloy"));
-    assert!(service_volumes(alloy).contains(&"/var/run/docker.sock:/var/run/docker.sock:ro".to_owned()));
+    assert!(
+        service_volumes(alloy).contains(&"/var/run/docker.sock:/var/run/docker.sock:ro".to_owned())
+    );
     // Alloy filters containers by this project name.
     assert_eq!(compose["name"], "troupe");
 
     // Prometheus scrapes the troupe service and alerts the alertmanager service, on their published ports.
     let config = read_yaml(&observability("prometheus/prometheus.yml"));
-    assert_eq!(config["scrape_configs"][0]["static_configs"][0]["targets"][0], "troupe:8080");
+    assert_eq!(
+        config["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        "troupe:8080"
+    );
     assert_eq!(
         config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
         "alertmanager:9093"

@@ -61,8 +61,16 @@ impl Prometheus {
             .iter()
             .map(|port| Yaml::from(format!("127.0.0.1:{port}")))
             .collect();
-        for job in config["scrape_configs"].as_sequence_mut().into_iter().flatten() {
-            for group in job["static_configs"].as_sequence_mut().into_iter().flatten() {
+        for job in config["scrape_configs"]
+            .as_sequence_mut()
+            .into_iter()
+            .flatten()
+        {
+            for group in job["static_configs"]
+                .as_sequence_mut()
+                .into_iter()
+                .flatten()
+            {
                 if group["targets"] == Yaml::Sequence(vec![Yaml::from("troupe:8080")]) {
                     group["targets"] = Yaml::Sequence(targets.clone());
                     replaced += 1;
@@ -77,7 +85,10 @@ impl Prometheus {
         let log = dir.join("prometheus.log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -191,8 +202,13 @@ fn free_port() -> u16 {
 fn substitute(expr: &str) -> String {
     let concrete = GRAFANA_VARIABLES
         .iter()
-        .fold(expr.to_owned(), |expr, (name, value)| expr.replace(name, value));
-    assert!(!concrete.contains('$'), "unknown Grafana variable in `{expr}`");
+        .fold(expr.to_owned(), |expr, (name, value)| {
+            expr.replace(name, value)
+        });
+    assert!(
+        !concrete.contains('$'),
+        "unknown Grafana variable in `{expr}`"
+    );
     concrete
 }
 
@@ -215,11 +231,7 @@ impl Checker<'_> {
         let mut missing = Vec::new();
         for selector in selectors(expr) {
             if !self.has_series.contains_key(&selector) {
-                let exists = self
-                    .prometheus
-                    .samples(&format!("count({selector})"))
-                    .await
-                    > 0;
+                let exists = self.prometheus.samples(&format!("count({selector})")).await > 0;
                 self.has_series.insert(selector.clone(), exists);
             }
             if !self.has_series[&selector] {
@@ -255,7 +267,11 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     let mut prometheus = Prometheus::start(dir.path(), &[app.port, failing.port]);
     prometheus.wait_ready().await;
     prometheus
-        .wait_for_value("count(up{job=\"troupe\"} == 1)", 2.0, Duration::from_secs(20))
+        .wait_for_value(
+            "count(up{job=\"troupe\"} == 1)",
+            2.0,
+            Duration::from_secs(20),
+        )
         .await;
 
     // Workload: a task that completes after a restart and one that fails, side by side; then a task
@@ -271,9 +287,7 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     assert_eq!(failed_events.last().unwrap()["kind"], "task.failed");
     let cancelled = app.submit("Write a Python class for a bank account").await;
     let socket = app.socket_after_first_token(&cancelled).await;
-    let (status, body) = app
-        .post(&format!("/api/v1/tasks/{cancelled}/cancel"))
-        .await;
+    let (status, body) = app.post(&format!("/api/v1/tasks/{cancelled}/cancel")).await;
     assert_eq!(status, 202, "{body}");
     app.wait_for_task(&cancelled, Duration::from_secs(10), |t| {
         t["status"] == "cancelled"
@@ -291,7 +305,10 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     let deadline = Instant::now() + Duration::from_secs(15);
     let rules = loop {
         let rules = prometheus.api("rules", &[]).await;
-        let groups = rules["data"]["groups"].as_array().cloned().unwrap_or_default();
+        let groups = rules["data"]["groups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let evaluated = !groups.is_empty()
             && groups.iter().all(|group| {
                 group["lastEvaluation"]
@@ -341,9 +358,7 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     };
     let queries = prometheus_panel_queries();
     for query in &queries {
-        checker
-            .check(&query.place, &substitute(&query.expr))
-            .await;
+        checker.check(&query.place, &substitute(&query.expr)).await;
     }
     for rule in &rule_definitions {
         let expr = rule["expr"].as_str().unwrap();
@@ -377,7 +392,9 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `promtool` ({e}); `scripts/setup.sh test` installs it"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `promtool` ({e}); `scripts/setup.sh test` installs it")
+        });
     promtool
         .stdin
         .take()
