@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for Troupe on a fresh Debian machine.
 #   scripts/setup.sh demo   what `make demo` needs: build tools for llama.cpp and the embedded model file
-#   scripts/setup.sh test   the same (the test suite needs nothing more yet)
+#   scripts/setup.sh test   the same plus PostgreSQL, prometheus/promtool and amtool (observability tests)
 #   scripts/setup.sh bench  the same plus hyperfine and llama.cpp's own llama-bench (built from a PyPI sdist)
 # Every step checks first and does nothing when its result is already there. Registries are reached only
 # through their clients (apt-get, pip, cargo), by package name.
@@ -99,7 +99,7 @@ fetch_model
 
 case "$mode" in
   demo) ;;
-  test) ensure_postgres ;;
+  test) need_debs prometheus prometheus-alertmanager; ensure_postgres ;;
   bench) need_debs hyperfine; build_llama_bench ;;
   *) log "unknown mode: $mode (demo, test, bench)"; exit 2 ;;
 esac
