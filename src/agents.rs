@@ -219,8 +219,14 @@ pub async fn call_llm(
         match &result {
             Ok(output) => {
                 // As i64: the OpenTelemetry layer exports u64 fields as strings, and GenAI usage is an int.
-                span.record("gen_ai.usage.input_tokens", as_int(output.usage.input_tokens));
-                span.record("gen_ai.usage.output_tokens", as_int(output.usage.output_tokens));
+                span.record(
+                    "gen_ai.usage.input_tokens",
+                    as_int(output.usage.input_tokens),
+                );
+                span.record(
+                    "gen_ai.usage.output_tokens",
+                    as_int(output.usage.output_tokens),
+                );
                 let tokens = &deps.metrics.llm_tokens;
                 tokens
                     .with_label_values(&[provider, &model, "input"])
@@ -355,9 +361,10 @@ pub fn run_step<S: Specialist>(
         .agent_in_flight
         .with_label_values(&[agent.as_str()]);
     in_flight.inc();
+    let started = Instant::now();
+    let step_duration = deps.metrics.step_duration.clone();
     let work = async move {
         let RunStep { step, llm, cancel } = envelope.payload;
-        let started = Instant::now();
         deps.events.emit(
             task_id,
             EventKind::AgentStarted,
@@ -373,15 +380,6 @@ pub fn run_step<S: Specialist>(
             Err(LlmError::Cancelled) => Err(AgentError::Cancelled),
             Err(error) => Err(AgentError::Llm(error)),
         };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(AgentError::Cancelled) => "cancelled",
-            Err(_) => "error",
-        };
-        deps.metrics
-            .step_duration
-            .with_label_values(&[agent.as_str(), outcome])
-            .observe(started.elapsed().as_secs_f64());
         if let Ok(output) = &result {
             deps.events.emit(
                 task_id,
@@ -398,12 +396,21 @@ pub fn run_step<S: Specialist>(
     }
     .instrument(span);
     async move {
-        let result = AssertUnwindSafe(work).catch_unwind().await;
-        in_flight.dec();
-        match result {
+        let result = match AssertUnwindSafe(work).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => Err(AgentError::Panicked(panic_message(panic.as_ref()))),
-        }
+        };
+        in_flight.dec();
+        // The same outcome names as tasks; a panicked step counts as failed.
+        let outcome = match &result {
+            Ok(_) => "completed",
+            Err(AgentError::Cancelled) => "cancelled",
+            Err(_) => "failed",
+        };
+        step_duration
+            .with_label_values(&[agent.as_str(), outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 }
 

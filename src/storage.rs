@@ -143,11 +143,19 @@ impl Storage {
         let (size, idle, max) = match self.db.get_database_backend() {
             sea_orm::DatabaseBackend::Sqlite => {
                 let pool = self.db.get_sqlite_connection_pool();
-                (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
             }
             sea_orm::DatabaseBackend::Postgres => {
                 let pool = self.db.get_postgres_connection_pool();
-                (pool.size(), pool.num_idle(), pool.options().get_max_connections())
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
             }
             _ => (0, 0, 0),
         };

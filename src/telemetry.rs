@@ -119,8 +119,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
 /// resource.
 fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
     let env = |name: &str| std::env::var(name).ok();
-    let mut builder =
-        SdkTracerProvider::builder().with_resource(export::resource(settings, &env));
+    let mut builder = SdkTracerProvider::builder().with_resource(export::resource(settings, &env));
     if let Some(sampler) = export::sampler(settings) {
         builder = builder.with_sampler(sampler);
     }

@@ -104,7 +104,10 @@ impl Served {
             .env("TROUPE__TELEMETRY__LOG_FORMAT", "json")
             .env("TROUPE__TELEMETRY__LOG_LEVEL", "info,troupe=debug")
             .env("TROUPE__TELEMETRY__OTLP_ENDPOINT", otlp)
-            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test",
+            )
             // Nothing is exported before shutdown unless a batch fills up: the flush on SIGTERM delivers.
             .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
             .env_remove("RUST_LOG")
@@ -234,14 +237,20 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
     };
     assert_eq!(task["status"], "completed", "{task}");
     let trace_id = task["trace_id"].as_str().unwrap().to_owned();
-    assert!(received.lock().unwrap().is_empty(), "exported before shutdown");
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "exported before shutdown"
+    );
 
     served.terminate();
     receiver.stop(true).await;
 
     let received = received.lock().unwrap().clone();
     let (resource, _) = received.first().expect("spans exported at shutdown");
-    assert_eq!(string_attribute(resource, "service.name").as_deref(), Some("troupe"));
+    assert_eq!(
+        string_attribute(resource, "service.name").as_deref(),
+        Some("troupe")
+    );
     assert_eq!(
         string_attribute(resource, "deployment.environment.name").as_deref(),
         Some("test")
@@ -256,7 +265,10 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
 
     // One root: the HTTP request that created the task; every other span's parent is in the trace.
-    let roots: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id.is_empty()).collect();
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.parent_span_id.is_empty())
+        .collect();
     assert_eq!(roots.len(), 1, "roots: {names:?}");
     assert!(roots[0].name.contains("/api/v1/tasks"), "{}", roots[0].name);
     for span in &spans {
@@ -310,7 +322,10 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
     }
 
     // Model calls: `chat {model}` spans with usage, under an agent.
-    let chats: Vec<&Span> = spans.iter().filter(|s| s.name.starts_with("chat ")).collect();
+    let chats: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("chat "))
+        .collect();
     assert!(chats.len() >= agents.len(), "{names:?}");
     for chat in &chats {
         let attributes = &chat.attributes;
@@ -329,14 +344,20 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
         };
         assert!(usage("gen_ai.usage.input_tokens") > 0, "{chat:?}");
         assert!(usage("gen_ai.usage.output_tokens") > 0, "{chat:?}");
-        assert!(parent_of(chat).starts_with("invoke_agent "), "{}", parent_of(chat));
+        assert!(
+            parent_of(chat).starts_with("invoke_agent "),
+            "{}",
+            parent_of(chat)
+        );
     }
 
     // Each agent assignment is an event on the Director's span with its options, choice and confidence.
     let decisions: Vec<_> = director[0]
         .events
         .iter()
-        .filter(|event| string_attribute(&event.attributes, "decision.kind").as_deref() == Some("assign_agent"))
+        .filter(|event| {
+            string_attribute(&event.attributes, "decision.kind").as_deref() == Some("assign_agent")
+        })
         .collect();
     let plan_steps = agents.len() - 1; // the last step is QA's verification
     assert_eq!(decisions.len(), plan_steps, "{:?}", director[0].events);
@@ -344,7 +365,10 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
         let options = string_attribute(&decision.attributes, "decision.options")
             .unwrap_or_else(|| panic!("{:?}", decision.attributes));
         let chosen = string_attribute(&decision.attributes, "decision.chosen").unwrap();
-        assert!(options.contains("research") && options.contains("code"), "{options}");
+        assert!(
+            options.contains("research") && options.contains("code"),
+            "{options}"
+        );
         assert!(options.contains(&chosen), "{chosen} not in {options}");
         let Some(AnyValue::DoubleValue(confidence)) =
             attribute(&decision.attributes, "decision.confidence").cloned()
@@ -356,11 +380,17 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
 
     // The task's JSON log lines carry the trace id of its spans.
     let logs = served.logs();
-    let task_lines: Vec<&Value> = logs.iter().filter(|line| line["task_id"] == id.as_str()).collect();
+    let task_lines: Vec<&Value> = logs
+        .iter()
+        .filter(|line| line["task_id"] == id.as_str())
+        .collect();
     assert!(!task_lines.is_empty(), "no log line names the task");
     for line in &task_lines {
         assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
-        assert!(line["span_id"].as_str().is_some_and(|s| s.len() == 16), "{line}");
+        assert!(
+            line["span_id"].as_str().is_some_and(|s| s.len() == 16),
+            "{line}"
+        );
         for key in ["timestamp", "level", "target", "message"] {
             assert!(line.get(key).is_some(), "{key} missing: {line}");
         }

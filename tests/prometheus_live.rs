@@ -294,6 +294,9 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     })
     .await;
     drop(socket);
+    // A client mistake, for the HTTP error panels.
+    let (status, body) = app.post_task(&serde_json::json!({ "prompt": "" })).await;
+    assert!((400..500).contains(&status), "{status} {body}");
 
     // Two more scrapes after the workload, then a rule evaluation after them.
     let scrapes = "min(count_over_time(up{job=\"troupe\"}[1h]))";

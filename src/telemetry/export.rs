@@ -37,7 +37,10 @@ pub enum Destination {
 
 /// Resolves the traces URL: Troupe's `otlp_endpoint`, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is),
 /// else `OTEL_EXPORTER_OTLP_ENDPOINT` (plus `/v1/traces`); `OTEL_TRACES_EXPORTER=none` turns export off.
-pub fn destination(settings: &TelemetrySettings, env: &dyn Fn(&str) -> Option<String>) -> Destination {
+pub fn destination(
+    settings: &TelemetrySettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Destination {
     let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
     if !settings.otlp_endpoint.is_empty() {
         return Destination::Otlp(traces_url(&settings.otlp_endpoint));
@@ -178,7 +181,8 @@ mod tests {
     #[test]
     fn resource_carries_name_version_and_configured_attributes() {
         let mut settings = settings("");
-        settings.resource_attributes = "deployment.environment.name=staging, team = core,broken".into();
+        settings.resource_attributes =
+            "deployment.environment.name=staging, team = core,broken".into();
         let resource = resource(&settings, &env(&[("OTEL_SERVICE_NAME", "from-env")]));
         let get = |key: &str| {
             resource
@@ -186,8 +190,14 @@ mod tests {
                 .map(|value| value.to_string())
         };
         assert_eq!(get("service.name").as_deref(), Some("from-env"));
-        assert_eq!(get("service.version").as_deref(), Some(env!("CARGO_PKG_VERSION")));
-        assert_eq!(get("deployment.environment.name").as_deref(), Some("staging"));
+        assert_eq!(
+            get("service.version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(
+            get("deployment.environment.name").as_deref(),
+            Some("staging")
+        );
         assert_eq!(get("team").as_deref(), Some("core"));
         settings.service_name = "configured".into();
         let resource = super::resource(&settings, &env(&[("OTEL_SERVICE_NAME", "from-env")]));

@@ -241,9 +241,7 @@ where
         let mut line = Map::new();
         line.insert(
             "timestamp".into(),
-            Value::from(
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            ),
+            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         );
         line.insert("level".into(), Value::from(metadata.level().as_str()));
         line.insert("target".into(), Value::from(metadata.target()));

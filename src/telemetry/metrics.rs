@@ -228,7 +228,10 @@ impl Registrar {
         help: &str,
         labels: &[&str],
     ) -> Result<IntGaugeVec, MetricsError> {
-        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?, Kind::Gauge)
+        self.add(
+            IntGaugeVec::new(Opts::new(name, help), labels)?,
+            Kind::Gauge,
+        )
     }
 
     fn counter_vec(
@@ -237,7 +240,10 @@ impl Registrar {
         help: &str,
         labels: &[&str],
     ) -> Result<IntCounterVec, MetricsError> {
-        self.add(IntCounterVec::new(Opts::new(name, help), labels)?, Kind::Counter)
+        self.add(
+            IntCounterVec::new(Opts::new(name, help), labels)?,
+            Kind::Counter,
+        )
     }
 
     fn float_counter_vec(
@@ -246,7 +252,10 @@ impl Registrar {
         help: &str,
         labels: &[&str],
     ) -> Result<CounterVec, MetricsError> {
-        self.add(CounterVec::new(Opts::new(name, help), labels)?, Kind::Counter)
+        self.add(
+            CounterVec::new(Opts::new(name, help), labels)?,
+            Kind::Counter,
+        )
     }
 
     fn histogram(
@@ -521,8 +530,14 @@ mod tests {
             .collect();
         exported.sort();
         documented.sort();
-        let missing: Vec<_> = exported.iter().filter(|e| !documented.contains(e)).collect();
-        let stale: Vec<_> = documented.iter().filter(|d| !exported.contains(d)).collect();
+        let missing: Vec<_> = exported
+            .iter()
+            .filter(|e| !documented.contains(e))
+            .collect();
+        let stale: Vec<_> = documented
+            .iter()
+            .filter(|d| !exported.contains(d))
+            .collect();
         assert!(
             missing.is_empty() && stale.is_empty(),
             "exported but not documented (or documented differently): {missing:#?}\n\
@@ -535,9 +550,17 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         metrics.llm_cost.with_label_values(&["p", "m"]).inc_by(0.5);
         metrics.websocket_connections.set(2);
-        let names: Vec<&str> = metrics.catalogue().iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<&str> = metrics
+            .catalogue()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
         for family in metrics.registry().gather() {
-            assert!(names.contains(&family.name()), "{} not in the catalogue", family.name());
+            assert!(
+                names.contains(&family.name()),
+                "{} not in the catalogue",
+                family.name()
+            );
         }
         assert!(names.contains(&names::HTTP_REQUESTS));
         assert!(names.contains(&"process_resident_memory_bytes"));
