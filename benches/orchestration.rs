@@ -7,14 +7,19 @@
 //! - `durable_us`: per task, from `submit` to the terminal event received by a subscriber, i.e. every event
 //!   committed to SQLite (WAL, synchronous=FULL), p50/p99, one task at a time;
 //! - `hop_us_mean`: mean mailbox hop (send to handler start) from `troupe_message_latency_seconds`;
-//! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` tasks in flight, durable.
+//! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` tasks in flight, durable;
+//! - `scrape_us`: rendering `/metrics` (p50/p99 of 200 renders) after more than 10,000 tasks, and its size.
 //!
-//! Run with `TROUPE_BENCH_TRACING=0` to measure with span creation off. `scripts/bench.sh` runs both.
+//! Modes: `TROUPE_BENCH_TRACING=0` turns span creation off; `TROUPE_BENCH_OTLP=1` also exports every span over
+//! OTLP/HTTP to a receiver in this process (it decodes nothing, it counts requests and bytes). Metrics are on
+//! in every mode: they cannot be turned off. `scripts/bench.sh` runs all three.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::json;
 use troupe::app::Core;
 use troupe::config::Settings;
@@ -26,7 +31,8 @@ use troupe::telemetry::metrics::Metrics;
 
 const SEQUENTIAL: usize = 300;
 const IN_FLIGHT: usize = 64;
-const THROUGHPUT_TASKS: usize = 3_000;
+const THROUGHPUT_TASKS: usize = 10_000;
+const SCRAPES: usize = 200;
 
 fn main() -> anyhow::Result<()> {
     let tracing = std::env::var("TROUPE_BENCH_TRACING").map_or(true, |v| v != "0");
@@ -40,6 +46,14 @@ fn main() -> anyhow::Result<()> {
     settings.director.max_concurrent_tasks = IN_FLIGHT;
     settings.telemetry.tracing = tracing;
     settings.telemetry.log_level = "error".into();
+    let otlp = std::env::var("TROUPE_BENCH_OTLP").is_ok_and(|v| v == "1");
+    let sink = if otlp {
+        let sink = OtlpSink::start()?;
+        settings.telemetry.otlp_endpoint = sink.url.clone();
+        Some(sink)
+    } else {
+        None
+    };
     let _telemetry = troupe::telemetry::init(&settings.telemetry)?;
 
     actix_rt::System::new().block_on(async move {
@@ -107,6 +121,22 @@ fn main() -> anyhow::Result<()> {
         let throughput = THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64();
 
         let scrape = core.metrics.render()?;
+        let mut scrape_us = Vec::with_capacity(SCRAPES);
+        for _ in 0..SCRAPES {
+            let started = Instant::now();
+            let text = core.metrics.render()?;
+            scrape_us.push(started.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(text);
+        }
+        let tasks_before_scrape = 1 + 20 + SEQUENTIAL + THROUGHPUT_TASKS;
+        troupe::telemetry::flush();
+        let exported = sink.as_ref().map(|sink| {
+            json!({
+                "requests": sink.requests.load(Ordering::Relaxed),
+                "bytes": sink.bytes.load(Ordering::Relaxed),
+                "spans": sink.spans.load(Ordering::Relaxed),
+            })
+        });
         let hop = |suffix: &str| -> f64 {
             scrape
                 .lines()
@@ -120,6 +150,8 @@ fn main() -> anyhow::Result<()> {
             "{}",
             json!({
                 "tracing": tracing,
+                "otlp_export": otlp,
+                "exported": exported,
                 "tasks_sequential": SEQUENTIAL,
                 "events_per_task": events_per_task,
                 "core_us": { "p50": percentile(&mut core_us, 0.50), "p99": percentile(&mut core_us, 0.99) },
@@ -128,12 +160,84 @@ fn main() -> anyhow::Result<()> {
                 "in_flight": IN_FLIGHT,
                 "throughput_tasks": THROUGHPUT_TASKS,
                 "throughput_tasks_per_s": throughput,
+                "scrape": {
+                    "after_tasks": tasks_before_scrape,
+                    "bytes": scrape.len(),
+                    "us_p50": percentile(&mut scrape_us, 0.50),
+                    "us_p99": percentile(&mut scrape_us, 0.99),
+                },
             })
         );
         Ok::<_, anyhow::Error>(())
     })?;
     std::thread::sleep(Duration::from_millis(50));
     Ok(())
+}
+
+/// An OTLP/HTTP receiver that answers every export with an empty success and counts what arrived. It runs on
+/// its own thread with its own actix system, like a collector next to Troupe.
+struct OtlpSink {
+    url: String,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    spans: Arc<AtomicU64>,
+}
+
+impl OtlpSink {
+    fn start() -> anyhow::Result<Self> {
+        let requests = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let spans = Arc::new(AtomicU64::new(0));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (r, b, n) = (requests.clone(), bytes.clone(), spans.clone());
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(move || {
+                    let (r, b, n) = (r.clone(), b.clone(), n.clone());
+                    // Batches of 512 spans exceed actix-web's default 256 KiB body limit.
+                    actix_web::App::new()
+                        .app_data(actix_web::web::PayloadConfig::new(64 << 20))
+                        .route(
+                            "/v1/traces",
+                            actix_web::web::post().to(move |body: actix_web::web::Bytes| {
+                                r.fetch_add(1, Ordering::Relaxed);
+                                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                                // Decoded like a collector would, to count spans (and see none is lost).
+                                let spans =
+                                    <ExportTraceServiceRequest as prost::Message>::decode(body)
+                                        .map(|request| {
+                                            request
+                                                .resource_spans
+                                                .iter()
+                                                .flat_map(|r| &r.scope_spans)
+                                                .map(|s| s.spans.len() as u64)
+                                                .sum::<u64>()
+                                        })
+                                        .unwrap_or(0);
+                                n.fetch_add(spans, Ordering::Relaxed);
+                                async {
+                                    actix_web::HttpResponse::Ok()
+                                        .content_type("application/x-protobuf")
+                                        .finish()
+                                }
+                            }),
+                        )
+                })
+                .workers(1)
+                .disable_signals()
+                .bind("127.0.0.1:0")?;
+                let _ = port_tx.send(server.addrs()[0].port());
+                server.run().await
+            })
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(10))?;
+        Ok(OtlpSink {
+            url: format!("http://127.0.0.1:{port}"),
+            requests,
+            bytes,
+            spans,
+        })
+    }
 }
 
 /// Waits for task `id`'s terminal event.

@@ -20,15 +20,16 @@ troupe=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
 reference=$(target/llama-bench/bin/llama-bench -m "$model" -t "$threads" -p 0 -n 64 -r 5 -o json 2>/dev/null)
 troupe_again=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
 
-echo "== orchestration with the replay provider, tracing on then off" >&2
+echo "== orchestration with the replay provider: tracing on, tracing on + OTLP export, tracing off" >&2
 orchestration_on=$(cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
+orchestration_otlp=$(TROUPE_BENCH_OTLP=1 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 orchestration_off=$(TROUPE_BENCH_TRACING=0 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
-  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" <<'PY'
+  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version = sys.argv[1:]
-troupe, troupe_again, on, off = (json.loads(x) for x in (troupe, troupe_again, on, off))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp = sys.argv[1:]
+troupe, troupe_again, on, off, otlp = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -42,8 +43,9 @@ result = {
         "llama_bench_build": tg.get("build_commit", version),
         "ratio": ours / tg["avg_ts"],
     },
-    "orchestration": {"tracing_on": on, "tracing_off": off,
-        "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
+    "orchestration": {"tracing_on": on, "tracing_on_otlp": otlp, "tracing_off": off,
+        "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
+        "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))

@@ -30,38 +30,42 @@ fn start_receiver() -> (String, Received, actix_web::dev::ServerHandle) {
     let sink = received.clone();
     let server = HttpServer::new(move || {
         let sink = sink.clone();
-        App::new().route(
-            "/v1/traces",
-            web::post().to(move |request: actix_web::HttpRequest, body: web::Bytes| {
-                let sink = sink.clone();
-                async move {
-                    let content_type = request
-                        .headers()
-                        .get("content-type")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    assert_eq!(content_type, "application/x-protobuf");
-                    let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                    let mut sink = sink.lock().unwrap();
-                    for resource_spans in export.resource_spans {
-                        let resource = resource_spans
-                            .resource
-                            .map(|r| r.attributes)
-                            .unwrap_or_default();
-                        let spans = resource_spans
-                            .scope_spans
-                            .into_iter()
-                            .flat_map(|scope| scope.spans)
-                            .collect();
-                        sink.push((resource, spans));
+        // Batches of 512 spans exceed actix-web's default 256 KiB body limit.
+        App::new()
+            .app_data(web::PayloadConfig::new(64 << 20))
+            .route(
+                "/v1/traces",
+                web::post().to(move |request: actix_web::HttpRequest, body: web::Bytes| {
+                    let sink = sink.clone();
+                    async move {
+                        let content_type = request
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        assert_eq!(content_type, "application/x-protobuf");
+                        let export =
+                            ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                        let mut sink = sink.lock().unwrap();
+                        for resource_spans in export.resource_spans {
+                            let resource = resource_spans
+                                .resource
+                                .map(|r| r.attributes)
+                                .unwrap_or_default();
+                            let spans = resource_spans
+                                .scope_spans
+                                .into_iter()
+                                .flat_map(|scope| scope.spans)
+                                .collect();
+                            sink.push((resource, spans));
+                        }
+                        HttpResponse::Ok()
+                            .content_type("application/x-protobuf")
+                            .body(ExportTraceServiceResponse::default().encode_to_vec())
                     }
-                    HttpResponse::Ok()
-                        .content_type("application/x-protobuf")
-                        .body(ExportTraceServiceResponse::default().encode_to_vec())
-                }
-            }),
-        )
+                }),
+            )
     })
     .workers(1)
     .disable_signals()
@@ -377,6 +381,18 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
         };
         assert!((0.0..=1.0).contains(&confidence));
     }
+
+    // QA's verdict is a decision event too (generated under a grammar, so without a confidence).
+    let verdicts: Vec<_> = director[0]
+        .events
+        .iter()
+        .filter(|event| {
+            string_attribute(&event.attributes, "decision.kind").as_deref() == Some("verdict")
+        })
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{:?}", director[0].events);
+    let chosen = string_attribute(&verdicts[0].attributes, "decision.chosen").unwrap();
+    assert!(chosen == "pass" || chosen == "fail", "{chosen}");
 
     // The task's JSON log lines carry the trace id of its spans.
     let logs = served.logs();

@@ -223,6 +223,21 @@ impl TaskFlow {
         for position in 0..self.steps.len() {
             let output = self.run_step(position, &llm).await?;
             if let Some(found) = output.verdict {
+                // QA's decision, as a span event like the Director's. A verdict is generated under a grammar,
+                // not scored, so it has no confidence.
+                tracing::debug!(
+                    decision.kind = "verdict",
+                    decision.agent = "qa",
+                    decision.options = r#"["pass","fail"]"#,
+                    decision.chosen = %found.verdict,
+                    "decision made"
+                );
+                self.deps
+                    .agent
+                    .metrics
+                    .decisions
+                    .with_label_values(&[AgentKind::Qa.as_str(), "verdict"])
+                    .inc();
                 self.deps.agent.events.emit(
                     self.task_id,
                     EventKind::QaVerdict,
