@@ -329,8 +329,7 @@ mod tests {
             let _agent = agent.enter();
             tracing::warn!(tokens = 3_u64, "slow step");
             tracing::info!("filtered out by the level");
-            let ids = crate::telemetry::propagation::ids(&crate::telemetry::propagation::current());
-            ids
+            crate::telemetry::propagation::ids(&crate::telemetry::propagation::current())
         });
         let lines = lines(&buffer);
         assert_eq!(lines.len(), 1, "{lines:?}");
