@@ -30,7 +30,7 @@ use crate::events::{EventKind, EventLog};
 use crate::llm::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
 use crate::messages::{Envelope, RunStep, StepOutput, StepSpec};
 use crate::storage::writer::{LlmCallRecord, PendingEvent, WriteOp};
-use crate::task::TaskId;
+use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::propagation;
 
@@ -403,12 +403,12 @@ pub fn run_step<S: Specialist>(
         in_flight.dec();
         // The same outcome names as tasks; a panicked step counts as failed.
         let outcome = match &result {
-            Ok(_) => "completed",
-            Err(AgentError::Cancelled) => "cancelled",
-            Err(_) => "failed",
+            Ok(_) => TaskStatus::Completed,
+            Err(AgentError::Cancelled) => TaskStatus::Cancelled,
+            Err(_) => TaskStatus::Failed,
         };
         step_duration
-            .with_label_values(&[agent.as_str(), outcome])
+            .with_label_values(&[agent.as_str(), outcome.as_str()])
             .observe(started.elapsed().as_secs_f64());
         result
     }

@@ -73,16 +73,26 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         source,
     })?;
 
-    let (context_layer, json_lines) = json_log::pair();
-    let fmt_layer = match settings.log_format {
-        LogFormat::Human => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(true)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .event_format(json_lines)
-            .with_writer(std::io::stdout)
-            .boxed(),
+    // The context layer is only for JSON lines: it visits every new span's fields. Boxed rather than in an
+    // Option, because `Option<Layer>` does not pass on `on_register_dispatch`, which the layer needs.
+    let (context_layer, fmt_layer) = match settings.log_format {
+        LogFormat::Human => (
+            tracing_subscriber::layer::Identity::new().boxed(),
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(true)
+                .boxed(),
+        ),
+        LogFormat::Json => {
+            let (context_layer, json_lines) = json_log::pair();
+            (
+                context_layer.boxed(),
+                tracing_subscriber::fmt::layer()
+                    .event_format(json_lines)
+                    .with_writer(std::io::stdout)
+                    .boxed(),
+            )
+        }
     };
 
     let otel_layer = if settings.tracing {

@@ -227,7 +227,7 @@ impl TaskFlow {
                 // not scored, so it has no confidence.
                 tracing::debug!(
                     decision.kind = "verdict",
-                    decision.agent = "qa",
+                    decision.agent = AgentKind::Qa.as_str(),
                     decision.options = r#"["pass","fail"]"#,
                     decision.chosen = %found.verdict,
                     "decision made"

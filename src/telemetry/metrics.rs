@@ -195,12 +195,12 @@ pub struct Metrics {
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
-struct Registrar {
-    registry: Registry,
+struct Registrar<'a> {
+    registry: &'a Registry,
     catalogue: Vec<Entry>,
 }
 
-impl Registrar {
+impl Registrar<'_> {
     fn add<C: prometheus::core::Collector + Clone + 'static>(
         &mut self,
         metric: C,
@@ -283,8 +283,9 @@ impl Registrar {
 impl Metrics {
     /// Creates and registers every metric in a fresh registry, with the process collector.
     pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
         let mut r = Registrar {
-            registry: Registry::new(),
+            registry: &registry,
             catalogue: Vec::new(),
         };
         let build_info = r.gauge_vec(
@@ -295,7 +296,23 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let metrics = Metrics {
+        // The standard process metrics; the crate's collector does not say their kinds, the names do.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        for desc in prometheus::core::Collector::desc(&process) {
+            let kind = if desc.fq_name.ends_with("_total") {
+                Kind::Counter
+            } else {
+                Kind::Gauge
+            };
+            r.catalogue.push(Entry {
+                name: desc.fq_name.clone(),
+                kind,
+                labels: desc.variable_labels.clone(),
+                help: desc.help.clone(),
+            });
+        }
+        r.registry.register(Box::new(process))?;
+        Ok(Metrics {
             mailbox_depth: r.gauge_vec(
                 names::MAILBOX_DEPTH,
                 "Messages sent to an agent and not yet picked up by its handler.",
@@ -414,28 +431,8 @@ impl Metrics {
                 names::WEBSOCKET_CONNECTIONS,
                 "Open WebSocket event streams.",
             )?,
-            registry: Registry::new(),
-            catalogue: std::sync::Arc::new(Vec::new()),
-        };
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        for desc in prometheus::core::Collector::desc(&process) {
-            let kind = if desc.fq_name.ends_with("_total") {
-                Kind::Counter
-            } else {
-                Kind::Gauge
-            };
-            r.catalogue.push(Entry {
-                name: desc.fq_name.clone(),
-                kind,
-                labels: desc.variable_labels.clone(),
-                help: desc.help.clone(),
-            });
-        }
-        r.registry.register(Box::new(process))?;
-        Ok(Metrics {
-            registry: r.registry,
             catalogue: std::sync::Arc::new(r.catalogue),
-            ..metrics
+            registry,
         })
     }
 
