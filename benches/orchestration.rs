@@ -25,6 +25,7 @@ use troupe::app::Core;
 use troupe::config::Settings;
 use troupe::events::EventKind;
 use troupe::llm::embedded::EmbeddedProvider;
+use troupe::memory::MemoryParts;
 use troupe::storage::Storage;
 use troupe::task::{TaskId, TaskOptions};
 use troupe::telemetry::metrics::Metrics;
@@ -46,6 +47,9 @@ fn main() -> anyhow::Result<()> {
     settings.director.max_concurrent_tasks = IN_FLIGHT;
     settings.telemetry.tracing = tracing;
     settings.telemetry.log_level = "error".into();
+    // Orchestration alone: no embedding model, no recall (the memory benchmark measures those). Short-term
+    // memory (the in-process store) stays on: it carries earlier work between steps.
+    settings.memory.enabled = false;
     let otlp = std::env::var("TROUPE_BENCH_OTLP").is_ok_and(|v| v == "1");
     let sink = if otlp {
         let sink = OtlpSink::start()?;
@@ -61,7 +65,8 @@ fn main() -> anyhow::Result<()> {
         let storage = Storage::connect(&settings.database).await?;
         storage.migrate().await?;
         let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
-        let core = Core::assemble(settings, storage, metrics, llm);
+        let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
+        let core = Core::assemble(settings, storage, metrics, llm, memory);
 
         let prompt = "Write a Python function that adds two numbers";
         let recorded = core.submit(prompt, TaskOptions::default()).await?;

@@ -27,7 +27,8 @@ use tracing::Instrument;
 
 use crate::config::LlmLimits;
 use crate::events::{EventKind, EventLog};
-use crate::llm::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use crate::llm::{shorten, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use crate::memory::{Memory, MemoryDraft, RecallSpec};
 use crate::messages::{Envelope, RunStep, StepOutput, StepSpec};
 use crate::storage::writer::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::task::{TaskId, TaskStatus};
@@ -147,6 +148,8 @@ pub struct AgentDeps {
     pub limits: LlmLimits,
     /// Deliberate faults.
     pub chaos: Arc<Chaos>,
+    /// Short-term, long-term and semantic memory.
+    pub memory: Memory,
 }
 
 /// A count as a span attribute value: OpenTelemetry attributes are signed 64-bit integers.
@@ -295,6 +298,14 @@ pub trait Specialist: 'static {
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest;
     /// The step output from the model's output.
     fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError>;
+    /// What to recall from long-term memory before working on `step` (nothing by default).
+    fn recall(_step: &StepSpec) -> Option<RecallSpec> {
+        None
+    }
+    /// What the work on `step` leaves in long-term memory (nothing by default).
+    fn remember(_step: &StepSpec, _output: &StepOutput) -> Vec<MemoryDraft> {
+        Vec::new()
+    }
 }
 
 /// The actor of specialist role `S` (see `agents/research.rs`, `code.rs`, `qa.rs` for the roles). Its state
@@ -364,7 +375,11 @@ pub fn run_step<S: Specialist>(
     let started = Instant::now();
     let step_duration = deps.metrics.step_duration.clone();
     let work = async move {
-        let RunStep { step, llm, cancel } = envelope.payload;
+        let RunStep {
+            mut step,
+            llm,
+            cancel,
+        } = envelope.payload;
         deps.events.emit(
             task_id,
             EventKind::AgentStarted,
@@ -374,13 +389,28 @@ pub fn run_step<S: Specialist>(
         if deps.chaos.take(agent) {
             panic!("chaos: {agent} panics once, as configured by chaos.panic_once");
         }
+        step.earlier = earlier_work_from(&deps.memory, task_id).await;
+        if let Some(spec) = S::recall(&step) {
+            step.recalled = deps.memory.recall(task_id, agent, step.idx, &spec).await;
+        }
         let request = S::request(&step, &deps.limits);
-        let result = match call_llm(&deps, llm.as_ref(), task_id, agent, request, cancel).await {
+        let mut result = match call_llm(&deps, llm.as_ref(), task_id, agent, request, cancel).await
+        {
             Ok(output) => S::interpret(output),
             Err(LlmError::Cancelled) => Err(AgentError::Cancelled),
             Err(error) => Err(AgentError::Llm(error)),
         };
-        if let Ok(output) = &result {
+        if let Ok(output) = &mut result {
+            output.memories = S::remember(&step, output);
+            let entry = WindowEntry {
+                agent,
+                step: step.idx,
+                text: shorten(&output.text, EARLIER_OUTPUT_CHARS),
+            };
+            if let Ok(entry) = serde_json::to_string(&entry) {
+                // A failed push is counted and logged by the short-term tier; the step still succeeds.
+                let _ = deps.memory.short_term().push(task_id, &entry).await;
+            }
             deps.events.emit(
                 task_id,
                 EventKind::AgentFinished,
@@ -425,6 +455,36 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Longest earlier output passed on to the next step, in characters.
+pub const EARLIER_OUTPUT_CHARS: usize = 300;
+
+/// One entry of a task's conversation window in short-term memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowEntry {
+    /// Who said it.
+    pub agent: AgentKind,
+    /// In which step.
+    pub step: i32,
+    /// What, shortened.
+    pub text: String,
+}
+
+/// The earlier outputs of task `task_id`, oldest first, from its conversation window (empty when short-term
+/// memory fails: the failure is counted and logged there).
+async fn earlier_work_from(memory: &Memory, task_id: crate::task::TaskId) -> Vec<String> {
+    match memory.short_term().window(task_id).await {
+        Ok(entries) => entries
+            .iter()
+            .filter_map(|entry| serde_json::from_str::<WindowEntry>(entry).ok())
+            .map(|entry| entry.text)
+            .collect(),
+        Err(error) => {
+            tracing::warn!(task_id = %task_id, %error, "short-term memory unavailable; the step sees no earlier work");
+            Vec::new()
+        }
+    }
+}
+
 /// The free-text request of a work step: the role's instructions, then the task, the step and earlier work.
 pub fn work_request(step: &StepSpec, limits: &LlmLimits, instructions: &str) -> LlmRequest {
     LlmRequest {
@@ -432,9 +492,10 @@ pub fn work_request(step: &StepSpec, limits: &LlmLimits, instructions: &str) -> 
         messages: vec![
             crate::llm::ChatMessage::system(instructions),
             crate::llm::ChatMessage::user(format!(
-                "Task: {}\nStep: {}{}",
+                "Task: {}\nStep: {}{}{}",
                 step.prompt,
                 step.instruction,
+                recalled_memories(step),
                 earlier_work(step)
             )),
         ],
@@ -454,7 +515,25 @@ pub fn text_output(output: LlmOutput, what: &str) -> Result<StepOutput, AgentErr
     Ok(StepOutput {
         text: text.to_owned(),
         verdict: None,
+        memories: Vec::new(),
     })
+}
+
+/// Longest recalled memory shown in a prompt, in characters.
+const RECALLED_CHARS: usize = 200;
+
+/// The lines a specialist adds for the memories it recalled, best first.
+pub fn recalled_memories(step: &StepSpec) -> String {
+    if step.recalled.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\nFrom memory:\n");
+    for hit in &step.recalled {
+        text.push_str("- ");
+        text.push_str(&shorten(&hit.memory.content, RECALLED_CHARS));
+        text.push('\n');
+    }
+    text
 }
 
 /// The context lines a specialist adds to its prompt: earlier outputs, most recent last, shortened.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http_metrics;
+pub mod memory;
 pub mod tasks;
 
 use std::net::TcpListener;
@@ -61,6 +62,10 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(
                         resource("/tasks/{id}/events").route(web::get().to(events::task_events)),
                     )
+                    .service(
+                        resource("/tasks/{id}/memory").route(web::get().to(memory::task_memory)),
+                    )
+                    .service(resource("/memory/search").route(web::get().to(memory::search)))
                     .service(resource("/agents").route(web::get().to(agents::list_agents)))
                     .service(resource("/openapi.json").route(web::get().to(openapi))),
             )

@@ -17,6 +17,7 @@ use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::events::{EventKind, EventLog, Hub};
 use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::{LlmError, LlmProvider};
+use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::storage::writer::{NewTask, Writer};
 use crate::storage::{Storage, StorageError};
@@ -37,6 +38,9 @@ pub enum StartError {
     /// The model could not be started.
     #[error("start the model: {0}")]
     Model(#[from] LlmError),
+    /// Memory could not be started.
+    #[error("start memory: {0}")]
+    Memory(#[from] MemoryStartError),
     /// The listen address could not be bound.
     #[error("bind {address}")]
     Bind {
@@ -109,6 +113,8 @@ pub struct Core {
     pub llm: Arc<dyn LlmProvider>,
     /// The Director.
     pub director: Addr<Director>,
+    /// Short-term, long-term and semantic memory.
+    pub memory: Memory,
 }
 
 impl Core {
@@ -125,9 +131,10 @@ impl Core {
                 "marked tasks left unfinished by a previous run as failed"
             );
         }
+        let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let llm: Arc<dyn LlmProvider> =
             Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
-        Ok(Self::assemble(settings, storage, metrics, llm))
+        Ok(Self::assemble(settings, storage, metrics, llm, memory))
     }
 
     /// Assembles a core around an already started model (benchmarks and tests that share one).
@@ -136,15 +143,25 @@ impl Core {
         storage: Storage,
         metrics: Metrics,
         llm: Arc<dyn LlmProvider>,
+        memory: MemoryParts,
     ) -> Core {
         let hub = Hub::new();
         let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
         let events = EventLog::new(writer, hub, storage.clone());
+        let memory = Memory::new(
+            settings.memory.clone(),
+            memory.embedder,
+            memory.short_term,
+            storage.clone(),
+            events.clone(),
+            metrics.clone(),
+        );
         let agent = AgentDeps {
             events: events.clone(),
             metrics: metrics.clone(),
             limits: settings.llm.limits,
             chaos: Arc::new(Chaos::panic_once(&settings.chaos_agents())),
+            memory: memory.clone(),
         };
         let director = Director::start(DirectorDeps {
             agent,
@@ -161,6 +178,7 @@ impl Core {
             metrics,
             llm,
             director,
+            memory,
         }
     }
 

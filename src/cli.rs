@@ -1,5 +1,6 @@
 //! The `troupe` command line: argument parsing and one file per subcommand under `cli/`.
 
+pub mod memory;
 pub mod migrate;
 pub mod model_worker;
 pub mod run;
@@ -51,6 +52,12 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Look into long-term memory (the configured database, with the embedding model in this process).
+    Memory {
+        /// What to do.
+        #[command(subcommand)]
+        action: MemoryCommand,
+    },
     /// Host the embedded model for a server (started by Troupe itself; speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     ModelWorker {
@@ -69,5 +76,24 @@ pub enum Command {
         /// 0 is greedy.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+    },
+}
+
+/// `troupe memory ...`
+#[derive(Debug, Subcommand)]
+pub enum MemoryCommand {
+    /// The memories closest in meaning to a text, with their similarity scores.
+    Search {
+        /// The text.
+        query: String,
+        /// How many hits (1..=50).
+        #[arg(long, short, default_value_t = 5)]
+        k: usize,
+        /// Only these kinds, comma-separated (fact, summary, snippet, pattern).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print the hits as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -21,8 +21,10 @@ pub struct Settings {
     pub server: ServerSettings,
     /// Long-term storage.
     pub database: DatabaseSettings,
-    /// Short-term memory (reserved; in-process when empty).
+    /// Short-term memory in Redis (in-process when the URL is empty).
     pub redis: RedisSettings,
+    /// Long-term and semantic memory, and the short-term tier's retention.
+    pub memory: MemorySettings,
     /// Model provider.
     pub llm: LlmSettings,
     /// Planning and task lifecycle.
@@ -62,6 +64,29 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// Empty: in-process short-term memory.
     pub url: String,
+    /// Prefix of every key Troupe writes.
+    pub key_prefix: String,
+}
+
+/// `[memory]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemorySettings {
+    /// false: no embedding model, no long-term memories, no recall (short-term memory still works).
+    pub enabled: bool,
+    /// Folder of the all-MiniLM-L6-v2 files (config.json, tokenizer.json, model.safetensors).
+    pub embedding_model: PathBuf,
+    /// Memories an agent's recall retrieves.
+    pub recall_k: usize,
+    /// Least cosine similarity for a retrieved memory to be given to the agent.
+    pub min_score: f32,
+    /// Least similarity for a learned pattern to match a failure.
+    pub pattern_min_score: f32,
+    /// Seconds a task's short-term memory lives after its last write.
+    pub short_term_ttl_seconds: u64,
+    /// Conversation entries kept per task in short-term memory.
+    pub window_size: usize,
+    /// pgvector's `hnsw.ef_search` for each search (higher: better recall, slower).
+    pub hnsw_ef_search: u32,
 }
 
 /// Which model provider serves the agents.
@@ -246,9 +271,36 @@ impl Settings {
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be positive".into());
         }
-        if !self.redis.url.is_empty() {
-            problems
-                .push("redis.url: Redis short-term memory is not built yet; leave it empty".into());
+        let redis = self.redis.url.as_str();
+        if !(redis.is_empty() || redis.starts_with("redis://")) {
+            problems.push(format!(
+                "redis.url: '{}' is not a redis:// URL (TLS is not built; leave it empty for in-process short-term memory)",
+                crate::memory::short_term::redis::redact(redis)
+            ));
+        }
+        if self.redis.key_prefix.is_empty() {
+            problems.push("redis.key_prefix: must not be empty".into());
+        }
+        let memory = &self.memory;
+        if memory.recall_k == 0 || memory.recall_k > 100 {
+            problems.push("memory.recall_k: must be within 1..=100".into());
+        }
+        for (name, value) in [
+            ("min_score", memory.min_score),
+            ("pattern_min_score", memory.pattern_min_score),
+        ] {
+            if !(-1.0..=1.0).contains(&value) {
+                problems.push(format!("memory.{name}: {value} must be within -1..=1"));
+            }
+        }
+        if memory.short_term_ttl_seconds == 0 {
+            problems.push("memory.short_term_ttl_seconds: must be positive".into());
+        }
+        if memory.window_size == 0 {
+            problems.push("memory.window_size: must be positive".into());
+        }
+        if memory.hnsw_ef_search == 0 || memory.hnsw_ef_search > 1000 {
+            problems.push("memory.hnsw_ef_search: must be within 1..=1000".into());
         }
         match self.llm.provider {
             ProviderKind::Embedded => {}

@@ -324,6 +324,7 @@ impl Handler<Envelope<CancelTask>> for Director {
                     Some(AgentKind::Director),
                     json!({ "while": "queued" }),
                 ),
+                memories: Vec::new(),
             });
             ctx.spawn(
                 async move {

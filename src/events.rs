@@ -54,6 +54,9 @@ pub enum EventKind {
     /// QA's verdict on the work.
     #[serde(rename = "qa.verdict")]
     QaVerdict,
+    /// An agent searched memory: the query, every hit with its similarity score, and which were used.
+    #[serde(rename = "memory.read")]
+    MemoryRead,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -67,7 +70,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -78,6 +81,7 @@ impl EventKind {
         EventKind::AgentFinished,
         EventKind::AgentRestarted,
         EventKind::QaVerdict,
+        EventKind::MemoryRead,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -96,6 +100,7 @@ impl EventKind {
             EventKind::AgentFinished => "agent.finished",
             EventKind::AgentRestarted => "agent.restarted",
             EventKind::QaVerdict => "qa.verdict",
+            EventKind::MemoryRead => "memory.read",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -10,6 +10,7 @@ pub mod config;
 pub mod director;
 pub mod events;
 pub mod llm;
+pub mod memory;
 pub mod messages;
 pub mod storage;
 pub mod supervision;

@@ -91,6 +91,7 @@ fn main() -> ExitCode {
             Command::Migrate => cli::migrate::migrate(&settings)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Memory { action } => cli::memory::memory(settings, action).await,
             Command::ModelWorker { .. } => Ok(ExitCode::SUCCESS),
         }
     });

@@ -103,8 +103,11 @@ pub struct StepSpec {
     pub prompt: String,
     /// The step's instruction.
     pub instruction: String,
-    /// Outputs of earlier steps (most recent last), already shortened.
+    /// Outputs of earlier steps (most recent last), already shortened; the specialist fills it from the
+    /// task's conversation window in short-term memory.
     pub earlier: Vec<String>,
+    /// Memories recalled for this step (best first); filled by the specialist before it asks the model.
+    pub recalled: Vec<crate::memory::MemoryHit>,
     /// Which attempt this is, from 1.
     pub attempt: u32,
 }
@@ -125,6 +128,8 @@ pub struct StepOutput {
     pub text: String,
     /// QA's verdict, for verification steps.
     pub verdict: Option<Verdict>,
+    /// What the step leaves in long-term memory (stored with the task's end if it completes).
+    pub memories: Vec<crate::memory::MemoryDraft>,
 }
 
 /// Director to specialist: work one step with this model, stop when `cancel` fires.

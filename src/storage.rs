@@ -1,13 +1,15 @@
 //! Long-term storage through sea-orm: connecting (SQLite by default, PostgreSQL when `database.url` says so),
 //! migrating, reading. Only this module talks to the database.
 //!
-//! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`);
+//! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`,
+//! `memories.rs`, which also holds the backend-specific SQL of embeddings);
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
 pub mod entities;
 mod events;
 mod llm_calls;
+mod memories;
 mod tasks;
 pub mod writer;
 

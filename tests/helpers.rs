@@ -23,6 +23,7 @@ pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
     settings.server.bind = "127.0.0.1:0".into();
     settings.llm.model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    settings.memory.embedding_model = root().join("models/all-MiniLM-L6-v2");
     settings
 }
 

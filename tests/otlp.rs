@@ -105,6 +105,10 @@ impl Served {
                 "TROUPE__LLM__MODEL",
                 root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
             )
+            .env(
+                "TROUPE__MEMORY__EMBEDDING_MODEL",
+                root().join("models/all-MiniLM-L6-v2"),
+            )
             .env("TROUPE__TELEMETRY__LOG_FORMAT", "json")
             .env("TROUPE__TELEMETRY__LOG_LEVEL", "info,troupe=debug")
             .env("TROUPE__TELEMETRY__OTLP_ENDPOINT", otlp)

@@ -11,19 +11,19 @@ use troupe::storage::Storage;
 use troupe::task::{TaskId, TaskStatus};
 use troupe::telemetry::metrics::Metrics;
 
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("TROUPE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A fresh database; dropped when the guard goes.
-struct TestDatabase {
+pub struct TestDatabase {
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl TestDatabase {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         let server = server_url();
         let admin = Database::connect(&server)
             .await
@@ -44,7 +44,7 @@ impl TestDatabase {
     }
 
     /// A migrated storage on this database.
-    async fn storage(&self, max_connections: u32) -> Storage {
+    pub async fn storage(&self, max_connections: u32) -> Storage {
         let settings = DatabaseSettings {
             url: self.url.clone(),
             max_connections,
@@ -54,7 +54,7 @@ impl TestDatabase {
         storage
     }
 
-    async fn drop_now(self) {
+    pub async fn drop_now(self) {
         let admin = Database::connect(&server_url()).await.unwrap();
         admin
             .execute_unprepared(&format!(
@@ -67,7 +67,7 @@ impl TestDatabase {
 }
 
 /// Stores a queued task (row and `task.queued` event) and returns its id.
-async fn store_queued_task(writer: &Writer) -> TaskId {
+pub async fn store_queued_task(writer: &Writer) -> TaskId {
     let id = TaskId::new();
     let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
     let task = NewTask {
@@ -117,6 +117,7 @@ async fn migrations_and_the_event_log_work_on_postgres() {
             result: Some(json!({ "answer": 42 })),
             error: None,
             event: EventLog::pending(id, EventKind::TaskCompleted, None, json!({})),
+            memories: Vec::new(),
         })
         .await
         .unwrap();

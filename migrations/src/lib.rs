@@ -6,6 +6,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_core_tables;
+mod m20261125_000001_create_memories;
 
 /// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
 pub struct Migrator;
@@ -13,6 +14,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_create_core_tables::Migration)]
+        vec![
+            Box::new(m20261124_000001_create_core_tables::Migration),
+            Box::new(m20261125_000001_create_memories::Migration),
+        ]
     }
 }

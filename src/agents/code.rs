@@ -1,9 +1,13 @@
-//! The Code agent: writes a short piece of code for a step. (Running it in a sandbox comes with the
+//! The Code agent: writes a short piece of code for a step. Before working it recalls snippets it wrote
+//! for similar steps; what it writes is kept as a snippet. (Running the code in a sandbox comes with the
 //! sandbox; here the code is produced and handed on to QA.)
+
+use serde_json::json;
 
 use super::{text_output, work_request, AgentError, AgentKind, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
 use crate::llm::{LlmOutput, LlmRequest};
+use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
 use crate::messages::{StepOutput, StepSpec};
 
 /// The Code role.
@@ -26,5 +30,31 @@ impl Specialist for Code {
 
     fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
         text_output(output, "code")
+    }
+
+    fn recall(step: &StepSpec) -> Option<RecallSpec> {
+        Some(RecallSpec {
+            purpose: "snippets written before",
+            query: format!("{}\n{}", step.prompt, step.instruction),
+            filter: SearchFilter {
+                kinds: vec![MemoryKind::Snippet],
+                agent: Some(AgentKind::Code),
+                ..SearchFilter::default()
+            },
+        })
+    }
+
+    fn remember(step: &StepSpec, output: &StepOutput) -> Vec<MemoryDraft> {
+        vec![MemoryDraft {
+            kind: MemoryKind::Snippet,
+            content: format!("{}\n{}", step.instruction, output.text),
+            detail: Some(json!({
+                "prompt": step.prompt,
+                "instruction": step.instruction,
+                "code": output.text,
+            })),
+            agent: AgentKind::Code,
+            step: Some(step.idx),
+        }]
     }
 }

@@ -74,6 +74,7 @@ impl Specialist for Qa {
             return Ok(StepOutput {
                 text: text.to_owned(),
                 verdict: Some(verdict),
+                memories: Vec::new(),
             });
         }
         text_output(output, "review")

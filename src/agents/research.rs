@@ -1,8 +1,12 @@
-//! The Research agent: states the facts a step needs, briefly.
+//! The Research agent: states the facts a step needs, briefly. Before working it recalls related memories
+//! (summaries of earlier tasks and facts stated before); what it states is kept as a fact.
+
+use serde_json::json;
 
 use super::{text_output, work_request, AgentError, AgentKind, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
 use crate::llm::{LlmOutput, LlmRequest};
+use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
 use crate::messages::{StepOutput, StepSpec};
 
 /// The Research role.
@@ -25,5 +29,26 @@ impl Specialist for Research {
 
     fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
         text_output(output, "text")
+    }
+
+    fn recall(step: &StepSpec) -> Option<RecallSpec> {
+        Some(RecallSpec {
+            purpose: "related tasks and facts",
+            query: format!("{}\n{}", step.prompt, step.instruction),
+            filter: SearchFilter {
+                kinds: vec![MemoryKind::Summary, MemoryKind::Fact],
+                ..SearchFilter::default()
+            },
+        })
+    }
+
+    fn remember(step: &StepSpec, output: &StepOutput) -> Vec<MemoryDraft> {
+        vec![MemoryDraft {
+            kind: MemoryKind::Fact,
+            content: format!("{}: {}", step.instruction, output.text),
+            detail: Some(json!({ "prompt": step.prompt, "instruction": step.instruction })),
+            agent: AgentKind::Research,
+            step: Some(step.idx),
+        }]
     }
 }

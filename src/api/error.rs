@@ -200,3 +200,16 @@ pub fn parse_task_id(text: &str) -> Result<TaskId, ApiError> {
     text.parse()
         .map_err(|_| ApiError::InvalidId(text.chars().take(64).collect()))
 }
+
+impl From<crate::memory::MemoryError> for ApiError {
+    fn from(error: crate::memory::MemoryError) -> Self {
+        use crate::memory::MemoryError;
+        match error {
+            MemoryError::Disabled => ApiError::Unavailable(error.to_string()),
+            MemoryError::Storage(error) => ApiError::from(error),
+            MemoryError::Embedding(_) | MemoryError::Thread(_) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}

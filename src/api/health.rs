@@ -1,4 +1,4 @@
-//! `/healthz` (the process answers), `/readyz` (database and model usable) and `/metrics`.
+//! `/healthz` (the process answers), `/readyz` (database, model and short-term store usable) and `/metrics`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -21,10 +21,19 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
         Ok(()) => "ok".to_owned(),
         Err(error) => error.to_string(),
     };
-    let ready = database == "ok" && model == "ok";
+    let short_term = core.memory.short_term();
+    let short_term_check = match short_term.ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => format!(
+            "{error} (short-term memory is served in-process until {} answers)",
+            short_term.backend()
+        ),
+    };
+    let ready = database == "ok" && model == "ok" && short_term_check == "ok";
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "database": database, "model": model },
+        "checks": { "database": database, "model": model, "short_term_memory": short_term_check },
+        "short_term_backend": short_term.backend(),
     });
     if ready {
         HttpResponse::Ok().json(body)
@@ -52,6 +61,12 @@ pub async fn metrics(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
         .worker()
         .is_some_and(|worker| worker.state == "ready");
     metrics.model_worker_up.set(i64::from(worker_up));
+    let short_term = core.memory.short_term();
+    let store_up = short_term.ping().await.is_ok();
+    metrics
+        .short_term_store_up
+        .with_label_values(&[short_term.backend()])
+        .set(i64::from(store_up));
     let text = core
         .metrics
         .render()

@@ -174,6 +174,37 @@ impl LiveView {
                     text("reasoning")
                 ));
             }
+            EventKind::MemoryRead => {
+                let hits = data
+                    .get("hits")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let used: Vec<String> = hits
+                    .iter()
+                    .filter(|hit| hit.get("used").and_then(Value::as_bool) == Some(true))
+                    .map(|hit| {
+                        format!(
+                            "{} {:.2}",
+                            hit.get("kind").and_then(Value::as_str).unwrap_or("?"),
+                            hit.get("score").and_then(Value::as_f64).unwrap_or(0.0)
+                        )
+                    })
+                    .collect();
+                if !hits.is_empty() {
+                    let agent = event.agent.map_or("?", AgentKind::as_str);
+                    self.note(&format!(
+                        "memory: {agent} recalled {} of {} ({})",
+                        used.len(),
+                        hits.len(),
+                        if used.is_empty() {
+                            "none close enough".to_owned()
+                        } else {
+                            used.join(", ")
+                        }
+                    ));
+                }
+            }
             EventKind::AgentStarted => {
                 if let Some(agent) = event.agent {
                     self.spinner(AgentKind::Director)

@@ -20,13 +20,14 @@ use crate::events::{EventKind, EventLog};
 use crate::llm::replay::ReplayProvider;
 use crate::llm::{excerpt, shorten};
 use crate::llm::{LlmError, LlmProvider};
+use crate::memory::{MemoryDraft, MemoryKind, NewMemory, RecallSpec, SearchFilter};
 use crate::messages::{Dispatch, Envelope, RunStep, StartTask, StepKind, StepOutput, StepSpec};
 use crate::storage::writer::{DecisionRecord, StepUpdate, TaskEnd, WriteOp};
 use crate::storage::StorageError;
 use crate::task::{TaskId, TaskOptions, TaskStatus};
 
-/// Longest earlier output passed on to the next step, in characters.
-const EARLIER_OUTPUT_CHARS: usize = 300;
+/// Longest answer kept in a task's summary memory, in characters.
+const SUMMARY_ANSWER_CHARS: usize = 600;
 
 /// Why a flow did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct TaskFlow {
     director: Addr<Director>,
     cancel: CancellationToken,
     steps: Vec<PlannedStep>,
+    /// What the steps want kept in long-term memory, stored with the end if the task completes.
+    drafts: Vec<MemoryDraft>,
 }
 
 impl TaskFlow {
@@ -110,6 +113,7 @@ impl TaskFlow {
             director,
             cancel,
             steps: Vec::new(),
+            drafts: Vec::new(),
         }
     }
 
@@ -169,15 +173,73 @@ impl TaskFlow {
             .task_duration
             .with_label_values(&[status.as_str()])
             .observe(started.elapsed().as_secs_f64());
+        let memories = match &result {
+            Some(result) => self.memories(result).await,
+            None => Vec::new(),
+        };
+        let stored = memories.len();
+        let mut data = data;
+        if stored > 0 {
+            data["memories"] = json!(memories
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>());
+        }
         let end = TaskEnd {
             task_id,
             status,
             result,
             error,
             event: EventLog::pending(task_id, kind, Some(AgentKind::Director), data),
+            memories,
         };
-        if let Err(error) = self.writer().finish_task(end).await {
+        let commit_started = Instant::now();
+        let committed = self.writer().finish_task(end).await;
+        if stored > 0 {
+            self.deps
+                .agent
+                .memory
+                .count_task_write(commit_started, committed.is_ok());
+        }
+        if let Err(error) = committed {
             tracing::error!(task_id = %task_id, %error, "store the end of a task");
+        }
+    }
+
+    /// The memories a completed task leaves: what its steps asked to keep and the Director's summary of
+    /// the task, embedded in one batch. None for replays (they would repeat the original's) or when memory
+    /// is off; an embedding failure is logged and keeps none (all or nothing).
+    async fn memories(&mut self, result: &serde_json::Value) -> Vec<NewMemory> {
+        let memory = &self.deps.agent.memory;
+        if !memory.enabled() || self.options.replay_of.is_some() {
+            return Vec::new();
+        }
+        let answer = result
+            .get("answer")
+            .and_then(|answer| answer.as_str())
+            .unwrap_or("");
+        let mut drafts = std::mem::take(&mut self.drafts);
+        drafts.push(MemoryDraft {
+            kind: MemoryKind::Summary,
+            content: format!(
+                "Task: {}\nResult: {}",
+                self.prompt,
+                shorten(answer, SUMMARY_ANSWER_CHARS)
+            ),
+            detail: Some(json!({
+                "verdict": result.get("verdict"),
+                "plan": result.get("plan"),
+            })),
+            agent: AgentKind::Director,
+            step: None,
+        });
+        match memory.prepare(Some(self.task_id), drafts).await {
+            Ok(memories) => memories,
+            Err(error) => {
+                tracing::warn!(task_id = %self.task_id, %error, "the task's memories could not be embedded; none are kept");
+                memory.count_task_write(Instant::now(), false);
+                Vec::new()
+            }
         }
     }
 
@@ -304,9 +366,34 @@ impl TaskFlow {
             .map_or(self.deps.settings.max_steps, |asked| {
                 asked.min(self.deps.settings.max_steps)
             });
-        let request = plan::plan_request(&self.prompt, max_steps, &self.deps.agent.limits);
+        // Summaries of earlier related tasks, for the plan (a `memory.read` event of the Director).
+        let recall = RecallSpec {
+            purpose: "earlier related tasks",
+            query: self.prompt.clone(),
+            filter: SearchFilter {
+                kinds: vec![MemoryKind::Summary],
+                ..SearchFilter::default()
+            },
+        };
+        let recalled = self
+            .deps
+            .agent
+            .memory
+            .recall(self.task_id, AgentKind::Director, 0, &recall)
+            .await;
+        let request =
+            plan::plan_request(&self.prompt, max_steps, &self.deps.agent.limits, &recalled);
         let output = self.llm_call(llm, request, "plan").await?;
         let plan = plan::parse_plan(&output.text, max_steps)?;
+        // The plan is the task's working state: kept in its short-term scratchpad for the agents and for
+        // inspection (a failure is counted and logged there; the flow keeps its own copy).
+        let _ = self
+            .deps
+            .agent
+            .memory
+            .short_term()
+            .put(self.task_id, "plan", &json!(plan.steps).to_string())
+            .await;
         self.deps.agent.events.emit(
             self.task_id,
             EventKind::PlanCreated,
@@ -408,11 +495,6 @@ impl TaskFlow {
         position: usize,
         llm: &Arc<dyn LlmProvider>,
     ) -> Result<StepOutput, FlowError> {
-        let earlier: Vec<String> = self.steps[..position]
-            .iter()
-            .filter_map(|step| step.output.as_deref())
-            .map(|output| shorten(output, EARLIER_OUTPUT_CHARS))
-            .collect();
         let retries = self.deps.settings.step_retries;
         loop {
             let step = &mut self.steps[position];
@@ -424,7 +506,8 @@ impl TaskFlow {
                 kind: step.kind,
                 prompt: self.prompt.clone(),
                 instruction: step.instruction.clone(),
-                earlier: earlier.clone(),
+                earlier: Vec::new(),
+                recalled: Vec::new(),
                 attempt,
             };
             let agent = step.agent;
@@ -447,7 +530,8 @@ impl TaskFlow {
                 reply = reply => reply.map_err(|_| FlowError::DirectorGone)?,
             };
             match result {
-                Ok(output) => {
+                Ok(mut output) => {
+                    self.drafts.append(&mut output.memories);
                     let step = &mut self.steps[position];
                     step.status = "done";
                     step.output = Some(output.text.clone());

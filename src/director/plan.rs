@@ -6,8 +6,9 @@ use serde_json::json;
 
 use crate::agents::AgentKind;
 use crate::config::LlmLimits;
-use crate::llm::excerpt;
+use crate::llm::{excerpt, shorten};
 use crate::llm::{ChatMessage, LlmRequest, OutputSpec};
+use crate::memory::MemoryHit;
 
 /// Longest planned step instruction, in characters (the grammar enforces it).
 pub const MAX_INSTRUCTION_CHARS: u32 = 60;
@@ -41,8 +42,28 @@ pub fn plan_schema(max_steps: u32) -> serde_json::Value {
     })
 }
 
-/// The request for a plan of `prompt`.
-pub fn plan_request(prompt: &str, max_steps: u32, limits: &LlmLimits) -> LlmRequest {
+/// Longest recalled summary shown to the planner, in characters.
+const RECALLED_CHARS: usize = 160;
+
+/// The request for a plan of `prompt`; `recalled` are summaries of earlier related tasks, best first.
+pub fn plan_request(
+    prompt: &str,
+    max_steps: u32,
+    limits: &LlmLimits,
+    recalled: &[MemoryHit],
+) -> LlmRequest {
+    let mut user = prompt.to_owned();
+    if !recalled.is_empty() {
+        user.push_str("\n\nEarlier related tasks:\n");
+        for hit in recalled {
+            user.push_str("- ");
+            user.push_str(&shorten(
+                &hit.memory.content.replace('\n', " "),
+                RECALLED_CHARS,
+            ));
+            user.push('\n');
+        }
+    }
     LlmRequest {
         purpose: "plan".to_owned(),
         messages: vec![
@@ -50,7 +71,7 @@ pub fn plan_request(prompt: &str, max_steps: u32, limits: &LlmLimits) -> LlmRequ
                 "You are the Director of a small team (research, code, qa). Break the user's task into at \
                  most {max_steps} short steps. Reply in JSON."
             )),
-            ChatMessage::user(prompt.to_owned()),
+            ChatMessage::user(user),
         ],
         max_tokens: limits.plan_tokens,
         output: OutputSpec::Json { schema: plan_schema(max_steps) },

@@ -133,3 +133,31 @@ pub mod llm_call {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `memories`: facts, task summaries, snippets and patterns with provenance. The embedding column
+/// (`vector(384)` on PostgreSQL, a BLOB on SQLite) is not part of the entity: `storage/memories.rs` writes and
+/// searches it with backend-specific SQL.
+pub mod memory {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "memories")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub kind: String,
+        pub content: String,
+        pub detail: Option<Json>,
+        pub task_id: Option<String>,
+        pub agent: Option<String>,
+        pub step_idx: Option<i32>,
+        pub uses: i32,
+        pub successes: i32,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -20,9 +20,11 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::entities::{decision, event, llm_call, step, task};
+use super::memories::{insert_memories, mark_succeeded, mark_used};
 use super::{Storage, StorageError};
 use crate::agents::AgentKind;
 use crate::events::{Event, EventKind, Hub};
+use crate::memory::NewMemory;
 use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
 
@@ -145,6 +147,8 @@ pub struct TaskEnd {
     pub error: Option<String>,
     /// The terminal event (committed with the status).
     pub event: PendingEvent,
+    /// The memories the task leaves (committed with the status, all or none).
+    pub memories: Vec<NewMemory>,
 }
 
 /// One write.
@@ -183,6 +187,17 @@ pub enum WriteOp {
         /// Commit result.
         reply: Option<oneshot::Sender<Result<(), StorageError>>>,
     },
+    /// Insert memories (outside a task's end); answered after the commit.
+    InsertMemories {
+        /// The memories.
+        memories: Vec<NewMemory>,
+        /// Commit result.
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Count one use of each of these memories (by id).
+    MemoriesUsed(Vec<String>),
+    /// Count one success of this pattern (by id).
+    PatternSucceeded(String),
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -235,6 +250,13 @@ impl Writer {
             end,
             reply: Some(reply),
         });
+        committed.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Stores memories and waits for the commit.
+    pub async fn insert_memories(&self, memories: Vec<NewMemory>) -> Result<(), StorageError> {
+        let (reply, committed) = oneshot::channel();
+        self.send(WriteOp::InsertMemories { memories, reply });
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
@@ -525,10 +547,17 @@ impl WriterTask {
                     .exec(txn)
                     .await
                     .map_err(StorageError::query("finish task"))?;
+                insert_memories(txn, &end.memories).await?;
                 self.push_event(txn, end.event, events, outcome).await?;
                 outcome.ended.push(end.task_id);
                 Ok(())
             }
+            WriteOp::InsertMemories { memories, reply } => {
+                outcome.replies.push(reply);
+                insert_memories(txn, &memories).await
+            }
+            WriteOp::MemoriesUsed(ids) => mark_used(txn, &ids).await,
+            WriteOp::PatternSucceeded(id) => mark_succeeded(txn, &id).await,
             WriteOp::Flush(done) => {
                 outcome.flushes.push(done);
                 Ok(())
@@ -587,6 +616,7 @@ impl WriterTask {
 fn collect_waiters(op: WriteOp, outcome: &mut Outcome) {
     match op {
         WriteOp::CreateTask { reply, .. }
+        | WriteOp::InsertMemories { reply, .. }
         | WriteOp::FinishTask {
             reply: Some(reply), ..
         } => {

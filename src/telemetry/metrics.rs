@@ -62,6 +62,25 @@ pub mod names {
     pub const HTTP_REQUEST_DURATION: &str = "troupe_http_request_duration_seconds";
     /// Open WebSocket event streams.
     pub const WEBSOCKET_CONNECTIONS: &str = "troupe_websocket_connections";
+    /// Memory operations by tier (short_term, long_term, semantic), operation and outcome.
+    pub const MEMORY_OPERATIONS: &str = "troupe_memory_operations_total";
+    /// Memory operation duration by tier and operation.
+    pub const MEMORY_OPERATION_DURATION: &str = "troupe_memory_operation_duration_seconds";
+    /// Cosine similarity of the best hit of each semantic search that found something.
+    pub const MEMORY_SEARCH_TOP_SCORE: &str = "troupe_memory_search_top_score";
+    /// Memories offered to an agent (at or above the recall threshold), by kind.
+    pub const MEMORY_REUSES: &str = "troupe_memory_reuses_total";
+    /// Texts embedded, by model.
+    pub const EMBEDDINGS: &str = "troupe_embeddings_total";
+    /// Duration of one embedding batch, by model.
+    pub const EMBEDDING_DURATION: &str = "troupe_embedding_duration_seconds";
+    /// Attempts to learn a pattern from a failed run and its fix, by outcome (extracted, no_signature).
+    pub const PATTERN_EXTRACTIONS: &str = "troupe_memory_pattern_extractions_total";
+    /// Runs that used a retrieved pattern, by outcome (passed, failed).
+    pub const PATTERN_OUTCOMES: &str = "troupe_memory_pattern_outcomes_total";
+    /// 1 while the configured short-term store answers (backend redis or local); 0 while Redis is down
+    /// and short-term memory falls back to the process.
+    pub const SHORT_TERM_STORE_UP: &str = "troupe_short_term_store_up";
 }
 
 /// A metric's kind, as in the Prometheus text format's `# TYPE` line.
@@ -134,6 +153,9 @@ const COMMIT_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Buckets for a cosine similarity.
+const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
 /// Metrics could not be registered (a programming error: a duplicate name).
 #[derive(Debug, thiserror::Error)]
 #[error("register metrics")]
@@ -192,6 +214,24 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     /// See [`names::WEBSOCKET_CONNECTIONS`].
     pub websocket_connections: IntGauge,
+    /// See [`names::MEMORY_OPERATIONS`]; labels `tier`, `op`, `outcome`.
+    pub memory_operations: IntCounterVec,
+    /// See [`names::MEMORY_OPERATION_DURATION`]; labels `tier`, `op`.
+    pub memory_operation_duration: HistogramVec,
+    /// See [`names::MEMORY_SEARCH_TOP_SCORE`].
+    pub memory_search_top_score: Histogram,
+    /// See [`names::MEMORY_REUSES`]; label `kind`.
+    pub memory_reuses: IntCounterVec,
+    /// See [`names::EMBEDDINGS`]; label `model`.
+    pub embeddings: IntCounterVec,
+    /// See [`names::EMBEDDING_DURATION`]; label `model`.
+    pub embedding_duration: HistogramVec,
+    /// See [`names::PATTERN_EXTRACTIONS`]; label `outcome`.
+    pub pattern_extractions: IntCounterVec,
+    /// See [`names::PATTERN_OUTCOMES`]; label `outcome`.
+    pub pattern_outcomes: IntCounterVec,
+    /// See [`names::SHORT_TERM_STORE_UP`]; label `backend`.
+    pub short_term_store_up: IntGaugeVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -430,6 +470,53 @@ impl Metrics {
             websocket_connections: r.gauge(
                 names::WEBSOCKET_CONNECTIONS,
                 "Open WebSocket event streams.",
+            )?,
+            memory_operations: r.counter_vec(
+                names::MEMORY_OPERATIONS,
+                "Memory operations by tier (short_term, long_term, semantic), operation and outcome (ok, hit, miss, fallback, error).",
+                &["tier", "op", "outcome"],
+            )?,
+            memory_operation_duration: r.histogram_vec(
+                names::MEMORY_OPERATION_DURATION,
+                "Memory operation duration by tier and operation.",
+                &["tier", "op"],
+                COMMIT_BUCKETS,
+            )?,
+            memory_search_top_score: r.histogram(
+                names::MEMORY_SEARCH_TOP_SCORE,
+                "Cosine similarity of the best hit of each semantic search that found something.",
+                SCORE_BUCKETS,
+            )?,
+            memory_reuses: r.counter_vec(
+                names::MEMORY_REUSES,
+                "Memories offered to an agent (at or above the recall threshold), by kind.",
+                &["kind"],
+            )?,
+            embeddings: r.counter_vec(
+                names::EMBEDDINGS,
+                "Texts embedded, by model.",
+                &["model"],
+            )?,
+            embedding_duration: r.histogram_vec(
+                names::EMBEDDING_DURATION,
+                "Duration of one embedding batch, by model.",
+                &["model"],
+                COMMIT_BUCKETS,
+            )?,
+            pattern_extractions: r.counter_vec(
+                names::PATTERN_EXTRACTIONS,
+                "Attempts to learn a pattern from a failed run and its fix, by outcome (extracted, no_signature).",
+                &["outcome"],
+            )?,
+            pattern_outcomes: r.counter_vec(
+                names::PATTERN_OUTCOMES,
+                "Runs that used a retrieved pattern, by outcome (passed, failed).",
+                &["outcome"],
+            )?,
+            short_term_store_up: r.gauge_vec(
+                names::SHORT_TERM_STORE_UP,
+                "1 while the configured short-term memory store answers (backend redis or local), 0 while Redis is down and memory falls back to the process.",
+                &["backend"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

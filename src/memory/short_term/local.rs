@@ -1,0 +1,175 @@
+//! The in-process short-term store: a map per task, expired lazily on access and swept every so often.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{Retention, ShortTermError, ShortTermStore};
+use crate::task::TaskId;
+
+/// Writes between two sweeps of expired tasks.
+const SWEEP_EVERY: u64 = 1024;
+
+#[derive(Default)]
+struct TaskMemory {
+    scratchpad: BTreeMap<String, String>,
+    window: VecDeque<String>,
+    expires: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<TaskId, TaskMemory>,
+    writes: u64,
+}
+
+/// Short-term memory in this process (used when `redis.url` is empty, and as Redis's fallback).
+pub struct LocalStore {
+    retention: Retention,
+    state: Mutex<State>,
+}
+
+impl LocalStore {
+    /// An empty store.
+    pub fn new(retention: Retention) -> Self {
+        LocalStore {
+            retention,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Runs `f` on the state (a poisoned lock is taken over: the maps stay consistent between statements).
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut state)
+    }
+
+    /// The live memory of `task` for writing, renewing its expiry; sweeps expired tasks now and then.
+    fn write<T>(&self, task: TaskId, f: impl FnOnce(&mut TaskMemory) -> T) -> T {
+        let now = Instant::now();
+        let expires = now + self.retention.ttl;
+        self.with(|state| {
+            state.writes += 1;
+            if state.writes % SWEEP_EVERY == 0 {
+                state
+                    .tasks
+                    .retain(|_, memory| memory.expires.is_none_or(|at| at > now));
+            }
+            let memory = state.tasks.entry(task).or_default();
+            if memory.expires.is_some_and(|at| at <= now) {
+                *memory = TaskMemory::default();
+            }
+            memory.expires = Some(expires);
+            f(memory)
+        })
+    }
+
+    /// Reads the live memory of `task` (expired memory reads as empty and is dropped).
+    fn read<T>(&self, task: TaskId, f: impl FnOnce(Option<&TaskMemory>) -> T) -> T {
+        let now = Instant::now();
+        self.with(|state| {
+            let expired = state
+                .tasks
+                .get(&task)
+                .is_some_and(|memory| memory.expires.is_some_and(|at| at <= now));
+            if expired {
+                state.tasks.remove(&task);
+            }
+            f(state.tasks.get(&task))
+        })
+    }
+
+    /// Tasks held (live or not yet swept), for tests.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.with(|state| state.tasks.len())
+    }
+}
+
+#[async_trait]
+impl ShortTermStore for LocalStore {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn put(&self, task: TaskId, key: &str, value: &str) -> Result<(), ShortTermError> {
+        self.write(task, |memory| {
+            memory.scratchpad.insert(key.to_owned(), value.to_owned());
+        });
+        Ok(())
+    }
+
+    async fn get(&self, task: TaskId, key: &str) -> Result<Option<String>, ShortTermError> {
+        Ok(self.read(task, |memory| {
+            memory.and_then(|memory| memory.scratchpad.get(key).cloned())
+        }))
+    }
+
+    async fn scratchpad(&self, task: TaskId) -> Result<BTreeMap<String, String>, ShortTermError> {
+        Ok(self.read(task, |memory| {
+            memory
+                .map(|memory| memory.scratchpad.clone())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn push(&self, task: TaskId, entry: &str) -> Result<(), ShortTermError> {
+        let keep = self.retention.window;
+        self.write(task, |memory| {
+            memory.window.push_back(entry.to_owned());
+            while memory.window.len() > keep {
+                memory.window.pop_front();
+            }
+        });
+        Ok(())
+    }
+
+    async fn window(&self, task: TaskId) -> Result<Vec<String>, ShortTermError> {
+        Ok(self.read(task, |memory| {
+            memory
+                .map(|memory| memory.window.iter().cloned().collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), ShortTermError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::contract;
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_the_short_term_contract() {
+        let store = LocalStore::new(contract::retention(Duration::from_secs(60)));
+        contract::behaves(&store).await;
+    }
+
+    #[tokio::test]
+    async fn forgets_a_task_after_its_ttl() {
+        let ttl = Duration::from_millis(200);
+        let store = LocalStore::new(contract::retention(ttl));
+        contract::expires(&store, ttl).await;
+    }
+
+    #[tokio::test]
+    async fn expired_tasks_are_swept() {
+        let store = LocalStore::new(contract::retention(Duration::from_millis(1)));
+        for _ in 0..SWEEP_EVERY - 1 {
+            store.push(TaskId::new(), "x").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.push(TaskId::new(), "x").await.unwrap();
+        assert_eq!(store.held(), 1);
+    }
+}
