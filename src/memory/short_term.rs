@@ -70,8 +70,14 @@ pub struct ShortTerm {
     primary: Arc<dyn ShortTermStore>,
     /// Serves operations Redis failed; `None` when the primary is already in-process.
     fallback: Option<Arc<local::LocalStore>>,
+    /// After a failure the primary is skipped until then (a circuit breaker), so that a Redis that times out
+    /// does not add its timeout to every operation.
+    skip_until: Arc<std::sync::Mutex<Option<Instant>>>,
     metrics: Metrics,
 }
+
+/// How long operations skip Redis after it failed one.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl ShortTerm {
     /// The in-process store alone.
@@ -79,6 +85,7 @@ impl ShortTerm {
         ShortTerm {
             primary: Arc::new(local::LocalStore::new(retention)),
             fallback: None,
+            skip_until: Arc::default(),
             metrics,
         }
     }
@@ -103,6 +110,7 @@ impl ShortTerm {
         Ok(ShortTerm {
             primary: Arc::new(store),
             fallback: Some(Arc::new(local::LocalStore::new(retention))),
+            skip_until: Arc::default(),
             metrics,
         })
     }
@@ -112,9 +120,27 @@ impl ShortTerm {
         self.primary.backend()
     }
 
-    /// Checks the configured store answers (for `/readyz`); no fallback here.
+    /// Checks the configured store answers (for `/readyz`); no fallback here. An answer closes the breaker.
     pub async fn ping(&self) -> Result<(), ShortTermError> {
-        self.primary.ping().await
+        let result = self.primary.ping().await;
+        if result.is_ok() {
+            self.set_skip(None);
+        }
+        result
+    }
+
+    fn set_skip(&self, until: Option<Instant>) {
+        if let Ok(mut skip) = self.skip_until.lock() {
+            *skip = until;
+        }
+    }
+
+    fn skipping(&self) -> bool {
+        self.skip_until
+            .lock()
+            .ok()
+            .and_then(|skip| *skip)
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Sets `key` in the task's scratchpad.
@@ -170,8 +196,8 @@ impl ShortTerm {
         .await
     }
 
-    /// Runs `op` on the primary store, then on the fallback if the primary failed; counts the outcome
-    /// (`classify` of the value, `fallback`, or `error`) and the latency.
+    /// Runs `op` on the primary store, then on the fallback if the primary failed (or failed within the last
+    /// [`RETRY_AFTER`]); counts the outcome (`classify` of the value, `fallback`, or `error`) and the latency.
     async fn run<T, F, Fut>(
         &self,
         op: &'static str,
@@ -183,11 +209,21 @@ impl ShortTerm {
         Fut: Future<Output = Result<T, ShortTermError>>,
     {
         let started = Instant::now();
-        let result = match call(Arc::clone(&self.primary)).await {
+        let primary = if self.fallback.is_some() && self.skipping() {
+            Err(ShortTermError::Redis(
+                "skipped after a recent failure".into(),
+            ))
+        } else {
+            call(Arc::clone(&self.primary)).await
+        };
+        let result = match primary {
             Ok(value) => Ok((classify(&value), value)),
             Err(error) => match &self.fallback {
                 Some(fallback) => {
-                    tracing::warn!(op, %error, "short-term memory op failed on Redis; served in-process");
+                    if !self.skipping() {
+                        tracing::warn!(op, %error, "short-term memory op failed on Redis; served in-process for {RETRY_AFTER:?}");
+                        self.set_skip(Some(Instant::now() + RETRY_AFTER));
+                    }
                     let store: Arc<dyn ShortTermStore> = Arc::clone(fallback) as _;
                     call(store).await.map(|value| ("fallback", value))
                 }
@@ -260,5 +296,37 @@ pub(crate) mod contract {
     /// The retention the contract assumes.
     pub fn retention(ttl: Duration) -> Retention {
         Retention { ttl, window: 3 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_down_redis_is_skipped_for_a_while_and_operations_fall_back() {
+        let metrics = Metrics::new().unwrap();
+        let retention = Retention {
+            ttl: Duration::from_secs(60),
+            window: 4,
+        };
+        let memory = ShortTerm::redis("redis://127.0.0.1:1", "x", retention, metrics.clone())
+            .await
+            .unwrap();
+        let task = TaskId::new();
+        memory.put(task, "plan", "p").await.unwrap();
+        assert_eq!(
+            memory.get(task, "plan").await.unwrap().as_deref(),
+            Some("p")
+        );
+        memory.push(task, "said").await.unwrap();
+        assert_eq!(memory.window(task).await.unwrap(), vec!["said"]);
+        assert!(memory.skipping(), "the breaker is open after a failure");
+        assert!(memory.ping().await.is_err());
+        let fallbacks = metrics
+            .memory_operations
+            .with_label_values(&[TIER, "put", "fallback"])
+            .get();
+        assert_eq!(fallbacks, 1);
     }
 }

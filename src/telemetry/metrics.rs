@@ -67,7 +67,7 @@ pub mod names {
     /// Memory operation duration by tier and operation.
     pub const MEMORY_OPERATION_DURATION: &str = "troupe_memory_operation_duration_seconds";
     /// Cosine similarity of the best hit of each semantic search that found something.
-    pub const MEMORY_SEARCH_TOP_SCORE: &str = "troupe_memory_search_top_score";
+    pub const MEMORY_SEARCH_TOP_SCORE: &str = "troupe_memory_search_top_score_ratio";
     /// Memories offered to an agent (at or above the recall threshold), by kind.
     pub const MEMORY_REUSES: &str = "troupe_memory_reuses_total";
     /// Texts embedded, by model.
