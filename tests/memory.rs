@@ -30,10 +30,9 @@ async fn memory_over(storage: &Storage) -> (Memory, Writer, Metrics) {
     let hub = Hub::new();
     let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
     let events = EventLog::new(writer.clone(), hub, storage.clone());
-    let memory = Memory::new(
+    let memory = Memory::from_parts(
         memory_settings,
-        parts.embedder,
-        parts.short_term,
+        parts,
         storage.clone(),
         events,
         metrics.clone(),
@@ -412,31 +411,31 @@ async fn short_term_memory_lives_in_redis_when_configured() {
     assert_eq!(status, 200, "{ready}");
     let task = run_task(&app, "Explain what a Python list is").await;
     let id = task["id"].as_str().unwrap();
-    let (_, memory) = app.get(&format!("/api/v1/tasks/{id}/memory")).await;
+    let memory = assert_short_term_used(&app, id, "ok", 1.0).await;
     assert_eq!(memory["short_term"]["backend"], "redis");
     assert!(
         memory["short_term"]["scratchpad"]["plan"].is_string(),
         "{memory}"
     );
-    assert!(
-        !memory["short_term"]["window"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "{memory}"
-    );
+}
+
+/// Task `id`'s short-term window is not empty, its pushes were counted with `outcome`, and
+/// `troupe_short_term_store_up{backend="redis"}` is `up`; returns the task's memory document.
+async fn assert_short_term_used(app: &TestApp, id: &str, outcome: &str, up: f64) -> Value {
+    let (status, memory) = app.get(&format!("/api/v1/tasks/{id}/memory")).await;
+    assert_eq!(status, 200, "{memory}");
+    let window = memory["short_term"]["window"].as_array().unwrap();
+    assert!(!window.is_empty(), "{memory}");
     let scrape = app.metrics().await;
-    assert!(
-        metric_value(
-            &scrape,
-            "troupe_memory_operations_total{op=\"push\",outcome=\"ok\",tier=\"short_term\"}"
-        ) >= 1.0,
-        "{scrape}"
+    let pushes = format!(
+        "troupe_memory_operations_total{{op=\"push\",outcome=\"{outcome}\",tier=\"short_term\"}}"
     );
+    assert!(metric_value(&scrape, &pushes) >= 1.0, "{scrape}");
     assert_eq!(
         metric_value(&scrape, "troupe_short_term_store_up{backend=\"redis\"}"),
-        1.0
+        up
     );
+    memory
 }
 
 #[actix_rt::test]
@@ -453,27 +452,7 @@ async fn an_unreachable_redis_is_reported_and_short_term_memory_falls_back() {
     let task = run_task(&app, "Write a Python function that adds two numbers").await;
     assert_eq!(task["status"], "completed", "{task}");
     let id = task["id"].as_str().unwrap();
-    let (status, memory) = app.get(&format!("/api/v1/tasks/{id}/memory")).await;
-    assert_eq!(status, 200, "{memory}");
-    assert!(
-        !memory["short_term"]["window"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "{memory}"
-    );
-    let scrape = app.metrics().await;
-    assert!(
-        metric_value(
-            &scrape,
-            "troupe_memory_operations_total{op=\"push\",outcome=\"fallback\",tier=\"short_term\"}"
-        ) >= 1.0,
-        "{scrape}"
-    );
-    assert_eq!(
-        metric_value(&scrape, "troupe_short_term_store_up{backend=\"redis\"}"),
-        0.0
-    );
+    assert_short_term_used(&app, id, "fallback", 0.0).await;
 }
 
 #[actix_rt::test]
@@ -503,6 +482,10 @@ async fn memory_endpoints_reject_bad_input_with_json_errors() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "task_not_found");
+    // Both routes are in the OpenAPI document.
+    let (_, doc) = app.get("/api/v1/openapi.json").await;
+    assert!(doc["paths"]["/api/v1/memory/search"]["get"].is_object());
+    assert!(doc["paths"]["/api/v1/tasks/{id}/memory"]["get"].is_object());
     // An empty memory answers with no hits, not an error.
     let (status, body) = app.get("/api/v1/memory/search?q=anything").await;
     assert_eq!(status, 200, "{body}");

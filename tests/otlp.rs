@@ -359,6 +359,39 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
         );
     }
 
+    // Memory reads: `search_memory` spans (with the query and the number of hits, and the hits with their
+    // scores as a span event) under the agent that searched, each with its `embeddings {model}` child. The
+    // Director searches before planning, so there is at least one.
+    let searches = named("search_memory");
+    assert!(!searches.is_empty(), "{names:?}");
+    for search in &searches {
+        assert_eq!(
+            string_attribute(&search.attributes, "gen_ai.operation.name").as_deref(),
+            Some("search_memory")
+        );
+        assert!(string_attribute(&search.attributes, "troupe.memory.query").is_some());
+        assert!(
+            int_attribute(&search.attributes, "troupe.memory.hits").is_some(),
+            "{search:?}"
+        );
+        assert!(
+            parent_of(search).starts_with("invoke_agent "),
+            "{}",
+            parent_of(search)
+        );
+        assert!(
+            search.events.iter().any(|event| event.name == "memory read"
+                && string_attribute(&event.attributes, "memory.hits").is_some()),
+            "{:?}",
+            search.events
+        );
+    }
+    let embeddings = named("embeddings all-MiniLM-L6-v2");
+    assert!(embeddings.len() >= searches.len(), "{names:?}");
+    assert!(embeddings.iter().any(|span| by_id
+        .get(&hex(&span.parent_span_id))
+        .is_some_and(|parent| parent.name == "search_memory")));
+
     // Each agent assignment is an event on the Director's span with its options, choice and confidence.
     let decisions: Vec<_> = director[0]
         .events
