@@ -143,6 +143,9 @@ async fn postgres_and_tiers(
 
     // Tiers, at 10k.
     let tiers = tiers(settings, &storage, &writer, embedder, query_texts, url).await?;
+    // The commit-latency memories (snippets) are not part of the search corpus.
+    db.execute_unprepared("DELETE FROM memories WHERE kind = 'snippet'")
+        .await?;
 
     // 100k: synthetic neighbours of the real embeddings.
     db.execute_unprepared("DROP INDEX IF EXISTS idx_memories_embedding_hnsw")
