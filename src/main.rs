@@ -49,8 +49,11 @@ fn main() -> ExitCode {
         }
     };
     let mut settings = settings;
-    if let Command::Run { verbose: false, .. } = cli.command {
-        // The live view is the output of `run`; log lines would tear it.
+    if matches!(
+        cli.command,
+        Command::Run { verbose: false, .. } | Command::Memory { .. }
+    ) {
+        // The live view (or the hits) is the output; log lines would tear it.
         settings.telemetry.log_level = "warn".to_owned();
     }
     let _telemetry = match troupe::telemetry::init(&settings.telemetry) {
