@@ -5,10 +5,10 @@
 #   docker build -t troupe:0.1.0 .
 #   docker run --rm -p 8080:8080 -v "$PWD/models:/app/models:ro" troupe:0.1.0
 #
-# The model file is NOT baked into the image: it is large, it changes independently of the code, and users pick
-# their own. Mount the directory that holds it (scripts/setup.sh puts the default model in ./models) at
-# /app/models, read-only. The working directory is /app, so the default relative path models/<file>.gguf
-# resolves there.
+# The models are NOT baked into the image: they are large, they change independently of the code, and users pick
+# their own. Mount the directory that holds them (scripts/setup.sh puts the default chat model and the
+# all-MiniLM-L6-v2 embedding model folder in ./models) at /app/models, read-only. The working directory is /app,
+# so the default relative paths models/<file>.gguf and models/all-MiniLM-L6-v2 resolve there.
 
 # ---------------------------------------------------------------------------------------------------------------
 # Builder: compiles the `troupe` binary, including llama.cpp through llama-cpp-sys-2.
