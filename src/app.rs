@@ -148,7 +148,7 @@ impl Core {
         let hub = Hub::new();
         let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
         let events = EventLog::new(writer, hub, storage.clone());
-        let memory = Memory::from_parts(
+        let memory = Memory::new(
             settings.memory.clone(),
             memory,
             storage.clone(),

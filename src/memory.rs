@@ -167,8 +167,6 @@ pub struct SearchFilter {
     pub kinds: Vec<MemoryKind>,
     /// Only those written by this agent.
     pub agent: Option<AgentKind>,
-    /// Not those of this task.
-    pub exclude_task: Option<TaskId>,
 }
 
 /// What an agent recalls before working on a step.
@@ -282,11 +280,10 @@ impl MemoryParts {
 }
 
 impl Memory {
-    /// Memory over `storage` (reads) and `events` (writes and `memory.read` events).
+    /// Memory from started `parts`, over `storage` (reads) and `events` (writes and `memory.read` events).
     pub fn new(
         settings: MemorySettings,
-        embedder: Option<Arc<Embedder>>,
-        short_term: ShortTerm,
+        parts: MemoryParts,
         storage: Storage,
         events: EventLog,
         metrics: Metrics,
@@ -294,31 +291,13 @@ impl Memory {
         Memory {
             inner: Arc::new(Inner {
                 settings,
-                embedder,
-                short_term,
+                embedder: parts.embedder,
+                short_term: parts.short_term,
                 storage,
                 events,
                 metrics,
             }),
         }
-    }
-
-    /// Memory from started `parts`, as [`Memory::new`].
-    pub fn from_parts(
-        settings: MemorySettings,
-        parts: MemoryParts,
-        storage: Storage,
-        events: EventLog,
-        metrics: Metrics,
-    ) -> Self {
-        Self::new(
-            settings,
-            parts.embedder,
-            parts.short_term,
-            storage,
-            events,
-            metrics,
-        )
     }
 
     /// The short-term tier.
@@ -401,10 +380,6 @@ impl Memory {
             let started = Instant::now();
             let result = self.search_inner(query, filter, k).await;
             let metrics = &self.inner.metrics;
-            metrics
-                .memory_operation_duration
-                .with_label_values(&[SEMANTIC, "search"])
-                .observe(started.elapsed().as_secs_f64());
             let span = tracing::Span::current();
             let outcome = match &result {
                 Ok(hits) => {
@@ -430,10 +405,7 @@ impl Memory {
                     "error"
                 }
             };
-            metrics
-                .memory_operations
-                .with_label_values(&[SEMANTIC, "search", outcome])
-                .inc();
+            metrics.observe_memory_op(SEMANTIC, "search", outcome, started);
             result
         }
         .instrument(span)
@@ -577,15 +549,10 @@ impl Memory {
 
     /// Counts a long-term operation.
     fn count(&self, tier: &str, op: &str, started: Instant, ok: bool) {
-        let metrics = &self.inner.metrics;
-        metrics
-            .memory_operations
-            .with_label_values(&[tier, op, if ok { "ok" } else { "error" }])
-            .inc();
-        metrics
-            .memory_operation_duration
-            .with_label_values(&[tier, op])
-            .observe(started.elapsed().as_secs_f64());
+        let outcome = if ok { "ok" } else { "error" };
+        self.inner
+            .metrics
+            .observe_memory_op(tier, op, outcome, started);
     }
 
     /// The memories task `task_id` wrote.

@@ -30,7 +30,7 @@ async fn memory_over(storage: &Storage) -> (Memory, Writer, Metrics) {
     let hub = Hub::new();
     let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
     let events = EventLog::new(writer.clone(), hub, storage.clone());
-    let memory = Memory::from_parts(
+    let memory = Memory::new(
         memory_settings,
         parts,
         storage.clone(),

@@ -39,7 +39,6 @@ impl Specialist for Code {
             filter: SearchFilter {
                 kinds: vec![MemoryKind::Snippet],
                 agent: Some(AgentKind::Code),
-                ..SearchFilter::default()
             },
         })
     }

@@ -43,7 +43,7 @@ pub async fn task_memory(
             })
         })
         .collect();
-    let writes = core.storage.task_memories(id).await?;
+    let writes = core.memory.written_by(id).await?;
     let short_term = core.memory.short_term();
     // Short-term memory is best effort here: when its store is down the answer says so instead of failing.
     let (scratchpad, window, error) =
@@ -128,11 +128,7 @@ pub async fn search(
     if !core.memory.enabled() {
         return Err(ApiError::from(crate::memory::MemoryError::Disabled));
     }
-    let filter = SearchFilter {
-        kinds,
-        agent,
-        exclude_task: None,
-    };
+    let filter = SearchFilter { kinds, agent };
     let hits = core.memory.search(text, &filter, k).await?;
     Ok(HttpResponse::Ok().json(json!({
         "query": text,

@@ -55,7 +55,7 @@ async fn search(
     let hub = Hub::new();
     let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
     let events = EventLog::new(writer, hub, storage.clone());
-    let memory = Memory::from_parts(settings.memory.clone(), parts, storage, events, metrics);
+    let memory = Memory::new(settings.memory.clone(), parts, storage, events, metrics);
     let filter = SearchFilter {
         kinds,
         ..SearchFilter::default()

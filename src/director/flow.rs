@@ -233,11 +233,12 @@ impl TaskFlow {
             agent: AgentKind::Director,
             step: None,
         });
+        let started = Instant::now();
         match memory.prepare(Some(self.task_id), drafts).await {
             Ok(memories) => memories,
             Err(error) => {
                 tracing::warn!(task_id = %self.task_id, %error, "the task's memories could not be embedded; none are kept");
-                memory.count_task_write(Instant::now(), false);
+                memory.count_task_write(started, false);
                 Vec::new()
             }
         }

@@ -234,14 +234,7 @@ impl ShortTerm {
             Ok((outcome, _)) => *outcome,
             Err(_) => "error",
         };
-        self.metrics
-            .memory_operations
-            .with_label_values(&[TIER, op, outcome])
-            .inc();
-        self.metrics
-            .memory_operation_duration
-            .with_label_values(&[TIER, op])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.observe_memory_op(TIER, op, outcome, started);
         result.map(|(_, value)| value)
     }
 }

@@ -286,10 +286,6 @@ impl Sql {
             let placeholder = self.bind(agent.as_str());
             clauses.push(format!("agent = {placeholder}"));
         }
-        if let Some(task) = filter.exclude_task {
-            let placeholder = self.bind(task.to_string());
-            clauses.push(format!("(task_id IS NULL OR task_id <> {placeholder})"));
-        }
         if clauses.is_empty() {
             String::new()
         } else {

@@ -523,6 +523,22 @@ impl Metrics {
         })
     }
 
+    /// Counts one memory operation of `tier` with its `outcome` and observes its duration since `started`.
+    pub fn observe_memory_op(
+        &self,
+        tier: &str,
+        op: &str,
+        outcome: &str,
+        started: std::time::Instant,
+    ) {
+        self.memory_operations
+            .with_label_values(&[tier, op, outcome])
+            .inc();
+        self.memory_operation_duration
+            .with_label_values(&[tier, op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// The registry, for exporters.
     pub fn registry(&self) -> &Registry {
         &self.registry
