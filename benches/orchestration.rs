@@ -50,6 +50,8 @@ fn main() -> anyhow::Result<()> {
     // Orchestration alone: no embedding model, no recall (the memory benchmark measures those). Short-term
     // memory (the in-process store) stays on: it carries earlier work between steps.
     settings.memory.enabled = false;
+    // Nor the sandbox: code steps are not run (the sandbox benchmark measures runs).
+    settings.sandbox.enabled = false;
     let otlp = std::env::var("TROUPE_BENCH_OTLP").is_ok_and(|v| v == "1");
     let sink = if otlp {
         let sink = OtlpSink::start()?;
@@ -66,7 +68,8 @@ fn main() -> anyhow::Result<()> {
         storage.migrate().await?;
         let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-        let core = Core::assemble(settings, storage, metrics, llm, memory);
+        let sandbox = troupe::sandbox::Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
+        let core = Core::assemble(settings, storage, metrics, llm, memory, sandbox);
 
         let prompt = "Write a Python function that adds two numbers";
         let recorded = core.submit(prompt, TaskOptions::default()).await?;

@@ -28,11 +28,15 @@ orchestration_off=$(TROUPE_BENCH_TRACING=0 cargo bench --locked --bench orchestr
 echo "== memory: embeddings/s, pgvector HNSW search at 10k and 100k (latency, recall@10), per-tier latency" >&2
 memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
 
+echo "== sandbox: start-to-exit of a trivial Python program, jailed vs unconfined; runs/s with both cores busy" >&2
+sandbox=$(cargo bench --locked --bench sandbox 2>/dev/null | tail -n 1)
+echo "sandbox: $sandbox" >&2
+
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
-  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" <<'PY'
+  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory = sys.argv[1:]
-troupe, troupe_again, on, off, otlp, memory = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox = sys.argv[1:]
+troupe, troupe_again, on, off, otlp, memory, sandbox = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -50,6 +54,7 @@ result = {
         "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "memory": memory,
+    "sandbox": sandbox,
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))

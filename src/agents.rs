@@ -34,6 +34,7 @@ use crate::storage::writer::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::propagation;
+use crate::tools::Tools;
 
 /// The agents of Troupe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -107,6 +108,9 @@ pub enum AgentError {
     /// The model's output is unusable.
     #[error("malformed model output: {0}")]
     MalformedOutput(String),
+    /// A tool the agent called failed (the sandbox refused, a write failed, a call was malformed).
+    #[error("tool: {0}")]
+    Tool(String),
     /// The task was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -150,6 +154,8 @@ pub struct AgentDeps {
     pub chaos: Arc<Chaos>,
     /// Short-term, long-term and semantic memory.
     pub memory: Memory,
+    /// The tool registry (sandbox, workspace files, memory search).
+    pub tools: Tools,
 }
 
 /// A count as a span attribute value: OpenTelemetry attributes are signed 64-bit integers.
@@ -306,6 +312,16 @@ pub trait Specialist: 'static {
     fn remember(_step: &StepSpec, _output: &StepOutput) -> Vec<MemoryDraft> {
         Vec::new()
     }
+    /// Acts on the interpreted output, with tools (nothing by default): Code writes its files, QA runs
+    /// tests.
+    fn act<'a>(
+        _deps: &'a AgentDeps,
+        _task_id: TaskId,
+        _step: &'a StepSpec,
+        output: StepOutput,
+    ) -> futures_util::future::BoxFuture<'a, Result<StepOutput, AgentError>> {
+        Box::pin(std::future::ready(Ok(output)))
+    }
 }
 
 /// The actor of specialist role `S` (see `agents/research.rs`, `code.rs`, `qa.rs` for the roles). Its state
@@ -364,6 +380,7 @@ pub fn run_step<S: Specialist>(
         gen_ai.conversation.id = %task_id,
         troupe.step = envelope.payload.step.idx,
         troupe.attempt = i64::from(envelope.payload.step.attempt),
+        troupe.revision = i64::from(envelope.payload.step.revision),
     );
     propagation::set_parent(&span, envelope.trace.clone());
     let deps = deps.clone();
@@ -384,7 +401,13 @@ pub fn run_step<S: Specialist>(
             task_id,
             EventKind::AgentStarted,
             Some(agent),
-            json!({ "step": step.idx, "instruction": step.instruction, "attempt": step.attempt }),
+            json!({
+                "step": step.idx,
+                "kind": step.kind.as_str(),
+                "instruction": step.instruction,
+                "attempt": step.attempt,
+                "revision": step.revision,
+            }),
         );
         if deps.chaos.take(agent) {
             panic!("chaos: {agent} panics once, as configured by chaos.panic_once");
@@ -400,6 +423,9 @@ pub fn run_step<S: Specialist>(
             Err(LlmError::Cancelled) => Err(AgentError::Cancelled),
             Err(error) => Err(AgentError::Llm(error)),
         };
+        if let Ok(output) = result {
+            result = S::act(&deps, task_id, &step, output).await;
+        }
         if let Ok(output) = &mut result {
             output.memories = S::remember(&step, output);
             let entry = WindowEntry {
@@ -452,6 +478,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         text.clone()
     } else {
         "panic with a non-text payload".to_owned()
+    }
+}
+
+/// The model-call purpose of attempt `revision` of a loop call (`kind` "work" or "test") for step `idx`:
+/// `work.2` for the first attempt, `work.2.r3` for the third, so that a replay answers every attempt.
+pub fn attempt_purpose(kind: &str, idx: i32, revision: u32) -> String {
+    if revision <= 1 {
+        format!("{kind}.{idx}")
+    } else {
+        format!("{kind}.{idx}.r{revision}")
     }
 }
 
@@ -514,8 +550,7 @@ pub fn text_output(output: LlmOutput, what: &str) -> Result<StepOutput, AgentErr
     }
     Ok(StepOutput {
         text: text.to_owned(),
-        verdict: None,
-        memories: Vec::new(),
+        ..StepOutput::default()
     })
 }
 

@@ -19,12 +19,14 @@ use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::{LlmError, LlmProvider};
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
+use crate::sandbox::Sandbox;
 use crate::storage::writer::{NewTask, Writer};
 use crate::storage::{Storage, StorageError};
 use crate::supervision::RestartPolicy;
 use crate::task::{TaskId, TaskOptions, TaskStatus};
 use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
+use crate::tools::{Tools, Workspaces};
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,8 @@ pub struct Core {
     pub director: Addr<Director>,
     /// Short-term, long-term and semantic memory.
     pub memory: Memory,
+    /// The tool registry, and through it the sandbox.
+    pub tools: Tools,
 }
 
 impl Core {
@@ -134,7 +138,10 @@ impl Core {
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let llm: Arc<dyn LlmProvider> =
             Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
-        Ok(Self::assemble(settings, storage, metrics, llm, memory))
+        let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
+        Ok(Self::assemble(
+            settings, storage, metrics, llm, memory, sandbox,
+        ))
     }
 
     /// Assembles a core around an already started model (benchmarks and tests that share one).
@@ -144,6 +151,7 @@ impl Core {
         metrics: Metrics,
         llm: Arc<dyn LlmProvider>,
         memory: MemoryParts,
+        sandbox: Sandbox,
     ) -> Core {
         let hub = Hub::new();
         let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
@@ -155,12 +163,20 @@ impl Core {
             events.clone(),
             metrics.clone(),
         );
+        let tools = Tools::new(
+            sandbox,
+            memory.clone(),
+            Workspaces::new(settings.sandbox.workspaces.clone()),
+            events.clone(),
+            metrics.clone(),
+        );
         let agent = AgentDeps {
             events: events.clone(),
             metrics: metrics.clone(),
             limits: settings.llm.limits,
             chaos: Arc::new(Chaos::panic_once(&settings.chaos_agents())),
             memory: memory.clone(),
+            tools: tools.clone(),
         };
         let director = Director::start(DirectorDeps {
             agent,
@@ -178,6 +194,7 @@ impl Core {
             llm,
             director,
             memory,
+            tools,
         }
     }
 

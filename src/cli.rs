@@ -4,6 +4,7 @@ pub mod memory;
 pub mod migrate;
 pub mod model_worker;
 pub mod run;
+pub mod sandbox;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -58,6 +59,12 @@ pub enum Command {
         #[command(subcommand)]
         action: MemoryCommand,
     },
+    /// Run code in the sandbox Troupe runs generated code in, and print the outcome and resource figures.
+    Sandbox {
+        /// What to do.
+        #[command(subcommand)]
+        action: SandboxCommand,
+    },
     /// Host the embedded model for a server (started by Troupe itself; speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     ModelWorker {
@@ -76,6 +83,25 @@ pub enum Command {
         /// 0 is greedy.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+    },
+}
+
+/// `troupe sandbox ...`
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run a file or a snippet (-e) in the sandbox; prints the run as JSON (outcome, exit code, wall and
+    /// CPU seconds, peak RSS, output, violations). Exit code 0 when the outcome is ok, 1 otherwise, 2 when
+    /// the sandbox cannot run code or the input is bad.
+    Run {
+        /// python or shell.
+        #[arg(long, default_value = "python")]
+        lang: String,
+        /// The code to run, instead of a file.
+        #[arg(short = 'e', long = "eval", conflicts_with = "file")]
+        code: Option<String>,
+        /// A file to run ("-" reads standard input).
+        #[arg(required_unless_present = "code")]
+        file: Option<PathBuf>,
     },
 }
 

@@ -29,6 +29,8 @@ pub struct Settings {
     pub llm: LlmSettings,
     /// Planning and task lifecycle.
     pub director: DirectorSettings,
+    /// The jail generated code runs in, and its limits.
+    pub sandbox: SandboxSettings,
     /// Restart policy of supervised agents.
     pub supervision: SupervisionSettings,
     /// Deliberate faults for watching supervision work.
@@ -89,6 +91,82 @@ pub struct MemorySettings {
     pub hnsw_ef_search: u32,
 }
 
+/// `[sandbox]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct SandboxSettings {
+    /// false: no code runs at all (the Code/QA loop is skipped and `run_code` refuses).
+    pub enabled: bool,
+    /// The bubblewrap executable (a name on PATH or a path).
+    pub bwrap: String,
+    /// The Python interpreter inside the jail (an absolute path under a read-only system directory).
+    pub python: PathBuf,
+    /// The shell inside the jail.
+    pub shell: PathBuf,
+    /// Wall-clock limit of one run; past it the whole process group is killed.
+    pub timeout_seconds: f64,
+    /// CPU-time limit (RLIMIT_CPU soft limit; the hard limit is one second more).
+    pub cpu_seconds: u64,
+    /// Address-space limit (RLIMIT_AS) in bytes.
+    pub memory_bytes: u64,
+    /// Processes the run may have at once, the jail's own included (RLIMIT_NPROC, per-run user id).
+    pub max_processes: u64,
+    /// Largest file the run may write (RLIMIT_FSIZE), in bytes.
+    pub max_file_bytes: u64,
+    /// Open files per process (RLIMIT_NOFILE).
+    pub max_open_files: u64,
+    /// Output kept per stream (stdout, stderr); a run that writes more is killed.
+    pub output_limit_bytes: usize,
+    /// Size of the private tmpfs workspace (and of /tmp), in bytes.
+    pub workspace_bytes: u64,
+    /// Runs at once; each has its own user id while Troupe runs as root.
+    pub parallel_runs: usize,
+    /// First user id of the per-run ids (uid_base .. uid_base + parallel_runs), used when running as root.
+    pub uid_base: u32,
+    /// Where each task's files live (`read_file`/`write_file`), one folder per task.
+    pub workspaces: PathBuf,
+}
+
+impl SandboxSettings {
+    /// What is wrong with these limits, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.timeout_seconds > 0.0 && self.timeout_seconds <= 3600.0) {
+            problems.push("sandbox.timeout_seconds: must be within (0, 3600]".into());
+        }
+        for (name, value, least) in [
+            ("cpu_seconds", self.cpu_seconds, 1),
+            ("memory_bytes", self.memory_bytes, 32 << 20),
+            ("max_processes", self.max_processes, 4),
+            ("max_file_bytes", self.max_file_bytes, 4096),
+            ("max_open_files", self.max_open_files, 16),
+            ("workspace_bytes", self.workspace_bytes, 1 << 20),
+        ] {
+            if value < least {
+                problems.push(format!("sandbox.{name}: must be at least {least}"));
+            }
+        }
+        if self.output_limit_bytes < 1024 {
+            problems.push("sandbox.output_limit_bytes: must be at least 1024".into());
+        }
+        if !(1..=64).contains(&self.parallel_runs) {
+            problems.push("sandbox.parallel_runs: must be within 1..=64".into());
+        }
+        if self.uid_base < 1000 || self.uid_base.checked_add(64).is_none() {
+            problems
+                .push("sandbox.uid_base: must be at least 1000 and leave room for 64 ids".into());
+        }
+        for (name, path) in [("python", &self.python), ("shell", &self.shell)] {
+            if !path.is_absolute() {
+                problems.push(format!(
+                    "sandbox.{name}: '{}' must be an absolute path",
+                    path.display()
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// Which model provider serves the agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,8 +211,10 @@ pub struct LlmLimits {
     pub decision_reason_tokens: u32,
     /// A Research or Code step.
     pub work_tokens: u32,
-    /// A QA verdict.
+    /// A QA verdict (and QA's tool call to run a test).
     pub verdict_tokens: u32,
+    /// Code's answer: code and a test as JSON. An answer cut off by this budget is an attempt without code.
+    pub code_tokens: u32,
 }
 
 /// `[director]`
@@ -148,6 +228,9 @@ pub struct DirectorSettings {
     pub step_timeout_seconds: u64,
     /// Retries of a step after its agent was restarted.
     pub step_retries: u32,
+    /// Attempts Code gets at a code step: its code and test run in the sandbox, and a failure goes back to
+    /// Code with the output until the test passes or the attempts run out.
+    pub code_attempts: u32,
 }
 
 /// `[supervision]`
@@ -324,6 +407,7 @@ impl Settings {
             ("decision_reason_tokens", limits.decision_reason_tokens),
             ("work_tokens", limits.work_tokens),
             ("verdict_tokens", limits.verdict_tokens),
+            ("code_tokens", limits.code_tokens),
         ] {
             if value == 0 || value > self.llm.context_size / 2 {
                 problems.push(format!(
@@ -357,6 +441,10 @@ impl Settings {
         if self.director.step_timeout_seconds == 0 {
             problems.push("director.step_timeout_seconds: must be positive".into());
         }
+        if !(1..=10).contains(&self.director.code_attempts) {
+            problems.push("director.code_attempts: must be within 1..=10".into());
+        }
+        problems.extend(self.sandbox.problems());
         if self.supervision.window_seconds == 0 {
             problems.push("supervision.window_seconds: must be positive".into());
         }

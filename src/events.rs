@@ -57,6 +57,15 @@ pub enum EventKind {
     /// An agent searched memory: the query, every hit with its similarity score, and which were used.
     #[serde(rename = "memory.read")]
     MemoryRead,
+    /// An agent called a tool: which, with what, how it went, how long it took.
+    #[serde(rename = "tool.called")]
+    ToolCalled,
+    /// The sandbox contained something a run tried (network, filesystem, fork bomb, memory, runaway, output).
+    #[serde(rename = "sandbox.violation")]
+    SandboxViolation,
+    /// One attempt of the Code/QA loop: the step, the attempt number, whether the test passed, the feedback.
+    #[serde(rename = "code.attempt")]
+    CodeAttempt,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -70,7 +79,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -82,6 +91,9 @@ impl EventKind {
         EventKind::AgentRestarted,
         EventKind::QaVerdict,
         EventKind::MemoryRead,
+        EventKind::ToolCalled,
+        EventKind::SandboxViolation,
+        EventKind::CodeAttempt,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -101,6 +113,9 @@ impl EventKind {
             EventKind::AgentRestarted => "agent.restarted",
             EventKind::QaVerdict => "qa.verdict",
             EventKind::MemoryRead => "memory.read",
+            EventKind::ToolCalled => "tool.called",
+            EventKind::SandboxViolation => "sandbox.violation",
+            EventKind::CodeAttempt => "code.attempt",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

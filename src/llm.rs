@@ -144,6 +144,19 @@ pub struct LlmOutput {
     pub generation_seconds: f64,
 }
 
+#[cfg(test)]
+impl LlmOutput {
+    /// A plain output of `text`, for tests of how agents read outputs.
+    pub fn of_text(text: &str) -> Self {
+        LlmOutput {
+            text: text.into(),
+            choice: None,
+            usage: Usage::default(),
+            generation_seconds: 0.0,
+        }
+    }
+}
+
 /// Receives streamed text pieces as the model produces them.
 pub type TokenSink = Arc<dyn Fn(&str) + Send + Sync>;
 

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     let mut settings = settings;
     if matches!(
         cli.command,
-        Command::Run { verbose: false, .. } | Command::Memory { .. }
+        Command::Run { verbose: false, .. } | Command::Memory { .. } | Command::Sandbox { .. }
     ) {
         // The live view (or the hits) is the output; log lines would tear it.
         settings.telemetry.log_level = "warn".to_owned();
@@ -95,6 +95,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Memory { action } => cli::memory::memory(settings, action).await,
+            Command::Sandbox { action } => cli::sandbox::sandbox(settings, action).await,
             Command::ModelWorker { .. } => Ok(ExitCode::SUCCESS),
         }
     });

@@ -90,6 +90,19 @@ pub enum StepKind {
     Work,
     /// Check the work done so far against the task (QA, at the end of every task).
     Verify,
+    /// Run the test Code wrote for a step in the sandbox (QA, after every attempt of a code step).
+    Test,
+}
+
+impl StepKind {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Work => "work",
+            StepKind::Verify => "verify",
+            StepKind::Test => "test",
+        }
+    }
 }
 
 /// One step for a specialist.
@@ -108,8 +121,48 @@ pub struct StepSpec {
     pub earlier: Vec<String>,
     /// Memories recalled for this step (best first); filled by the specialist before it asks the model.
     pub recalled: Vec<crate::memory::MemoryHit>,
-    /// Which attempt this is, from 1.
+    /// Which attempt this is, from 1 (dispatches of this step: restarts and revisions included).
     pub attempt: u32,
+    /// For a code step: which attempt of the Code/QA loop (from 1); for a test step, the attempt tested.
+    pub revision: u32,
+    /// For a code step after a failed attempt: the code that failed and what its test run said.
+    pub feedback: Option<Feedback>,
+    /// For a test step: the workspace file to run.
+    pub test_file: Option<String>,
+}
+
+/// What the Director sends back to Code after a failed attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Feedback {
+    /// The code of the failed attempt.
+    pub code: String,
+    /// The failure output (the tail of the test run's stderr, or why there was nothing to run).
+    pub failure: String,
+    /// Fixes learned from earlier tasks whose failures look like this one.
+    pub known_fixes: Vec<String>,
+}
+
+/// What Code submits for a code step: the code and a test that exercises it, written to the task's
+/// workspace as `step<N>.py` and `step<N>_test.py` (the code followed by the test, runnable alone).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CodeSubmission {
+    /// The code.
+    pub code: String,
+    /// The test: statements that raise (an `assert`) when the code is wrong.
+    pub test: String,
+    /// The workspace file that runs code and test together.
+    pub test_file: String,
+}
+
+/// What QA found when it ran a code step's test.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TestResult {
+    /// The run exited 0 with nothing contained.
+    pub passed: bool,
+    /// The run as the sandbox measured it.
+    pub report: crate::sandbox::RunReport,
+    /// For a failure: the output Code gets back.
+    pub failure: Option<String>,
 }
 
 /// QA's verdict.
@@ -122,7 +175,7 @@ pub struct Verdict {
 }
 
 /// What a specialist produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StepOutput {
     /// The output text.
     pub text: String,
@@ -130,6 +183,10 @@ pub struct StepOutput {
     pub verdict: Option<Verdict>,
     /// What the step leaves in long-term memory (stored with the task's end if it completes).
     pub memories: Vec<crate::memory::MemoryDraft>,
+    /// A code step's submission (None when Code's answer held no usable code).
+    pub code: Option<CodeSubmission>,
+    /// A test step's result.
+    pub test: Option<TestResult>,
 }
 
 /// Director to specialist: work one step with this model, stop when `cancel` fires.

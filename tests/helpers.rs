@@ -24,8 +24,19 @@ pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
     settings.llm.model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
     settings.memory.embedding_model = root().join("models/all-MiniLM-L6-v2");
+    settings.sandbox.workspaces = dir.path().join("workspaces");
+    // Tasks on the real (135M) model exercise the flow, traces, memory and supervision; whether its code
+    // passes its test is not theirs to decide, so their code steps are not run. The Code/QA loop runs with
+    // scripted answers in `self_correction.rs`, which turns the sandbox on.
+    settings.sandbox.enabled = false;
+    // Each app's sandbox gets user ids of its own: apps in one test process run at the same time, and a
+    // sandbox kills whatever runs under its ids after each run.
+    let apps = NEXT_SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    settings.sandbox.uid_base += 1000 + apps * 8;
     settings
 }
+
+static NEXT_SANDBOX_IDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 static TELEMETRY: Once = Once::new();
 

@@ -12,5 +12,7 @@ mod otlp;
 mod postgres;
 mod prometheus_live;
 mod replay;
+mod sandbox;
+mod self_correction;
 mod supervision;
 mod task_flow;

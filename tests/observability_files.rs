@@ -496,10 +496,10 @@ fn the_catalogue_follows_the_naming_conventions_and_lists_every_name_in_the_code
         );
         match metric.kind.as_str() {
             "counter" => assert!(name.ends_with("_total"), "counter without _total: {name}"),
-            // Durations in seconds; the one unitless histogram (similarity scores) is a ratio.
+            // Base units: durations in seconds, memory in bytes; similarity scores are a ratio.
             "histogram" => assert!(
-                name.ends_with("_seconds") || name.ends_with("_ratio"),
-                "histogram neither in seconds nor a ratio: {name}"
+                name.ends_with("_seconds") || name.ends_with("_bytes") || name.ends_with("_ratio"),
+                "histogram neither in seconds, bytes nor a ratio: {name}"
             ),
             "gauge" => assert!(
                 !name.ends_with("_total"),

@@ -110,6 +110,8 @@ impl Served {
                 root().join("models/all-MiniLM-L6-v2"),
             )
             .env("TROUPE__TELEMETRY__LOG_FORMAT", "json")
+            // A task on the real model: its code steps are not run (see helpers::test_settings).
+            .env("TROUPE__SANDBOX__ENABLED", "false")
             .env("TROUPE__TELEMETRY__LOG_LEVEL", "info,troupe=debug")
             .env("TROUPE__TELEMETRY__OTLP_ENDPOINT", otlp)
             .env(

@@ -1,21 +1,56 @@
-//! The QA agent: reviews a step when the Director assigns one to it, and gives the verdict on the whole
-//! task at the end (a JSON verdict under a grammar). Running tests in a sandbox comes with the sandbox.
+//! The QA agent: reviews a step when the Director assigns one to it, runs the test of each attempt of a
+//! code step in the sandbox, and gives the verdict on the whole task at the end (a JSON verdict under a
+//! grammar).
+//!
+//! A test run is a tool call the model writes under a grammar that allows exactly `run_code` on the step's
+//! test file (`{"tool": "run_code", "arguments": {"language": "python", "file": "step<N>_test.py"}}`); the
+//! tool registry runs it, and the run decides: it passes when it exits 0 with nothing contained. The
+//! failure output goes back to Code through the Director.
 
+use futures_util::future::BoxFuture;
 use serde_json::json;
 
 use super::{
-    earlier_work, text_output, work_request, AgentError, AgentKind, Specialist, SpecialistAgent,
+    earlier_work, text_output, work_request, AgentDeps, AgentError, AgentKind, Specialist,
+    SpecialistAgent,
 };
 use crate::config::LlmLimits;
 use crate::llm::excerpt;
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::messages::{StepKind, StepOutput, StepSpec, Verdict};
+use crate::messages::{StepKind, StepOutput, StepSpec, TestResult, Verdict};
+use crate::sandbox::{Outcome, RunReport};
+use crate::task::TaskId;
+use crate::tools::{call_schema, ToolCall, ToolContext};
 
 /// The QA role.
 pub struct Qa;
 
 /// The QA actor.
 pub type QaAgent = SpecialistAgent<Qa>;
+
+/// Longest failure output sent back to Code, in characters.
+pub const FAILURE_CHARS: usize = 1500;
+
+/// The model-call purpose of the test run of attempt `revision` of step `idx`.
+pub fn test_purpose(idx: i32, revision: u32) -> String {
+    super::attempt_purpose("test", idx, revision)
+}
+
+/// The grammar's schema for QA's test call: `run_code` on exactly `file`, in Python.
+pub fn test_call_schema(file: &str) -> serde_json::Value {
+    call_schema(
+        "run_code",
+        json!({
+            "type": "object",
+            "properties": {
+                "language": { "type": "string", "enum": ["python"] },
+                "file": { "type": "string", "enum": [file] }
+            },
+            "required": ["language", "file"],
+            "additionalProperties": false
+        }),
+    )
+}
 
 /// Longest verdict feedback, in characters (the grammar enforces it).
 pub const MAX_FEEDBACK_CHARS: u32 = 48;
@@ -43,6 +78,26 @@ impl Specialist for Qa {
                 limits,
                 "You are the QA agent of a small team. Review the work for the step in one short sentence.",
             ),
+            StepKind::Test => {
+                let file = step.test_file.clone().unwrap_or_default();
+                LlmRequest {
+                    purpose: test_purpose(step.idx, step.revision),
+                    messages: vec![
+                        ChatMessage::system(
+                            "You are the QA agent of a small team. Run the test of the step with the \
+                             run_code tool. Reply with the tool call in JSON.",
+                        ),
+                        ChatMessage::user(format!(
+                            "Task: {}\nStep: {}\nTest file: {file}",
+                            step.prompt, step.instruction
+                        )),
+                    ],
+                    max_tokens: limits.verdict_tokens,
+                    output: OutputSpec::Json {
+                        schema: test_call_schema(&file),
+                    },
+                }
+            }
             StepKind::Verify => LlmRequest {
                 purpose: "verify".to_owned(),
                 messages: vec![
@@ -60,6 +115,13 @@ impl Specialist for Qa {
 
     fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
         let text = output.text.trim();
+        // A test step's output is a tool call, run by `act`.
+        if text.starts_with('{') && text.contains("\"tool\"") {
+            return Ok(StepOutput {
+                text: text.to_owned(),
+                ..StepOutput::default()
+            });
+        }
         // A verification's output is JSON; a review's is free text.
         if text.starts_with('{') {
             let verdict: Verdict = serde_json::from_str(text).map_err(|e| {
@@ -74,25 +136,84 @@ impl Specialist for Qa {
             return Ok(StepOutput {
                 text: text.to_owned(),
                 verdict: Some(verdict),
-                memories: Vec::new(),
+                ..StepOutput::default()
             });
         }
         text_output(output, "review")
+    }
+
+    fn act<'a>(
+        deps: &'a AgentDeps,
+        task_id: TaskId,
+        step: &'a StepSpec,
+        output: StepOutput,
+    ) -> BoxFuture<'a, Result<StepOutput, AgentError>> {
+        Box::pin(async move {
+            if step.kind != StepKind::Test {
+                return Ok(output);
+            }
+            let call =
+                ToolCall::parse(&output.text).map_err(|e| AgentError::Tool(e.to_string()))?;
+            let context = ToolContext {
+                task_id,
+                agent: AgentKind::Qa,
+            };
+            let call_id = test_purpose(step.idx, step.revision);
+            let value = deps
+                .tools
+                .invoke(context, &call_id, call)
+                .await
+                .map_err(|e| AgentError::Tool(e.to_string()))?;
+            let report: RunReport = serde_json::from_value(value)
+                .map_err(|e| AgentError::Tool(format!("run_code report: {e}")))?;
+            Ok(test_output(step, report))
+        })
+    }
+}
+
+/// The output of a test step from its run.
+fn test_output(step: &StepSpec, report: RunReport) -> StepOutput {
+    let passed = report.outcome == Outcome::Ok;
+    let failure = (!passed).then(|| {
+        let mut failure = format!("outcome {}", report.outcome.as_str());
+        if let Some(code) = report.exit_code {
+            failure.push_str(&format!(", exit code {code}"));
+        }
+        for violation in &report.violations {
+            failure.push_str(&format!(
+                ", {} ({})",
+                violation.kind.as_str(),
+                violation.detail
+            ));
+        }
+        failure.push_str(":\n");
+        failure.push_str(&report.failure_output(FAILURE_CHARS));
+        failure
+    });
+    let text = match &failure {
+        None => format!(
+            "The test of step {} passed ({:.2} s, {:.2} CPU s).",
+            step.idx, report.wall_seconds, report.cpu_seconds
+        ),
+        Some(failure) => format!("The test of step {} failed: {failure}", step.idx),
+    };
+    StepOutput {
+        text,
+        test: Some(TestResult {
+            passed,
+            report,
+            failure,
+        }),
+        ..StepOutput::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::Usage;
 
     fn output(text: &str) -> LlmOutput {
-        LlmOutput {
-            text: text.into(),
-            choice: None,
-            usage: Usage::default(),
-            generation_seconds: 0.0,
-        }
+        LlmOutput::of_text(text)
     }
 
     #[test]

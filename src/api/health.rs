@@ -1,10 +1,12 @@
-//! `/healthz` (the process answers), `/readyz` (database, model and short-term store usable) and `/metrics`.
+//! `/healthz` (the process answers), `/readyz` (database, model, short-term store and sandbox usable) and
+//! `/metrics`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
 use crate::app::Core;
+use crate::sandbox::SandboxError;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> HttpResponse {
@@ -29,10 +31,24 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
             short_term.backend()
         ),
     };
-    let ready = database == "ok" && model == "ok" && short_term_check == "ok";
+    // A sandbox turned off by configuration is the user's choice, not a fault.
+    let sandbox = match core.tools.sandbox().check_ready() {
+        Ok(()) => "ok".to_owned(),
+        Err(SandboxError::Disabled) => "disabled".to_owned(),
+        Err(error) => error.to_string(),
+    };
+    let ready = database == "ok"
+        && model == "ok"
+        && short_term_check == "ok"
+        && (sandbox == "ok" || sandbox == "disabled");
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "database": database, "model": model, "short_term_memory": short_term_check },
+        "checks": {
+            "database": database,
+            "model": model,
+            "short_term_memory": short_term_check,
+            "sandbox": sandbox,
+        },
         "short_term_backend": short_term.backend(),
     });
     if ready {

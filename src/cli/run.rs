@@ -263,6 +263,29 @@ impl LiveView {
                     text("feedback")
                 ));
             }
+            EventKind::ToolCalled => {
+                if let Some(agent) = event.agent {
+                    let message = format!("tool {} {}", text("tool"), text("outcome"));
+                    self.spinner(agent).set_message(message);
+                }
+            }
+            EventKind::SandboxViolation => {
+                self.note(&format!(
+                    "! sandbox contained {} ({})",
+                    text("kind"),
+                    text("detail")
+                ));
+            }
+            EventKind::CodeAttempt => {
+                let passed = data.get("passed").and_then(Value::as_bool) == Some(true);
+                self.note(&format!(
+                    "step {} attempt {} of {}: test {}",
+                    data.get("step").and_then(Value::as_i64).unwrap_or(0),
+                    data.get("attempt").and_then(Value::as_i64).unwrap_or(0),
+                    data.get("of").and_then(Value::as_i64).unwrap_or(0),
+                    if passed { "passed" } else { "failed" }
+                ));
+            }
             EventKind::TaskCompleted => self.note("task completed"),
             EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
             EventKind::TaskCancelled => self.note("task cancelled"),

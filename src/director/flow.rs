@@ -20,8 +20,11 @@ use crate::events::{EventKind, EventLog};
 use crate::llm::replay::ReplayProvider;
 use crate::llm::{excerpt, shorten};
 use crate::llm::{LlmError, LlmProvider};
+use crate::memory::learning::FailedRun;
 use crate::memory::{MemoryDraft, MemoryKind, NewMemory, RecallSpec, SearchFilter};
-use crate::messages::{Dispatch, Envelope, RunStep, StartTask, StepKind, StepOutput, StepSpec};
+use crate::messages::{
+    Dispatch, Envelope, Feedback, RunStep, StartTask, StepKind, StepOutput, StepSpec, TestResult,
+};
 use crate::storage::writer::{DecisionRecord, StepUpdate, TaskEnd, WriteOp};
 use crate::storage::StorageError;
 use crate::task::{TaskId, TaskOptions, TaskStatus};
@@ -70,7 +73,24 @@ pub enum FlowError {
     /// The Director stopped (the application is shutting down).
     #[error("director stopped")]
     DirectorGone,
+    /// A code step's test never passed.
+    #[error(
+        "step {idx}: the code failed its test after {attempts} attempts; last failure: {failure}"
+    )]
+    CodeFailed {
+        /// The step.
+        idx: i32,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure output, shortened.
+        failure: String,
+    },
 }
+
+/// Longest failure kept in a task's error, in characters.
+const FAILURE_IN_ERROR_CHARS: usize = 400;
+/// Learned fixes offered to Code after a failed attempt.
+const KNOWN_FIXES: usize = 2;
 
 /// A planned step and where it stands.
 struct PlannedStep {
@@ -94,6 +114,8 @@ pub struct TaskFlow {
     steps: Vec<PlannedStep>,
     /// What the steps want kept in long-term memory, stored with the end if the task completes.
     drafts: Vec<MemoryDraft>,
+    /// The code steps' test attempts, for the result.
+    tests: Vec<serde_json::Value>,
 }
 
 impl TaskFlow {
@@ -114,6 +136,7 @@ impl TaskFlow {
             cancel,
             steps: Vec::new(),
             drafts: Vec::new(),
+            tests: Vec::new(),
         }
     }
 
@@ -284,7 +307,12 @@ impl TaskFlow {
 
         let mut verdict = None;
         for position in 0..self.steps.len() {
-            let output = self.run_step(position, &llm).await?;
+            let step = &self.steps[position];
+            let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
+                self.run_code_step(position, &llm).await?
+            } else {
+                self.run_step(position, &llm, 1, None).await?
+            };
             if let Some(found) = output.verdict {
                 // QA's decision, as a span event like the Director's. A verdict is generated under a grammar,
                 // not scored, so it has no confidence.
@@ -327,6 +355,7 @@ impl TaskFlow {
             "plan": plan.steps,
             "steps": work,
             "verdict": verdict,
+            "tests": self.tests,
             "provider": llm.provider_name(),
             "model": llm.model_name(),
         }))
@@ -490,11 +519,235 @@ impl TaskFlow {
         }
     }
 
-    /// Runs step `position` on its agent, retrying after a restart as the policy allows.
+    /// Runs a code step: Code writes code and a test, QA runs the test in the sandbox, and a failure goes
+    /// back to Code with its output (and fixes learned from similar failures) until the test passes or
+    /// `director.code_attempts` are used up. Every attempt is a `code.attempt` event and counted by
+    /// attempt number. A pass after a failure is learned as a pattern; a learned fix that was offered is
+    /// scored by whether the next attempt passed. Without a working sandbox the code is not run, and the
+    /// result says why.
+    async fn run_code_step(
+        &mut self,
+        position: usize,
+        llm: &Arc<dyn LlmProvider>,
+    ) -> Result<StepOutput, FlowError> {
+        let idx = self.steps[position].idx;
+        if let Err(error) = self.deps.agent.tools.sandbox().check_ready() {
+            let output = self.run_step(position, llm, 1, None).await?;
+            self.tests
+                .push(json!({ "step": idx, "tested": false, "reason": error.to_string() }));
+            return Ok(output);
+        }
+        let attempts = self.deps.settings.code_attempts.max(1);
+        let memory = self.deps.agent.memory.clone();
+        let learn = memory.enabled() && self.options.replay_of.is_none();
+        let mut feedback: Option<Feedback> = None;
+        let mut offered: Vec<String> = Vec::new();
+        let mut last_failure: Option<FailedRun> = None;
+        for revision in 1..=attempts {
+            let output = self
+                .run_step(position, llm, revision, feedback.take())
+                .await?;
+            let test = match &output.code {
+                Some(submission) => Some(
+                    self.run_test(position, revision, &submission.test_file, llm)
+                        .await?,
+                ),
+                None => None,
+            };
+            let passed = test.as_ref().is_some_and(|test| test.passed);
+            let failure = match &test {
+                Some(TestResult { failure: Some(failure), .. }) => failure.clone(),
+                Some(_) => String::new(),
+                None => format!(
+                    "the answer was not the JSON {{\"code\": ..., \"test\": ...}} asked for (cut off at the \
+                     token budget?): {}",
+                    excerpt(&output.text)
+                ),
+            };
+            for id in offered.drain(..) {
+                memory.pattern_outcome(&id, passed);
+            }
+            self.record_attempt(idx, revision, attempts, passed, &failure, test.as_ref());
+            if passed {
+                if let (Some(failed), Some(submission), true) = (&last_failure, &output.code, learn)
+                {
+                    if let Err(error) = memory
+                        .learn_fix(
+                            Some(self.task_id),
+                            AgentKind::Code,
+                            failed,
+                            &submission.code,
+                        )
+                        .await
+                    {
+                        tracing::warn!(task_id = %self.task_id, %error, "learning the fix failed");
+                    }
+                }
+                return Ok(output);
+            }
+            let code = output
+                .code
+                .as_ref()
+                .map_or_else(|| output.text.clone(), |submission| submission.code.clone());
+            let known = if learn && revision < attempts {
+                memory
+                    .patterns_for(&failure, KNOWN_FIXES)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(task_id = %self.task_id, %error, "looking up learned fixes failed");
+                        Vec::new()
+                    })
+            } else {
+                Vec::new()
+            };
+            offered = known.iter().map(|found| found.id.clone()).collect();
+            last_failure = Some(FailedRun {
+                code: code.clone(),
+                error: failure.clone(),
+            });
+            feedback = Some(Feedback {
+                code,
+                failure,
+                known_fixes: known.into_iter().map(|found| found.fix).collect(),
+            });
+        }
+        self.steps[position].status = "failed";
+        self.update_step(position, false);
+        Err(FlowError::CodeFailed {
+            idx,
+            attempts,
+            failure: shorten(
+                &last_failure.map(|failed| failed.error).unwrap_or_default(),
+                FAILURE_IN_ERROR_CHARS,
+            ),
+        })
+    }
+
+    /// Announces and counts one attempt of the Code/QA loop, and keeps it for the result.
+    fn record_attempt(
+        &mut self,
+        idx: i32,
+        revision: u32,
+        attempts: u32,
+        passed: bool,
+        failure: &str,
+        test: Option<&TestResult>,
+    ) {
+        let outcome = if passed { "passed" } else { "failed" };
+        self.deps
+            .agent
+            .metrics
+            .code_attempts
+            .with_label_values(&[&revision.to_string(), outcome])
+            .inc();
+        let report = test.map(|test| &test.report);
+        let data = json!({
+            "step": idx,
+            "attempt": revision,
+            "of": attempts,
+            "passed": passed,
+            "run_outcome": report.map_or("no_code", |report| report.outcome.as_str()),
+            "failure": (!passed).then_some(failure),
+            "wall_seconds": report.map(|report| report.wall_seconds),
+            "cpu_seconds": report.map(|report| report.cpu_seconds),
+            "peak_rss_bytes": report.map(|report| report.peak_rss_bytes),
+        });
+        self.deps.agent.events.emit(
+            self.task_id,
+            EventKind::CodeAttempt,
+            Some(AgentKind::Director),
+            data.clone(),
+        );
+        self.tests.push(data);
+    }
+
+    /// Has QA run the test file of attempt `revision` of step `position` (retrying after a restart as the
+    /// policy allows).
+    async fn run_test(
+        &mut self,
+        position: usize,
+        revision: u32,
+        test_file: &str,
+        llm: &Arc<dyn LlmProvider>,
+    ) -> Result<TestResult, FlowError> {
+        let step = &self.steps[position];
+        let idx = step.idx;
+        let spec = StepSpec {
+            idx,
+            kind: StepKind::Test,
+            prompt: self.prompt.clone(),
+            instruction: step.instruction.clone(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: 1,
+            revision,
+            feedback: None,
+            test_file: Some(test_file.to_owned()),
+        };
+        let retries = self.deps.settings.step_retries;
+        let mut attempt = 1;
+        loop {
+            let mut spec = spec.clone();
+            spec.attempt = attempt;
+            match self.dispatch(AgentKind::Qa, spec, llm).await? {
+                Ok(output) => {
+                    return output.test.ok_or_else(|| FlowError::Step {
+                        idx,
+                        agent: AgentKind::Qa,
+                        source: DispatchError::Agent(crate::agents::AgentError::Tool(
+                            "the test step returned no run".into(),
+                        )),
+                    })
+                }
+                Err(DispatchError::Restarted { .. }) if attempt <= retries => attempt += 1,
+                Err(DispatchError::Cancelled) => return Err(FlowError::Cancelled),
+                Err(source) => {
+                    self.steps[position].status = "failed";
+                    self.update_step(position, false);
+                    return Err(FlowError::Step {
+                        idx,
+                        agent: AgentKind::Qa,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends one step to `agent` through the Director and waits for the answer (or the task's cancellation).
+    async fn dispatch(
+        &self,
+        agent: AgentKind,
+        spec: StepSpec,
+        llm: &Arc<dyn LlmProvider>,
+    ) -> Result<Result<StepOutput, DispatchError>, FlowError> {
+        let dispatch = Envelope::new(
+            self.task_id,
+            Dispatch {
+                agent,
+                run: RunStep {
+                    step: spec,
+                    llm: Arc::clone(llm),
+                    cancel: self.cancel.clone(),
+                },
+            },
+        );
+        let reply = self.director.send(dispatch);
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(FlowError::Cancelled),
+            reply = reply => reply.map_err(|_| FlowError::DirectorGone),
+        }
+    }
+
+    /// Runs step `position` on its agent (attempt `revision` of a code step, with the feedback of the
+    /// previous one), retrying after a restart as the policy allows.
     async fn run_step(
         &mut self,
         position: usize,
         llm: &Arc<dyn LlmProvider>,
+        revision: u32,
+        feedback: Option<Feedback>,
     ) -> Result<StepOutput, FlowError> {
         let retries = self.deps.settings.step_retries;
         loop {
@@ -510,26 +763,13 @@ impl TaskFlow {
                 earlier: Vec::new(),
                 recalled: Vec::new(),
                 attempt,
+                revision,
+                feedback: feedback.clone(),
+                test_file: None,
             };
             let agent = step.agent;
             self.update_step(position, true);
-            let dispatch = Envelope::new(
-                self.task_id,
-                Dispatch {
-                    agent,
-                    run: RunStep {
-                        step: spec,
-                        llm: Arc::clone(llm),
-                        cancel: self.cancel.clone(),
-                    },
-                },
-            );
-            let reply = self.director.send(dispatch);
-            let result = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return Err(FlowError::Cancelled),
-                reply = reply => reply.map_err(|_| FlowError::DirectorGone)?,
-            };
+            let result = self.dispatch(agent, spec, llm).await?;
             match result {
                 Ok(mut output) => {
                     self.drafts.append(&mut output.memories);

@@ -162,6 +162,7 @@ mod tests {
             decision_reason_tokens: 1,
             work_tokens: 1,
             verdict_tokens: 1,
+            code_tokens: 1,
         };
         let request = assign_request("p", 2, "s", &limits);
         assert_eq!(request.purpose, "assign.2");

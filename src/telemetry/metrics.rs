@@ -81,6 +81,24 @@ pub mod names {
     /// 1 while the configured short-term store answers (backend redis or local); 0 while Redis is down
     /// and short-term memory falls back to the process.
     pub const SHORT_TERM_STORE_UP: &str = "troupe_short_term_store_up";
+    /// Sandbox runs by language and outcome (ok, error, timeout, oom, killed, violation, refused).
+    pub const SANDBOX_RUNS: &str = "troupe_sandbox_runs_total";
+    /// Wall-clock duration of a sandbox run, by language.
+    pub const SANDBOX_RUN_DURATION: &str = "troupe_sandbox_run_duration_seconds";
+    /// CPU time of a sandbox run, by language.
+    pub const SANDBOX_CPU: &str = "troupe_sandbox_cpu_seconds";
+    /// Peak resident memory of a sandbox run, by language.
+    pub const SANDBOX_PEAK_RSS: &str = "troupe_sandbox_peak_rss_bytes";
+    /// What the sandbox contained, by kind.
+    pub const SANDBOX_VIOLATIONS: &str = "troupe_sandbox_violations_total";
+    /// 1 when the sandbox can run code (bubblewrap works), 0 when it refuses.
+    pub const SANDBOX_UP: &str = "troupe_sandbox_up";
+    /// Tool calls by tool and outcome (ok, error).
+    pub const TOOL_CALLS: &str = "troupe_tool_calls_total";
+    /// Tool call duration by tool.
+    pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
+    /// Code attempts of the Code/QA loop by attempt number and outcome (passed, failed).
+    pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 }
 
 /// A metric's kind, as in the Prometheus text format's `# TYPE` line.
@@ -123,6 +141,20 @@ pub struct Entry {
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
     120.0, 300.0,
+];
+
+/// Buckets for memory sizes: 1 MiB to 4 GiB.
+const RSS_BUCKETS: &[f64] = &[
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    33_554_432.0,
+    67_108_864.0,
+    134_217_728.0,
+    268_435_456.0,
+    536_870_912.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
 ];
 
 /// Buckets for a mailbox hop: a microsecond to a second.
@@ -232,6 +264,24 @@ pub struct Metrics {
     pub pattern_outcomes: IntCounterVec,
     /// See [`names::SHORT_TERM_STORE_UP`]; label `backend`.
     pub short_term_store_up: IntGaugeVec,
+    /// See [`names::SANDBOX_RUNS`]; labels `language`, `outcome`.
+    pub sandbox_runs: IntCounterVec,
+    /// See [`names::SANDBOX_RUN_DURATION`]; label `language`.
+    pub sandbox_run_duration: HistogramVec,
+    /// See [`names::SANDBOX_CPU`]; label `language`.
+    pub sandbox_cpu: HistogramVec,
+    /// See [`names::SANDBOX_PEAK_RSS`]; label `language`.
+    pub sandbox_peak_rss: HistogramVec,
+    /// See [`names::SANDBOX_VIOLATIONS`]; label `kind`.
+    pub sandbox_violations: IntCounterVec,
+    /// See [`names::SANDBOX_UP`].
+    pub sandbox_up: IntGauge,
+    /// See [`names::TOOL_CALLS`]; labels `tool`, `outcome`.
+    pub tool_calls: IntCounterVec,
+    /// See [`names::TOOL_CALL_DURATION`]; label `tool`.
+    pub tool_call_duration: HistogramVec,
+    /// See [`names::CODE_ATTEMPTS`]; labels `attempt`, `outcome`.
+    pub code_attempts: IntCounterVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -517,6 +567,54 @@ impl Metrics {
                 names::SHORT_TERM_STORE_UP,
                 "1 while the configured short-term memory store answers (backend redis or local), 0 while Redis is down and memory falls back to the process.",
                 &["backend"],
+            )?,
+            sandbox_runs: r.counter_vec(
+                names::SANDBOX_RUNS,
+                "Sandbox runs by language and outcome (ok, error, timeout, oom, killed, violation, refused).",
+                &["language", "outcome"],
+            )?,
+            sandbox_run_duration: r.histogram_vec(
+                names::SANDBOX_RUN_DURATION,
+                "Wall-clock duration of a sandbox run, start to exit, by language.",
+                &["language"],
+                DURATION_BUCKETS,
+            )?,
+            sandbox_cpu: r.histogram_vec(
+                names::SANDBOX_CPU,
+                "CPU time (user plus system) of a sandbox run, by language.",
+                &["language"],
+                DURATION_BUCKETS,
+            )?,
+            sandbox_peak_rss: r.histogram_vec(
+                names::SANDBOX_PEAK_RSS,
+                "Peak resident memory of a sandbox run, by language.",
+                &["language"],
+                RSS_BUCKETS,
+            )?,
+            sandbox_violations: r.counter_vec(
+                names::SANDBOX_VIOLATIONS,
+                "What the sandbox contained, by kind (network, filesystem, fork_bomb, memory, runaway, output).",
+                &["kind"],
+            )?,
+            sandbox_up: r.gauge(
+                names::SANDBOX_UP,
+                "1 when the sandbox can run code (bubblewrap works), 0 when it refuses every run.",
+            )?,
+            tool_calls: r.counter_vec(
+                names::TOOL_CALLS,
+                "Tool calls by tool and outcome (ok, error).",
+                &["tool", "outcome"],
+            )?,
+            tool_call_duration: r.histogram_vec(
+                names::TOOL_CALL_DURATION,
+                "Tool call duration by tool.",
+                &["tool"],
+                DURATION_BUCKETS,
+            )?,
+            code_attempts: r.counter_vec(
+                names::CODE_ATTEMPTS,
+                "Attempts of the Code/QA loop by attempt number and outcome (passed, failed): the success rate by attempt is the learning curve.",
+                &["attempt", "outcome"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

@@ -1,0 +1,245 @@
+//! The tool registry: what agents can do besides asking the model. Each tool has a name, a description and
+//! a JSON schema for its input; a model asks for a tool with a *tool call* (`{"tool": name, "arguments":
+//! {...}}`) generated under a grammar built from [`Tools::call_schema`], and [`Tools::invoke`] checks the
+//! arguments against the schema and runs it.
+//!
+//! Every call is an `execute_tool {tool}` span (GenAI attributes `gen_ai.tool.name`, `gen_ai.tool.call.id`,
+//! `gen_ai.tool.type`), a `tool.called` event in the task's log, and counted
+//! (`troupe_tool_calls_total{tool,outcome}`, `troupe_tool_call_duration_seconds{tool}`).
+//!
+//! Tools: `run_code` (the sandbox), `search_memory` (semantic memory), `read_file`, `write_file` and
+//! `list_files` (the task's workspace folder, nothing outside it).
+
+pub mod run_code;
+pub mod schema;
+pub mod search_memory;
+pub mod workspace;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::agents::AgentKind;
+use crate::events::{EventKind, EventLog};
+use crate::llm::{excerpt, shorten};
+use crate::memory::Memory;
+use crate::sandbox::Sandbox;
+use crate::task::TaskId;
+use crate::telemetry::metrics::Metrics;
+
+pub use workspace::Workspaces;
+
+/// Longest argument or result text kept in a `tool.called` event, in characters.
+const EVENT_TEXT_CHARS: usize = 2000;
+
+/// What describes a tool to a model and to a user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    /// Its name, as a tool call names it.
+    pub name: &'static str,
+    /// What it does.
+    pub description: &'static str,
+    /// JSON schema of its arguments.
+    pub input_schema: Value,
+}
+
+/// Who calls a tool, for which task.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolContext {
+    /// The task.
+    pub task_id: TaskId,
+    /// The calling agent.
+    pub agent: AgentKind,
+}
+
+/// A request to run a tool, as a model writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The tool's name.
+    pub tool: String,
+    /// Its arguments.
+    pub arguments: Value,
+}
+
+impl ToolCall {
+    /// Reads a tool call from model output.
+    pub fn parse(text: &str) -> Result<ToolCall, ToolError> {
+        serde_json::from_str(text.trim()).map_err(|e| {
+            ToolError::InvalidInput(format!("not a tool call ({e}): {}", excerpt(text)))
+        })
+    }
+}
+
+/// A tool call that did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ToolError {
+    /// No tool has this name.
+    #[error("unknown tool '{0}'")]
+    UnknownTool(String),
+    /// The arguments do not fit the tool's schema, or name something the tool refuses (a path outside
+    /// the workspace).
+    #[error("invalid tool input: {0}")]
+    InvalidInput(String),
+    /// The tool ran and failed (the sandbox refused, a file is missing, memory failed).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ToolError {
+    /// A short stable name, for span attributes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToolError::UnknownTool(_) => "unknown_tool",
+            ToolError::InvalidInput(_) => "invalid_input",
+            ToolError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One tool.
+#[async_trait]
+pub trait Tool: Send + Sync {
+    /// Name, description, input schema.
+    fn spec(&self) -> ToolSpec;
+    /// Runs the tool with arguments already checked against the schema.
+    async fn call(&self, context: ToolContext, arguments: Value) -> Result<Value, ToolError>;
+}
+
+/// The JSON schema of a call to `tool` whose arguments fit `arguments` (a tool's input schema, or a
+/// narrowing of it, such as one file that exists), for a grammar: `{"tool": "<tool>", "arguments": {...}}`.
+pub fn call_schema(tool: &str, arguments: Value) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "tool": { "type": "string", "const": tool },
+            "arguments": arguments,
+        },
+        "required": ["tool", "arguments"],
+        "additionalProperties": false
+    })
+}
+
+/// Every tool, by name; cheap to clone.
+#[derive(Clone)]
+pub struct Tools {
+    tools: Arc<BTreeMap<&'static str, Arc<dyn Tool>>>,
+    events: EventLog,
+    metrics: Metrics,
+    sandbox: Sandbox,
+}
+
+impl Tools {
+    /// The registry with Troupe's tools.
+    pub fn new(
+        sandbox: Sandbox,
+        memory: Memory,
+        workspaces: Workspaces,
+        events: EventLog,
+        metrics: Metrics,
+    ) -> Tools {
+        let list: Vec<Arc<dyn Tool>> = vec![
+            Arc::new(run_code::RunCode::new(
+                sandbox.clone(),
+                workspaces.clone(),
+                events.clone(),
+            )),
+            Arc::new(search_memory::SearchMemory::new(memory)),
+            Arc::new(workspace::ReadFile(workspaces.clone())),
+            Arc::new(workspace::WriteFile(workspaces.clone())),
+            Arc::new(workspace::ListFiles(workspaces)),
+        ];
+        Tools {
+            tools: Arc::new(
+                list.into_iter()
+                    .map(|tool| (tool.spec().name, tool))
+                    .collect(),
+            ),
+            events,
+            metrics,
+            sandbox,
+        }
+    }
+
+    /// The sandbox `run_code` uses.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Every tool's spec, by name.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.tools.values().map(|tool| tool.spec()).collect()
+    }
+
+    /// Runs `call` for `context`: checks it, runs it in an `execute_tool` span, emits `tool.called` and
+    /// counts it. `call_id` identifies the call in the span and the event.
+    pub async fn invoke(
+        &self,
+        context: ToolContext,
+        call_id: &str,
+        call: ToolCall,
+    ) -> Result<Value, ToolError> {
+        let tool = self.tools.get(call.tool.as_str()).cloned();
+        // Bounded label: an unknown name from a model is counted as "unknown".
+        let label = tool.as_ref().map_or("unknown", |tool| tool.spec().name);
+        let span = tracing::info_span!(
+            "execute_tool",
+            otel.name = %format!("execute_tool {label}"),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = label,
+            gen_ai.tool.call.id = call_id,
+            gen_ai.tool.type = "function",
+            gen_ai.agent.name = context.agent.as_str(),
+            gen_ai.conversation.id = %context.task_id,
+            error.type = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let arguments = call.arguments.clone();
+        let result = async {
+            let tool = tool.ok_or_else(|| ToolError::UnknownTool(shorten(&call.tool, 60)))?;
+            if let Some(problem) =
+                schema::problem(&tool.spec().input_schema, &arguments, "arguments")
+            {
+                return Err(ToolError::InvalidInput(problem));
+            }
+            tool.call(context, arguments).await
+        }
+        .instrument(span.clone())
+        .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .tool_calls
+            .with_label_values(&[label, outcome])
+            .inc();
+        self.metrics
+            .tool_call_duration
+            .with_label_values(&[label])
+            .observe(seconds);
+        let mut data = json!({
+            "tool": call.tool,
+            "call_id": call_id,
+            "arguments": shorten(&call.arguments.to_string(), EVENT_TEXT_CHARS),
+            "outcome": outcome,
+            "duration_seconds": seconds,
+        });
+        match &result {
+            Ok(value) => data["result"] = json!(shorten(&value.to_string(), EVENT_TEXT_CHARS)),
+            Err(error) => {
+                span.record("error.type", error.kind());
+                data["error"] = json!(error.to_string());
+            }
+        }
+        self.events.emit(
+            context.task_id,
+            EventKind::ToolCalled,
+            Some(context.agent),
+            data,
+        );
+        result
+    }
+}

@@ -1,0 +1,141 @@
+//! Checks a tool's input against its JSON schema: the subset tool schemas use (`type` object, string,
+//! integer, boolean; `properties`, `required`, `additionalProperties: false`, `enum`, `const`,
+//! `minLength`/`maxLength`, `minimum`/`maximum`). Model output is hostile input: a call whose arguments do
+//! not fit is refused with the first problem found, before the tool runs.
+
+use serde_json::Value;
+
+/// The first way `value` does not fit `schema`, or `None` when it fits. `at` names the place (`arguments`).
+pub fn problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    if let Some(allowed) = schema.get("const") {
+        if value != allowed {
+            return Some(format!("{at} must be {allowed}"));
+        }
+    }
+    if let Some(Value::Array(allowed)) = schema.get("enum") {
+        if !allowed.contains(value) {
+            let names: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            return Some(format!("{at} must be one of {}", names.join(", ")));
+        }
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => object_problem(schema, value, at),
+        Some("string") => {
+            let Some(text) = value.as_str() else {
+                return Some(format!("{at} must be a string"));
+            };
+            let chars = u64::try_from(text.chars().count()).unwrap_or(u64::MAX);
+            if let Some(least) = schema.get("minLength").and_then(Value::as_u64) {
+                if chars < least {
+                    return Some(format!("{at} must have at least {least} characters"));
+                }
+            }
+            if let Some(most) = schema.get("maxLength").and_then(Value::as_u64) {
+                if chars > most {
+                    return Some(format!("{at} must have at most {most} characters"));
+                }
+            }
+            None
+        }
+        Some("integer") => {
+            let Some(number) = value.as_i64() else {
+                return Some(format!("{at} must be an integer"));
+            };
+            if let Some(least) = schema.get("minimum").and_then(Value::as_i64) {
+                if number < least {
+                    return Some(format!("{at} must be at least {least}"));
+                }
+            }
+            if let Some(most) = schema.get("maximum").and_then(Value::as_i64) {
+                if number > most {
+                    return Some(format!("{at} must be at most {most}"));
+                }
+            }
+            None
+        }
+        Some("boolean") if !value.is_boolean() => Some(format!("{at} must be true or false")),
+        _ => None,
+    }
+}
+
+fn object_problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    let Some(object) = value.as_object() else {
+        return Some(format!("{at} must be an object"));
+    };
+    let properties = schema.get("properties").and_then(Value::as_object);
+    if let Some(Value::Array(required)) = schema.get("required") {
+        for name in required.iter().filter_map(Value::as_str) {
+            if !object.contains_key(name) {
+                return Some(format!("{at}.{name} is required"));
+            }
+        }
+    }
+    for (name, item) in object {
+        match properties.and_then(|properties| properties.get(name)) {
+            Some(property) => {
+                if let Some(problem) = problem(property, item, &format!("{at}.{name}")) {
+                    return Some(problem);
+                }
+            }
+            None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                return Some(format!("{at}.{name} is not an argument of this tool"));
+            }
+            None => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "language": { "type": "string", "enum": ["python", "shell"] },
+                "file": { "type": "string", "minLength": 1, "maxLength": 5 },
+                "k": { "type": "integer", "minimum": 1, "maximum": 10 }
+            },
+            "required": ["language"],
+            "additionalProperties": false
+        })
+    }
+
+    #[test]
+    fn a_fitting_value_has_no_problem() {
+        assert_eq!(
+            problem(
+                &schema(),
+                &json!({"language": "python", "k": 3}),
+                "arguments"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn each_rule_names_the_place() {
+        let cases = [
+            (json!({}), "arguments.language is required"),
+            (
+                json!({"language": "rust"}),
+                "arguments.language must be one of",
+            ),
+            (json!({"language": "shell", "file": "toolong"}), "at most 5"),
+            (json!({"language": "shell", "k": 0}), "at least 1"),
+            (json!({"language": "shell", "k": "3"}), "must be an integer"),
+            (
+                json!({"language": "shell", "x": 1}),
+                "arguments.x is not an argument",
+            ),
+            (json!([]), "must be an object"),
+        ];
+        for (value, expected) in cases {
+            let found = problem(&schema(), &value, "arguments").unwrap_or_default();
+            assert!(found.contains(expected), "{value}: {found}");
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The sandbox with real bubblewrap and real interpreters: a table of hostile programs (each asserting its
+//! outcome and that nothing escaped), well-behaved runs with their figures, parallel runs that cannot see
+//! each other, a sandbox that refuses when bubblewrap is missing, and the `troupe sandbox run` CLI.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use troupe::config::{SandboxSettings, Settings};
+use troupe::sandbox::{
+    Language, Outcome, RunReport, RunRequest, Sandbox, SandboxError, ViolationKind,
+};
+use troupe::telemetry::metrics::Metrics;
+
+use crate::helpers::root;
+
+/// The test profile's sandbox with short limits, on its own user-id range (tests run in parallel).
+pub fn settings(uid_offset: u32) -> SandboxSettings {
+    let mut settings = Settings::load_from(&root().join("config"), Some("test"))
+        .unwrap()
+        .sandbox;
+    settings.timeout_seconds = 3.0;
+    settings.cpu_seconds = 2;
+    settings.memory_bytes = 256 << 20;
+    settings.max_processes = 24;
+    settings.output_limit_bytes = 64 * 1024;
+    settings.parallel_runs = 4;
+    settings.uid_base += uid_offset;
+    settings
+}
+
+async fn sandbox(uid_offset: u32) -> (Sandbox, Metrics) {
+    let metrics = Metrics::new().unwrap();
+    let sandbox = Sandbox::start(settings(uid_offset), metrics.clone()).await;
+    sandbox.check_ready().expect("bubblewrap works here");
+    (sandbox, metrics)
+}
+
+async fn python(sandbox: &Sandbox, code: &str) -> RunReport {
+    sandbox
+        .run(RunRequest::snippet(Language::Python, code))
+        .await
+        .unwrap()
+}
+
+fn kinds(report: &RunReport) -> Vec<ViolationKind> {
+    report.violations.iter().map(|v| v.kind).collect()
+}
+
+/// Processes on this machine whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle) && !cmdline.contains("cargo"))
+        .collect()
+}
+
+/// Processes running under any of the sandbox's user ids.
+fn processes_of_uids(first: u32, count: u32) -> usize {
+    (first..first + count)
+        .map(|uid| troupe::sandbox::process::processes_of(uid).len())
+        .sum()
+}
+
+#[actix_rt::test]
+async fn hostile_programs_are_contained_and_named() {
+    let (sandbox, metrics) = sandbox(0).await;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let repo_file = root().join(format!("escape-{marker}"));
+    let etc_file = PathBuf::from(format!("/etc/troupe-escape-{marker}"));
+
+    let table: Vec<(&str, String, Outcome, Option<ViolationKind>)> = vec![
+        (
+            "connect to a TCP address (Troupe's own listener on the host's loopback)",
+            format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n"),
+            Outcome::Violation,
+            Some(ViolationKind::Network),
+        ),
+        (
+            "resolve a host name",
+            "import socket\nprint(socket.getaddrinfo('example.com', 80))\n".into(),
+            Outcome::Violation,
+            Some(ViolationKind::Network),
+        ),
+        (
+            "write to /etc",
+            format!("open('{}', 'w').write('x')\n", etc_file.display()),
+            Outcome::Violation,
+            Some(ViolationKind::Filesystem),
+        ),
+        (
+            "write to the repository",
+            format!("open('{}', 'w').write('x')\n", repo_file.display()),
+            Outcome::Violation,
+            Some(ViolationKind::Filesystem),
+        ),
+        (
+            "write a file that catches its own error",
+            "try:\n    open('/usr/escape', 'w')\nexcept OSError:\n    pass\nprint('fine')\n".into(),
+            Outcome::Violation,
+            Some(ViolationKind::Filesystem),
+        ),
+        (
+            "fork bomb",
+            "import os\nwhile True:\n    os.fork()\n".into(),
+            Outcome::Violation,
+            Some(ViolationKind::ForkBomb),
+        ),
+        (
+            "allocate 4 GiB",
+            "block = bytearray(4 << 30)\nprint(len(block))\n".into(),
+            Outcome::Oom,
+            Some(ViolationKind::Memory),
+        ),
+        (
+            "infinite loop",
+            "while True:\n    pass\n".into(),
+            Outcome::Timeout,
+            Some(ViolationKind::Runaway),
+        ),
+        (
+            "print 100 MB",
+            "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\n".into(),
+            Outcome::Killed,
+            Some(ViolationKind::Output),
+        ),
+        (
+            "sleep past the timeout",
+            "import time\ntime.sleep(30)\n".into(),
+            Outcome::Timeout,
+            Some(ViolationKind::Runaway),
+        ),
+    ];
+    for (what, code, outcome, kind) in table {
+        let report = python(&sandbox, &code).await;
+        assert_eq!(report.outcome, outcome, "{what}: {report:#?}");
+        if let Some(kind) = kind {
+            assert!(kinds(&report).contains(&kind), "{what}: {report:#?}");
+        }
+        assert!(report.wall_seconds < 10.0, "{what}: {report:#?}");
+    }
+
+    // Nothing escaped: no connection reached the listener, no file appeared, no process is left.
+    assert!(listener.accept().is_err(), "a connection reached the host");
+    assert!(!repo_file.exists());
+    assert!(!etc_file.exists());
+    let base = settings(0).uid_base;
+    assert_eq!(processes_of_uids(base, 4), 0, "a run left processes behind");
+
+    // The figures: output capped, the sleeper stopped at the wall-clock limit.
+    let big = python(
+        &sandbox,
+        "import sys\nsys.stdout.write('x' * (100 << 20))\n",
+    )
+    .await;
+    assert!(
+        big.stdout.len() <= 64 * 1024 && big.truncated,
+        "{}",
+        big.stdout.len()
+    );
+    let scrape = metrics.render().unwrap();
+    for kind in [
+        "network",
+        "filesystem",
+        "fork_bomb",
+        "memory",
+        "runaway",
+        "output",
+    ] {
+        assert!(
+            scrape.contains(&format!(
+                "troupe_sandbox_violations_total{{kind=\"{kind}\"}}"
+            )),
+            "{kind} not counted"
+        );
+    }
+    assert!(scrape.contains("troupe_sandbox_runs_total{language=\"python\",outcome=\"violation\"}"));
+}
+
+#[actix_rt::test]
+async fn files_outside_the_workspace_are_not_visible() {
+    let (sandbox, _) = sandbox(8).await;
+    let host_tmp = tempfile::NamedTempFile::new().unwrap();
+    let secrets = [
+        host_tmp.path().display().to_string(),
+        "/etc/shadow".to_owned(),
+        "/etc/passwd".to_owned(),
+        "/root/.bashrc".to_owned(),
+        root().join("Cargo.toml").display().to_string(),
+        "/home".to_owned(),
+    ];
+    let code = format!(
+        "import os\nfound = []\nfor path in {secrets:?}:\n    if os.path.exists(path):\n        found.append(path)\nprint(found)\nprint(sorted(os.listdir('/')))\n"
+    );
+    let report = python(&sandbox, &code).await;
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+    let mut lines = report.stdout.lines();
+    assert_eq!(lines.next(), Some("[]"), "{report:#?}");
+    let top: String = lines.next().unwrap().to_owned();
+    for hidden in ["'root'", "'home'", "'work'", "'var'", "'srv'"] {
+        assert!(!top.contains(hidden), "{hidden} is visible: {top}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_background_child_is_gone_after_the_run() {
+    let (sandbox, _) = sandbox(12).await;
+    let seconds = 900 + (uuid::Uuid::new_v4().as_u128() % 99) as u32;
+    let needle = format!("sleep {seconds}.5");
+    let report = sandbox
+        .run(RunRequest::snippet(
+            Language::Shell,
+            format!("(sleep {seconds}.5 &)\nsleep {seconds}.5 &\necho started\n"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+    assert_eq!(report.stdout, "started\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        processes_with(&needle).is_empty(),
+        "{:?}",
+        processes_with(&needle)
+    );
+}
+
+#[actix_rt::test]
+async fn well_behaved_programs_return_output_and_figures() {
+    let (sandbox, metrics) = sandbox(16).await;
+    let report = python(
+        &sandbox,
+        "import sys\nprint(sum(range(10)))\nprint('warn', file=sys.stderr)\n",
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+    assert_eq!(report.exit_code, Some(0));
+    assert_eq!(report.stdout, "45\n");
+    assert_eq!(report.stderr, "warn\n");
+    assert!(report.violations.is_empty());
+    assert!(report.wall_seconds > 0.0 && report.wall_seconds < 3.0);
+    assert!(report.cpu_seconds > 0.0, "{report:#?}");
+    assert!(report.peak_rss_bytes > 1 << 20, "{report:#?}");
+
+    let failing = sandbox
+        .run(RunRequest::snippet(
+            Language::Shell,
+            "echo out; echo err >&2; exit 3",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(failing.outcome, Outcome::Error);
+    assert_eq!(failing.exit_code, Some(3));
+    assert_eq!(
+        (failing.stdout.as_str(), failing.stderr.as_str()),
+        ("out\n", "err\n")
+    );
+
+    let assertion = python(
+        &sandbox,
+        "def add(a, b):\n    return a - b\n\nassert add(2, 3) == 5\n",
+    )
+    .await;
+    assert_eq!(assertion.outcome, Outcome::Error);
+    assert!(
+        assertion.failure_output(200).contains("AssertionError"),
+        "{assertion:#?}"
+    );
+    assert!(metrics
+        .render()
+        .unwrap()
+        .contains("troupe_sandbox_runs_total{language=\"shell\",outcome=\"error\"} 1"));
+}
+
+#[actix_rt::test]
+async fn parallel_runs_do_not_see_each_others_files() {
+    let (sandbox, _) = sandbox(20).await;
+    let runs = (0..4).map(|n| {
+        let sandbox = sandbox.clone();
+        async move {
+            let code = format!(
+                "import os, time\nopen('mine-{n}.txt', 'w').write('{n}')\nopen('/tmp/tmp-{n}', 'w').write('{n}')\ntime.sleep(0.3)\nprint(sorted(os.listdir('.')), sorted(os.listdir('/tmp')))\n"
+            );
+            (n, python(&sandbox, &code).await)
+        }
+    });
+    let reports = futures_util::future::join_all(runs).await;
+    let mut seen = HashSet::new();
+    for (n, report) in reports {
+        assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+        assert_eq!(
+            report.stdout.trim(),
+            format!("['main.py', 'mine-{n}.txt'] ['tmp-{n}']"),
+            "{report:#?}"
+        );
+        seen.insert(report.stdout);
+    }
+    assert_eq!(seen.len(), 4);
+}
+
+#[actix_rt::test]
+async fn a_missing_bubblewrap_refuses_every_run() {
+    let mut settings = settings(24);
+    settings.bwrap = "/nonexistent/bwrap".into();
+    let metrics = Metrics::new().unwrap();
+    let sandbox = Sandbox::start(settings, metrics.clone()).await;
+    let error = sandbox.check_ready().unwrap_err();
+    assert!(matches!(error, SandboxError::Unavailable(_)), "{error}");
+    assert!(error.to_string().contains("bubblewrap"), "{error}");
+    let refused = sandbox
+        .run(RunRequest::snippet(Language::Python, "print(1)"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, SandboxError::Unavailable(_)));
+    assert!(metrics.render().unwrap().contains("troupe_sandbox_up 0"));
+}
+
+#[actix_rt::test]
+async fn bad_requests_are_refused_before_anything_runs() {
+    let (sandbox, _) = sandbox(28).await;
+    let mut request = RunRequest::snippet(Language::Python, "print(1)");
+    request.files[0].name = "../escape.py".into();
+    request.entry = "../escape.py".into();
+    assert!(matches!(
+        sandbox.run(request).await,
+        Err(SandboxError::Request(_))
+    ));
+    let mut request = RunRequest::snippet(Language::Python, "print(1)");
+    request.entry = "other.py".into();
+    assert!(matches!(
+        sandbox.run(request).await,
+        Err(SandboxError::Request(_))
+    ));
+}
+
+#[test]
+fn the_cli_runs_a_snippet_and_prints_the_run_as_json() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+            .args(args)
+            .current_dir(root())
+            .env("TROUPE_PROFILE", "test")
+            .env(
+                "TROUPE__SANDBOX__UID_BASE",
+                (settings(32).uid_base).to_string(),
+            )
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["sandbox", "run", "--lang", "python", "-e", "print(6 * 7)"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(report["outcome"], "ok");
+    assert_eq!(report["stdout"], "42\n");
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(report["wall_seconds"].as_f64().unwrap() > 0.0);
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "exit 4\n").unwrap();
+    let failed = run(&[
+        "sandbox",
+        "run",
+        "--lang",
+        "shell",
+        file.path().to_str().unwrap(),
+    ]);
+    assert_eq!(failed.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(report["outcome"], "error");
+    assert_eq!(report["exit_code"], 4);
+
+    let bad = run(&["sandbox", "run", "--lang", "rust", "-e", "fn main() {}"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not supported"));
+}

@@ -1,0 +1,284 @@
+//! The Code/QA self-correction loop over the API, with the model's answers scripted through the replay
+//! provider: a recording is stored for a source task (plan, assignment, each attempt's code and test, QA's
+//! tool calls, the verdict), and a task replaying it runs for real: the files are written, the tests run in
+//! the real sandbox, and the failures go back to Code.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use troupe::agents::AgentKind;
+use troupe::events::{EventKind, EventLog, Hub};
+use troupe::storage::writer::{LlmCallRecord, TaskEnd, WriteOp, Writer};
+use troupe::storage::Storage;
+use troupe::task::{TaskId, TaskStatus};
+use troupe::telemetry::metrics::Metrics;
+
+use crate::helpers::{metric_value, spawn_app_with, TestApp};
+use crate::postgres::store_queued_task;
+
+/// Stores a finished source task whose recorded model outputs are `outputs` (purpose, text, choice) in the
+/// SQLite database at `url`; returns its id.
+async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) -> TaskId {
+    let mut settings = crate::helpers::test_settings(&tempfile::tempdir().unwrap());
+    settings.database.url = url.to_owned();
+    let storage = Storage::connect(&settings.database).await.unwrap();
+    storage.migrate().await.unwrap();
+    let hub = Hub::new();
+    let writer = Writer::spawn(storage, hub, Metrics::new().unwrap());
+    let id = store_queued_task(&writer).await;
+    for (purpose, text, choice) in outputs {
+        writer.send(WriteOp::LlmCall(LlmCallRecord {
+            task_id: id,
+            purpose: (*purpose).to_owned(),
+            agent: AgentKind::Director,
+            provider: "script".into(),
+            model: "script".into(),
+            prompt: "[]".into(),
+            output: text.clone(),
+            choice: choice.clone(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            duration_seconds: 0.0,
+        }));
+    }
+    // The end commits after the calls (the writer keeps order), so the recording is complete on return.
+    writer
+        .finish_task(TaskEnd {
+            task_id: id,
+            status: TaskStatus::Completed,
+            result: Some(json!({})),
+            error: None,
+            event: EventLog::pending(id, EventKind::TaskCompleted, None, json!({})),
+            memories: Vec::new(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn code(code: &str) -> String {
+    json!({ "code": code, "test": "assert add(2, 3) == 5" }).to_string()
+}
+
+fn run_test_call() -> String {
+    json!({ "tool": "run_code", "arguments": { "language": "python", "file": "step1_test.py" } })
+        .to_string()
+}
+
+/// The plan (one step), its assignment to Code, and the final verdict.
+fn frame() -> Vec<(&'static str, String, Option<Value>)> {
+    vec![
+        (
+            "plan",
+            json!({ "steps": ["Write add(a, b)"] }).to_string(),
+            None,
+        ),
+        (
+            "assign.1",
+            r#"{"agent": "code", "reason": "it is code"}"#.into(),
+            Some(json!({
+                "options": [
+                    { "name": "research", "probability": 0.1 },
+                    { "name": "code", "probability": 0.8 },
+                    { "name": "qa", "probability": 0.1 }
+                ],
+                "chosen": "code",
+                "reasoning": "it is code"
+            })),
+        ),
+        (
+            "verify",
+            json!({ "verdict": "pass", "feedback": "tested" }).to_string(),
+            None,
+        ),
+    ]
+}
+
+async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, String) {
+    let url = format!("sqlite://{}/scripted.sqlite?mode=rwc", dir.path().display());
+    let app_url = url.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.sandbox.enabled = true;
+        settings.database.url = app_url;
+        settings.director.code_attempts = attempts;
+        settings.memory.enabled = false;
+    })
+    .await;
+    (app, url)
+}
+
+fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+#[actix_rt::test]
+async fn a_failing_attempt_is_fixed_from_the_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on(&dir, 3).await;
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a - b"), None),
+        ("test.1", run_test_call(), None),
+        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
+        ("test.1.r2", run_test_call(), None),
+    ]);
+    let source = seed_recording(&url, &outputs).await;
+
+    let id = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    let events = app.follow(&id, 0, Duration::from_secs(60)).await;
+    assert_eq!(
+        events.last().unwrap()["kind"],
+        "task.completed",
+        "{events:#?}"
+    );
+
+    let attempts = events_of(&events, "code.attempt");
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0]["data"]["attempt"], 1);
+    assert_eq!(attempts[0]["data"]["passed"], false);
+    assert_eq!(attempts[0]["data"]["run_outcome"], "error");
+    let failure = attempts[0]["data"]["failure"].as_str().unwrap();
+    assert!(failure.contains("AssertionError"), "{failure}");
+    assert_eq!(attempts[1]["data"]["attempt"], 2);
+    assert_eq!(attempts[1]["data"]["passed"], true);
+    assert!(attempts[1]["data"]["wall_seconds"].as_f64().unwrap() > 0.0);
+
+    // Code's files and QA's runs are tool calls.
+    let tools: Vec<(&str, &str)> = events_of(&events, "tool.called")
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["tool"].as_str().unwrap(),
+                e["data"]["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tools,
+        vec![
+            ("write_file", "ok"),
+            ("write_file", "ok"),
+            ("run_code", "ok"),
+            ("write_file", "ok"),
+            ("write_file", "ok"),
+            ("run_code", "ok"),
+        ]
+    );
+
+    let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "completed");
+    assert_eq!(
+        task["result"]["tests"].as_array().unwrap().len(),
+        2,
+        "{task}"
+    );
+    assert!(task["result"]["answer"]
+        .as_str()
+        .unwrap()
+        .contains("return a + b"));
+    let code_step = &task["steps"][0];
+    assert_eq!(code_step["agent"], "code");
+    assert_eq!(code_step["attempts"], 2, "{task}");
+
+    let scrape = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_code_attempts_total{attempt=\"1\",outcome=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_code_attempts_total{attempt=\"2\",outcome=\"passed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_tool_calls_total{outcome=\"ok\",tool=\"run_code\"}"
+        ),
+        2.0
+    );
+}
+
+#[actix_rt::test]
+async fn code_that_never_passes_fails_the_task_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on(&dir, 2).await;
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a - b"), None),
+        ("test.1", run_test_call(), None),
+        (
+            "work.1.r2",
+            code("import socket\nsocket.getaddrinfo('example.com', 80)\ndef add(a, b):\n    return a * b"),
+            None,
+        ),
+        ("test.1.r2", run_test_call(), None),
+    ]);
+    let source = seed_recording(&url, &outputs).await;
+
+    let id = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    let events = app.follow(&id, 0, Duration::from_secs(60)).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["kind"], "task.failed", "{events:#?}");
+    let error = last["data"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("failed its test after 2 attempts"),
+        "{error}"
+    );
+    assert!(error.contains("violation"), "{error}");
+
+    let attempts = events_of(&events, "code.attempt");
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts.iter().all(|a| a["data"]["passed"] == false));
+    assert_eq!(attempts[1]["data"]["run_outcome"], "violation");
+    // The second attempt tried the network: contained, evented and counted.
+    let violations = events_of(&events, "sandbox.violation");
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(violations[0]["data"]["kind"], "network");
+    assert!(events_of(&events, "qa.verdict").is_empty());
+
+    let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "failed");
+    assert_eq!(task["steps"][0]["status"], "failed", "{task}");
+    let scrape = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_code_attempts_total{attempt=\"2\",outcome=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&scrape, "troupe_sandbox_violations_total{kind=\"network\"}"),
+        1.0
+    );
+}
+
+#[actix_rt::test]
+async fn readyz_reports_a_sandbox_that_cannot_run_code() {
+    let app = spawn_app_with(|settings| {
+        settings.sandbox.enabled = true;
+        settings.sandbox.bwrap = "/nonexistent/bwrap".into();
+    })
+    .await;
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    let check = ready["checks"]["sandbox"].as_str().unwrap();
+    assert!(check.contains("bubblewrap"), "{check}");
+    let scrape = app.metrics().await;
+    assert_eq!(metric_value(&scrape, "troupe_sandbox_up"), 0.0);
+
+    let disabled = spawn_app_with(|settings| settings.sandbox.enabled = false).await;
+    let (status, ready) = disabled.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["sandbox"], "disabled");
+}
