@@ -49,9 +49,10 @@ FROM debian:bookworm-slim AS runtime
 # ca-certificates: TLS to PostgreSQL, OpenAI-compatible servers and OTLP endpoints.
 # libgomp1: llama.cpp is built with OpenMP (llama-cpp-2 feature `openmp`) and links libgomp dynamically.
 # curl: only for the HEALTHCHECK below.
+# bubblewrap, python3: the code sandbox's jail and the interpreter generated code runs with (see the note below).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates libgomp1 curl \
+        ca-certificates libgomp1 curl bubblewrap python3 \
     && rm -rf /var/lib/apt/lists/*
 
 # Run as an unprivileged system user. /app (config, mounted models) stays owned by root and read-only for
@@ -65,7 +66,9 @@ RUN groupadd --system troupe \
 
 # Note on the code sandbox: it uses bubblewrap, which needs unprivileged user namespaces. Docker's default
 # seccomp profile denies them, so inside a default container the sandbox refuses to run generated code (with a
-# clear error) rather than running it unconfined. Tasks that do not execute code are unaffected.
+# clear error) rather than running it unconfined, and /readyz says so. Tasks that do not execute code are
+# unaffected. To run generated code in a container, allow user namespaces (e.g. a seccomp profile that permits
+# clone/unshare with CLONE_NEWUSER) or set TROUPE__SANDBOX__ENABLED=false to turn the loop off knowingly.
 
 COPY --from=builder /out/troupe /usr/local/bin/troupe
 COPY config/ /app/config/

@@ -4,7 +4,10 @@
 //!   session, capabilities dropped, root remounted read-only).
 //! - [`process`]: what happens between fork and exec (session and process group, death with Troupe, no new
 //!   privileges, rlimits for CPU, address space, processes, file size and open files, and, as root, a user
-//!   id per run slot so `RLIMIT_NPROC` binds), waiting with a timeout, `wait4` for CPU and peak RSS.
+//!   id per run slot so `RLIMIT_NPROC` binds), waiting with a timeout, `wait4` for CPU time.
+//! - `shim.c` (compiled by `build.rs`, embedded, run from a memory file): the jail's command. It runs the
+//!   program, waits for it with `wait4` and reports the program's own peak RSS over a socket (bubblewrap's
+//!   processes cannot: the outer one carries Troupe's high-water mark and never reaps the jail's init).
 //! - [`classify`]: the outcome (`ok`, `error`, `timeout`, `oom`, `killed`, `violation`) and the violations.
 //!
 //! A run is watched while it runs: past its wall-clock limit or its output cap, or at its process limit, the
@@ -17,8 +20,9 @@ pub mod classify;
 pub mod jail;
 pub mod process;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +39,9 @@ use crate::telemetry::metrics::Metrics;
 
 /// The Python audit hook, loaded as `sitecustomize` in every Python run.
 const AUDIT_HOOK: &str = include_str!("sandbox/audit_hook.py");
+/// The jail's command, which runs the program and reports its peak memory (`src/sandbox/shim.c`, built by
+/// `build.rs`).
+const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/troupe-shim"));
 /// How often a running jail's process count is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest file name in a run's workspace.
@@ -135,9 +142,9 @@ pub struct RunReport {
     pub wall_seconds: f64,
     /// User plus system CPU seconds.
     pub cpu_seconds: f64,
-    /// Peak resident set, in bytes, from `wait4`: an upper bound. Linux carries the high-water mark of the
-    /// process that forked the jail into the jail's first process, so this is at least Troupe's own
-    /// resident size at the fork (a known defect: a small spawner process would fix it).
+    /// Peak resident set of the program, in bytes (of its largest process among itself and the children it
+    /// waited for), measured by the shim in the jail; 0 when there is no report (the run was killed by the
+    /// sandbox, or killed the shim).
     pub peak_rss_bytes: u64,
     /// Standard output (at most `output_limit_bytes`; lossy UTF-8).
     pub stdout: String,
@@ -202,6 +209,8 @@ struct Inner {
     /// Why no code may run, if so (set at start-up, by configuration or by the probe).
     refusal: OnceLock<SandboxError>,
     bwrap: PathBuf,
+    /// The shim, as a read-only memory file (`None` only when the sandbox refuses anyway).
+    shim: Option<std::fs::File>,
     system: Vec<jail::SystemDir>,
     permits: Semaphore,
     /// Free user ids (as root), one per slot.
@@ -223,6 +232,7 @@ impl Sandbox {
             Vec::new()
         };
         let bwrap = find_program(&settings.bwrap);
+        let shim = process::executable_memory_file("troupe-shim", SHIM);
         let refusal = if !settings.enabled {
             Some(SandboxError::Disabled)
         } else if bwrap.is_none() {
@@ -231,6 +241,10 @@ impl Sandbox {
                  (scripts/setup.sh does)",
                 settings.bwrap
             )))
+        } else if let Err(error) = &shim {
+            Some(SandboxError::Unavailable(format!(
+                "the sandbox's shim cannot be put in a memory file: {error}"
+            )))
         } else {
             None
         };
@@ -238,6 +252,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 permits: Semaphore::new(settings.parallel_runs),
                 bwrap: bwrap.unwrap_or_default(),
+                shim: shim.ok(),
                 system: jail::system_dirs(),
                 free_uids: Mutex::new(uids),
                 refusal: refusal.map(OnceLock::from).unwrap_or_default(),
@@ -526,27 +541,41 @@ fn run_blocking(
         .iter()
         .map(|(file, name)| (file.as_raw_fd(), name.clone()))
         .collect();
+    let shim = inner
+        .shim
+        .as_ref()
+        .ok_or_else(|| SandboxError::Io("the sandbox's shim is missing".into()))?;
+    // The shim's report comes over a socket pair (both ends close on exec; the jail's end is handed on).
+    let (report, report_end) = UnixStream::pair().map_err(|e| io("report socket", e))?;
     let mut inherited: Vec<i32> = file_fds.iter().map(|(fd, _)| *fd).collect();
     inherited.extend(hook.as_ref().map(AsRawFd::as_raw_fd));
+    inherited.extend([shim.as_raw_fd(), report_end.as_raw_fd()]);
+    // The jail's command is the shim (its memory file, open in bubblewrap and so in the jail), which runs the
+    // program and reports its peak memory.
+    let mut command_in_jail: Vec<std::ffi::OsString> = vec![
+        format!("/proc/self/fd/{}", shim.as_raw_fd()).into(),
+        report_end.as_raw_fd().to_string().into(),
+    ];
+    command_in_jail.extend(jail::command(
+        request.language,
+        &settings.python,
+        &settings.shell,
+        &request.entry,
+    ));
     let args = jail::arguments(&jail::JailSpec {
         system: &inner.system,
         workspace_bytes: settings.workspace_bytes,
         files: &file_fds,
         hook: hook.as_ref().map(AsRawFd::as_raw_fd),
-        command: jail::command(
-            request.language,
-            &settings.python,
-            &settings.shell,
-            &request.entry,
-        ),
+        command: command_in_jail,
     });
-    // As root, the run has its own user id, so RLIMIT_NPROC counts only its processes. Otherwise the limit
-    // counts every process of Troupe's user: leave room for the ones it already has.
+    // As root, the run has its own user id, so RLIMIT_NPROC counts only its processes (and the shim).
+    // Otherwise the limit counts every process of Troupe's user: leave room for the ones it already has.
     let max_processes = if uid.is_some() {
-        settings.max_processes
+        settings.max_processes + 1
     } else {
         let own = process::processes_of(process::real_uid()).len();
-        settings.max_processes + u64::try_from(own).unwrap_or(0)
+        settings.max_processes + 1 + u64::try_from(own).unwrap_or(0)
     };
     let mut command = Command::new(&inner.bwrap);
     command
@@ -571,6 +600,7 @@ fn run_blocking(
     let mut child = command.spawn().map_err(|e| io("start bubblewrap", e))?;
     drop(files);
     drop(hook);
+    drop(report_end);
     let pid = child.id();
     let exceeded = Arc::new(AtomicBool::new(false));
     let limit = settings.output_limit_bytes;
@@ -589,11 +619,18 @@ fn run_blocking(
         pipe.map(|pipe| std::thread::spawn(move || read_capped(pipe, limit, &exceeded, pid)))
     });
     let deadline = started + Duration::from_secs_f64(settings.timeout_seconds);
-    let watched = watch(pid, deadline, uid, settings.max_processes);
+    // The watcher counts the run's user id's processes, the shim among them.
+    let watched = watch(pid, deadline, uid, settings.max_processes + 1);
     let reaped = process::reap(pid, false)
         .map_err(|e| io("wait for the jail", e))?
         .ok_or_else(|| SandboxError::Io("the jail was not reaped".into()))?;
     let wall_seconds = started.elapsed().as_secs_f64();
+    // The shim wrote its report before it exited, so before the jail did; nothing written by now means
+    // there is none (read without waiting: a process of the jail might still hold the other end).
+    let peak_rss_kb = report
+        .set_nonblocking(true)
+        .ok()
+        .and_then(|()| read_report(&mut BufReader::new(report), "maxrss"));
     if let Some(uid) = uid {
         sweep(uid);
     }
@@ -605,16 +642,21 @@ fn run_blocking(
     let truncated = stdout.1 || stderr.1;
     let stdout = String::from_utf8_lossy(&stdout.0).into_owned();
     let stderr = String::from_utf8_lossy(&stderr.0).into_owned();
-    // bubblewrap reports its own set-up failures as "bwrap: ..." and exits 1 before the program starts.
-    if reaped.code == Some(1) && stderr.starts_with("bwrap: ") {
+    // bubblewrap reports its own set-up failures as "bwrap: ..." and exits 1 before the program starts;
+    // the shim's as "troupe-shim: ..." with 125 or 127.
+    let jail_failed = (reaped.code == Some(1) && stderr.starts_with("bwrap: "))
+        || (matches!(reaped.code, Some(125 | 127)) && stderr.starts_with("troupe-shim: "));
+    if jail_failed {
         return Err(SandboxError::Jail(stderr.trim().to_owned()));
     }
+    // No report: the run was killed (timeout, output, process limit) or killed the shim itself.
+    let peak_rss_bytes = peak_rss_kb.map_or(0, |kb| u64::try_from(kb).unwrap_or(0) * 1024);
     let (stderr, reported) = classify::split_markers(&stderr);
     let ending = classify::Ending {
         code: reaped.code,
         signal: reaped.signal,
         cpu_seconds: reaped.cpu_seconds,
-        peak_rss_bytes: reaped.peak_rss_bytes,
+        peak_rss_bytes,
         timed_out: watched == Watched::TimedOut,
         output_exceeded: exceeded.load(Ordering::SeqCst),
         process_limit_reached: watched == Watched::ProcessLimit,
@@ -647,6 +689,14 @@ enum Watched {
     Exited,
     TimedOut,
     ProcessLimit,
+}
+
+/// Reads the shim's next report line, `<key> <number>`; `None` if the shim ended without it.
+fn read_report(report: &mut impl BufRead, key: &str) -> Option<i64> {
+    let mut line = String::new();
+    report.read_line(&mut line).ok()?;
+    let (name, value) = line.trim_end().split_once(' ')?;
+    (name == key).then(|| value.parse().ok()).flatten()
 }
 
 /// Waits for the jail (pid `pid`, also its process group) to exit, killing its group at the deadline or,

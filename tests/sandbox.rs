@@ -247,7 +247,10 @@ async fn well_behaved_programs_return_output_and_figures() {
     assert!(report.violations.is_empty());
     assert!(report.wall_seconds > 0.0 && report.wall_seconds < 3.0);
     assert!(report.cpu_seconds > 0.0, "{report:#?}");
-    assert!(report.peak_rss_bytes > 1 << 20, "{report:#?}");
+    assert!(
+        (1 << 20..64 << 20).contains(&report.peak_rss_bytes),
+        "{report:#?}"
+    );
 
     let failing = sandbox
         .run(RunRequest::snippet(
@@ -277,6 +280,45 @@ async fn well_behaved_programs_return_output_and_figures() {
         .render()
         .unwrap()
         .contains("troupe_sandbox_runs_total{language=\"shell\",outcome=\"error\"} 1"));
+}
+
+/// The peak RSS is the run's own, not Troupe's: Linux carries a process's high-water mark across fork and
+/// exec, so a jail forked straight from a large process would report that process's size.
+#[actix_rt::test]
+async fn peak_memory_is_the_runs_own_not_troupes() {
+    // This process holds 384 MiB it has written to while the runs start.
+    let ballast = vec![7u8; 384 << 20];
+    let (sandbox, _) = sandbox(40).await;
+    let trivial = sandbox
+        .run(RunRequest::snippet(Language::Shell, "exit 0"))
+        .await
+        .unwrap();
+    assert_eq!(trivial.outcome, Outcome::Ok, "{trivial:#?}");
+    assert!(
+        trivial.peak_rss_bytes > 0 && trivial.peak_rss_bytes < 16 << 20,
+        "a shell that exits at once: {} bytes",
+        trivial.peak_rss_bytes
+    );
+    let allocating = python(&sandbox, "data = b'x' * (128 << 20)\nprint(len(data))\n").await;
+    assert_eq!(allocating.outcome, Outcome::Ok, "{allocating:#?}");
+    assert!(
+        (128 << 20..200 << 20).contains(&allocating.peak_rss_bytes),
+        "a program that writes 128 MiB: {} bytes",
+        allocating.peak_rss_bytes
+    );
+    // Memory exhausted without a word about it: named from the peak against the limit.
+    let silent = python(
+        &sandbox,
+        "import os\nchunks = []\ntry:\n    while True:\n        chunks.append(b'x' * (1 << 20))\n\
+         except MemoryError:\n    os._exit(1)\n",
+    )
+    .await;
+    assert_eq!(silent.outcome, Outcome::Oom, "{silent:#?}");
+    assert_eq!(kinds(&silent), [ViolationKind::Memory]);
+    assert!(std::hint::black_box(&ballast)
+        .iter()
+        .step_by(4096)
+        .all(|b| *b == 7));
 }
 
 #[actix_rt::test]

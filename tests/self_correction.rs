@@ -1,16 +1,23 @@
 //! The Code/QA self-correction loop over the API, with the model's answers scripted through the replay
 //! provider: a recording is stored for a source task (plan, assignment, each attempt's code and test, QA's
 //! tool calls, the verdict), and a task replaying it runs for real: the files are written, the tests run in
-//! the real sandbox, and the failures go back to Code.
+//! the real sandbox, and the failures go back to Code. Last, learning across two tasks on one core whose
+//! default model is such a script.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use troupe::agents::AgentKind;
+use troupe::app::Core;
 use troupe::events::{EventKind, EventLog, Hub};
+use troupe::llm::replay::ReplayProvider;
+use troupe::llm::{LlmOutput, Usage};
+use troupe::memory::{MemoryKind, MemoryParts};
+use troupe::sandbox::Sandbox;
 use troupe::storage::writer::{LlmCallRecord, TaskEnd, WriteOp, Writer};
 use troupe::storage::Storage;
-use troupe::task::{TaskId, TaskStatus};
+use troupe::task::{TaskId, TaskOptions, TaskStatus};
 use troupe::telemetry::metrics::Metrics;
 
 use crate::helpers::{metric_value, spawn_app_with, TestApp};
@@ -281,4 +288,107 @@ async fn readyz_reports_a_sandbox_that_cannot_run_code() {
     let (status, ready) = disabled.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["checks"]["sandbox"], "disabled");
+}
+
+/// Learning across tasks: a task whose second attempt fixes its first learns the fix; a later task whose
+/// first attempt fails the same way is offered it with its feedback, and the offer is scored by how that
+/// attempt ends. Both tasks run on one core whose default model answers from a script (the replay provider;
+/// tasks not started with `replay_of` learn), with real memory (SQLite, the embedding model) and the real
+/// sandbox.
+#[actix_rt::test]
+async fn a_fix_learned_in_one_task_is_offered_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::test_settings(&dir);
+    settings.sandbox.enabled = true;
+    settings.director.code_attempts = 3;
+    settings.memory.enabled = true;
+    let metrics = Metrics::new().unwrap();
+    let storage = Storage::connect(&settings.database).await.unwrap();
+    storage.migrate().await.unwrap();
+    let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics)
+        .await
+        .unwrap();
+    let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a - b"), None),
+        ("test.1", run_test_call(), None),
+        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
+        ("test.1.r2", run_test_call(), None),
+    ]);
+    let recorded = outputs
+        .into_iter()
+        .map(|(purpose, text, choice)| {
+            let output = LlmOutput {
+                text,
+                choice: choice.map(|choice| serde_json::from_value(choice).unwrap()),
+                usage: Usage::default(),
+                generation_seconds: 0.0,
+            };
+            (purpose.to_owned(), output)
+        })
+        .collect();
+    let script = ReplayProvider::new(TaskId::new(), "script".into(), recorded);
+    let core = Core::assemble(
+        settings,
+        storage,
+        metrics,
+        Arc::new(script),
+        memory,
+        sandbox,
+    );
+
+    let finish = |id: TaskId| {
+        let storage = core.storage.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let task = storage.task(id).await.unwrap().unwrap();
+                if task.status.is_terminal() {
+                    assert_eq!(task.status, TaskStatus::Completed, "{task:?}");
+                    return storage.events_after(id, 0).await.unwrap();
+                }
+                assert!(Instant::now() < deadline, "task {id} did not finish");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let offered = |events: &[troupe::events::Event]| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::CodeAttempt)
+            .map(|e| e.data["known_fixes_offered"].as_u64().unwrap())
+            .collect()
+    };
+
+    let first = core
+        .submit("Write add(a, b)", TaskOptions::default())
+        .await
+        .unwrap();
+    let first_events = finish(first).await;
+    // Nothing learned yet: the second attempt came from the failure alone.
+    assert_eq!(offered(&first_events), [0, 0]);
+    let learned = core.storage.task_memories(first).await.unwrap();
+    let pattern = learned
+        .iter()
+        .find(|m| m.kind == MemoryKind::Pattern)
+        .unwrap_or_else(|| panic!("no pattern learned: {learned:#?}"));
+    let fix = pattern.detail.as_ref().unwrap()["fix"].as_str().unwrap();
+    assert!(fix.contains("return a + b"), "{pattern:#?}");
+    assert!(pattern.content.contains("AssertionError"), "{pattern:#?}");
+
+    let second = core
+        .submit("Write add(a, b) once more", TaskOptions::default())
+        .await
+        .unwrap();
+    let second_events = finish(second).await;
+    assert_eq!(offered(&second_events), [0, 1], "{second_events:#?}");
+    // The offer was counted, and scored as a success: the attempt it went with passed.
+    let scored = core.storage.memory(&pattern.id).await.unwrap().unwrap();
+    assert_eq!((scored.uses, scored.successes), (1, 1), "{scored:#?}");
+    let scrape = core.metrics.render().unwrap();
+    assert!(
+        scrape.contains("troupe_code_attempts_total{attempt=\"2\",outcome=\"passed\"} 2"),
+        "{scrape}"
+    );
 }

@@ -103,6 +103,17 @@ struct PlannedStep {
     output: Option<String>,
 }
 
+/// One attempt of the Code/QA loop at a step, as recorded.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    idx: i32,
+    revision: u32,
+    attempts: u32,
+    passed: bool,
+    /// Learned fixes offered to Code with this attempt's feedback.
+    fixes_offered: usize,
+}
+
 /// One task's flow.
 pub struct TaskFlow {
     task_id: TaskId,
@@ -564,10 +575,18 @@ impl TaskFlow {
                     excerpt(&output.text)
                 ),
             };
+            let fixes_offered = offered.len();
             for id in offered.drain(..) {
                 memory.pattern_outcome(&id, passed);
             }
-            self.record_attempt(idx, revision, attempts, passed, &failure, test.as_ref());
+            let attempt = Attempt {
+                idx,
+                revision,
+                attempts,
+                passed,
+                fixes_offered,
+            };
+            self.record_attempt(&attempt, &failure, test.as_ref());
             if passed {
                 if let (Some(failed), Some(submission), true) = (&last_failure, &output.code, learn)
                 {
@@ -624,15 +643,14 @@ impl TaskFlow {
     }
 
     /// Announces and counts one attempt of the Code/QA loop, and keeps it for the result.
-    fn record_attempt(
-        &mut self,
-        idx: i32,
-        revision: u32,
-        attempts: u32,
-        passed: bool,
-        failure: &str,
-        test: Option<&TestResult>,
-    ) {
+    fn record_attempt(&mut self, attempt: &Attempt, failure: &str, test: Option<&TestResult>) {
+        let Attempt {
+            idx,
+            revision,
+            attempts,
+            passed,
+            fixes_offered,
+        } = *attempt;
         let outcome = if passed { "passed" } else { "failed" };
         self.deps
             .agent
@@ -648,6 +666,7 @@ impl TaskFlow {
             "passed": passed,
             "run_outcome": report.map_or("no_code", |report| report.outcome.as_str()),
             "failure": (!passed).then_some(failure),
+            "known_fixes_offered": fixes_offered,
             "wall_seconds": report.map(|report| report.wall_seconds),
             "cpu_seconds": report.map(|report| report.cpu_seconds),
             "peak_rss_bytes": report.map(|report| report.peak_rss_bytes),

@@ -142,6 +142,10 @@ pub struct Ending {
     pub memory_limit_bytes: u64,
 }
 
+/// A failed run whose peak resident set reached this share (in percent) of its address-space limit ran out
+/// of memory.
+const MEMORY_NEAR_LIMIT_PERCENT: u64 = 80;
+
 /// The signal a run ended by, as the program saw it: the jail's own (it was killed) or the program's
 /// (bubblewrap exits with 128 + signal).
 pub fn program_signal(ending: &Ending) -> Option<i32> {
@@ -195,10 +199,24 @@ pub fn classify(ending: &Ending) -> (Outcome, Vec<Violation>) {
         add(ViolationKind::ForkBomb, line);
     }
     let signal = program_signal(ending);
-    // Only what the program said: the peak RSS from wait4 carries the forking process's own high-water
-    // mark (see RunReport::peak_rss_bytes), so it cannot tell a memory bomb from a big parent.
     if let Some(line) = line_with(&["MemoryError", "Cannot allocate memory", "out of memory"]) {
         add(ViolationKind::Memory, line);
+    } else if ending.code != Some(0)
+        && ending.peak_rss_bytes.saturating_mul(100)
+            >= ending
+                .memory_limit_bytes
+                .saturating_mul(MEMORY_NEAR_LIMIT_PERCENT)
+    {
+        // A failed run whose resident set came close to its address-space limit ran out of memory even
+        // when it said nothing about it (the shim in the jail measures the program's own peak).
+        add(
+            ViolationKind::Memory,
+            format!(
+                "the run's peak memory reached {} MiB of its {} MiB limit",
+                ending.peak_rss_bytes >> 20,
+                ending.memory_limit_bytes >> 20
+            ),
+        );
     }
     let cpu_exhausted = signal == Some(libc::SIGXCPU)
         || (signal == Some(libc::SIGKILL)
@@ -295,6 +313,21 @@ mod tests {
             ..ending()
         };
         assert_eq!(classify(&memory).0, Outcome::Oom);
+        // Killed near its memory limit without a word: out of memory; the same peak on success is fine.
+        let silent = Ending {
+            code: None,
+            signal: Some(libc::SIGSEGV),
+            peak_rss_bytes: 450 << 20,
+            ..ending()
+        };
+        let (outcome, violations) = classify(&silent);
+        assert_eq!(outcome, Outcome::Oom);
+        assert!(violations[0].detail.contains("450 MiB of its 512 MiB"));
+        let big_but_fine = Ending {
+            peak_rss_bytes: 450 << 20,
+            ..ending()
+        };
+        assert_eq!(classify(&big_but_fine), (Outcome::Ok, vec![]));
         let output = Ending {
             signal: Some(libc::SIGKILL),
             code: None,

@@ -1,6 +1,6 @@
 //! The system calls the sandbox needs and the standard library does not offer: limits and identity set in
 //! the child between `fork` and `exec`, files handed to bubblewrap as inherited memory files, waiting with
-//! a timeout on a pidfd, reaping with `wait4` for the resource usage, killing a process group, and finding a
+//! a timeout on a pidfd, reaping with `wait4` for the CPU time, killing a process group, and finding a
 //! run's processes by user id. The only `unsafe` code in Troupe lives here; each block says why it is sound.
 #![allow(unsafe_code)]
 
@@ -120,6 +120,13 @@ pub fn memory_file(name: &str, bytes: &[u8]) -> io::Result<File> {
     Ok(file)
 }
 
+/// An executable file in memory holding `bytes`, open read-only (no writable descriptor is left, so exec
+/// never meets "text file busy") and closed on exec; run it as `/proc/self/fd/<fd>`.
+pub fn executable_memory_file(name: &str, bytes: &[u8]) -> io::Result<File> {
+    let writable = memory_file(name, bytes)?;
+    File::open(format!("/proc/self/fd/{}", writable.as_raw_fd()))
+}
+
 /// Whether Troupe runs as root (and so can give each run its own user id).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -141,8 +148,6 @@ pub struct Reaped {
     pub signal: Option<i32>,
     /// User plus system CPU seconds.
     pub cpu_seconds: f64,
-    /// Largest resident set, in bytes.
-    pub peak_rss_bytes: u64,
 }
 
 /// A pidfd for `pid`, to wait for its exit with a timeout; `None` on kernels without pidfds.
@@ -197,8 +202,7 @@ pub fn reap(pid: u32, nohang: bool) -> io::Result<Option<Reaped>> {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-        // ru_maxrss is in kilobytes on Linux.
-        peak_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        // No peak RSS: a child forked from Troupe carries Troupe's high-water mark (the shim measures it).
     }))
 }
 
