@@ -410,7 +410,11 @@ pub fn run_step<S: Specialist>(
             }),
         );
         if deps.chaos.take(agent) {
-            panic!("chaos: {agent} panics once, as configured by chaos.panic_once");
+            // A real unwind, caught below like any panic, but without the panic hook: a deliberate panic
+            // prints no message or backtrace into the logs (and the test output) of a run that asked for it.
+            std::panic::resume_unwind(Box::new(format!(
+                "chaos: {agent} panics once, as configured by chaos.panic_once"
+            )));
         }
         step.earlier = earlier_work_from(&deps.memory, task_id).await;
         if let Some(spec) = S::recall(&step) {

@@ -244,10 +244,21 @@ impl Checker<'_> {
             return;
         }
         let samples = self.prometheus.samples(expr).await;
-        assert!(
-            samples > 0,
-            "{place}: `{expr}` returns no data although every series it selects exists"
-        );
+        if samples == 0 {
+            // What Prometheus holds for each selector over the last minute, to tell why.
+            let mut held = Vec::new();
+            for selector in selectors(expr).into_iter().chain(["up".to_owned()]) {
+                let range = format!("count_over_time({selector}[1m])");
+                held.push(format!(
+                    "{range} = {}",
+                    self.prometheus.query(&range).await["data"]
+                ));
+            }
+            panic!(
+                "{place}: `{expr}` returns no data although every series it selects exists:\n{}",
+                held.join("\n")
+            );
+        }
         self.with_data += 1;
     }
 }
@@ -298,8 +309,9 @@ async fn every_dashboard_query_and_rule_runs_on_a_real_prometheus_scraping_troup
     let (status, body) = app.post_task(&serde_json::json!({ "prompt": "" })).await;
     assert!((400..500).contains(&status), "{status} {body}");
 
-    // Two more scrapes after the workload, then a rule evaluation after them.
-    let scrapes = "min(count_over_time(up{job=\"troupe\"}[1h]))";
+    // Two more successful scrapes of each instance after the workload (a failed scrape also writes `up`, as
+    // 0, but no other series), then a rule evaluation after them.
+    let scrapes = "min(sum_over_time(up{job=\"troupe\"}[1h]))";
     let scraped = prometheus.value(scrapes).await;
     prometheus
         .wait_for_value(scrapes, scraped + 2.0, Duration::from_secs(15))
