@@ -215,6 +215,8 @@ struct Inner {
     permits: Semaphore,
     /// Free user ids (as root), one per slot.
     free_uids: Mutex<Vec<u32>>,
+    /// The locks that claim those user ids on this machine, held while the sandbox lives.
+    _uid_locks: Vec<std::fs::File>,
     metrics: Metrics,
 }
 
@@ -223,16 +225,13 @@ impl Sandbox {
     /// A failure does not stop Troupe: it is logged, `/readyz` reports it and every run is refused.
     pub async fn start(settings: SandboxSettings, metrics: Metrics) -> Sandbox {
         let root = process::is_root();
-        let uids = if root {
-            (0..settings.parallel_runs)
-                .filter_map(|slot| settings.uid_base.checked_add(u32::try_from(slot).ok()?))
-                .rev()
-                .collect()
-        } else {
-            Vec::new()
-        };
         let bwrap = find_program(&settings.bwrap);
         let shim = process::executable_memory_file("troupe-shim", SHIM);
+        let claims = if root && settings.enabled && bwrap.is_some() {
+            claim_uids(&settings)
+        } else {
+            Ok(UidClaims::default())
+        };
         let refusal = if !settings.enabled {
             Some(SandboxError::Disabled)
         } else if bwrap.is_none() {
@@ -245,16 +244,26 @@ impl Sandbox {
             Some(SandboxError::Unavailable(format!(
                 "the sandbox's shim cannot be put in a memory file: {error}"
             )))
+        } else if let Err(error) = &claims {
+            Some(error.clone())
         } else {
             None
         };
+        let claims = claims.unwrap_or_default();
+        // As root, at most as many runs at once as user ids were claimed.
+        let parallel_runs = if root && !claims.uids.is_empty() {
+            claims.uids.len()
+        } else {
+            settings.parallel_runs
+        };
         let sandbox = Sandbox {
             inner: Arc::new(Inner {
-                permits: Semaphore::new(settings.parallel_runs),
+                permits: Semaphore::new(parallel_runs),
                 bwrap: bwrap.unwrap_or_default(),
                 shim: shim.ok(),
                 system: jail::system_dirs(),
-                free_uids: Mutex::new(uids),
+                free_uids: Mutex::new(claims.uids),
+                _uid_locks: claims.locks,
                 refusal: refusal.map(OnceLock::from).unwrap_or_default(),
                 settings,
                 metrics,
@@ -428,6 +437,72 @@ impl Drop for UidSlot {
             free.push(uid);
         }
     }
+}
+
+/// Where the per-user-id lock files live: `/run/lock` (shared by every process on the machine), else the
+/// temporary directory.
+fn lock_dir() -> PathBuf {
+    let run_lock = PathBuf::from("/run/lock");
+    if run_lock.is_dir() {
+        run_lock
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// The user ids a sandbox running as root claimed, and the locks that hold them.
+#[derive(Default)]
+struct UidClaims {
+    uids: Vec<u32>,
+    locks: Vec<std::fs::File>,
+}
+
+/// Claims the user ids `uid_base .. uid_base + parallel_runs` with an exclusive lock file each, so that no
+/// two Troupe processes on the machine run code under one id (the sweep after a run kills whatever runs
+/// under its id). Ids another process holds are skipped; none left is a refusal.
+fn claim_uids(settings: &SandboxSettings) -> Result<UidClaims, SandboxError> {
+    let dir = lock_dir();
+    let mut claims = UidClaims::default();
+    let mut held = Vec::new();
+    for slot in 0..settings.parallel_runs {
+        let Some(uid) = u32::try_from(slot)
+            .ok()
+            .and_then(|slot| settings.uid_base.checked_add(slot))
+        else {
+            break;
+        };
+        let path = dir.join(format!("troupe-sandbox-uid-{uid}.lock"));
+        match process::try_lock_file(&path) {
+            Ok(Some(lock)) => {
+                claims.uids.push(uid);
+                claims.locks.push(lock);
+            }
+            Ok(None) => held.push(uid),
+            Err(error) => {
+                return Err(SandboxError::Unavailable(format!(
+                    "cannot claim sandbox user id {uid} ({}): {error}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    if claims.uids.is_empty() {
+        return Err(SandboxError::Unavailable(format!(
+            "every sandbox user id ({}..{}) is in use by another Troupe process on this machine; give              each one its own sandbox.uid_base",
+            settings.uid_base,
+            u64::from(settings.uid_base) + settings.parallel_runs as u64
+        )));
+    }
+    if !held.is_empty() {
+        tracing::warn!(
+            ?held,
+            claimed = claims.uids.len(),
+            "some sandbox user ids are in use by another Troupe process; fewer runs at once"
+        );
+    }
+    // Slots are taken from the end: the lowest id first.
+    claims.uids.reverse();
+    Ok(claims)
 }
 
 /// Checks file names, the entry and the total size.

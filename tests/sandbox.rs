@@ -364,6 +364,46 @@ async fn a_missing_bubblewrap_refuses_every_run() {
     assert!(metrics.render().unwrap().contains("troupe_sandbox_up 0"));
 }
 
+/// As root each run slot has a user id of its own, claimed on the machine with a lock file: a second sandbox
+/// (another Troupe process) cannot take ids the first holds, and gets them once the first is gone.
+#[actix_rt::test]
+async fn user_ids_are_claimed_once_per_machine() {
+    if !troupe::sandbox::process::is_root() {
+        eprintln!("not root: runs use Troupe's own user id and claim none");
+        return;
+    }
+    let (first, _) = sandbox(44).await;
+    let refused = Sandbox::start(settings(44), Metrics::new().unwrap()).await;
+    let error = refused.check_ready().unwrap_err().to_string();
+    assert!(
+        error.contains("in use by another Troupe process") && error.contains("sandbox.uid_base"),
+        "{error}"
+    );
+    // Overlapping ranges share nothing: the second gets only the ids the first does not hold.
+    let mut wider = settings(44);
+    wider.parallel_runs = 6;
+    let partial = Sandbox::start(wider, Metrics::new().unwrap()).await;
+    partial.check_ready().unwrap();
+    let base = settings(44).uid_base;
+    let runs =
+        (0..3).map(|_| partial.run(RunRequest::snippet(Language::Shell, "sleep 0.3; id -u")));
+    let mut ids: Vec<u32> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|report| report.unwrap().stdout.trim().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // The runs used only the two ids the first sandbox does not hold (bubblewrap maps the run's own id).
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| [base + 4, base + 5].contains(id)),
+        "{ids:?} (base {base})"
+    );
+    drop(first);
+    drop(partial);
+    let (_again, _) = sandbox(44).await;
+}
+
 #[actix_rt::test]
 async fn bad_requests_are_refused_before_anything_runs() {
     let (sandbox, _) = sandbox(28).await;

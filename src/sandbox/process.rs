@@ -1,7 +1,7 @@
 //! The system calls the sandbox needs and the standard library does not offer: limits and identity set in
 //! the child between `fork` and `exec`, files handed to bubblewrap as inherited memory files, waiting with
-//! a timeout on a pidfd, reaping with `wait4` for the CPU time, killing a process group, and finding a
-//! run's processes by user id. The only `unsafe` code in Troupe lives here; each block says why it is sound.
+//! a timeout on a pidfd, reaping with `wait4` for the CPU time, killing a process group, finding a run's
+//! processes by user id, and lock files that claim user ids. The only `unsafe` code in Troupe lives here; each block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -125,6 +125,26 @@ pub fn memory_file(name: &str, bytes: &[u8]) -> io::Result<File> {
 pub fn executable_memory_file(name: &str, bytes: &[u8]) -> io::Result<File> {
     let writable = memory_file(name, bytes)?;
     File::open(format!("/proc/self/fd/{}", writable.as_raw_fd()))
+}
+
+/// An exclusive advisory lock on `path` (created if missing), held while the returned file is open;
+/// `Ok(None)` when another open file (another process) holds it.
+pub fn try_lock_file(path: &std::path::Path) -> io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock takes a descriptor this function owns and flags; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(error)
+    }
 }
 
 /// Whether Troupe runs as root (and so can give each run its own user id).
