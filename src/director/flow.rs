@@ -703,29 +703,46 @@ impl TaskFlow {
             feedback: None,
             test_file: Some(test_file.to_owned()),
         };
+        let mut attempt = 0;
+        let output = self
+            .dispatch_retrying(position, AgentKind::Qa, spec, llm, |_| {
+                attempt += 1;
+                attempt
+            })
+            .await?;
+        output.test.ok_or_else(|| FlowError::Step {
+            idx,
+            agent: AgentKind::Qa,
+            source: DispatchError::Agent(crate::agents::AgentError::Tool(
+                "the test step returned no run".into(),
+            )),
+        })
+    }
+
+    /// Dispatches `spec` to `agent` for step `position`, again after a restart while `director.step_retries`
+    /// allows. `next_attempt` runs before each try and numbers it (it may also record the try on the step).
+    /// A failure other than a restart or a cancellation marks the step failed.
+    async fn dispatch_retrying(
+        &mut self,
+        position: usize,
+        agent: AgentKind,
+        mut spec: StepSpec,
+        llm: &Arc<dyn LlmProvider>,
+        mut next_attempt: impl FnMut(&mut Self) -> u32,
+    ) -> Result<StepOutput, FlowError> {
         let retries = self.deps.settings.step_retries;
-        let mut attempt = 1;
         loop {
-            let mut spec = spec.clone();
-            spec.attempt = attempt;
-            match self.dispatch(AgentKind::Qa, spec, llm).await? {
-                Ok(output) => {
-                    return output.test.ok_or_else(|| FlowError::Step {
-                        idx,
-                        agent: AgentKind::Qa,
-                        source: DispatchError::Agent(crate::agents::AgentError::Tool(
-                            "the test step returned no run".into(),
-                        )),
-                    })
-                }
-                Err(DispatchError::Restarted { .. }) if attempt <= retries => attempt += 1,
+            spec.attempt = next_attempt(self);
+            match self.dispatch(agent, spec.clone(), llm).await? {
+                Ok(output) => return Ok(output),
+                Err(DispatchError::Restarted { .. }) if spec.attempt <= retries => {}
                 Err(DispatchError::Cancelled) => return Err(FlowError::Cancelled),
                 Err(source) => {
                     self.steps[position].status = "failed";
                     self.update_step(position, false);
                     return Err(FlowError::Step {
-                        idx,
-                        agent: AgentKind::Qa,
+                        idx: self.steps[position].idx,
+                        agent,
                         source,
                     });
                 }
@@ -768,49 +785,36 @@ impl TaskFlow {
         revision: u32,
         feedback: Option<Feedback>,
     ) -> Result<StepOutput, FlowError> {
-        let retries = self.deps.settings.step_retries;
-        loop {
-            let step = &mut self.steps[position];
-            step.attempts += 1;
-            step.status = "running";
-            let attempt = u32::try_from(step.attempts).unwrap_or(u32::MAX);
-            let spec = StepSpec {
-                idx: step.idx,
-                kind: step.kind,
-                prompt: self.prompt.clone(),
-                instruction: step.instruction.clone(),
-                earlier: Vec::new(),
-                recalled: Vec::new(),
-                attempt,
-                revision,
-                feedback: feedback.clone(),
-                test_file: None,
-            };
-            let agent = step.agent;
-            self.update_step(position, true);
-            let result = self.dispatch(agent, spec, llm).await?;
-            match result {
-                Ok(mut output) => {
-                    self.drafts.append(&mut output.memories);
-                    let step = &mut self.steps[position];
-                    step.status = "done";
-                    step.output = Some(output.text.clone());
-                    self.update_step(position, false);
-                    return Ok(output);
-                }
-                Err(DispatchError::Restarted { .. }) if attempt <= retries => continue,
-                Err(DispatchError::Cancelled) => return Err(FlowError::Cancelled),
-                Err(source) => {
-                    self.steps[position].status = "failed";
-                    self.update_step(position, false);
-                    return Err(FlowError::Step {
-                        idx: self.steps[position].idx,
-                        agent,
-                        source,
-                    });
-                }
-            }
-        }
+        let step = &self.steps[position];
+        let agent = step.agent;
+        let spec = StepSpec {
+            idx: step.idx,
+            kind: step.kind,
+            prompt: self.prompt.clone(),
+            instruction: step.instruction.clone(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: 1,
+            revision,
+            feedback,
+            test_file: None,
+        };
+        let mut output = self
+            .dispatch_retrying(position, agent, spec, llm, |flow| {
+                let step = &mut flow.steps[position];
+                step.attempts += 1;
+                step.status = "running";
+                let attempt = u32::try_from(step.attempts).unwrap_or(u32::MAX);
+                flow.update_step(position, true);
+                attempt
+            })
+            .await?;
+        self.drafts.append(&mut output.memories);
+        let step = &mut self.steps[position];
+        step.status = "done";
+        step.output = Some(output.text.clone());
+        self.update_step(position, false);
+        Ok(output)
     }
 
     fn update_step(&self, position: usize, starting: bool) {
