@@ -101,6 +101,26 @@ fn frame() -> Vec<(&'static str, String, Option<Value>)> {
     ]
 }
 
+/// The frame and a first attempt whose `add` subtracts (its test fails with an AssertionError).
+fn failing_first_attempt() -> Vec<(&'static str, String, Option<Value>)> {
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a - b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    outputs
+}
+
+/// [`failing_first_attempt`] and a second attempt that adds (its test passes).
+fn fixed_on_second_attempt() -> Vec<(&'static str, String, Option<Value>)> {
+    let mut outputs = failing_first_attempt();
+    outputs.extend([
+        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
+        ("test.1.r2", run_test_call(), None),
+    ]);
+    outputs
+}
+
 async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, String) {
     let url = format!("sqlite://{}/scripted.sqlite?mode=rwc", dir.path().display());
     let app_url = url.clone();
@@ -122,13 +142,7 @@ fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 async fn a_failing_attempt_is_fixed_from_the_feedback() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = app_on(&dir, 3).await;
-    let mut outputs = frame();
-    outputs.extend([
-        ("work.1", code("def add(a, b):\n    return a - b"), None),
-        ("test.1", run_test_call(), None),
-        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
-        ("test.1.r2", run_test_call(), None),
-    ]);
+    let outputs = fixed_on_second_attempt();
     let source = seed_recording(&url, &outputs).await;
 
     let id = app
@@ -217,10 +231,8 @@ async fn a_failing_attempt_is_fixed_from_the_feedback() {
 async fn code_that_never_passes_fails_the_task_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = app_on(&dir, 2).await;
-    let mut outputs = frame();
+    let mut outputs = failing_first_attempt();
     outputs.extend([
-        ("work.1", code("def add(a, b):\n    return a - b"), None),
-        ("test.1", run_test_call(), None),
         (
             "work.1.r2",
             code("import socket\nsocket.getaddrinfo('example.com', 80)\ndef add(a, b):\n    return a * b"),
@@ -309,13 +321,7 @@ async fn a_fix_learned_in_one_task_is_offered_to_the_next() {
         .await
         .unwrap();
     let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
-    let mut outputs = frame();
-    outputs.extend([
-        ("work.1", code("def add(a, b):\n    return a - b"), None),
-        ("test.1", run_test_call(), None),
-        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
-        ("test.1.r2", run_test_call(), None),
-    ]);
+    let outputs = fixed_on_second_attempt();
     let recorded = outputs
         .into_iter()
         .map(|(purpose, text, choice)| {

@@ -689,19 +689,10 @@ impl TaskFlow {
         test_file: &str,
         llm: &Arc<dyn LlmProvider>,
     ) -> Result<TestResult, FlowError> {
-        let step = &self.steps[position];
-        let idx = step.idx;
+        let idx = self.steps[position].idx;
         let spec = StepSpec {
-            idx,
-            kind: StepKind::Test,
-            prompt: self.prompt.clone(),
-            instruction: step.instruction.clone(),
-            earlier: Vec::new(),
-            recalled: Vec::new(),
-            attempt: 1,
-            revision,
-            feedback: None,
             test_file: Some(test_file.to_owned()),
+            ..self.spec_for(position, StepKind::Test, revision)
         };
         let mut attempt = 0;
         let output = self
@@ -717,6 +708,24 @@ impl TaskFlow {
                 "the test step returned no run".into(),
             )),
         })
+    }
+
+    /// What an agent is sent for step `position` as `kind`, in attempt `revision` of the Code/QA loop (1
+    /// outside it); the agent fills in earlier work and recalled memories.
+    fn spec_for(&self, position: usize, kind: StepKind, revision: u32) -> StepSpec {
+        let step = &self.steps[position];
+        StepSpec {
+            idx: step.idx,
+            kind,
+            prompt: self.prompt.clone(),
+            instruction: step.instruction.clone(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: 1,
+            revision,
+            feedback: None,
+            test_file: None,
+        }
     }
 
     /// Dispatches `spec` to `agent` for step `position`, again after a restart while `director.step_retries`
@@ -788,16 +797,8 @@ impl TaskFlow {
         let step = &self.steps[position];
         let agent = step.agent;
         let spec = StepSpec {
-            idx: step.idx,
-            kind: step.kind,
-            prompt: self.prompt.clone(),
-            instruction: step.instruction.clone(),
-            earlier: Vec::new(),
-            recalled: Vec::new(),
-            attempt: 1,
-            revision,
             feedback,
-            test_file: None,
+            ..self.spec_for(position, step.kind, revision)
         };
         let mut output = self
             .dispatch_retrying(position, agent, spec, llm, |flow| {
