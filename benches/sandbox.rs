@@ -1,6 +1,7 @@
 //! Sandbox overhead: start-to-exit of a trivial Python program (`pass`) run through the sandbox (bubblewrap
 //! jail, rlimits, per-run uid, wait4) against the same interpreter run unconfined, p50/p99 and their ratio;
-//! then runs per second with both cores busy (as many runs at once as cores). Prints one JSON line last.
+//! then runs per second with both cores busy (as many runs at once as cores), and the peak RSS the shim
+//! reports for the jailed program. Prints one JSON line last.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,11 +39,13 @@ fn main() -> anyhow::Result<()> {
         }
         let mut jailed = Vec::with_capacity(RUNS);
         let mut bare = Vec::with_capacity(RUNS);
+        let mut peak_rss = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let started = Instant::now();
             let report = sandbox.run(RunRequest::snippet(Language::Python, "pass")).await?;
             jailed.push(started.elapsed().as_secs_f64());
             anyhow::ensure!(report.outcome == Outcome::Ok, "a trivial run ended {report:?}");
+            peak_rss.push(report.peak_rss_bytes as f64 / 1024.0);
             let started = Instant::now();
             let status = Command::new(&python).args(["-B", "-s", "-c", "pass"]).status()?;
             bare.push(started.elapsed().as_secs_f64());
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         }
         let (jailed_p50, jailed_p99) = summary(jailed);
         let (bare_p50, bare_p99) = summary(bare);
+        let (peak_rss_p50, _) = summary(peak_rss);
 
         let started = Instant::now();
         let mut runs = 0usize;
@@ -81,6 +85,7 @@ fn main() -> anyhow::Result<()> {
                 "ratio_p99": jailed_p99 / bare_p99,
                 "concurrent_runs": cores,
                 "runs_per_second": per_second,
+                "jailed_peak_rss_kib_p50": peak_rss_p50,
             })
         );
         Ok(())

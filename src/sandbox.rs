@@ -5,9 +5,9 @@
 //! - [`process`]: what happens between fork and exec (session and process group, death with Troupe, no new
 //!   privileges, rlimits for CPU, address space, processes, file size and open files, and, as root, a user
 //!   id per run slot so `RLIMIT_NPROC` binds), waiting with a timeout, `wait4` for CPU time.
-//! - `shim.c` (compiled by `build.rs`, embedded, run from a memory file): the jail's command. It runs the
-//!   program, waits for it with `wait4` and reports the program's own peak RSS over a socket (bubblewrap's
-//!   processes cannot: the outer one carries Troupe's high-water mark and never reaps the jail's init).
+//! - `shim.c` (compiled by `build.rs`, embedded, run from a memory file): the jail's command and pid 1. It
+//!   runs the program, reaps it (and its orphans) with `wait4` and reports the run's own peak RSS over a
+//!   socket (bubblewrap cannot: Troupe forks it, so it carries Troupe's high-water mark).
 //! - [`classify`]: the outcome (`ok`, `error`, `timeout`, `oom`, `killed`, `violation`) and the violations.
 //!
 //! A run is watched while it runs: past its wall-clock limit or its output cap, or at its process limit, the
@@ -142,9 +142,9 @@ pub struct RunReport {
     pub wall_seconds: f64,
     /// User plus system CPU seconds.
     pub cpu_seconds: f64,
-    /// Peak resident set of the program, in bytes (of its largest process among itself and the children it
-    /// waited for), measured by the shim in the jail; 0 when there is no report (the run was killed by the
-    /// sandbox, or killed the shim).
+    /// Peak resident set of the run's largest process, in bytes (the program, the children it waited for,
+    /// the orphans the shim reaped), measured by the shim in the jail; 0 when there is no report (the run
+    /// was killed by the sandbox).
     pub peak_rss_bytes: u64,
     /// Standard output (at most `output_limit_bytes`; lossy UTF-8).
     pub stdout: String,
@@ -701,7 +701,7 @@ fn run_blocking(
         .ok_or_else(|| SandboxError::Io("the jail was not reaped".into()))?;
     let wall_seconds = started.elapsed().as_secs_f64();
     // The shim wrote its report before it exited, so before the jail did; nothing written by now means
-    // there is none (read without waiting: a process of the jail might still hold the other end).
+    // there is none (read without waiting, not for the end of the stream).
     let peak_rss_kb = report
         .set_nonblocking(true)
         .ok()
@@ -724,7 +724,7 @@ fn run_blocking(
     if jail_failed {
         return Err(SandboxError::Jail(stderr.trim().to_owned()));
     }
-    // No report: the run was killed (timeout, output, process limit) or killed the shim itself.
+    // No report: the sandbox killed the run (timeout, output, process limit).
     let peak_rss_bytes = peak_rss_kb.map_or(0, |kb| u64::try_from(kb).unwrap_or(0) * 1024);
     let (stderr, reported) = classify::split_markers(&stderr);
     let ending = classify::Ending {

@@ -364,6 +364,25 @@ async fn a_missing_bubblewrap_refuses_every_run() {
     assert!(metrics.render().unwrap().contains("troupe_sandbox_up 0"));
 }
 
+/// Runs back to back on one user id leave nothing that counts against the next one's process limit (no
+/// zombie left to the machine's init, which may reap slowly: the shim is the jail's init and bubblewrap
+/// reaps it).
+#[actix_rt::test]
+async fn many_runs_in_a_row_on_one_user_id_all_start() {
+    let mut settings = settings(52);
+    settings.parallel_runs = 1;
+    settings.max_processes = 6;
+    let sandbox = Sandbox::start(settings, Metrics::new().unwrap()).await;
+    sandbox.check_ready().unwrap();
+    for n in 0..40 {
+        let report = sandbox
+            .run(RunRequest::snippet(Language::Shell, "true"))
+            .await
+            .unwrap_or_else(|e| panic!("run {n}: {e}"));
+        assert_eq!(report.outcome, Outcome::Ok, "run {n}: {report:#?}");
+    }
+}
+
 /// As root each run slot has a user id of its own, claimed on the machine with a lock file: a second sandbox
 /// (another Troupe process) cannot take ids the first holds, and gets them once the first is gone.
 #[actix_rt::test]

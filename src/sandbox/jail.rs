@@ -64,6 +64,10 @@ pub fn arguments(spec: &JailSpec<'_>) -> Vec<OsString> {
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     push(&[
         "--unshare-all",
+        // The command (Troupe's shim) is the pid namespace's init: bubblewrap then reaps it itself. With
+        // bubblewrap's own init, that init outlives the outer bubblewrap as a zombie left to the machine's
+        // init, and on a machine whose init reaps slowly those zombies count against RLIMIT_NPROC.
+        "--as-pid-1",
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
@@ -181,6 +185,7 @@ mod tests {
         let line = text(&args);
         for expected in [
             "--unshare-all",
+            "--as-pid-1",
             "--die-with-parent",
             "--new-session",
             "--cap-drop ALL",

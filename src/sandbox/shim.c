@@ -1,22 +1,22 @@
 /*
  * troupe-shim: the jail's command, there to measure the program's peak memory.
  *
- * Neither of bubblewrap's processes can give it: the one Troupe forks carries Troupe's own resident-set
- * high-water mark (Linux keeps it across fork and exec), and it exits on its init's word without reaping the
- * init, so the program's figures never reach it. This shim, a few hundred KB, runs inside the jail, forks
- * the program, waits for it with wait4 and reports the program's own peak (its waited-for children
- * included).
+ * bubblewrap's own process cannot give it: Troupe forks it, so it carries Troupe's resident-set high-water
+ * mark (Linux keeps it across fork and exec). This shim, a few hundred KB, runs inside the jail, forks the
+ * program, waits for it with wait4 and reports the largest peak among the program (its waited-for children
+ * included) and the orphans it reaped.
  *
  *   troupe-shim REPORT_FD PROGRAM [ARG...]
  *
- * Once PROGRAM has been reaped it writes "maxrss KB\n" on REPORT_FD, and exits as PROGRAM did (the same
- * code, or killed by the same signal). PROGRAM gets no descriptor above 2 (all are closed on its exec).
- * The shim's own failures: a message on stderr, exit 125 (127 when PROGRAM cannot be executed).
+ * It is the jail's pid 1 (bubblewrap --as-pid-1): when it exits, the kernel kills whatever else the program
+ * left in the jail, and the program cannot signal it. Once PROGRAM has been reaped it writes "maxrss KB\n"
+ * on REPORT_FD and exits with PROGRAM's code, or 128 + the signal that killed PROGRAM. PROGRAM gets no
+ * descriptor above 2 (all are closed on its exec). The shim's own failures: a message on stderr, exit 125
+ * (127 when PROGRAM cannot be executed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,28 +66,39 @@ int main(int argc, char **argv) {
         fprintf(stderr, "troupe-shim: cannot run %s: %s\n", argv[2], strerror(errno));
         _exit(127);
     }
+    /* As init, the shim also inherits the program's orphans: reap them as they end (they would count
+     * against RLIMIT_NPROC as zombies) and keep the largest peak among everything reaped. */
     int status = 0;
-    struct rusage usage;
-    memset(&usage, 0, sizeof usage);
-    while (wait4(child, &status, 0, &usage) < 0) {
-        if (errno != EINTR) {
+    long maxrss = 0;
+    for (;;) {
+        int reaped_status = 0;
+        struct rusage usage;
+        memset(&usage, 0, sizeof usage);
+        pid_t reaped = wait4(-1, &reaped_status, 0, &usage);
+        if (reaped < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
             fprintf(stderr, "troupe-shim: wait4: %s\n", strerror(errno));
             return 125;
         }
+        if (usage.ru_maxrss > maxrss) {
+            maxrss = usage.ru_maxrss;
+        }
+        if (reaped == child) {
+            status = reaped_status;
+            break;
+        }
     }
-    dprintf((int)report, "maxrss %ld\n", usage.ru_maxrss);
+    dprintf((int)report, "maxrss %ld\n", maxrss);
     close((int)report);
     if (WIFEXITED(status)) {
         return WEXITSTATUS(status);
     }
     if (WIFSIGNALED(status)) {
-        int sig = WTERMSIG(status);
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, sig);
-        signal(sig, SIG_DFL);
-        sigprocmask(SIG_UNBLOCK, &set, NULL);
-        kill(getpid(), sig);
+        /* As the pid namespace's init the shim cannot re-raise the signal on itself (init ignores signals
+         * it has no handler for), so it exits as a shell reports a killed command: 128 + signal. */
+        return 128 + WTERMSIG(status);
     }
     return 125;
 }
