@@ -31,11 +31,17 @@ memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
 echo "== sandbox: start-to-exit of a trivial Python program, jailed vs unconfined; runs/s with both cores busy" >&2
 sandbox=$(cargo bench --locked --bench sandbox 2>/dev/null | tail -n 1)
 echo "sandbox: $sandbox" >&2
+echo "== sandbox reference (hyperfine): the same Python bare, and bubblewrap alone (a minimal jail) around true and it" >&2
+jail="bwrap --unshare-all --die-with-parent --new-session --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev --tmpfs /tmp --"
+sandbox_reference=$(mktemp)
+hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
+  "/usr/bin/python3 -B -s -c pass" "$jail /usr/bin/true" "$jail /usr/bin/python3 -B -s -c pass" >&2
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
-  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" <<'PY'
+  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
+  "$sandbox_reference" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox = sys.argv[1:]
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference = sys.argv[1:]
 troupe, troupe_again, on, off, otlp, memory, sandbox = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
@@ -55,6 +61,11 @@ result = {
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "memory": memory,
     "sandbox": sandbox,
+    "sandbox_reference_ms": {
+        r["command"]: {"p50": sorted(r["times"])[len(r["times"]) // 2] * 1e3,
+                       "p99": sorted(r["times"])[int(len(r["times"]) * 0.99)] * 1e3}
+        for r in json.load(open(sandbox_reference))["results"]
+    },
 }
 json.dump(result, open(out, "w"), indent=2)
 print(json.dumps(result, indent=2))
