@@ -17,8 +17,14 @@ setup-test:
 build: setup-demo
 	$(CARGO) build --release --locked --bin troupe
 
+# Exit code 1 is a task that ran and failed (its reason is printed): a finished demo, said plainly, not a
+# broken set-up; anything else non-zero (could not start) fails the target.
 demo: build
-	./target/release/troupe run "$(DEMO_TASK)"
+	@./target/release/troupe run "$(DEMO_TASK)"; status=$$?; \
+	if [ $$status -eq 1 ]; then \
+	  echo "demo: the task ran and failed, for the reason above. The embedded SmolLM2-135M is a very small model:"; \
+	  echo "demo: its code often fails its own test. Point llm.model at a larger GGUF model for better answers."; \
+	elif [ $$status -ne 0 ]; then exit $$status; fi
 
 lint:
 	$(CARGO) fmt --all -- --check

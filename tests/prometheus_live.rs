@@ -243,7 +243,16 @@ impl Checker<'_> {
                 .push(format!("{place} (no series: {})", missing.join(", ")));
             return;
         }
-        let samples = self.prometheus.samples(expr).await;
+        // A series born in the last scrapes may not have the two samples a rate needs yet: ask again after a
+        // few more scrapes before calling the query empty.
+        let mut samples = self.prometheus.samples(expr).await;
+        for _ in 0..3 {
+            if samples > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            samples = self.prometheus.samples(expr).await;
+        }
         if samples == 0 {
             // What Prometheus holds for each selector over the last minute, to tell why.
             let mut held = Vec::new();

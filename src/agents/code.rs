@@ -85,7 +85,9 @@ impl Specialist for Code {
             messages: vec![
                 ChatMessage::system(
                     "You are the Code agent of a small team. Answer in JSON with \"code\": short Python \
-                     code for the step, and \"test\": Python assert statements that check the code.",
+                     code for the step (a whole function, body included), and \"test\": Python assert \
+                     statements that call it. Example: {\"code\": \"def double(x): return 2 * x\", \
+                     \"test\": \"assert double(3) == 6\"}",
                 ),
                 ChatMessage::user(user),
             ],

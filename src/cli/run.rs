@@ -97,12 +97,13 @@ struct LiveView {
 impl LiveView {
     fn new(id: TaskId) -> Self {
         let multi = MultiProgress::new();
-        let _ = multi.println(format!("task {id}"));
-        LiveView {
+        let view = LiveView {
             multi,
             spinners: HashMap::new(),
             streamed: HashMap::new(),
-        }
+        };
+        view.note(&format!("task {id}"));
+        view
     }
 
     fn spinner(&mut self, agent: AgentKind) -> &ProgressBar {
@@ -119,8 +120,14 @@ impl LiveView {
         })
     }
 
+    /// Prints a line above the spinners; when stdout is not a terminal (piped, logged) indicatif draws
+    /// nothing, so the line is printed plainly.
     fn note(&self, line: &str) {
-        let _ = self.multi.println(line);
+        if self.multi.is_hidden() {
+            println!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
     }
 
     fn show(&mut self, event: &Event) {
