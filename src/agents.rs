@@ -29,7 +29,7 @@ use crate::config::LlmLimits;
 use crate::events::{EventKind, EventLog};
 use crate::llm::{shorten, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
 use crate::memory::{Memory, MemoryDraft, RecallSpec};
-use crate::messages::{Envelope, RunStep, StepOutput, StepSpec};
+use crate::messages::{Envelope, RunStep, StepKind, StepOutput, StepSpec};
 use crate::storage::writer::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
@@ -302,8 +302,8 @@ pub trait Specialist: 'static {
     const KIND: AgentKind;
     /// The model request for `step`.
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest;
-    /// The step output from the model's output.
-    fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError>;
+    /// The step output from the model's output for a step of `kind`.
+    fn interpret(kind: StepKind, output: LlmOutput) -> Result<StepOutput, AgentError>;
     /// What to recall from long-term memory before working on `step` (nothing by default).
     fn recall(_step: &StepSpec) -> Option<RecallSpec> {
         None
@@ -423,7 +423,7 @@ pub fn run_step<S: Specialist>(
         let request = S::request(&step, &deps.limits);
         let mut result = match call_llm(&deps, llm.as_ref(), task_id, agent, request, cancel).await
         {
-            Ok(output) => S::interpret(output),
+            Ok(output) => S::interpret(step.kind, output),
             Err(LlmError::Cancelled) => Err(AgentError::Cancelled),
             Err(error) => Err(AgentError::Llm(error)),
         };

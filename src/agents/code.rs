@@ -15,7 +15,7 @@ use super::{
 use crate::config::LlmLimits;
 use crate::llm::{shorten, ChatMessage, LlmOutput, LlmRequest, OutputSpec};
 use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
-use crate::messages::{CodeSubmission, StepOutput, StepSpec};
+use crate::messages::{CodeSubmission, StepKind, StepOutput, StepSpec};
 use crate::task::TaskId;
 use crate::tools::{ToolCall, ToolContext};
 
@@ -98,7 +98,7 @@ impl Specialist for Code {
         }
     }
 
-    fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
+    fn interpret(_kind: StepKind, output: LlmOutput) -> Result<StepOutput, AgentError> {
         let text = output.text.trim();
         // An answer that is not the JSON asked for (cut off at the token budget, say) is not an error of the
         // step: it is an attempt without code, and the Director's loop tells Code so.
@@ -207,14 +207,15 @@ mod tests {
 
     #[test]
     fn a_submission_is_read_and_a_cut_off_one_is_an_attempt_without_code() {
-        let step = Code::interpret(output(
-            r#"{"code":"def f(): return 1","test":"assert f() == 1"}"#,
-        ))
+        let step = Code::interpret(
+            StepKind::Work,
+            output(r#"{"code":"def f(): return 1","test":"assert f() == 1"}"#),
+        )
         .unwrap();
         assert_eq!(step.code.unwrap().test, "assert f() == 1");
-        let cut = Code::interpret(output(r#"{"code":"def f(): ret"#)).unwrap();
+        let cut = Code::interpret(StepKind::Work, output(r#"{"code":"def f(): ret"#)).unwrap();
         assert!(cut.code.is_none());
-        assert!(Code::interpret(output("  ")).is_err());
+        assert!(Code::interpret(StepKind::Work, output("  ")).is_err());
     }
 
     #[test]

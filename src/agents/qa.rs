@@ -113,10 +113,10 @@ impl Specialist for Qa {
         }
     }
 
-    fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
+    fn interpret(kind: StepKind, output: LlmOutput) -> Result<StepOutput, AgentError> {
         let text = output.text.trim();
         // A test step's output is a tool call, run by `act`.
-        if text.starts_with('{') && text.contains("\"tool\"") {
+        if kind == StepKind::Test {
             return Ok(StepOutput {
                 text: text.to_owned(),
                 ..StepOutput::default()
@@ -218,13 +218,26 @@ mod tests {
 
     #[test]
     fn a_json_verdict_is_parsed() {
-        let step = Qa::interpret(output(r#"{"verdict":"fail","feedback":"no test"}"#)).unwrap();
+        let step = Qa::interpret(
+            StepKind::Verify,
+            output(r#"{"verdict":"fail","feedback":"no test"}"#),
+        )
+        .unwrap();
         assert_eq!(step.verdict.unwrap().verdict, "fail");
     }
 
     #[test]
+    fn a_test_step_keeps_its_tool_call_for_act_and_gives_no_verdict() {
+        let call =
+            r#"{"tool":"run_code","arguments":{"language":"python","file":"step1_test.py"}}"#;
+        let step = Qa::interpret(StepKind::Test, output(call)).unwrap();
+        assert_eq!(step.text, call);
+        assert!(step.verdict.is_none());
+    }
+
+    #[test]
     fn a_malformed_verdict_is_an_error_with_an_excerpt() {
-        let error = Qa::interpret(output(r#"{"verdict":"maybe","#)).unwrap_err();
+        let error = Qa::interpret(StepKind::Verify, output(r#"{"verdict":"maybe","#)).unwrap_err();
         assert!(
             matches!(error, AgentError::MalformedOutput(ref m) if m.contains("verdict")),
             "{error}"
@@ -233,7 +246,11 @@ mod tests {
 
     #[test]
     fn an_unknown_verdict_is_refused() {
-        let error = Qa::interpret(output(r#"{"verdict":"maybe","feedback":"x"}"#)).unwrap_err();
+        let error = Qa::interpret(
+            StepKind::Verify,
+            output(r#"{"verdict":"maybe","feedback":"x"}"#),
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("pass or fail"));
     }
 }

@@ -7,7 +7,7 @@ use super::{text_output, work_request, AgentError, AgentKind, Specialist, Specia
 use crate::config::LlmLimits;
 use crate::llm::{LlmOutput, LlmRequest};
 use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
-use crate::messages::{StepOutput, StepSpec};
+use crate::messages::{StepKind, StepOutput, StepSpec};
 
 /// The Research role.
 pub struct Research;
@@ -27,7 +27,7 @@ impl Specialist for Research {
         )
     }
 
-    fn interpret(output: LlmOutput) -> Result<StepOutput, AgentError> {
+    fn interpret(_kind: StepKind, output: LlmOutput) -> Result<StepOutput, AgentError> {
         text_output(output, "text")
     }
 
