@@ -694,8 +694,8 @@ fn run_blocking(
         pipe.map(|pipe| std::thread::spawn(move || read_capped(pipe, limit, &exceeded, pid)))
     });
     let deadline = started + Duration::from_secs_f64(settings.timeout_seconds);
-    // The watcher counts the run's user id's processes, the shim among them.
-    let watched = watch(pid, deadline, uid, settings.max_processes + 1);
+    // With a per-run user id, the watcher counts that id's processes against the same limit.
+    let watched = watch(pid, deadline, uid, max_processes);
     let reaped = process::reap(pid, false)
         .map_err(|e| io("wait for the jail", e))?
         .ok_or_else(|| SandboxError::Io("the jail was not reaped".into()))?;
@@ -705,7 +705,7 @@ fn run_blocking(
     let peak_rss_kb = report
         .set_nonblocking(true)
         .ok()
-        .and_then(|()| read_report(&mut BufReader::new(report), "maxrss"));
+        .and_then(|()| read_peak_rss_kb(&mut BufReader::new(report)));
     if let Some(uid) = uid {
         sweep(uid);
     }
@@ -766,12 +766,11 @@ enum Watched {
     ProcessLimit,
 }
 
-/// Reads the shim's next report line, `<key> <number>`; `None` if the shim ended without it.
-fn read_report(report: &mut impl BufRead, key: &str) -> Option<i64> {
+/// Reads the shim's report, `maxrss <KB>`; `None` if the shim ended without it.
+fn read_peak_rss_kb(report: &mut impl BufRead) -> Option<i64> {
     let mut line = String::new();
     report.read_line(&mut line).ok()?;
-    let (name, value) = line.trim_end().split_once(' ')?;
-    (name == key).then(|| value.parse().ok()).flatten()
+    line.trim_end().strip_prefix("maxrss ")?.parse().ok()
 }
 
 /// Waits for the jail (pid `pid`, also its process group) to exit, killing its group at the deadline or,

@@ -551,13 +551,17 @@ impl TaskFlow {
         let attempts = self.deps.settings.code_attempts.max(1);
         let memory = self.deps.agent.memory.clone();
         let learn = memory.enabled() && self.options.replay_of.is_none();
-        let mut feedback: Option<Feedback> = None;
         let mut offered: Vec<String> = Vec::new();
+        let mut known_fixes: Vec<String> = Vec::new();
         let mut last_failure: Option<FailedRun> = None;
         for revision in 1..=attempts {
-            let output = self
-                .run_step(position, llm, revision, feedback.take())
-                .await?;
+            // After a failed attempt, Code gets that attempt's code and failure and the fixes found for it.
+            let feedback = last_failure.as_ref().map(|failed| Feedback {
+                code: failed.code.clone(),
+                failure: failed.error.clone(),
+                known_fixes: std::mem::take(&mut known_fixes),
+            });
+            let output = self.run_step(position, llm, revision, feedback).await?;
             let test = match &output.code {
                 Some(submission) => Some(
                     self.run_test(position, revision, &submission.test_file, llm)
@@ -620,14 +624,10 @@ impl TaskFlow {
                 Vec::new()
             };
             offered = known.iter().map(|found| found.id.clone()).collect();
+            known_fixes = known.into_iter().map(|found| found.fix).collect();
             last_failure = Some(FailedRun {
-                code: code.clone(),
-                error: failure.clone(),
-            });
-            feedback = Some(Feedback {
                 code,
-                failure,
-                known_fixes: known.into_iter().map(|found| found.fix).collect(),
+                error: failure,
             });
         }
         self.steps[position].status = "failed";
