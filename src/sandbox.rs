@@ -44,8 +44,8 @@ const AUDIT_HOOK: &str = include_str!("sandbox/audit_hook.py");
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/troupe-shim"));
 /// How often a running jail's process count is checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
-/// Longest file name in a run's workspace.
-const MAX_NAME_CHARS: usize = 100;
+/// Longest file name in a run's workspace (and in the file tools' schemas).
+pub const MAX_NAME_CHARS: usize = 100;
 
 /// A language the sandbox runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -42,7 +42,7 @@ impl Tool for RunCode {
                 "type": "object",
                 "properties": {
                     "language": { "type": "string", "enum": ["python", "shell"] },
-                    "file": { "type": "string", "minLength": 1, "maxLength": 100 },
+                    "file": { "type": "string", "minLength": 1, "maxLength": crate::sandbox::MAX_NAME_CHARS },
                     "code": { "type": "string", "maxLength": MAX_CODE_CHARS }
                 },
                 "required": ["language"],

@@ -125,7 +125,7 @@ async fn list(dir: &Path) -> Result<Vec<String>, ToolError> {
 }
 
 fn name_schema() -> Value {
-    json!({ "type": "string", "minLength": 1, "maxLength": 100 })
+    json!({ "type": "string", "minLength": 1, "maxLength": crate::sandbox::MAX_NAME_CHARS })
 }
 
 /// `read_file`: a file of the task's workspace.
