@@ -6,7 +6,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 DEMO_TASK ?= Write a Python function that checks whether a word is a palindrome
 
-.PHONY: demo test setup-demo setup-test build lint bench serve clean
+# One build serves both commands: the dev profile (dependencies optimised, see Cargo.toml) is what `make demo`
+# builds and what `make test` compiles its tests against, so the second command reuses the first's build.
+# `make release` builds the optimised binary for deployment (target/release/troupe, as the Dockerfile does).
+BIN := target/debug/troupe
+
+.PHONY: demo test setup-demo setup-test build release lint bench serve clean
 
 setup-demo:
 	scripts/setup.sh demo
@@ -15,12 +20,15 @@ setup-test:
 	scripts/setup.sh test
 
 build: setup-demo
+	$(CARGO) build --locked --bin troupe
+
+release: setup-demo
 	$(CARGO) build --release --locked --bin troupe
 
 # Exit code 1 is a task that ran and failed (its reason is printed): a finished demo, said plainly, not a
 # broken set-up; anything else non-zero (could not start) fails the target.
 demo: build
-	@./target/release/troupe run "$(DEMO_TASK)"; status=$$?; \
+	@./$(BIN) run "$(DEMO_TASK)"; status=$$?; \
 	if [ $$status -eq 1 ]; then \
 	  echo "demo: the task ran and failed, for the reason above. The embedded SmolLM2-135M is a very small model:"; \
 	  echo "demo: its code often fails its own test. Point llm.model at a larger GGUF model for better answers."; \
@@ -38,7 +46,7 @@ bench:
 	scripts/bench.sh
 
 serve: build
-	./target/release/troupe serve
+	./$(BIN) serve
 
 clean:
 	$(CARGO) clean

@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
-use troupe::agents::AgentKind;
 use troupe::config::{DatabaseSettings, Settings};
+use troupe::domain::{AgentKind, MemoryKind, TaskId, EMBEDDING_DIMENSIONS};
 use troupe::events::Hub;
-use troupe::memory::embedding::{cosine, Embedder, DIMENSIONS};
+use troupe::memory::embedding::Embedder;
 use troupe::memory::short_term::{Retention, ShortTerm};
-use troupe::memory::{MemoryDraft, MemoryKind, NewMemory, SearchFilter};
+use troupe::memory::{MemoryDraft, NewMemory, SearchFilter};
+use troupe::storage::memories::cosine;
 use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
-use troupe::task::TaskId;
 use troupe::telemetry::metrics::Metrics;
 
 const CORPUS: usize = 10_000;
@@ -565,4 +565,4 @@ fn sentences(n: usize) -> Vec<String> {
 }
 
 #[allow(dead_code)]
-const _: () = assert!(DIMENSIONS == 384);
+const _: () = assert!(EMBEDDING_DIMENSIONS == 384);

@@ -21,13 +21,12 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::json;
-use troupe::app::Core;
 use troupe::config::Settings;
-use troupe::events::EventKind;
+use troupe::domain::{EventKind, TaskId, TaskOptions};
 use troupe::llm::embedded::EmbeddedProvider;
 use troupe::memory::MemoryParts;
+use troupe::service::Core;
 use troupe::storage::Storage;
-use troupe::task::{TaskId, TaskOptions};
 use troupe::telemetry::metrics::Metrics;
 
 const SEQUENTIAL: usize = 300;

@@ -1,120 +1,40 @@
-//! What agents share: their names ([`AgentKind`]), their errors, their dependencies, the chaos switch,
-//! the recorded model call ([`call_llm`]) and the step runner every specialist's handler uses
-//! ([`run_step`]). One file per specialist under `agents/`.
+//! What the specialists share: their dependencies ([`AgentDeps`]), the chaos switch, the [`Specialist`]
+//! trait, the one actor type every specialist is ([`SpecialistAgent`]) and the step runner its handler
+//! uses ([`run_step`]). One file per specialist under `agents/`. Their names are `domain::AgentKind`,
+//! their errors `messages::AgentError`, the model call they make `llm::recorded`.
 //!
-//! Agents never touch HTTP or the database directly: they emit events and records through the event log.
+//! Agents never touch HTTP or the database directly: they emit events through the event log and send
+//! records to the storage writer.
 
 pub mod code;
 pub mod qa;
 pub mod research;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::{Actor, Context, Handler, ResponseFuture};
 use futures_util::FutureExt;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::LlmLimits;
-use crate::events::{EventKind, EventLog};
-use crate::llm::{shorten, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
-use crate::memory::{Memory, MemoryDraft, RecallSpec};
-use crate::messages::{Envelope, RunStep, StepKind, StepOutput, StepSpec};
-use crate::storage::writer::{LlmCallRecord, PendingEvent, WriteOp};
-use crate::task::{TaskId, TaskStatus};
+use crate::domain::{shorten, AgentKind, EventKind, TaskId, TaskStatus};
+use crate::events::EventLog;
+use crate::llm::recorded::Recorder;
+use crate::llm::{LlmError, LlmOutput, LlmRequest};
+use crate::memory::short_term::WindowEntry;
+use crate::memory::{recalled_list, Memory, MemoryDraft, RecallLayout, RecallSpec};
+use crate::messages::{AgentError, Envelope, RunStep, StepKind, StepOutput, StepSpec};
+use crate::storage::writer::Writer;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::propagation;
 use crate::tools::Tools;
-
-/// The agents of Troupe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentKind {
-    /// Plans, assigns, supervises, assembles.
-    Director,
-    /// Finds and states facts.
-    Research,
-    /// Writes code.
-    Code,
-    /// Checks work.
-    Qa,
-}
-
-impl AgentKind {
-    /// The specialists, in the order they usually work.
-    pub const SPECIALISTS: [AgentKind; 3] = [AgentKind::Research, AgentKind::Code, AgentKind::Qa];
-
-    /// The stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentKind::Director => "director",
-            AgentKind::Research => "research",
-            AgentKind::Code => "code",
-            AgentKind::Qa => "qa",
-        }
-    }
-
-    /// Whether the Director supervises it.
-    pub fn is_specialist(self) -> bool {
-        self != AgentKind::Director
-    }
-}
-
-impl fmt::Display for AgentKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not an agent.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown agent '{0}'")]
-pub struct UnknownAgent(pub String);
-
-impl FromStr for AgentKind {
-    type Err = UnknownAgent;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [
-            AgentKind::Director,
-            AgentKind::Research,
-            AgentKind::Code,
-            AgentKind::Qa,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
-        .ok_or_else(|| UnknownAgent(text.to_owned()))
-    }
-}
-
-/// A step failed inside an agent.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AgentError {
-    /// The agent's work panicked (caught); the supervisor restarts the agent.
-    #[error("agent panicked: {0}")]
-    Panicked(String),
-    /// The model call failed.
-    #[error(transparent)]
-    Llm(#[from] LlmError),
-    /// The model's output is unusable.
-    #[error("malformed model output: {0}")]
-    MalformedOutput(String),
-    /// A tool the agent called failed (the sandbox refused, a write failed, a call was malformed).
-    #[error("tool: {0}")]
-    Tool(String),
-    /// The task was cancelled.
-    #[error("cancelled")]
-    Cancelled,
-}
 
 /// Deliberate faults, to watch supervision work: each agent listed panics once per process.
 #[derive(Debug, Default)]
@@ -144,8 +64,10 @@ impl Chaos {
 /// What every agent needs.
 #[derive(Clone)]
 pub struct AgentDeps {
-    /// Where events and records go.
+    /// The task's event log (append events).
     pub events: EventLog,
+    /// The write path of every other record (steps, decisions, model calls).
+    pub writer: Writer,
     /// Metrics.
     pub metrics: Metrics,
     /// Token budgets.
@@ -158,142 +80,14 @@ pub struct AgentDeps {
     pub tools: Tools,
 }
 
-/// A count as a span attribute value: OpenTelemetry attributes are signed 64-bit integers.
-fn as_int(count: u64) -> i64 {
-    i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-/// Makes one model call on behalf of `agent` for `task_id`: a `chat {model}` span with the GenAI
-/// attributes, every streamed piece an `llm.token` event, the call stored (prompt, output, usage, duration)
-/// for inspection and replay, an `llm.finished` event, and the token and latency metrics.
-pub async fn call_llm(
-    deps: &AgentDeps,
-    llm: &dyn LlmProvider,
-    task_id: TaskId,
-    agent: AgentKind,
-    request: LlmRequest,
-    cancel: CancellationToken,
-) -> Result<LlmOutput, LlmError> {
-    let provider = llm.provider_name();
-    let model = llm.model_name().to_owned();
-    let span = tracing::info_span!(
-        "chat",
-        otel.name = %format!("chat {model}"),
-        otel.kind = "client",
-        gen_ai.operation.name = "chat",
-        gen_ai.provider.name = provider,
-        gen_ai.request.model = %model,
-        gen_ai.request.max_tokens = i64::from(request.max_tokens),
-        gen_ai.agent.name = agent.as_str(),
-        gen_ai.conversation.id = %task_id,
-        troupe.llm.purpose = %request.purpose,
-        gen_ai.usage.input_tokens = tracing::field::Empty,
-        gen_ai.usage.output_tokens = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    );
-    async move {
-        let purpose = request.purpose.clone();
-        let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
-        // Token pieces arrive on the provider's task: capture this span's ids now.
-        let (trace_id, span_id) = propagation::ids(&propagation::current());
-        let writer = deps.events.writer().clone();
-        let token_purpose = purpose.clone();
-        let started = Instant::now();
-        let first_token = deps
-            .metrics
-            .llm_time_to_first_token
-            .with_label_values(&[provider, &model]);
-        let seen_first = std::sync::atomic::AtomicBool::new(false);
-        let on_token: TokenSink = Arc::new(move |text: &str| {
-            if !seen_first.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                first_token.observe(started.elapsed().as_secs_f64());
-            }
-            writer.send(WriteOp::Event(PendingEvent {
-                task_id,
-                at: chrono::Utc::now(),
-                kind: EventKind::LlmToken,
-                agent: Some(agent),
-                trace_id: trace_id.clone(),
-                span_id: span_id.clone(),
-                data: json!({ "purpose": token_purpose, "text": text }),
-            }));
-        });
-        let result = llm.complete(request, on_token, cancel).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        deps.metrics
-            .llm_request_duration
-            .with_label_values(&[provider, &model])
-            .observe(elapsed);
-        let span = tracing::Span::current();
-        match &result {
-            Ok(output) => {
-                // As i64: the OpenTelemetry layer exports u64 fields as strings, and GenAI usage is an int.
-                span.record(
-                    "gen_ai.usage.input_tokens",
-                    as_int(output.usage.input_tokens),
-                );
-                span.record(
-                    "gen_ai.usage.output_tokens",
-                    as_int(output.usage.output_tokens),
-                );
-                let tokens = &deps.metrics.llm_tokens;
-                tokens
-                    .with_label_values(&[provider, &model, "input"])
-                    .inc_by(output.usage.input_tokens);
-                tokens
-                    .with_label_values(&[provider, &model, "output"])
-                    .inc_by(output.usage.output_tokens);
-                // Added even when zero, so that a local model's cost shows as 0 rather than absent.
-                deps.metrics
-                    .llm_cost
-                    .with_label_values(&[provider, &model])
-                    .inc_by(
-                        llm.price_per_million_tokens()
-                            .cost(output.usage.input_tokens, output.usage.output_tokens),
-                    );
-                deps.events.writer().send(WriteOp::LlmCall(LlmCallRecord {
-                    task_id,
-                    purpose: purpose.clone(),
-                    agent,
-                    provider: provider.to_owned(),
-                    model: model.clone(),
-                    prompt,
-                    output: output.text.clone(),
-                    choice: output
-                        .choice
-                        .as_ref()
-                        .and_then(|c| serde_json::to_value(c).ok()),
-                    prompt_tokens: i64::try_from(output.usage.input_tokens).unwrap_or(i64::MAX),
-                    completion_tokens: i64::try_from(output.usage.output_tokens)
-                        .unwrap_or(i64::MAX),
-                    duration_seconds: elapsed,
-                }));
-                deps.events.emit(
-                    task_id,
-                    EventKind::LlmFinished,
-                    Some(agent),
-                    json!({
-                        "purpose": purpose,
-                        "provider": provider,
-                        "model": model,
-                        "input_tokens": output.usage.input_tokens,
-                        "output_tokens": output.usage.output_tokens,
-                        "duration_seconds": elapsed,
-                    }),
-                );
-            }
-            Err(error) => {
-                span.record("error.type", error.kind());
-                deps.metrics
-                    .llm_errors
-                    .with_label_values(&[provider, error.kind()])
-                    .inc();
-            }
+impl AgentDeps {
+    /// Where a model call made with these dependencies is recorded.
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            writer: &self.writer,
+            metrics: &self.metrics,
         }
-        result
     }
-    .instrument(span)
-    .await
 }
 
 /// How a specialist turns a step into a model request and the model's output into a step output.
@@ -421,8 +215,11 @@ pub fn run_step<S: Specialist>(
             step.recalled = deps.memory.recall(task_id, agent, step.idx, &spec).await;
         }
         let request = S::request(&step, &deps.limits);
-        let mut result = match call_llm(&deps, llm.as_ref(), task_id, agent, request, cancel).await
-        {
+        let called = deps
+            .recorder()
+            .call(llm.as_ref(), task_id, agent, request, cancel)
+            .await;
+        let mut result = match called {
             Ok(output) => S::interpret(step.kind, output),
             Err(LlmError::Cancelled) => Err(AgentError::Cancelled),
             Err(error) => Err(AgentError::Llm(error)),
@@ -498,20 +295,9 @@ pub fn attempt_purpose(kind: &str, idx: i32, revision: u32) -> String {
 /// Longest earlier output passed on to the next step, in characters.
 pub const EARLIER_OUTPUT_CHARS: usize = 300;
 
-/// One entry of a task's conversation window in short-term memory.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WindowEntry {
-    /// Who said it.
-    pub agent: AgentKind,
-    /// In which step.
-    pub step: i32,
-    /// What, shortened.
-    pub text: String,
-}
-
 /// The earlier outputs of task `task_id`, oldest first, from its conversation window (empty when short-term
 /// memory fails: the failure is counted and logged there).
-async fn earlier_work_from(memory: &Memory, task_id: crate::task::TaskId) -> Vec<String> {
+async fn earlier_work_from(memory: &Memory, task_id: TaskId) -> Vec<String> {
     match memory.short_term().window(task_id).await {
         Ok(entries) => entries
             .iter()
@@ -561,18 +347,15 @@ pub fn text_output(output: LlmOutput, what: &str) -> Result<StepOutput, AgentErr
 /// Longest recalled memory shown in a prompt, in characters.
 const RECALLED_CHARS: usize = 200;
 
-/// The lines a specialist adds for the memories it recalled, best first.
+/// The lines a specialist adds for the memories it recalled, best first (as written: a snippet is code).
 pub fn recalled_memories(step: &StepSpec) -> String {
     if step.recalled.is_empty() {
         return String::new();
     }
-    let mut text = String::from("\nFrom memory:\n");
-    for hit in &step.recalled {
-        text.push_str("- ");
-        text.push_str(&shorten(&hit.memory.content, RECALLED_CHARS));
-        text.push('\n');
-    }
-    text
+    format!(
+        "\nFrom memory:\n{}",
+        recalled_list(&step.recalled, RECALLED_CHARS, RecallLayout::AsWritten)
+    )
 }
 
 /// The context lines a specialist adds to its prompt: earlier outputs, most recent last, shortened.
@@ -592,19 +375,6 @@ pub fn earlier_work(step: &StepSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_names_round_trip() {
-        for kind in [
-            AgentKind::Director,
-            AgentKind::Research,
-            AgentKind::Code,
-            AgentKind::Qa,
-        ] {
-            assert_eq!(kind.as_str().parse::<AgentKind>().unwrap(), kind);
-        }
-        assert!("planner".parse::<AgentKind>().is_err());
-    }
 
     #[test]
     fn chaos_fires_once_per_armed_agent() {

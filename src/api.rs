@@ -1,7 +1,7 @@
 //! The HTTP interface: the single route table. One file per resource under `api/`; errors map to HTTP in
 //! `api/error.rs` only.
 //!
-//! Handlers validate input, call the [`Core`](crate::app::Core) and shape JSON; they never reach actors'
+//! Handlers validate input, call the [`Core`](crate::service::Core) and shape JSON; they never reach actors'
 //! internals or the database except through the core and its storage reads.
 
 pub mod agents;
@@ -19,7 +19,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer, Resource};
 use tracing_actix_web::TracingLogger;
 
-use crate::app::Core;
+use crate::service::Core;
 use error::ApiError;
 
 /// The OpenAPI document of this API.

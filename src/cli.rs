@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::task::TaskId;
+use crate::domain::TaskId;
 
 /// Troupe: a Director and its Code, Research and QA agents working your task on a local model.
 #[derive(Debug, Parser)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::agents::AgentKind;
+use crate::domain::{limits as bounds, redact_url, AgentKind};
 
 /// The built-in defaults, compiled in so that the binary runs from any directory.
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -358,7 +358,7 @@ impl Settings {
         if !(redis.is_empty() || redis.starts_with("redis://")) {
             problems.push(format!(
                 "redis.url: '{}' is not a redis:// URL (TLS is not built; leave it empty for in-process short-term memory)",
-                crate::memory::short_term::redis::redact(redis)
+                redact_url(redis)
             ));
         }
         if self.redis.key_prefix.is_empty() {
@@ -417,23 +417,25 @@ impl Settings {
         }
         // A structured output cut off by its budget would not parse: each budget must cover the most
         // its grammar allows (one token per character at worst, plus the JSON around the strings).
-        let plan_bound =
-            self.director.max_steps * (crate::director::plan::MAX_INSTRUCTION_CHARS + 4) + 16;
+        let plan_bound = bounds::plan_token_bound(self.director.max_steps);
         if limits.plan_tokens < plan_bound {
             problems.push(format!(
                 "llm.limits.plan_tokens: {} cannot hold a plan of director.max_steps = {} steps; at least {plan_bound}",
                 limits.plan_tokens, self.director.max_steps
             ));
         }
-        let verdict_bound = crate::agents::qa::MAX_FEEDBACK_CHARS + 24;
+        let verdict_bound = bounds::VERDICT_TOKEN_BOUND;
         if limits.verdict_tokens < verdict_bound {
             problems.push(format!(
                 "llm.limits.verdict_tokens: {} cannot hold a verdict; at least {verdict_bound}",
                 limits.verdict_tokens
             ));
         }
-        if !(1..=8).contains(&self.director.max_steps) {
-            problems.push("director.max_steps: must be within 1..=8".into());
+        if !(1..=bounds::MAX_PLAN_STEPS).contains(&self.director.max_steps) {
+            problems.push(format!(
+                "director.max_steps: must be within 1..={}",
+                bounds::MAX_PLAN_STEPS
+            ));
         }
         if self.director.max_concurrent_tasks == 0 {
             problems.push("director.max_concurrent_tasks: must be positive".into());

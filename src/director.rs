@@ -23,21 +23,20 @@ use tracing::Instrument;
 use crate::agents::code::CodeAgent;
 use crate::agents::qa::QaAgent;
 use crate::agents::research::ResearchAgent;
-use crate::agents::{AgentDeps, AgentError, AgentKind};
+use crate::agents::AgentDeps;
 use crate::config::DirectorSettings;
-use crate::events::{EventKind, EventLog};
+use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
 use crate::llm::replay::ReplayProvider;
 use crate::llm::LlmProvider;
 use crate::messages::{
-    AgentStatus, CancelTask, Dispatch, Envelope, GetAgents, NotRunning, RunStep, StartTask,
+    AgentError, AgentStatus, CancelTask, Envelope, GetAgents, NotRunning, RunStep, StartTask,
     StepOutput,
 };
-use crate::storage::writer::{TaskEnd, WriteOp};
+use crate::storage::records::{PendingEvent, TaskEnd, WriteOp};
 use crate::storage::Storage;
 use crate::supervision::{
     AgentFactory, GaveUp, RestartPolicy, RestartReason, Restarted, Supervised,
 };
-use crate::task::{TaskId, TaskStatus};
 use crate::telemetry::propagation;
 
 /// A step could not be run on its agent.
@@ -65,6 +64,16 @@ pub enum DispatchError {
     /// No such specialist.
     #[error("no specialist named {0}")]
     NoSuchAgent(AgentKind),
+}
+
+/// Task flow to Director: run a step on a supervised specialist.
+#[derive(Message)]
+#[rtype(result = "Result<StepOutput, DispatchError>")]
+pub struct Dispatch {
+    /// The specialist.
+    pub agent: AgentKind,
+    /// The step.
+    pub run: RunStep,
 }
 
 /// What the Director and its task flows need.
@@ -233,7 +242,7 @@ impl Director {
                     .with_label_values(&[agent.as_str(), reason.as_str()])
                     .inc();
                 tracing::warn!(%agent, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
-                self.deps.agent.events.writer().send(WriteOp::Event(EventLog::pending_in(
+                self.deps.agent.writer.send(WriteOp::Event(PendingEvent::now_in(
                     trace,
                     task_id,
                     EventKind::AgentRestarted,
@@ -311,14 +320,14 @@ impl Handler<Envelope<CancelTask>> for Director {
                 .set(self.queue.len() as i64);
             let span = tracing::info_span!("task.cancel", troupe.task.id = %task_id);
             propagation::set_parent(&span, queued.trace);
-            let writer = self.deps.agent.events.writer().clone();
+            let writer = self.deps.agent.writer.clone();
             let metrics = self.deps.agent.metrics.clone();
             let end = span.in_scope(|| TaskEnd {
                 task_id,
                 status: TaskStatus::Cancelled,
                 result: None,
                 error: None,
-                event: EventLog::pending(
+                event: PendingEvent::now(
                     task_id,
                     EventKind::TaskCancelled,
                     Some(AgentKind::Director),

@@ -1,4 +1,5 @@
-//! Events: their kinds, the per-task event log ([`EventLog`]) and subscriptions to it.
+//! The per-task event log ([`EventLog`]), the live fan-out of committed events ([`Hub`]) and subscriptions
+//! to it. The events themselves (`Event`, `EventKind`) are named in `domain`.
 //!
 //! An event is appended by sending it to the storage writer, which assigns the task's next `seq`, commits
 //! it with the rest of its batch and only then publishes it on the task's channel in the [`Hub`] (one
@@ -7,171 +8,13 @@
 //! miss one (duplicates are dropped by `seq`).
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::agents::AgentKind;
-use crate::storage::writer::{PendingEvent, WriteOp, Writer};
+use crate::domain::{AgentKind, Event, EventKind, TaskId};
+use crate::storage::writer::{Publish, Writer};
 use crate::storage::{Storage, StorageError};
-use crate::task::TaskId;
-use crate::telemetry::propagation;
-
-/// What happened. The names are stable: clients match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventKind {
-    /// The task was accepted and stored.
-    #[serde(rename = "task.queued")]
-    TaskQueued,
-    /// The Director started working on it.
-    #[serde(rename = "task.started")]
-    TaskStarted,
-    /// The Director's plan: its steps.
-    #[serde(rename = "plan.created")]
-    PlanCreated,
-    /// A choice, with the options weighed and their probabilities.
-    #[serde(rename = "decision.made")]
-    DecisionMade,
-    /// An agent began a step.
-    #[serde(rename = "agent.started")]
-    AgentStarted,
-    /// A piece of model output, streamed.
-    #[serde(rename = "llm.token")]
-    LlmToken,
-    /// A model call ended, with usage.
-    #[serde(rename = "llm.finished")]
-    LlmFinished,
-    /// An agent finished a step.
-    #[serde(rename = "agent.finished")]
-    AgentFinished,
-    /// The supervisor restarted an agent.
-    #[serde(rename = "agent.restarted")]
-    AgentRestarted,
-    /// QA's verdict on the work.
-    #[serde(rename = "qa.verdict")]
-    QaVerdict,
-    /// An agent searched memory: the query, every hit with its similarity score, and which were used.
-    #[serde(rename = "memory.read")]
-    MemoryRead,
-    /// An agent called a tool: which, with what, how it went, how long it took.
-    #[serde(rename = "tool.called")]
-    ToolCalled,
-    /// The sandbox contained something a run tried (network, filesystem, fork bomb, memory, runaway, output).
-    #[serde(rename = "sandbox.violation")]
-    SandboxViolation,
-    /// One attempt of the Code/QA loop: the step, the attempt number, whether the test passed, the feedback.
-    #[serde(rename = "code.attempt")]
-    CodeAttempt,
-    /// Terminal: the task has a result.
-    #[serde(rename = "task.completed")]
-    TaskCompleted,
-    /// Terminal: the task failed; `data.error` says why.
-    #[serde(rename = "task.failed")]
-    TaskFailed,
-    /// Terminal: the task was cancelled.
-    #[serde(rename = "task.cancelled")]
-    TaskCancelled,
-}
-
-impl EventKind {
-    /// Every kind.
-    pub const ALL: [EventKind; 17] = [
-        EventKind::TaskQueued,
-        EventKind::TaskStarted,
-        EventKind::PlanCreated,
-        EventKind::DecisionMade,
-        EventKind::AgentStarted,
-        EventKind::LlmToken,
-        EventKind::LlmFinished,
-        EventKind::AgentFinished,
-        EventKind::AgentRestarted,
-        EventKind::QaVerdict,
-        EventKind::MemoryRead,
-        EventKind::ToolCalled,
-        EventKind::SandboxViolation,
-        EventKind::CodeAttempt,
-        EventKind::TaskCompleted,
-        EventKind::TaskFailed,
-        EventKind::TaskCancelled,
-    ];
-
-    /// The stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::TaskQueued => "task.queued",
-            EventKind::TaskStarted => "task.started",
-            EventKind::PlanCreated => "plan.created",
-            EventKind::DecisionMade => "decision.made",
-            EventKind::AgentStarted => "agent.started",
-            EventKind::LlmToken => "llm.token",
-            EventKind::LlmFinished => "llm.finished",
-            EventKind::AgentFinished => "agent.finished",
-            EventKind::AgentRestarted => "agent.restarted",
-            EventKind::QaVerdict => "qa.verdict",
-            EventKind::MemoryRead => "memory.read",
-            EventKind::ToolCalled => "tool.called",
-            EventKind::SandboxViolation => "sandbox.violation",
-            EventKind::CodeAttempt => "code.attempt",
-            EventKind::TaskCompleted => "task.completed",
-            EventKind::TaskFailed => "task.failed",
-            EventKind::TaskCancelled => "task.cancelled",
-        }
-    }
-
-    /// Whether this kind ends a task's log.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            EventKind::TaskCompleted | EventKind::TaskFailed | EventKind::TaskCancelled
-        )
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not an event kind.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown event kind '{0}'")]
-pub struct UnknownEventKind(pub String);
-
-impl FromStr for EventKind {
-    type Err = UnknownEventKind;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        EventKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-            .ok_or_else(|| UnknownEventKind(text.to_owned()))
-    }
-}
-
-/// One entry of a task's event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Position in the task's log: 1, 2, 3, ... without gaps.
-    pub seq: i64,
-    /// The task.
-    pub task_id: TaskId,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// What happened.
-    pub kind: EventKind,
-    /// The agent it concerns, if any.
-    pub agent: Option<AgentKind>,
-    /// The task's trace (hex).
-    pub trace_id: String,
-    /// The span that emitted it (hex).
-    pub span_id: String,
-    /// Kind-specific details.
-    pub data: serde_json::Value,
-}
 
 /// Live fan-out of committed events: one broadcast channel per task that has subscribers. Cheap to clone.
 #[derive(Clone, Default)]
@@ -244,7 +87,14 @@ impl Hub {
     }
 }
 
-/// Appends events and hands out subscriptions. Cheap to clone.
+impl Publish for Hub {
+    fn publish(&self, event: Arc<Event>) {
+        Hub::publish(self, event);
+    }
+}
+
+/// A task's event log: appends events (through the writer, which gives them their `seq`) and hands out
+/// subscriptions. Other records go to the [`Writer`] directly. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     writer: Writer,
@@ -263,42 +113,6 @@ impl EventLog {
         }
     }
 
-    /// The writer, for other durable records that belong with events (steps, decisions, model calls).
-    pub fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
-    /// Builds an event stamped now, with the trace and span of the current `tracing` span.
-    pub fn pending(
-        task_id: TaskId,
-        kind: EventKind,
-        agent: Option<AgentKind>,
-        data: serde_json::Value,
-    ) -> PendingEvent {
-        Self::pending_in(&propagation::current(), task_id, kind, agent, data)
-    }
-
-    /// Builds an event stamped now, with the trace and span of `cx` (for code that acts for a task
-    /// outside the task's spans, like a supervisor).
-    pub fn pending_in(
-        cx: &opentelemetry::Context,
-        task_id: TaskId,
-        kind: EventKind,
-        agent: Option<AgentKind>,
-        data: serde_json::Value,
-    ) -> PendingEvent {
-        let (trace_id, span_id) = propagation::ids(cx);
-        PendingEvent {
-            task_id,
-            at: Utc::now(),
-            kind,
-            agent,
-            trace_id,
-            span_id,
-            data,
-        }
-    }
-
     /// Appends an event (fire and forget: it becomes visible once its batch commits).
     pub fn emit(
         &self,
@@ -307,8 +121,7 @@ impl EventLog {
         agent: Option<AgentKind>,
         data: serde_json::Value,
     ) {
-        self.writer
-            .send(WriteOp::Event(Self::pending(task_id, kind, agent, data)));
+        self.writer.emit(task_id, kind, agent, data);
     }
 
     /// Subscribes to task `task_id`'s events with `seq > after`: stored history first, then live events,
@@ -395,35 +208,5 @@ impl Subscription {
             .await?;
         self.backlog = stored.into();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_round_trip_through_names_and_serde() {
-        for kind in EventKind::ALL {
-            assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), kind);
-            let json = serde_json::to_string(&kind).unwrap();
-            assert_eq!(json, format!("\"{}\"", kind.as_str()));
-        }
-    }
-
-    #[test]
-    fn exactly_three_kinds_are_terminal() {
-        let terminal: Vec<_> = EventKind::ALL
-            .into_iter()
-            .filter(|k| k.is_terminal())
-            .collect();
-        assert_eq!(
-            terminal,
-            vec![
-                EventKind::TaskCompleted,
-                EventKind::TaskFailed,
-                EventKind::TaskCancelled
-            ]
-        );
     }
 }

@@ -3,11 +3,14 @@
 //! - [`embedded`]: llama.cpp in a supervised child process (`troupe model-worker`, see [`worker`]), so that
 //!   an abort inside llama.cpp (a `GGML_ASSERT` on some grammar states) kills the worker, never the server.
 //! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks.
+//! - [`recorded`]: the recorded, traced, metered call every caller makes ([`recorded::Recorder::call`]).
 //!
-//! This module knows nothing of agents, events or storage; callers record calls (see `agents::LlmCaller`).
+//! The providers know nothing of storage; `recorded` writes each call and its events through the storage
+//! writer, and `replay` reads a recording's rows. Nothing here knows agents or the event hub.
 
 pub mod embedded;
 pub mod protocol;
+pub mod recorded;
 pub mod replay;
 pub mod worker;
 
@@ -267,19 +270,6 @@ pub struct WorkerStatus {
     pub restarts: u64,
 }
 
-/// `text` cut to at most `limit` characters, with an ellipsis when cut.
-pub fn shorten(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// The first 200 characters of `text`, for error messages about hostile or broken model output.
-pub fn excerpt(text: &str) -> String {
-    shorten(text, 200)
-}
-
 /// Probabilities from logits by softmax, computed stably.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -305,12 +295,6 @@ mod tests {
         let sum: f64 = probabilities.iter().sum();
         assert!((sum - 1.0).abs() < 1e-9);
         assert!(probabilities[0] > probabilities[1] && probabilities[1] > probabilities[2]);
-    }
-
-    #[test]
-    fn shorten_cuts_on_characters_not_bytes() {
-        assert_eq!(shorten("héllo", 2), "hé…");
-        assert_eq!(shorten("hi", 2), "hi");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use clap::Parser;
 
 use troupe::cli::{self, Cli, Command};
 use troupe::config::Settings;
+use troupe::domain::TaskOptions;
 use troupe::llm::worker::WorkerOptions;
-use troupe::task::TaskOptions;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

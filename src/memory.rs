@@ -11,26 +11,28 @@ pub mod embedding;
 pub mod learning;
 pub mod short_term;
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::agents::AgentKind;
 use crate::config::MemorySettings;
-use crate::events::{EventKind, EventLog};
-use crate::llm::shorten;
-use crate::storage::writer::WriteOp;
+use crate::domain::{shorten, AgentKind, EventKind, TaskId};
+use crate::storage::records::WriteOp;
+use crate::storage::writer::Writer;
 use crate::storage::{Storage, StorageError};
-use crate::task::TaskId;
 use crate::telemetry::metrics::Metrics;
 use embedding::{Embedder, EmbeddingError, MODEL_NAME};
+
+// Memory's vocabulary is the rows storage keeps; named here so that agents speak of `memory::MemoryHit`.
+pub use crate::storage::memories::{MemoryDraft, MemoryHit, MemoryRecord, NewMemory, SearchFilter};
 use short_term::ShortTerm;
+
+/// Longest search query accepted, in characters.
+pub const MAX_QUERY_CHARS: usize = 2000;
+/// Most hits a search may ask for.
+pub const MAX_SEARCH_K: usize = 50;
 
 /// The tier label of long-term (stored memory) operations in metrics.
 pub const LONG_TERM: &str = "long_term";
@@ -40,133 +42,28 @@ pub const SEMANTIC: &str = "semantic";
 /// Longest excerpt of a memory's content in `memory.read` events, in characters.
 const EVENT_EXCERPT_CHARS: usize = 240;
 
-/// What a memory holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemoryKind {
-    /// A fact an agent stated.
-    Fact,
-    /// The summary of a finished task (prompt and result).
-    Summary,
-    /// A piece of code an agent wrote.
-    Snippet,
-    /// An error signature and the fix that made it pass.
-    Pattern,
+/// How [`recalled_list`] lays out each memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecallLayout {
+    /// As written (code keeps its lines).
+    AsWritten,
+    /// On one line (line breaks become spaces), for summaries in a list.
+    OneLine,
 }
 
-impl MemoryKind {
-    /// Every kind.
-    pub const ALL: [MemoryKind; 4] = [
-        MemoryKind::Fact,
-        MemoryKind::Summary,
-        MemoryKind::Snippet,
-        MemoryKind::Pattern,
-    ];
-
-    /// The stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemoryKind::Fact => "fact",
-            MemoryKind::Summary => "summary",
-            MemoryKind::Snippet => "snippet",
-            MemoryKind::Pattern => "pattern",
-        }
+/// Recalled memories for a prompt: one `- ` item per hit, best first, each cut to `max_chars`.
+pub fn recalled_list(hits: &[MemoryHit], max_chars: usize, layout: RecallLayout) -> String {
+    let mut text = String::new();
+    for hit in hits {
+        let content = match layout {
+            RecallLayout::AsWritten => shorten(&hit.memory.content, max_chars),
+            RecallLayout::OneLine => shorten(&hit.memory.content.replace('\n', " "), max_chars),
+        };
+        text.push_str("- ");
+        text.push_str(&content);
+        text.push('\n');
     }
-}
-
-impl fmt::Display for MemoryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not a memory kind.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown memory kind '{0}' (fact, summary, snippet, pattern)")]
-pub struct UnknownKind(pub String);
-
-impl FromStr for MemoryKind {
-    type Err = UnknownKind;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        MemoryKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-            .ok_or_else(|| UnknownKind(text.to_owned()))
-    }
-}
-
-/// A memory an agent wants kept, before it is embedded.
-#[derive(Debug, Clone)]
-pub struct MemoryDraft {
-    /// What it is.
-    pub kind: MemoryKind,
-    /// The text that is embedded and shown.
-    pub content: String,
-    /// Structured details (a pattern's fix, ...).
-    pub detail: Option<serde_json::Value>,
-    /// Who wrote it.
-    pub agent: AgentKind,
-    /// The step it came from.
-    pub step: Option<i32>,
-}
-
-/// A memory ready to store: a draft with its provenance and embedding.
-#[derive(Debug, Clone)]
-pub struct NewMemory {
-    /// Its id (UUIDv7).
-    pub id: uuid::Uuid,
-    /// The task it came from.
-    pub task_id: Option<TaskId>,
-    /// The draft.
-    pub draft: MemoryDraft,
-    /// Its embedding (unit length).
-    pub embedding: Vec<f32>,
-    /// When it was made.
-    pub created_at: DateTime<Utc>,
-}
-
-/// A stored memory with its provenance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MemoryRecord {
-    /// Id.
-    pub id: String,
-    /// What it is.
-    pub kind: MemoryKind,
-    /// Its text.
-    pub content: String,
-    /// Structured details.
-    pub detail: Option<serde_json::Value>,
-    /// The task it came from.
-    pub task_id: Option<String>,
-    /// Who wrote it.
-    pub agent: Option<String>,
-    /// The step it came from.
-    pub step: Option<i32>,
-    /// Times it was offered to an agent.
-    pub uses: i32,
-    /// Times an attempt that used it passed (patterns).
-    pub successes: i32,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
-}
-
-/// A memory found by a search, with its cosine similarity to the query.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MemoryHit {
-    /// The memory.
-    #[serde(flatten)]
-    pub memory: MemoryRecord,
-    /// Cosine similarity, -1..=1 (1: same meaning).
-    pub score: f32,
-}
-
-/// Which memories a search considers.
-#[derive(Debug, Clone, Default)]
-pub struct SearchFilter {
-    /// Only these kinds (empty: all).
-    pub kinds: Vec<MemoryKind>,
-    /// Only those written by this agent.
-    pub agent: Option<AgentKind>,
+    text
 }
 
 /// What an agent recalls before working on a step.
@@ -208,7 +105,7 @@ struct Inner {
     embedder: Option<Arc<Embedder>>,
     short_term: ShortTerm,
     storage: Storage,
-    events: EventLog,
+    writer: Writer,
     metrics: Metrics,
 }
 
@@ -280,12 +177,12 @@ impl MemoryParts {
 }
 
 impl Memory {
-    /// Memory from started `parts`, over `storage` (reads) and `events` (writes and `memory.read` events).
+    /// Memory from started `parts`, over `storage` (reads) and `writer` (writes and `memory.read` events).
     pub fn new(
         settings: MemorySettings,
         parts: MemoryParts,
         storage: Storage,
-        events: EventLog,
+        writer: Writer,
         metrics: Metrics,
     ) -> Self {
         Memory {
@@ -294,7 +191,7 @@ impl Memory {
                 embedder: parts.embedder,
                 short_term: parts.short_term,
                 storage,
-                events,
+                writer,
                 metrics,
             }),
         }
@@ -467,7 +364,7 @@ impl Memory {
                 .inc();
         }
         if !used.is_empty() {
-            self.inner.events.writer().send(WriteOp::MemoriesUsed(
+            self.inner.writer.send(WriteOp::MemoriesUsed(
                 used.iter().map(|hit| hit.memory.id.clone()).collect(),
             ));
         }
@@ -486,7 +383,7 @@ impl Memory {
                 })
             })
             .collect();
-        self.inner.events.emit(
+        self.inner.writer.emit(
             task_id,
             EventKind::MemoryRead,
             Some(agent),
@@ -518,7 +415,7 @@ impl Memory {
         let vectors = self
             .embed(drafts.iter().map(|draft| draft.content.clone()).collect())
             .await?;
-        let now = Utc::now();
+        let now = chrono::Utc::now();
         Ok(drafts
             .into_iter()
             .zip(vectors)
@@ -541,7 +438,7 @@ impl Memory {
         let memories = self.prepare(task_id, drafts).await?;
         let ids = memories.iter().map(|memory| memory.id).collect();
         let started = Instant::now();
-        let result = self.inner.events.writer().insert_memories(memories).await;
+        let result = self.inner.writer.insert_memories(memories).await;
         self.count(LONG_TERM, "write", started, result.is_ok());
         result?;
         Ok(ids)
@@ -574,7 +471,7 @@ impl Memory {
     }
 
     /// The writer (for the learning loop).
-    pub(crate) fn writer(&self) -> &crate::storage::writer::Writer {
-        self.inner.events.writer()
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.inner.writer
     }
 }

@@ -1,4 +1,6 @@
-//! The messages between actors, and the [`Envelope`] every one of them travels in.
+//! The messages to the specialists and the Director, their replies' types (the step, its output,
+//! [`AgentError`]), and the [`Envelope`] every one of them travels in. The Director's own `Dispatch` (from a
+//! task flow to its Director) lives in `director`, beside the supervision errors it answers with.
 //!
 //! An envelope carries the sender's OpenTelemetry context (trace id, span id, flags, tracestate: the W3C
 //! trace context), the task id and the send time. The receiving handler opens its span as a child of that
@@ -12,9 +14,10 @@ use actix::Message;
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::{AgentError, AgentKind};
-use crate::llm::LlmProvider;
-use crate::task::{TaskId, TaskOptions};
+use crate::domain::{AgentKind, TaskId, TaskOptions};
+use crate::llm::{LlmError, LlmProvider};
+use crate::memory::{MemoryDraft, MemoryHit};
+use crate::sandbox::RunReport;
 use crate::telemetry::propagation;
 
 /// A message with its trace context, task and send time.
@@ -120,7 +123,7 @@ pub struct StepSpec {
     /// task's conversation window in short-term memory.
     pub earlier: Vec<String>,
     /// Memories recalled for this step (best first); filled by the specialist before it asks the model.
-    pub recalled: Vec<crate::memory::MemoryHit>,
+    pub recalled: Vec<MemoryHit>,
     /// Which attempt this is, from 1 (dispatches of this step: restarts and revisions included).
     pub attempt: u32,
     /// For a code step: which attempt of the Code/QA loop (from 1); for a test step, the attempt tested.
@@ -160,7 +163,7 @@ pub struct TestResult {
     /// The run exited 0 with nothing contained.
     pub passed: bool,
     /// The run as the sandbox measured it.
-    pub report: crate::sandbox::RunReport,
+    pub report: RunReport,
     /// For a failure: the output Code gets back.
     pub failure: Option<String>,
 }
@@ -182,11 +185,31 @@ pub struct StepOutput {
     /// QA's verdict, for verification steps.
     pub verdict: Option<Verdict>,
     /// What the step leaves in long-term memory (stored with the task's end if it completes).
-    pub memories: Vec<crate::memory::MemoryDraft>,
+    pub memories: Vec<MemoryDraft>,
     /// A code step's submission (None when Code's answer held no usable code).
     pub code: Option<CodeSubmission>,
     /// A test step's result.
     pub test: Option<TestResult>,
+}
+
+/// A step failed inside an agent.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The agent's work panicked (caught); the supervisor restarts the agent.
+    #[error("agent panicked: {0}")]
+    Panicked(String),
+    /// The model call failed.
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    /// The model's output is unusable.
+    #[error("malformed model output: {0}")]
+    MalformedOutput(String),
+    /// A tool the agent called failed (the sandbox refused, a write failed, a call was malformed).
+    #[error("tool: {0}")]
+    Tool(String),
+    /// The task was cancelled.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Director to specialist: work one step with this model, stop when `cancel` fires.
@@ -220,16 +243,6 @@ pub struct CancelTask;
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("task is not queued or running")]
 pub struct NotRunning;
-
-/// Task flow to Director: run a step on a supervised specialist.
-#[derive(Message)]
-#[rtype(result = "Result<StepOutput, crate::director::DispatchError>")]
-pub struct Dispatch {
-    /// The specialist.
-    pub agent: AgentKind,
-    /// The step.
-    pub run: RunStep,
-}
 
 /// API to Director: the agents and their health.
 #[derive(Message)]

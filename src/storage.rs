@@ -9,7 +9,8 @@
 pub mod entities;
 mod events;
 mod llm_calls;
-mod memories;
+pub mod memories;
+pub mod records;
 mod tasks;
 pub mod writer;
 
@@ -20,10 +21,11 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-pub use llm_calls::Recording;
+pub use llm_calls::{RecordedCall, Recording};
 pub use tasks::{StepRecord, TaskRecord, TaskUsage};
 
 use crate::config::DatabaseSettings;
+use crate::domain::redact_url;
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,7 @@ impl Storage {
                 .filter(|p| !p.as_os_str().is_empty())
             {
                 std::fs::create_dir_all(parent).map_err(|e| StorageError::Connect {
-                    url: redact(url),
+                    url: redact_url(url),
                     source: DbErr::Custom(format!("create folder {}: {e}", parent.display())),
                 })?;
             }
@@ -105,7 +107,7 @@ impl Storage {
         let db = Database::connect(options)
             .await
             .map_err(|source| StorageError::Connect {
-                url: redact(url),
+                url: redact_url(url),
                 source,
             })?;
         Ok(Storage { db })
@@ -190,20 +192,6 @@ fn sqlite_path(url: &str) -> Option<&str> {
     (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
 }
 
-/// `url` without the password, for error messages and logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,14 +205,5 @@ mod tests {
         assert_eq!(sqlite_path("sqlite:data.db"), Some("data.db"));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("postgres://x/y"), None);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }
 }

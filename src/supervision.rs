@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use actix::Recipient;
 
-use crate::agents::AgentKind;
 use crate::config::SupervisionSettings;
+use crate::domain::AgentKind;
 use crate::messages::{Envelope, RunStep};
 
 /// Why an agent was restarted (the `reason` label of `troupe_supervisor_restarts_total`).

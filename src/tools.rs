@@ -24,12 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::agents::AgentKind;
-use crate::events::{EventKind, EventLog};
-use crate::llm::{excerpt, shorten};
+use crate::domain::{excerpt, shorten, AgentKind, EventKind, TaskId};
+use crate::events::EventLog;
 use crate::memory::Memory;
 use crate::sandbox::Sandbox;
-use crate::task::TaskId;
 use crate::telemetry::metrics::Metrics;
 
 pub use workspace::Workspaces;

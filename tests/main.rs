@@ -5,6 +5,7 @@
 mod bad_input;
 mod cancellation;
 mod helpers;
+mod layers;
 mod memory;
 mod model_worker;
 mod observability_files;

@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use troupe::agents::AgentKind;
 use troupe::config::{DatabaseSettings, Settings};
-use troupe::events::{EventKind, EventLog, Hub};
+use troupe::domain::{AgentKind, EventKind, MemoryKind, TaskStatus};
+use troupe::events::Hub;
 use troupe::memory::learning::FailedRun;
-use troupe::memory::{Memory, MemoryDraft, MemoryKind, MemoryParts, SearchFilter};
-use troupe::storage::writer::{TaskEnd, Writer};
+use troupe::memory::{Memory, MemoryDraft, MemoryParts, SearchFilter};
+use troupe::storage::records::{PendingEvent, TaskEnd};
+use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
-use troupe::task::TaskStatus;
 use troupe::telemetry::metrics::Metrics;
 
 use crate::helpers::{metric_value, root, spawn_app_with, TestApp};
@@ -27,14 +27,12 @@ async fn memory_over(storage: &Storage) -> (Memory, Writer, Metrics) {
     let parts = MemoryParts::start(&memory_settings, &settings.redis, &metrics)
         .await
         .expect("embedding model fetched by scripts/setup.sh");
-    let hub = Hub::new();
-    let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
-    let events = EventLog::new(writer.clone(), hub, storage.clone());
+    let writer = Writer::spawn(storage.clone(), Hub::new(), metrics.clone());
     let memory = Memory::new(
         memory_settings,
         parts,
         storage.clone(),
-        events,
+        writer.clone(),
         metrics.clone(),
     );
     (memory, writer, metrics)
@@ -291,7 +289,7 @@ async fn a_task_never_half_writes_its_memories() {
         status: TaskStatus::Completed,
         result: Some(json!({ "answer": "done" })),
         error: None,
-        event: EventLog::pending(task, EventKind::TaskCompleted, None, json!({})),
+        event: PendingEvent::now(task, EventKind::TaskCompleted, None, json!({})),
         memories,
     };
     assert!(writer.finish_task(end(memories.clone())).await.is_err());

@@ -5,10 +5,11 @@
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 use troupe::config::DatabaseSettings;
-use troupe::events::{EventKind, EventLog, Hub};
-use troupe::storage::writer::{NewTask, TaskEnd, WriteOp, Writer};
+use troupe::domain::{EventKind, TaskId, TaskStatus};
+use troupe::events::{EventLog, Hub};
+use troupe::storage::records::{NewTask, PendingEvent, TaskEnd, WriteOp};
+use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
-use troupe::task::{TaskId, TaskStatus};
 use troupe::telemetry::metrics::Metrics;
 
 pub fn server_url() -> String {
@@ -69,7 +70,7 @@ impl TestDatabase {
 /// Stores a queued task (row and `task.queued` event) and returns its id.
 pub async fn store_queued_task(writer: &Writer) -> TaskId {
     let id = TaskId::new();
-    let queued = EventLog::pending(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
+    let queued = PendingEvent::now(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
     let task = NewTask {
         id,
         prompt: "p".into(),
@@ -96,7 +97,7 @@ async fn migrations_and_the_event_log_work_on_postgres() {
 
     let id = store_queued_task(&writer).await;
     let mut subscription = log.subscribe(id, 0).await.unwrap();
-    writer.send(WriteOp::StartTask(EventLog::pending(
+    writer.send(WriteOp::MarkRunning(PendingEvent::now(
         id,
         EventKind::TaskStarted,
         None,
@@ -116,7 +117,7 @@ async fn migrations_and_the_event_log_work_on_postgres() {
             status: TaskStatus::Completed,
             result: Some(json!({ "answer": 42 })),
             error: None,
-            event: EventLog::pending(id, EventKind::TaskCompleted, None, json!({})),
+            event: PendingEvent::now(id, EventKind::TaskCompleted, None, json!({})),
             memories: Vec::new(),
         })
         .await

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use troupe::agents::AgentKind;
-use troupe::app::Core;
-use troupe::events::{EventKind, EventLog, Hub};
+use troupe::domain::{AgentKind, EventKind, MemoryKind, TaskId, TaskOptions, TaskStatus};
+use troupe::events::Hub;
 use troupe::llm::replay::ReplayProvider;
 use troupe::llm::{LlmOutput, Usage};
-use troupe::memory::{MemoryKind, MemoryParts};
+use troupe::memory::MemoryParts;
 use troupe::sandbox::Sandbox;
-use troupe::storage::writer::{LlmCallRecord, TaskEnd, WriteOp, Writer};
+use troupe::service::Core;
+use troupe::storage::records::{LlmCallRecord, PendingEvent, TaskEnd, WriteOp};
+use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
-use troupe::task::{TaskId, TaskOptions, TaskStatus};
 use troupe::telemetry::metrics::Metrics;
 
 use crate::helpers::{metric_value, spawn_app_with, TestApp};
@@ -55,7 +55,7 @@ async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) ->
             status: TaskStatus::Completed,
             result: Some(json!({})),
             error: None,
-            event: EventLog::pending(id, EventKind::TaskCompleted, None, json!({})),
+            event: PendingEvent::now(id, EventKind::TaskCompleted, None, json!({})),
             memories: Vec::new(),
         })
         .await
@@ -359,7 +359,7 @@ async fn a_fix_learned_in_one_task_is_offered_to_the_next() {
             }
         }
     };
-    let offered = |events: &[troupe::events::Event]| -> Vec<u64> {
+    let offered = |events: &[troupe::domain::Event]| -> Vec<u64> {
         events
             .iter()
             .filter(|e| e.kind == EventKind::CodeAttempt)

@@ -9,14 +9,12 @@
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use super::{
-    earlier_work, recalled_memories, AgentDeps, AgentError, AgentKind, Specialist, SpecialistAgent,
-};
+use super::{earlier_work, recalled_memories, AgentDeps, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
-use crate::llm::{shorten, ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
-use crate::messages::{CodeSubmission, StepKind, StepOutput, StepSpec};
-use crate::task::TaskId;
+use crate::domain::{shorten, AgentKind, MemoryKind, TaskId};
+use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
+use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
+use crate::messages::{AgentError, CodeSubmission, StepKind, StepOutput, StepSpec};
 use crate::tools::{ToolCall, ToolContext};
 
 /// The Code role.

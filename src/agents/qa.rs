@@ -10,16 +10,13 @@
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use super::{
-    earlier_work, text_output, work_request, AgentDeps, AgentError, AgentKind, Specialist,
-    SpecialistAgent,
-};
+use super::{earlier_work, text_output, work_request, AgentDeps, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
-use crate::llm::excerpt;
+use crate::domain::limits::MAX_FEEDBACK_CHARS;
+use crate::domain::{excerpt, AgentKind, TaskId};
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
-use crate::messages::{StepKind, StepOutput, StepSpec, TestResult, Verdict};
+use crate::messages::{AgentError, StepKind, StepOutput, StepSpec, TestResult, Verdict};
 use crate::sandbox::{Outcome, RunReport};
-use crate::task::TaskId;
 use crate::tools::{call_schema, ToolCall, ToolContext};
 
 /// The QA role.
@@ -51,9 +48,6 @@ pub fn test_call_schema(file: &str) -> serde_json::Value {
         }),
     )
 }
-
-/// Longest verdict feedback, in characters (the grammar enforces it).
-pub const MAX_FEEDBACK_CHARS: u32 = 48;
 
 /// The JSON schema of a verdict; the grammar built from it bounds the feedback's length.
 pub fn verdict_schema() -> serde_json::Value {

@@ -3,11 +3,12 @@
 
 use serde_json::json;
 
-use super::{text_output, work_request, AgentError, AgentKind, Specialist, SpecialistAgent};
+use super::{text_output, work_request, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
+use crate::domain::{AgentKind, MemoryKind};
 use crate::llm::{LlmOutput, LlmRequest};
-use crate::memory::{MemoryDraft, MemoryKind, RecallSpec, SearchFilter};
-use crate::messages::{StepKind, StepOutput, StepSpec};
+use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
+use crate::messages::{AgentError, StepKind, StepOutput, StepSpec};
 
 /// The Research role.
 pub struct Research;

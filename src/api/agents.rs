@@ -4,8 +4,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::app::Core;
 use crate::messages::GetAgents;
+use crate::service::Core;
 
 /// `GET /api/v1/agents`.
 pub async fn list_agents(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {

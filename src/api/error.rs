@@ -6,9 +6,9 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde_json::json;
 
-use crate::app::{CancelError, SubmitError};
+use crate::domain::{TaskId, TaskStatus};
+use crate::service::{CancelError, SubmitError};
 use crate::storage::StorageError;
-use crate::task::{TaskId, TaskStatus};
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]

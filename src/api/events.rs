@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{parse_task_id, ApiError};
-use crate::app::Core;
 use crate::events::Subscription;
+use crate::service::Core;
 
 /// Query of the events endpoint.
 #[derive(Debug, Deserialize)]

@@ -5,8 +5,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::app::Core;
 use crate::sandbox::SandboxError;
+use crate::service::Core;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> HttpResponse {

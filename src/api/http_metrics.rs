@@ -9,7 +9,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, Error};
 
-use crate::app::Core;
+use crate::service::Core;
 
 /// Route label for requests that match no route.
 const UNMATCHED: &str = "unmatched";

@@ -6,15 +6,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{parse_task_id, ApiError};
-use crate::agents::{AgentKind, WindowEntry};
-use crate::app::Core;
-use crate::events::EventKind;
-use crate::memory::{MemoryKind, SearchFilter};
-
-/// Longest search query accepted, in characters.
-pub const MAX_QUERY_CHARS: usize = 2000;
-/// Most hits a search may ask for.
-pub const MAX_K: usize = 50;
+use crate::domain::{AgentKind, EventKind, MemoryKind};
+use crate::memory::short_term::WindowEntry;
+use crate::memory::{SearchFilter, MAX_QUERY_CHARS, MAX_SEARCH_K};
+use crate::service::Core;
 
 /// `GET /api/v1/tasks/{id}/memory`: the task's `memory.read` events (queries, hits, scores), the memories it
 /// wrote (with provenance), and its short-term memory while that lives (scratchpad and window).
@@ -106,9 +101,9 @@ pub async fn search(
         )));
     }
     let k = query.k.unwrap_or(5);
-    if !(1..=MAX_K).contains(&k) {
+    if !(1..=MAX_SEARCH_K).contains(&k) {
         return Err(ApiError::InvalidQuery(format!(
-            "k must be within 1..={MAX_K}, got {k}"
+            "k must be within 1..={MAX_SEARCH_K}, got {k}"
         )));
     }
     let kinds = match query.kind.as_deref() {

@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{parse_task_id, ApiError};
-use crate::app::Core;
-use crate::task::{TaskOptions, TaskStatus};
+use crate::domain::{TaskOptions, TaskStatus};
+use crate::service::Core;
 
 /// Body of `POST /api/v1/tasks`.
 #[derive(Debug, Deserialize)]

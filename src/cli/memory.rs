@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use crate::cli::MemoryCommand;
 use crate::config::Settings;
-use crate::events::{EventLog, Hub};
-use crate::llm::shorten;
-use crate::memory::{Memory, MemoryKind, MemoryParts, SearchFilter};
+use crate::domain::{shorten, MemoryKind};
+use crate::events::Hub;
+use crate::memory::{Memory, MemoryParts, SearchFilter};
 use crate::storage::writer::Writer;
 use crate::storage::Storage;
 use crate::telemetry::metrics::Metrics;
@@ -35,8 +35,8 @@ async fn search(
     if query.is_empty() {
         anyhow::bail!("the search text is empty");
     }
-    if !(1..=crate::api::memory::MAX_K).contains(&k) {
-        anyhow::bail!("--k must be within 1..={}", crate::api::memory::MAX_K);
+    if !(1..=crate::memory::MAX_SEARCH_K).contains(&k) {
+        anyhow::bail!("--k must be within 1..={}", crate::memory::MAX_SEARCH_K);
     }
     let kinds = match kind {
         None | Some("") => Vec::new(),
@@ -52,10 +52,9 @@ async fn search(
     let storage = Storage::connect(&settings.database).await?;
     storage.migrate().await?;
     let parts = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-    let hub = Hub::new();
-    let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
-    let events = EventLog::new(writer, hub, storage.clone());
-    let memory = Memory::new(settings.memory.clone(), parts, storage, events, metrics);
+    // A search writes nothing but its counts; no one subscribes to events here.
+    let writer = Writer::spawn(storage.clone(), Hub::new(), metrics.clone());
+    let memory = Memory::new(settings.memory.clone(), parts, storage, writer, metrics);
     let filter = SearchFilter {
         kinds,
         ..SearchFilter::default()

@@ -10,11 +10,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::agents::AgentKind;
-use crate::app::Core;
 use crate::config::Settings;
-use crate::events::{Event, EventKind};
-use crate::task::{TaskId, TaskOptions};
+use crate::domain::{AgentKind, Event, EventKind, TaskId, TaskOptions};
+use crate::service::Core;
 
 /// Runs the task and returns the process exit code.
 pub async fn run(

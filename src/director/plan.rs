@@ -4,14 +4,11 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::agents::AgentKind;
 use crate::config::LlmLimits;
-use crate::llm::{excerpt, shorten};
+use crate::domain::limits::MAX_INSTRUCTION_CHARS;
+use crate::domain::{excerpt, AgentKind};
 use crate::llm::{ChatMessage, LlmRequest, OutputSpec};
-use crate::memory::MemoryHit;
-
-/// Longest planned step instruction, in characters (the grammar enforces it).
-pub const MAX_INSTRUCTION_CHARS: u32 = 60;
+use crate::memory::{recalled_list, MemoryHit, RecallLayout};
 
 /// A parsed plan.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -55,14 +52,11 @@ pub fn plan_request(
     let mut user = prompt.to_owned();
     if !recalled.is_empty() {
         user.push_str("\n\nEarlier related tasks:\n");
-        for hit in recalled {
-            user.push_str("- ");
-            user.push_str(&shorten(
-                &hit.memory.content.replace('\n', " "),
-                RECALLED_CHARS,
-            ));
-            user.push('\n');
-        }
+        user.push_str(&recalled_list(
+            recalled,
+            RECALLED_CHARS,
+            RecallLayout::OneLine,
+        ));
     }
     LlmRequest {
         purpose: "plan".to_owned(),
@@ -100,9 +94,6 @@ pub fn parse_plan(text: &str, max_steps: u32) -> Result<Plan, MalformedPlan> {
     Ok(Plan { steps })
 }
 
-/// The agents a step can be assigned to, in the order their options are scored.
-pub const ASSIGNABLE: [AgentKind; 3] = [AgentKind::Research, AgentKind::Code, AgentKind::Qa];
-
 /// The request choosing the agent for step `idx`.
 pub fn assign_request(prompt: &str, idx: i32, instruction: &str, limits: &LlmLimits) -> LlmRequest {
     LlmRequest {
@@ -117,7 +108,7 @@ pub fn assign_request(prompt: &str, idx: i32, instruction: &str, limits: &LlmLim
         max_tokens: limits.decision_reason_tokens,
         output: OutputSpec::Choice {
             prefix: "{\"agent\": \"".to_owned(),
-            options: ASSIGNABLE.iter().map(|agent| agent.as_str().to_owned()).collect(),
+            options: AgentKind::SPECIALISTS.iter().map(|agent| agent.as_str().to_owned()).collect(),
             suffix: "\", \"reason\": \"".to_owned(),
         },
     }

@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{excerpt, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, WorkerStatus};
+use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, WorkerStatus};
 use crate::config::LlmSettings;
+use crate::domain::excerpt;
 use crate::telemetry::metrics::Metrics;
 
 /// How long a fresh worker may take to load its model.

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
-use crate::task::TaskId;
+use super::{Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, Usage};
+use crate::domain::TaskId;
+use crate::storage::{Recording, StorageError};
 
 /// Recorded outputs of one task, by purpose.
 pub struct ReplayProvider {
@@ -26,6 +27,43 @@ impl ReplayProvider {
             model_name,
             recorded,
         }
+    }
+
+    /// A provider answering with task `source`'s `recording`; a recorded choice that does not parse is a
+    /// corrupt row.
+    pub fn from_recording(source: TaskId, recording: Recording) -> Result<Self, StorageError> {
+        let mut recorded = HashMap::with_capacity(recording.calls.len());
+        for call in recording.calls {
+            let choice = call
+                .choice
+                .map(serde_json::from_value::<Choice>)
+                .transpose()
+                .map_err(|e| StorageError::Corrupt {
+                    what: "model call",
+                    detail: format!("choice: {e}"),
+                })?;
+            let output = LlmOutput {
+                text: call.output,
+                choice,
+                usage: Usage {
+                    input_tokens: u64::try_from(call.prompt_tokens).unwrap_or(0),
+                    output_tokens: u64::try_from(call.completion_tokens).unwrap_or(0),
+                },
+                generation_seconds: call.duration_seconds,
+            };
+            recorded.insert(call.purpose, output);
+        }
+        Ok(Self::new(source, recording.model, recorded))
+    }
+
+    /// Whether a call with this purpose was recorded.
+    pub fn has(&self, purpose: &str) -> bool {
+        self.recorded.contains_key(purpose)
+    }
+
+    /// Whether no call was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.recorded.is_empty()
     }
 
     /// The task whose outputs are replayed.
@@ -74,7 +112,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::llm::{OutputSpec, Usage};
+    use crate::llm::OutputSpec;
 
     fn request(purpose: &str) -> LlmRequest {
         LlmRequest {

@@ -13,8 +13,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-/// Dimensions of an embedding.
-pub const DIMENSIONS: usize = 384;
+use crate::domain::EMBEDDING_DIMENSIONS;
 
 /// Longest input in word pieces; longer texts are truncated (the model was trained on at most 256).
 pub const MAX_TOKENS: usize = 256;
@@ -40,7 +39,7 @@ pub enum EmbeddingError {
     #[error("embedding model: {0}")]
     Model(#[from] candle_core::Error),
     /// The model produced a vector of the wrong size.
-    #[error("embedding has {0} dimensions, expected {DIMENSIONS}")]
+    #[error("embedding has {0} dimensions, expected {EMBEDDING_DIMENSIONS}")]
     Dimensions(usize),
 }
 
@@ -112,7 +111,7 @@ impl Embedder {
         })
     }
 
-    /// Embeds `texts` in one batch: one unit-length vector of [`DIMENSIONS`] per text, in order.
+    /// Embeds `texts` in one batch: one unit-length vector of [`EMBEDDING_DIMENSIONS`] per text, in order.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -141,21 +140,17 @@ impl Embedder {
         let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         let unit = mean.broadcast_div(&norms)?;
         let vectors: Vec<Vec<f32>> = unit.to_vec2()?;
-        if let Some(bad) = vectors.iter().find(|v| v.len() != DIMENSIONS) {
+        if let Some(bad) = vectors.iter().find(|v| v.len() != EMBEDDING_DIMENSIONS) {
             return Err(EmbeddingError::Dimensions(bad.len()));
         }
         Ok(vectors)
     }
 }
 
-/// Cosine similarity of two unit vectors (their dot product).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::memories::cosine;
 
     fn model_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2")
@@ -173,7 +168,7 @@ mod tests {
             .unwrap();
         assert_eq!(vectors.len(), 3);
         for v in &vectors {
-            assert_eq!(v.len(), DIMENSIONS);
+            assert_eq!(v.len(), EMBEDDING_DIMENSIONS);
             let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
         }

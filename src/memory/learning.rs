@@ -10,11 +10,9 @@
 
 use serde_json::json;
 
-use super::{Memory, MemoryDraft, MemoryError, MemoryHit, MemoryKind, SearchFilter};
-use crate::agents::AgentKind;
-use crate::llm::shorten;
-use crate::storage::writer::WriteOp;
-use crate::task::TaskId;
+use super::{Memory, MemoryDraft, MemoryError, MemoryHit, SearchFilter};
+use crate::domain::{shorten, AgentKind, MemoryKind, TaskId};
+use crate::storage::records::WriteOp;
 
 /// Longest signature kept, in characters.
 const SIGNATURE_CHARS: usize = 200;

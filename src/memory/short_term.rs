@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
-use crate::task::TaskId;
+use crate::domain::{AgentKind, TaskId};
 use crate::telemetry::metrics::Metrics;
 
 /// The tier label of short-term operations in metrics.
@@ -42,6 +43,17 @@ pub struct Retention {
     pub ttl: Duration,
     /// Most recent window entries kept per task.
     pub window: usize,
+}
+
+/// One entry of a task's conversation window in short-term memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowEntry {
+    /// Who said it.
+    pub agent: AgentKind,
+    /// In which step.
+    pub step: i32,
+    /// What, shortened.
+    pub text: String,
 }
 
 /// A short-term memory backend.
@@ -102,7 +114,7 @@ impl ShortTerm {
         let store = redis::RedisStore::connect(url, prefix, retention)?;
         if let Err(error) = store.ping().await {
             tracing::error!(
-                redis.url = %redis::redact(url),
+                redis.url = %crate::domain::redact_url(url),
                 %error,
                 "Redis is unreachable; short-term memory falls back to the in-process store until it answers"
             );

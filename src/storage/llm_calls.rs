@@ -1,25 +1,39 @@
-//! Reads of recorded model calls: what the replay provider answers with.
-
-use std::collections::HashMap;
+//! Reads of recorded model calls: what the replay provider answers with (`llm::replay` reads the rows).
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::entities::llm_call;
 use super::{Storage, StorageError};
-use crate::llm::{Choice, LlmOutput, Usage};
-use crate::task::TaskId;
+use crate::domain::TaskId;
 
-/// The recorded model outputs of one task, by call purpose.
+/// The recorded model calls of one task, oldest first.
 #[derive(Debug, Clone)]
 pub struct Recording {
     /// The model that produced them.
     pub model: String,
-    /// Output per purpose.
-    pub outputs: HashMap<String, LlmOutput>,
+    /// The calls.
+    pub calls: Vec<RecordedCall>,
+}
+
+/// One recorded model call, as stored.
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    /// Its purpose key (unique per task).
+    pub purpose: String,
+    /// The output text.
+    pub output: String,
+    /// The scored choice (JSON), for choices.
+    pub choice: Option<serde_json::Value>,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Generated tokens.
+    pub completion_tokens: i64,
+    /// Duration.
+    pub duration_seconds: f64,
 }
 
 impl Storage {
-    /// Task `id`'s model outputs, keyed by purpose; empty when it made no calls.
+    /// Task `id`'s model calls, oldest first; empty when it made none.
     pub async fn recording(&self, id: TaskId) -> Result<Recording, StorageError> {
         let rows = llm_call::Entity::find()
             .filter(llm_call::Column::TaskId.eq(id.to_string()))
@@ -31,27 +45,17 @@ impl Storage {
             .first()
             .map(|row| row.model.clone())
             .unwrap_or_default();
-        let mut outputs = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let choice = row
-                .choice
-                .map(serde_json::from_value::<Choice>)
-                .transpose()
-                .map_err(|e| StorageError::Corrupt {
-                    what: "model call",
-                    detail: format!("choice: {e}"),
-                })?;
-            let output = LlmOutput {
-                text: row.output,
-                choice,
-                usage: Usage {
-                    input_tokens: u64::try_from(row.prompt_tokens).unwrap_or(0),
-                    output_tokens: u64::try_from(row.completion_tokens).unwrap_or(0),
-                },
-                generation_seconds: row.duration_seconds,
-            };
-            outputs.insert(row.purpose, output);
-        }
-        Ok(Recording { model, outputs })
+        let calls = rows
+            .into_iter()
+            .map(|row| RecordedCall {
+                purpose: row.purpose,
+                output: row.output,
+                choice: row.choice,
+                prompt_tokens: row.prompt_tokens,
+                completion_tokens: row.completion_tokens,
+                duration_seconds: row.duration_seconds,
+            })
+            .collect();
+        Ok(Recording { model, calls })
     }
 }

@@ -1,4 +1,6 @@
-//! Memories: inserting them with their embeddings, searching by cosine similarity, reading a task's.
+//! Memories: their rows ([`MemoryDraft`], [`NewMemory`], [`MemoryRecord`], [`MemoryHit`], [`SearchFilter`];
+//! `memory` uses them as its vocabulary), inserting them with their embeddings, searching by cosine
+//! similarity, reading a task's.
 //!
 //! PostgreSQL orders by pgvector's cosine distance (`<=>`), which the HNSW index serves; `hnsw.ef_search` is
 //! set per search (higher: better recall, slower). SQLite keeps embeddings as BLOBs of little-endian f32 and
@@ -13,11 +15,91 @@ use sea_orm::{
     QueryOrder, Statement, TransactionTrait, Value,
 };
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
 use super::entities::memory;
 use super::{Storage, StorageError};
-use crate::memory::embedding::DIMENSIONS;
-use crate::memory::{MemoryHit, MemoryRecord, NewMemory, SearchFilter};
-use crate::task::TaskId;
+use crate::domain::{AgentKind, MemoryKind, TaskId, EMBEDDING_DIMENSIONS};
+
+/// A memory an agent wants kept, before it is embedded.
+#[derive(Debug, Clone)]
+pub struct MemoryDraft {
+    /// What it is.
+    pub kind: MemoryKind,
+    /// The text that is embedded and shown.
+    pub content: String,
+    /// Structured details (a pattern's fix, ...).
+    pub detail: Option<serde_json::Value>,
+    /// Who wrote it.
+    pub agent: AgentKind,
+    /// The step it came from.
+    pub step: Option<i32>,
+}
+
+/// A memory ready to store: a draft with its provenance and embedding.
+#[derive(Debug, Clone)]
+pub struct NewMemory {
+    /// Its id (UUIDv7).
+    pub id: uuid::Uuid,
+    /// The task it came from.
+    pub task_id: Option<TaskId>,
+    /// The draft.
+    pub draft: MemoryDraft,
+    /// Its embedding (unit length).
+    pub embedding: Vec<f32>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored memory with its provenance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryRecord {
+    /// Id.
+    pub id: String,
+    /// What it is.
+    pub kind: MemoryKind,
+    /// Its text.
+    pub content: String,
+    /// Structured details.
+    pub detail: Option<serde_json::Value>,
+    /// The task it came from.
+    pub task_id: Option<String>,
+    /// Who wrote it.
+    pub agent: Option<String>,
+    /// The step it came from.
+    pub step: Option<i32>,
+    /// Times it was offered to an agent.
+    pub uses: i32,
+    /// Times an attempt that used it passed (patterns).
+    pub successes: i32,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A memory found by a search, with its cosine similarity to the query.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryHit {
+    /// The memory.
+    #[serde(flatten)]
+    pub memory: MemoryRecord,
+    /// Cosine similarity, -1..=1 (1: same meaning).
+    pub score: f32,
+}
+
+/// Which memories a search considers.
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<MemoryKind>,
+    /// Only those written by this agent.
+    pub agent: Option<AgentKind>,
+}
+
+/// Cosine similarity of two unit vectors (their dot product).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
 
 /// The columns of a memory row besides its embedding.
 const COLUMNS: &str =
@@ -108,7 +190,7 @@ impl Storage {
                 what: "memory embedding",
                 detail: format!("memory {} has {} bytes", row.id, row.embedding.len()),
             })?;
-            let score = crate::memory::embedding::cosine(embedding, &stored);
+            let score = cosine(embedding, &stored);
             best.push(Scored { score, id: row.id });
             if best.len() > k {
                 best.pop();
@@ -175,10 +257,13 @@ pub(crate) async fn insert_memories<C: ConnectionTrait>(
 ) -> Result<(), StorageError> {
     let backend = txn.get_database_backend();
     for new in memories {
-        if new.embedding.len() != DIMENSIONS {
+        if new.embedding.len() != EMBEDDING_DIMENSIONS {
             return Err(StorageError::Corrupt {
                 what: "memory embedding",
-                detail: format!("{} dimensions, expected {DIMENSIONS}", new.embedding.len()),
+                detail: format!(
+                    "{} dimensions, expected {EMBEDDING_DIMENSIONS}",
+                    new.embedding.len()
+                ),
             });
         }
         let mut sql = Sql::new(backend);
@@ -362,9 +447,9 @@ fn encode(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The inverse of [`encode`]; `None` unless it holds exactly [`DIMENSIONS`] values.
+/// The inverse of [`encode`]; `None` unless it holds exactly [`EMBEDDING_DIMENSIONS`] values.
 fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() != DIMENSIONS * 4 {
+    if bytes.len() != EMBEDDING_DIMENSIONS * 4 {
         return None;
     }
     Some(
@@ -381,7 +466,9 @@ mod tests {
 
     #[test]
     fn embeddings_round_trip_through_their_blob() {
-        let vector: Vec<f32> = (0..DIMENSIONS).map(|i| i as f32 / 7.0 - 3.0).collect();
+        let vector: Vec<f32> = (0..EMBEDDING_DIMENSIONS)
+            .map(|i| i as f32 / 7.0 - 3.0)
+            .collect();
         assert_eq!(decode(&encode(&vector)), Some(vector));
         assert_eq!(decode(&[0, 1, 2]), None);
     }

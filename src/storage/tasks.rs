@@ -10,10 +10,10 @@ use sea_orm::{
 use serde::Serialize;
 
 use super::entities::{event, llm_call, step, task};
+use super::events::last_seq;
+use super::records::PendingEvent;
 use super::{Storage, StorageError};
-use crate::agents::AgentKind;
-use crate::events::{EventKind, EventLog};
-use crate::task::{TaskId, TaskOptions, TaskStatus};
+use crate::domain::{AgentKind, EventKind, StepStatus, TaskId, TaskOptions, TaskStatus};
 
 /// A task as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -51,8 +51,8 @@ pub struct StepRecord {
     pub agent: AgentKind,
     /// What to do.
     pub instruction: String,
-    /// pending, running, done, failed.
-    pub status: String,
+    /// Where it stands.
+    pub status: StepStatus,
     /// The agent's output.
     pub output: Option<String>,
     /// How many times it was tried.
@@ -149,14 +149,15 @@ impl Storage {
             .map_err(StorageError::query("read steps"))?
             .into_iter()
             .map(|row| {
+                let corrupt = |detail: String| StorageError::Corrupt {
+                    what: "step",
+                    detail,
+                };
                 Ok(StepRecord {
-                    agent: row.agent.parse().map_err(|e| StorageError::Corrupt {
-                        what: "step",
-                        detail: format!("{e}"),
-                    })?,
+                    agent: row.agent.parse().map_err(|e| corrupt(format!("{e}")))?,
                     idx: row.idx,
                     instruction: row.instruction,
-                    status: row.status,
+                    status: row.status.parse().map_err(|e| corrupt(format!("{e}")))?,
                     output: row.output,
                     attempts: row.attempts,
                 })
@@ -212,22 +213,14 @@ impl Storage {
                 .begin()
                 .await
                 .map_err(StorageError::query("begin repair"))?;
-            let last_seq: Option<i64> = event::Entity::find()
-                .select_only()
-                .column_as(event::Column::Seq.max(), "max")
-                .filter(event::Column::TaskId.eq(row.id.clone()))
-                .into_tuple::<Option<i64>>()
-                .one(&txn)
-                .await
-                .map_err(StorageError::query("read last event"))?
-                .flatten();
-            let pending = EventLog::pending(
+            let last_seq = last_seq(&txn, id).await?;
+            let pending = PendingEvent::now(
                 id,
                 EventKind::TaskFailed,
                 Some(AgentKind::Director),
                 serde_json::json!({ "error": error }),
             );
-            event::Entity::insert(super::writer::event_row(
+            event::Entity::insert(super::events::event_row(
                 &pending,
                 last_seq.unwrap_or(0) + 1,
             ))

@@ -1,8 +1,8 @@
 //! The single writer: every database write of a running system, applied in batches.
 //!
-//! Writers send [`WriteOp`]s down one channel; one task takes whatever has queued up (up to
-//! [`MAX_BATCH`]), applies it in one transaction, and after the commit broadcasts the batch's events and
-//! answers those waiting. Consequences, relied on elsewhere:
+//! Writers send [`WriteOp`]s (see `records.rs`) down one channel; one task takes whatever has queued up (up to
+//! [`MAX_BATCH`]), applies it in one transaction, and after the commit hands the batch's events to its
+//! [`Publish`] (the event hub) and answers those waiting. Consequences, relied on elsewhere:
 //! - each task's events get `seq` 1, 2, 3, ... in the order they were sent;
 //! - an event is broadcast only once it is durable;
 //! - a task's terminal status and its terminal event commit together (never one without the other);
@@ -11,210 +11,51 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{SubsecRound, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::entities::{decision, event, llm_call, step, task};
-use super::memories::{insert_memories, mark_succeeded, mark_used};
+use super::events::{event_row, last_seq};
+use super::memories::{insert_memories, mark_succeeded, mark_used, NewMemory};
+use super::records::{NewTask, PendingEvent, TaskEnd, WriteOp};
 use super::{Storage, StorageError};
-use crate::agents::AgentKind;
-use crate::events::{Event, EventKind, Hub};
-use crate::memory::NewMemory;
-use crate::task::{TaskId, TaskStatus};
+use crate::domain::{AgentKind, Event, EventKind, StepStatus, TaskId, TaskStatus};
 use crate::telemetry::metrics::Metrics;
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
-/// An event before the writer gives it its `seq`.
-#[derive(Debug, Clone)]
-pub struct PendingEvent {
-    /// The task.
-    pub task_id: TaskId,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// What happened.
-    pub kind: EventKind,
-    /// The agent concerned.
-    pub agent: Option<AgentKind>,
-    /// Trace id (hex).
-    pub trace_id: String,
-    /// Span id (hex).
-    pub span_id: String,
-    /// Details.
-    pub data: serde_json::Value,
+/// Where the writer hands each committed event (the event hub of `events`, which this layer does not
+/// name): called after the commit, in `seq` order per task.
+pub trait Publish: Send + 'static {
+    /// Publishes one committed event.
+    fn publish(&self, event: Arc<Event>);
 }
 
-/// A task to store.
-#[derive(Debug, Clone)]
-pub struct NewTask {
-    /// Id.
-    pub id: TaskId,
-    /// Prompt.
-    pub prompt: String,
-    /// Options as given.
-    pub options: serde_json::Value,
-    /// Trace id (hex).
-    pub trace_id: String,
-    /// Replay source.
-    pub replay_of: Option<TaskId>,
-    /// Accepted at.
-    pub created_at: DateTime<Utc>,
+impl<F: Fn(Arc<Event>) + Send + 'static> Publish for F {
+    fn publish(&self, event: Arc<Event>) {
+        self(event);
+    }
 }
 
-/// A change to one step.
-#[derive(Debug, Clone)]
-pub struct StepUpdate {
-    /// Task.
-    pub task_id: TaskId,
-    /// Step position, from 1.
-    pub idx: i32,
-    /// New agent (may change after a decision).
-    pub agent: AgentKind,
-    /// pending, running, done, failed.
-    pub status: &'static str,
-    /// Output so far.
-    pub output: Option<String>,
-    /// Attempts so far.
-    pub attempts: i32,
-    /// Set when the step starts.
-    pub started_at: Option<DateTime<Utc>>,
-    /// Set when the step ends.
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-/// A decision to store.
-#[derive(Debug, Clone)]
-pub struct DecisionRecord {
-    /// Task.
-    pub task_id: TaskId,
-    /// The step it was about, if any.
-    pub step_idx: Option<i32>,
-    /// Kind, e.g. "assign_agent".
-    pub kind: String,
-    /// Options with scores.
-    pub options: serde_json::Value,
-    /// The chosen option.
-    pub chosen: String,
-    /// Its probability.
-    pub confidence: f64,
-    /// The stated reason.
-    pub reasoning: String,
-}
-
-/// A model call to store.
-#[derive(Debug, Clone)]
-pub struct LlmCallRecord {
-    /// Task.
-    pub task_id: TaskId,
-    /// Purpose key (unique per task).
-    pub purpose: String,
-    /// Calling agent.
-    pub agent: AgentKind,
-    /// Provider name.
-    pub provider: String,
-    /// Model name.
-    pub model: String,
-    /// The prompt (messages as JSON).
-    pub prompt: String,
-    /// The output text.
-    pub output: String,
-    /// The scored choice, for choices.
-    pub choice: Option<serde_json::Value>,
-    /// Prompt tokens.
-    pub prompt_tokens: i64,
-    /// Generated tokens.
-    pub completion_tokens: i64,
-    /// Duration.
-    pub duration_seconds: f64,
-}
-
-/// A task's end.
-#[derive(Debug, Clone)]
-pub struct TaskEnd {
-    /// Task.
-    pub task_id: TaskId,
-    /// Terminal status.
-    pub status: TaskStatus,
-    /// Result of a completed task.
-    pub result: Option<serde_json::Value>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// The terminal event (committed with the status).
-    pub event: PendingEvent,
-    /// The memories the task leaves (committed with the status, all or none).
-    pub memories: Vec<NewMemory>,
-}
-
-/// One write.
-#[derive(Debug)]
-pub enum WriteOp {
-    /// Insert a task and its `task.queued` event; answered after the commit.
-    CreateTask {
-        /// The task.
-        task: NewTask,
-        /// Its first event.
-        event: PendingEvent,
-        /// Commit result.
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
-    /// Append an event.
-    Event(PendingEvent),
-    /// Mark a task running and append its `task.started` event.
-    StartTask(PendingEvent),
-    /// Insert a task's planned steps.
-    InsertSteps {
-        /// Task.
-        task_id: TaskId,
-        /// (idx, agent, instruction).
-        steps: Vec<(i32, AgentKind, String)>,
-    },
-    /// Update a step.
-    UpdateStep(StepUpdate),
-    /// Insert a decision.
-    Decision(DecisionRecord),
-    /// Insert a model call.
-    LlmCall(LlmCallRecord),
-    /// Set a task's terminal status with its terminal event; answered after the commit.
-    FinishTask {
-        /// The end.
-        end: TaskEnd,
-        /// Commit result.
-        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
-    },
-    /// Insert memories (outside a task's end); answered after the commit.
-    InsertMemories {
-        /// The memories.
-        memories: Vec<NewMemory>,
-        /// Commit result.
-        reply: oneshot::Sender<Result<(), StorageError>>,
-    },
-    /// Count one use of each of these memories (by id).
-    MemoriesUsed(Vec<String>),
-    /// Count one success of this pattern (by id).
-    PatternSucceeded(String),
-    /// Answered once everything sent before it is committed.
-    Flush(oneshot::Sender<()>),
-}
-
-/// Sends writes to the writer task. Cheap to clone.
+/// Sends writes to the writer task: the one write path for every record of a running system (tasks,
+/// steps, decisions, model calls, memories and events). Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
     ops: mpsc::UnboundedSender<WriteOp>,
 }
 
 impl Writer {
-    /// Starts the writer task over `storage`; committed events are published on `hub`.
-    pub fn spawn(storage: Storage, hub: Hub, metrics: Metrics) -> Writer {
+    /// Starts the writer task over `storage`; each committed event goes to `publish`.
+    pub fn spawn(storage: Storage, publish: impl Publish, metrics: Metrics) -> Writer {
         let (ops, queue) = mpsc::unbounded_channel();
         let task = WriterTask {
             storage,
-            hub,
+            publish: Box::new(publish),
             metrics,
             queue,
             next_seq: HashMap::new(),
@@ -230,6 +71,20 @@ impl Writer {
         if self.ops.send(op).is_err() {
             tracing::warn!("storage writer stopped; a write was dropped");
         }
+    }
+
+    /// Appends an event stamped now, with the current span's trace (fire and forget: it becomes visible once
+    /// its batch commits).
+    pub fn emit(
+        &self,
+        task_id: TaskId,
+        kind: EventKind,
+        agent: Option<AgentKind>,
+        data: serde_json::Value,
+    ) {
+        self.send(WriteOp::Event(PendingEvent::now(
+            task_id, kind, agent, data,
+        )));
     }
 
     /// Stores a new task with its first event and waits for the commit.
@@ -268,23 +123,9 @@ impl Writer {
     }
 }
 
-/// The stored row of an event.
-pub(crate) fn event_row(pending: &PendingEvent, seq: i64) -> event::ActiveModel {
-    event::ActiveModel {
-        task_id: Set(pending.task_id.to_string()),
-        seq: Set(seq),
-        at: Set(pending.at),
-        kind: Set(pending.kind.as_str().to_owned()),
-        agent: Set(pending.agent.map(|agent| agent.as_str().to_owned())),
-        trace_id: Set(pending.trace_id.clone()),
-        span_id: Set(pending.span_id.clone()),
-        data: Set(pending.data.clone()),
-    }
-}
-
 struct WriterTask {
     storage: Storage,
-    hub: Hub,
+    publish: Box<dyn Publish>,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<WriteOp>,
     /// Last `seq` used per task with events in flight; dropped when the task ends.
@@ -340,7 +181,7 @@ impl WriterTask {
                         .events
                         .with_label_values(&[event.kind.as_str()])
                         .inc();
-                    self.hub.publish(Arc::new(event));
+                    self.publish.publish(Arc::new(event));
                 }
                 for task_id in outcome.ended {
                     self.next_seq.remove(&task_id);
@@ -440,7 +281,7 @@ impl WriterTask {
                 self.push_event(txn, event, events, outcome).await
             }
             WriteOp::Event(event) => self.push_event(txn, event, events, outcome).await,
-            WriteOp::StartTask(event) => {
+            WriteOp::MarkRunning(event) => {
                 task::Entity::update_many()
                     .col_expr(
                         task::Column::Status,
@@ -464,7 +305,7 @@ impl WriterTask {
                         idx: Set(idx),
                         agent: Set(agent.as_str().to_owned()),
                         instruction: Set(instruction),
-                        status: Set("pending".to_owned()),
+                        status: Set(StepStatus::Pending.as_str().to_owned()),
                         output: Set(None),
                         attempts: Set(0),
                         started_at: Set(None),
@@ -479,7 +320,7 @@ impl WriterTask {
             WriteOp::UpdateStep(update) => {
                 let mut query = step::Entity::update_many()
                     .col_expr(step::Column::Agent, Expr::value(update.agent.as_str()))
-                    .col_expr(step::Column::Status, Expr::value(update.status))
+                    .col_expr(step::Column::Status, Expr::value(update.status.as_str()))
                     .col_expr(step::Column::Output, Expr::value(update.output))
                     .col_expr(step::Column::Attempts, Expr::value(update.attempts));
                 if let Some(at) = update.started_at {
@@ -581,16 +422,7 @@ impl WriterTask {
             Some(last) => last + 1,
             None => {
                 // A task this writer has not seen yet (created by another process): continue its log.
-                let last: Option<i64> = event::Entity::find()
-                    .select_only()
-                    .column_as(event::Column::Seq.max(), "max")
-                    .filter(event::Column::TaskId.eq(pending.task_id.to_string()))
-                    .into_tuple::<Option<i64>>()
-                    .one(txn)
-                    .await
-                    .map_err(StorageError::query("read last event"))?
-                    .flatten();
-                last.unwrap_or(0) + 1
+                last_seq(txn, pending.task_id).await?.unwrap_or(0) + 1
             }
         };
         self.next_seq.insert(pending.task_id, seq);

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError, ToolSpec, Workspaces};
-use crate::events::{EventKind, EventLog};
+use crate::domain::EventKind;
+use crate::events::EventLog;
 use crate::sandbox::{Language, RunRequest, Sandbox, WorkspaceFile};
 
 /// Longest snippet accepted, in characters.

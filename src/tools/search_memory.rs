@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError, ToolSpec};
-use crate::llm::shorten;
+use crate::domain::shorten;
 use crate::memory::{Memory, SearchFilter};
 
 /// Longest memory content returned, in characters.

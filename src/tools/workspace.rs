@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError, ToolSpec};
+use crate::domain::TaskId;
 use crate::sandbox::{check_file_name, WorkspaceFile};
-use crate::task::TaskId;
 
 /// Largest file the file tools read or write, in bytes.
 pub const MAX_FILE_BYTES: usize = 256 * 1024;

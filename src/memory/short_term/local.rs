@@ -7,7 +7,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{Retention, ShortTermError, ShortTermStore};
-use crate::task::TaskId;
+use crate::domain::TaskId;
 
 /// Writes between two sweeps of expired tasks.
 const SWEEP_EVERY: u64 = 1024;

@@ -12,7 +12,7 @@ use deadpool_redis::redis::{self, FromRedisValue};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 
 use super::{Retention, ShortTermError, ShortTermStore};
-use crate::task::TaskId;
+use crate::domain::TaskId;
 
 /// Longest wait for a connection or a reply: a down Redis must not stall a step.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,16 +83,6 @@ impl RedisStore {
 
 fn redis_error(error: impl std::fmt::Display) -> ShortTermError {
     ShortTermError::Redis(error.to_string())
-}
-
-/// `url` without its password, for logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[async_trait]
@@ -198,11 +188,5 @@ mod tests {
         let error = store.ping().await.unwrap_err();
         assert!(matches!(error, ShortTermError::Redis(_)), "{error}");
         assert!(started.elapsed() < TIMEOUT * 2);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://***@h:6379/0");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
     }
 }

@@ -1,4 +1,4 @@
-//! A task's identity and lifecycle states, shared by every layer (API, Director, storage, events).
+//! A task's identity, its options and the lifecycle states of tasks and their steps, shared by every layer.
 //!
 //! Holds no behaviour beyond parsing and naming; the lifecycle itself is driven by the Director.
 
@@ -106,6 +106,74 @@ impl FromStr for TaskStatus {
     }
 }
 
+/// Where a planned step is. `Done`, `Failed`, `Skipped` and `Cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    /// Planned, not yet sent to its agent.
+    Pending,
+    /// Sent to its agent (again, after a restart or a failed attempt of a code step).
+    Running,
+    /// Finished with an output.
+    Done,
+    /// Failed for good; the task fails with it.
+    Failed,
+    /// Not run: the task ended (failed) before the step's turn.
+    Skipped,
+    /// Not finished: the task was cancelled.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Every status.
+    pub const ALL: [StepStatus; 6] = [
+        StepStatus::Pending,
+        StepStatus::Running,
+        StepStatus::Done,
+        StepStatus::Failed,
+        StepStatus::Skipped,
+        StepStatus::Cancelled,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Done => "done",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the step is still to be done or being done.
+    pub fn is_open(self) -> bool {
+        matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a step status.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown step status '{0}'")]
+pub struct UnknownStepStatus(pub String);
+
+impl FromStr for StepStatus {
+    type Err = UnknownStepStatus;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        StepStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| UnknownStepStatus(text.to_owned()))
+    }
+}
+
 /// Options a client may set per task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +196,16 @@ mod tests {
             assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
         }
         assert!("done".parse::<TaskStatus>().is_err());
+    }
+
+    #[test]
+    fn step_statuses_round_trip_through_their_names() {
+        for status in StepStatus::ALL {
+            assert_eq!(status.as_str().parse::<StepStatus>().unwrap(), status);
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert!("finished".parse::<StepStatus>().is_err());
+        assert!(StepStatus::Running.is_open() && !StepStatus::Skipped.is_open());
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! The end of a task: its result, the memories a completed task leaves, its open steps closed, its
+//! metrics, and the terminal commit (status, terminal event and memories together).
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{FlowError, TaskFlow};
+use crate::director::plan::Plan;
+use crate::domain::{shorten, AgentKind, EventKind, MemoryKind, StepStatus, TaskStatus};
+use crate::llm::LlmProvider;
+use crate::memory::{MemoryDraft, NewMemory};
+use crate::messages::{StepKind, Verdict};
+use crate::storage::records::{PendingEvent, TaskEnd};
+
+/// Longest answer kept in a task's summary memory, in characters.
+const SUMMARY_ANSWER_CHARS: usize = 600;
+
+impl TaskFlow {
+    /// Stores the end of the task: its status and terminal event, its open steps closed, its metrics, and
+    /// for a completed task its memories, in one commit.
+    pub(super) async fn finish(
+        &mut self,
+        outcome: Result<serde_json::Value, FlowError>,
+        started: Instant,
+    ) {
+        let task_id = self.task_id;
+        let (status, result, error, kind, data) = match outcome {
+            Ok(result) => (
+                TaskStatus::Completed,
+                Some(result.clone()),
+                None,
+                EventKind::TaskCompleted,
+                json!({ "result": result }),
+            ),
+            Err(FlowError::Cancelled) => (
+                TaskStatus::Cancelled,
+                None,
+                None,
+                EventKind::TaskCancelled,
+                json!({}),
+            ),
+            Err(error) => {
+                let message = error.to_string();
+                tracing::warn!(task_id = %task_id, error = %message, "task failed");
+                (
+                    TaskStatus::Failed,
+                    None,
+                    Some(message.clone()),
+                    EventKind::TaskFailed,
+                    json!({ "error": message }),
+                )
+            }
+        };
+        self.close_open_steps(status);
+        let metrics = &self.deps.agent.metrics;
+        metrics
+            .tasks_total
+            .with_label_values(&[status.as_str()])
+            .inc();
+        metrics
+            .task_duration
+            .with_label_values(&[status.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let memories = match &result {
+            Some(result) => self.memories(result).await,
+            None => Vec::new(),
+        };
+        let stored = memories.len();
+        let mut data = data;
+        if stored > 0 {
+            data["memories"] = json!(memories
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>());
+        }
+        let end = TaskEnd {
+            task_id,
+            status,
+            result,
+            error,
+            event: PendingEvent::now(task_id, kind, Some(AgentKind::Director), data),
+            memories,
+        };
+        let commit_started = Instant::now();
+        let committed = self.deps.agent.writer.finish_task(end).await;
+        if stored > 0 {
+            self.deps
+                .agent
+                .memory
+                .count_task_write(commit_started, committed.is_ok());
+        }
+        if let Err(error) = committed {
+            tracing::error!(task_id = %task_id, %error, "store the end of a task");
+        }
+    }
+
+    /// The result of a completed task: the answer (the last work step's output), the plan, each work
+    /// step's output, QA's verdict, the code steps' test attempts, and the model that did the work.
+    pub(super) fn result(
+        &self,
+        plan: &Plan,
+        verdict: Option<Verdict>,
+        llm: &dyn LlmProvider,
+    ) -> serde_json::Value {
+        let work: Vec<_> = self
+            .steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Work)
+            .map(|step| json!({ "idx": step.idx, "agent": step.agent, "instruction": step.instruction, "output": step.output }))
+            .collect();
+        let answer = self
+            .steps
+            .iter()
+            .rev()
+            .find(|step| step.kind == StepKind::Work)
+            .and_then(|step| step.output.clone());
+        json!({
+            "answer": answer,
+            "plan": plan.steps,
+            "steps": work,
+            "verdict": verdict,
+            "tests": self.tests,
+            "provider": llm.provider_name(),
+            "model": llm.model_name(),
+        })
+    }
+
+    /// The memories a completed task leaves: what its steps asked to keep and the Director's summary of
+    /// the task, embedded in one batch. None for replays (they would repeat the original's) or when memory
+    /// is off; an embedding failure is logged and keeps none (all or nothing).
+    async fn memories(&mut self, result: &serde_json::Value) -> Vec<NewMemory> {
+        let memory = &self.deps.agent.memory;
+        if !memory.enabled() || self.options.replay_of.is_some() {
+            return Vec::new();
+        }
+        let answer = result
+            .get("answer")
+            .and_then(|answer| answer.as_str())
+            .unwrap_or("");
+        let mut drafts = std::mem::take(&mut self.drafts);
+        drafts.push(MemoryDraft {
+            kind: MemoryKind::Summary,
+            content: format!(
+                "Task: {}\nResult: {}",
+                self.prompt,
+                shorten(answer, SUMMARY_ANSWER_CHARS)
+            ),
+            detail: Some(json!({
+                "verdict": result.get("verdict"),
+                "plan": result.get("plan"),
+            })),
+            agent: AgentKind::Director,
+            step: None,
+        });
+        let started = Instant::now();
+        match memory.prepare(Some(self.task_id), drafts).await {
+            Ok(memories) => memories,
+            Err(error) => {
+                tracing::warn!(task_id = %self.task_id, %error, "the task's memories could not be embedded; none are kept");
+                memory.count_task_write(started, false);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Steps still pending or running when the task ends are marked `cancelled` or `skipped`.
+    fn close_open_steps(&mut self, status: TaskStatus) {
+        let closing = if status == TaskStatus::Cancelled {
+            StepStatus::Cancelled
+        } else {
+            StepStatus::Skipped
+        };
+        for position in 0..self.steps.len() {
+            if self.steps[position].status.is_open() {
+                self.steps[position].status = closing;
+                self.update_step(position, false);
+            }
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The vocabulary every layer shares, and nothing else: ids and lifecycle states ([`TaskId`],
+//! [`TaskStatus`], [`StepStatus`]), the agents' names ([`AgentKind`]), the event log's entries
+//! ([`EventKind`], [`Event`]), the memory kinds, the text helpers and the grammar bounds.
+//!
+//! The bottom layer: it names no other module of the crate (see `ARCHITECTURE.md`, "Layers").
+
+pub mod agent;
+pub mod event;
+pub mod limits;
+pub mod memory;
+pub mod task;
+pub mod text;
+
+pub use agent::{AgentKind, UnknownAgent};
+pub use event::{Event, EventKind, UnknownEventKind};
+pub use memory::{MemoryKind, UnknownKind, EMBEDDING_DIMENSIONS};
+pub use task::{StepStatus, TaskId, TaskOptions, TaskStatus, UnknownStatus, UnknownStepStatus};
+pub use text::{excerpt, redact_url, shorten};

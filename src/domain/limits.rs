@@ -1,0 +1,21 @@
+//! The bounds that the structured outputs' grammars enforce and that configuration and request validation
+//! check against, in one place: a budget or a limit checked here can never disagree with the grammar.
+
+/// Most steps a plan may have: the plan grammar's bound, and the ceiling of `director.max_steps` and of a
+/// task's `options.max_steps`.
+pub const MAX_PLAN_STEPS: u32 = 8;
+
+/// Longest planned step instruction, in characters (the plan grammar enforces it).
+pub const MAX_INSTRUCTION_CHARS: u32 = 60;
+
+/// Longest feedback in QA's verdict, in characters (the verdict grammar enforces it).
+pub const MAX_FEEDBACK_CHARS: u32 = 48;
+
+/// The most tokens a plan of `max_steps` steps can take (one token per character at worst, plus the JSON
+/// around the strings): `llm.limits.plan_tokens` must cover it, or a long plan would be cut off.
+pub fn plan_token_bound(max_steps: u32) -> u32 {
+    max_steps * (MAX_INSTRUCTION_CHARS + 4) + 16
+}
+
+/// The most tokens a verdict can take: `llm.limits.verdict_tokens` must cover it.
+pub const VERDICT_TOKEN_BOUND: u32 = MAX_FEEDBACK_CHARS + 24;

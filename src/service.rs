@@ -1,0 +1,298 @@
+//! The service without HTTP: [`Core`] assembles storage, the writer and event log, the model, memory, the
+//! sandbox and tools, the Director and its agents, and is the only way in for tasks ([`Core::submit`],
+//! [`Core::cancel`]). The CLI's `run` uses it alone; the HTTP API (`api`) and the application (`app`) are
+//! built on it.
+//!
+//! It must be built inside an actix `System`: the actors live on its arbiter.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use serde_json::json;
+
+use crate::agents::{AgentDeps, Chaos};
+use crate::config::Settings;
+use crate::director::{Director, DirectorDeps, ReplayCache};
+use crate::domain::limits::MAX_PLAN_STEPS;
+use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
+use crate::events::{EventLog, Hub};
+use crate::llm::embedded::EmbeddedProvider;
+use crate::llm::{LlmError, LlmProvider};
+use crate::memory::{Memory, MemoryParts, MemoryStartError};
+use crate::messages::{CancelTask, Envelope, StartTask};
+use crate::sandbox::Sandbox;
+use crate::storage::records::{NewTask, PendingEvent};
+use crate::storage::writer::Writer;
+use crate::storage::{Storage, StorageError};
+use crate::supervision::RestartPolicy;
+use crate::telemetry::metrics::{Metrics, MetricsError};
+use crate::telemetry::propagation;
+use crate::tools::{Tools, Workspaces};
+
+/// The system could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Metrics could not be registered.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The model could not be started.
+    #[error("start the model: {0}")]
+    Model(#[from] LlmError),
+    /// Memory could not be started.
+    #[error("start memory: {0}")]
+    Memory(#[from] MemoryStartError),
+    /// The listen address could not be bound (the HTTP application, `app`).
+    #[error("bind {address}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A task could not be submitted; every variant is the client's to fix except `Storage`.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The prompt is empty or only whitespace.
+    #[error("prompt is empty")]
+    EmptyPrompt,
+    /// The prompt is longer than allowed.
+    #[error("prompt has {chars} characters; at most {max} are allowed")]
+    PromptTooLarge {
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An option is out of range.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// `options.replay_of` names no task.
+    #[error("task {0} (options.replay_of) does not exist")]
+    ReplaySourceNotFound(TaskId),
+    /// Storing the task failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A task could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NotFound(TaskId),
+    /// The task is already over.
+    #[error("task {id} is already {status}")]
+    Finished {
+        /// The task.
+        id: TaskId,
+        /// Its terminal status.
+        status: TaskStatus,
+    },
+    /// Reading the task failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The Director is gone (shutting down).
+    #[error("director unavailable")]
+    DirectorGone,
+}
+
+/// Everything but HTTP.
+pub struct Core {
+    /// The settings it was built from.
+    pub settings: Settings,
+    /// Reads.
+    pub storage: Storage,
+    /// The event log (append, subscribe).
+    pub events: EventLog,
+    /// The write path of every record.
+    pub writer: Writer,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The default model.
+    pub llm: Arc<dyn LlmProvider>,
+    /// The Director.
+    pub director: Addr<Director>,
+    /// Short-term, long-term and semantic memory.
+    pub memory: Memory,
+    /// The tool registry, and through it the sandbox.
+    pub tools: Tools,
+}
+
+impl Core {
+    /// Opens and migrates storage, repairs tasks a previous process left unfinished, starts the event-log
+    /// writer, the model and the actors.
+    pub async fn start(settings: Settings) -> Result<Core, StartError> {
+        let metrics = Metrics::new()?;
+        let storage = Storage::connect(&settings.database).await?;
+        storage.migrate().await?;
+        let repaired = storage.fail_interrupted().await?;
+        if !repaired.is_empty() {
+            tracing::warn!(
+                count = repaired.len(),
+                "marked tasks left unfinished by a previous run as failed"
+            );
+        }
+        let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
+        let llm: Arc<dyn LlmProvider> =
+            Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
+        let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
+        Ok(Self::assemble(
+            settings, storage, metrics, llm, memory, sandbox,
+        ))
+    }
+
+    /// Assembles a core around an already started model (benchmarks and tests that share one).
+    pub fn assemble(
+        settings: Settings,
+        storage: Storage,
+        metrics: Metrics,
+        llm: Arc<dyn LlmProvider>,
+        memory: MemoryParts,
+        sandbox: Sandbox,
+    ) -> Core {
+        let hub = Hub::new();
+        let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
+        let events = EventLog::new(writer.clone(), hub, storage.clone());
+        let memory = Memory::new(
+            settings.memory.clone(),
+            memory,
+            storage.clone(),
+            writer.clone(),
+            metrics.clone(),
+        );
+        let tools = Tools::new(
+            sandbox,
+            memory.clone(),
+            Workspaces::new(settings.sandbox.workspaces.clone()),
+            events.clone(),
+            metrics.clone(),
+        );
+        let agent = AgentDeps {
+            events: events.clone(),
+            writer: writer.clone(),
+            metrics: metrics.clone(),
+            limits: settings.llm.limits,
+            chaos: Arc::new(Chaos::panic_once(&settings.chaos_agents())),
+            memory: memory.clone(),
+            tools: tools.clone(),
+        };
+        let director = Director::start(DirectorDeps {
+            agent,
+            storage: storage.clone(),
+            settings: settings.director.clone(),
+            policy: RestartPolicy::from(&settings.supervision),
+            llm: Arc::clone(&llm),
+            replays: ReplayCache::default(),
+        });
+        Core {
+            settings,
+            storage,
+            events,
+            writer,
+            metrics,
+            llm,
+            director,
+            memory,
+            tools,
+        }
+    }
+
+    /// Validates and stores a task (status `queued`, event `task.queued`, committed before this returns),
+    /// then hands it to the Director. The task joins the current trace.
+    pub async fn submit(&self, prompt: &str, options: TaskOptions) -> Result<TaskId, SubmitError> {
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        let chars = prompt.chars().count();
+        let max = self.settings.server.max_prompt_chars;
+        if chars > max {
+            return Err(SubmitError::PromptTooLarge { chars, max });
+        }
+        if let Some(max_steps) = options.max_steps {
+            if !(1..=MAX_PLAN_STEPS).contains(&max_steps) {
+                return Err(SubmitError::InvalidOption(format!(
+                    "options.max_steps must be within 1..={MAX_PLAN_STEPS}, got {max_steps}"
+                )));
+            }
+        }
+        if let Some(source) = options.replay_of {
+            if self.storage.task(source).await?.is_none() {
+                return Err(SubmitError::ReplaySourceNotFound(source));
+            }
+        }
+        let id = TaskId::new();
+        let (trace_id, _) = propagation::ids(&propagation::current());
+        let options_json = serde_json::to_value(&options).unwrap_or_else(|_| json!({}));
+        let queued = PendingEvent::now(
+            id,
+            EventKind::TaskQueued,
+            None,
+            json!({ "prompt": prompt, "options": options_json }),
+        );
+        self.writer
+            .create_task(
+                NewTask {
+                    id,
+                    prompt: prompt.to_owned(),
+                    options: options_json,
+                    trace_id,
+                    replay_of: options.replay_of,
+                    created_at: queued.at,
+                },
+                queued,
+            )
+            .await?;
+        let depth = self
+            .metrics
+            .mailbox_depth
+            .with_label_values(&[AgentKind::Director.as_str()]);
+        // do_send: the task is stored; should the Director be gone (shutdown), the next start marks it
+        // interrupted.
+        self.director.do_send(
+            Envelope::new(
+                id,
+                StartTask {
+                    prompt: prompt.to_owned(),
+                    options,
+                },
+            )
+            .counted(depth),
+        );
+        Ok(id)
+    }
+
+    /// Cancels a queued or running task.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), CancelError> {
+        let task = self
+            .storage
+            .task(id)
+            .await?
+            .ok_or(CancelError::NotFound(id))?;
+        if task.status.is_terminal() {
+            return Err(CancelError::Finished {
+                id,
+                status: task.status,
+            });
+        }
+        match self.director.send(Envelope::new(id, CancelTask)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_not_running)) => {
+                // It ended between the read and the message.
+                let status = self
+                    .storage
+                    .task(id)
+                    .await?
+                    .map_or(TaskStatus::Failed, |task| task.status);
+                Err(CancelError::Finished { id, status })
+            }
+            Err(_) => Err(CancelError::DirectorGone),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! What the writer is sent: [`WriteOp`], one durable change, and the records it carries (tasks, steps,
+//! decisions, model calls, events before their `seq`, a task's end). Plain rows: this module knows
+//! nothing of the agents, the model or the memory that produce them.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::memories::NewMemory;
+use super::StorageError;
+use crate::domain::{AgentKind, EventKind, StepStatus, TaskId, TaskStatus};
+use crate::telemetry::propagation;
+
+/// An event before the writer gives it its `seq`.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    /// The task.
+    pub task_id: TaskId,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+    /// The agent concerned.
+    pub agent: Option<AgentKind>,
+    /// Trace id (hex).
+    pub trace_id: String,
+    /// Span id (hex).
+    pub span_id: String,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+impl PendingEvent {
+    /// An event stamped now, with the trace and span of the current `tracing` span.
+    pub fn now(
+        task_id: TaskId,
+        kind: EventKind,
+        agent: Option<AgentKind>,
+        data: serde_json::Value,
+    ) -> PendingEvent {
+        Self::now_in(&propagation::current(), task_id, kind, agent, data)
+    }
+
+    /// An event stamped now, with the trace and span of `cx` (for code that acts for a task outside the
+    /// task's spans, like a supervisor).
+    pub fn now_in(
+        cx: &opentelemetry::Context,
+        task_id: TaskId,
+        kind: EventKind,
+        agent: Option<AgentKind>,
+        data: serde_json::Value,
+    ) -> PendingEvent {
+        let (trace_id, span_id) = propagation::ids(cx);
+        PendingEvent {
+            task_id,
+            at: Utc::now(),
+            kind,
+            agent,
+            trace_id,
+            span_id,
+            data,
+        }
+    }
+}
+
+/// A task to store.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Id.
+    pub id: TaskId,
+    /// Prompt.
+    pub prompt: String,
+    /// Options as given.
+    pub options: serde_json::Value,
+    /// Trace id (hex).
+    pub trace_id: String,
+    /// Replay source.
+    pub replay_of: Option<TaskId>,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A change to one step.
+#[derive(Debug, Clone)]
+pub struct StepUpdate {
+    /// Task.
+    pub task_id: TaskId,
+    /// Step position, from 1.
+    pub idx: i32,
+    /// New agent (may change after a decision).
+    pub agent: AgentKind,
+    /// Where the step is now.
+    pub status: StepStatus,
+    /// Output so far.
+    pub output: Option<String>,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Set when the step starts.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Set when the step ends.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A decision to store.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// Task.
+    pub task_id: TaskId,
+    /// The step it was about, if any.
+    pub step_idx: Option<i32>,
+    /// Kind, e.g. "assign_agent".
+    pub kind: String,
+    /// Options with scores.
+    pub options: serde_json::Value,
+    /// The chosen option.
+    pub chosen: String,
+    /// Its probability.
+    pub confidence: f64,
+    /// The stated reason.
+    pub reasoning: String,
+}
+
+/// A model call to store.
+#[derive(Debug, Clone)]
+pub struct LlmCallRecord {
+    /// Task.
+    pub task_id: TaskId,
+    /// Purpose key (unique per task).
+    pub purpose: String,
+    /// Calling agent.
+    pub agent: AgentKind,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// The prompt (messages as JSON).
+    pub prompt: String,
+    /// The output text.
+    pub output: String,
+    /// The scored choice, for choices.
+    pub choice: Option<serde_json::Value>,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Generated tokens.
+    pub completion_tokens: i64,
+    /// Duration.
+    pub duration_seconds: f64,
+}
+
+/// A task's end.
+#[derive(Debug, Clone)]
+pub struct TaskEnd {
+    /// Task.
+    pub task_id: TaskId,
+    /// Terminal status.
+    pub status: TaskStatus,
+    /// Result of a completed task.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The terminal event (committed with the status).
+    pub event: PendingEvent,
+    /// The memories the task leaves (committed with the status, all or none).
+    pub memories: Vec<NewMemory>,
+}
+
+/// One write.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Insert a task and its `task.queued` event; answered after the commit.
+    CreateTask {
+        /// The task.
+        task: NewTask,
+        /// Its first event.
+        event: PendingEvent,
+        /// Commit result.
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Append an event.
+    Event(PendingEvent),
+    /// Mark a task running and append its `task.started` event.
+    MarkRunning(PendingEvent),
+    /// Insert a task's planned steps.
+    InsertSteps {
+        /// Task.
+        task_id: TaskId,
+        /// (idx, agent, instruction).
+        steps: Vec<(i32, AgentKind, String)>,
+    },
+    /// Update a step.
+    UpdateStep(StepUpdate),
+    /// Insert a decision.
+    Decision(DecisionRecord),
+    /// Insert a model call.
+    LlmCall(LlmCallRecord),
+    /// Set a task's terminal status with its terminal event; answered after the commit.
+    FinishTask {
+        /// The end.
+        end: TaskEnd,
+        /// Commit result.
+        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
+    },
+    /// Insert memories (outside a task's end); answered after the commit.
+    InsertMemories {
+        /// The memories.
+        memories: Vec<NewMemory>,
+        /// Commit result.
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Count one use of each of these memories (by id).
+    MemoriesUsed(Vec<String>),
+    /// Count one success of this pattern (by id).
+    PatternSucceeded(String),
+    /// Answered once everything sent before it is committed.
+    Flush(oneshot::Sender<()>),
+}

@@ -1,0 +1,89 @@
+//! Metric names, each defined once: the constants every registration and every test names.
+
+/// Messages sent to an agent and not yet picked up by its handler.
+pub const MAILBOX_DEPTH: &str = "troupe_mailbox_depth";
+/// Work an agent has accepted and not finished (async handlers run concurrently).
+pub const AGENT_IN_FLIGHT: &str = "troupe_agent_in_flight";
+/// Tasks accepted and waiting for a free slot.
+pub const TASK_QUEUE_DEPTH: &str = "troupe_task_queue_depth";
+/// Tasks being worked on.
+pub const TASKS_RUNNING: &str = "troupe_tasks_running";
+/// Time from sending a message to its handler starting.
+pub const MESSAGE_LATENCY: &str = "troupe_message_latency_seconds";
+/// Duration of one step on one agent.
+pub const STEP_DURATION: &str = "troupe_step_duration_seconds";
+/// Duration of a task from start to its terminal state.
+pub const TASK_DURATION: &str = "troupe_task_duration_seconds";
+/// Finished tasks by outcome.
+pub const TASKS_TOTAL: &str = "troupe_tasks_total";
+/// Agent restarts by the supervisor.
+pub const SUPERVISOR_RESTARTS: &str = "troupe_supervisor_restarts_total";
+/// Tokens by provider, model and type (input/output).
+pub const LLM_TOKENS: &str = "troupe_llm_tokens_total";
+/// Model call duration.
+pub const LLM_REQUEST_DURATION: &str = "troupe_llm_request_duration_seconds";
+/// Failed model calls by provider and kind of failure.
+pub const LLM_ERRORS: &str = "troupe_llm_errors_total";
+/// Decisions by deciding agent and kind.
+pub const DECISIONS: &str = "troupe_decisions_total";
+/// Events appended to task logs, by kind.
+pub const EVENTS: &str = "troupe_events_total";
+/// Event-log batches that failed to commit.
+pub const STORE_WRITE_ERRORS: &str = "troupe_store_write_errors_total";
+/// Always 1; the label carries the running version.
+pub const BUILD_INFO: &str = "troupe_build_info";
+/// Money spent on model calls, from the configured prices.
+pub const LLM_COST: &str = "troupe_llm_cost_usd_total";
+/// Time from sending a model call to its first streamed piece.
+pub const LLM_TIME_TO_FIRST_TOKEN: &str = "troupe_llm_time_to_first_token_seconds";
+/// 1 while the embedded model's worker process is ready.
+pub const MODEL_WORKER_UP: &str = "troupe_model_worker_up";
+/// Duration of one commit of the storage writer's batch.
+pub const STORE_COMMIT_DURATION: &str = "troupe_store_commit_duration_seconds";
+/// Database pool connections by state (in_use, idle).
+pub const DB_POOL_CONNECTIONS: &str = "troupe_db_pool_connections";
+/// The database pool's size limit.
+pub const DB_POOL_MAX_CONNECTIONS: &str = "troupe_db_pool_max_connections";
+/// HTTP requests by method, route pattern and status.
+pub const HTTP_REQUESTS: &str = "troupe_http_requests_total";
+/// HTTP request duration by method and route pattern.
+pub const HTTP_REQUEST_DURATION: &str = "troupe_http_request_duration_seconds";
+/// Open WebSocket event streams.
+pub const WEBSOCKET_CONNECTIONS: &str = "troupe_websocket_connections";
+/// Memory operations by tier (short_term, long_term, semantic), operation and outcome.
+pub const MEMORY_OPERATIONS: &str = "troupe_memory_operations_total";
+/// Memory operation duration by tier and operation.
+pub const MEMORY_OPERATION_DURATION: &str = "troupe_memory_operation_duration_seconds";
+/// Cosine similarity of the best hit of each semantic search that found something.
+pub const MEMORY_SEARCH_TOP_SCORE: &str = "troupe_memory_search_top_score_ratio";
+/// Memories offered to an agent (at or above the recall threshold), by kind.
+pub const MEMORY_REUSES: &str = "troupe_memory_reuses_total";
+/// Texts embedded, by model.
+pub const EMBEDDINGS: &str = "troupe_embeddings_total";
+/// Duration of one embedding batch, by model.
+pub const EMBEDDING_DURATION: &str = "troupe_embedding_duration_seconds";
+/// Attempts to learn a pattern from a failed run and its fix, by outcome (extracted, no_signature).
+pub const PATTERN_EXTRACTIONS: &str = "troupe_memory_pattern_extractions_total";
+/// Runs that used a retrieved pattern, by outcome (passed, failed).
+pub const PATTERN_OUTCOMES: &str = "troupe_memory_pattern_outcomes_total";
+/// 1 while the configured short-term store answers (backend redis or local); 0 while Redis is down
+/// and short-term memory falls back to the process.
+pub const SHORT_TERM_STORE_UP: &str = "troupe_short_term_store_up";
+/// Sandbox runs by language and outcome (ok, error, timeout, oom, killed, violation, refused).
+pub const SANDBOX_RUNS: &str = "troupe_sandbox_runs_total";
+/// Wall-clock duration of a sandbox run, by language.
+pub const SANDBOX_RUN_DURATION: &str = "troupe_sandbox_run_duration_seconds";
+/// CPU time of a sandbox run, by language.
+pub const SANDBOX_CPU: &str = "troupe_sandbox_cpu_seconds";
+/// Peak resident memory of a sandbox run, by language.
+pub const SANDBOX_PEAK_RSS: &str = "troupe_sandbox_peak_rss_bytes";
+/// What the sandbox contained, by kind.
+pub const SANDBOX_VIOLATIONS: &str = "troupe_sandbox_violations_total";
+/// 1 when the sandbox can run code (bubblewrap works), 0 when it refuses.
+pub const SANDBOX_UP: &str = "troupe_sandbox_up";
+/// Tool calls by tool and outcome (ok, error).
+pub const TOOL_CALLS: &str = "troupe_tool_calls_total";
+/// Tool call duration by tool.
+pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
+/// Code attempts of the Code/QA loop by attempt number and outcome (passed, failed).
+pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
