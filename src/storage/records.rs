@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::memories::NewMemory;
 use super::StorageError;
-use crate::domain::{AgentKind, EventKind, StepStatus, TaskId, TaskStatus};
+use crate::domain::{AgentKind, Event, EventKind, StepStatus, TaskId, TaskStatus};
 use crate::telemetry::propagation;
 
 /// An event before the writer gives it its `seq`.
@@ -58,6 +58,20 @@ impl PendingEvent {
             trace_id,
             span_id,
             data,
+        }
+    }
+
+    /// The event this becomes once the writer gives it its place `seq` in the task's log.
+    pub fn with_seq(self, seq: i64) -> Event {
+        Event {
+            seq,
+            task_id: self.task_id,
+            at: self.at,
+            kind: self.kind,
+            agent: self.agent,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            data: self.data,
         }
     }
 }

@@ -430,16 +430,7 @@ impl WriterTask {
         let mut pending = pending;
         pending.at = pending.at.trunc_subsecs(6);
         events.push(event_row(&pending, seq));
-        outcome.events.push(Event {
-            seq,
-            task_id: pending.task_id,
-            at: pending.at,
-            kind: pending.kind,
-            agent: pending.agent,
-            trace_id: pending.trace_id,
-            span_id: pending.span_id,
-            data: pending.data,
-        });
+        outcome.events.push(pending.with_seq(seq));
         Ok(())
     }
 }
