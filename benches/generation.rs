@@ -22,7 +22,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(2);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut settings = Settings::load_from(&root.join("config"), None)?;
-    settings.llm.model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    settings.llm.model = root
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .display()
+        .to_string();
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
     settings.llm.threads = threads;
     actix_rt::System::new().block_on(async move {

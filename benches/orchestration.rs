@@ -24,6 +24,7 @@ use serde_json::json;
 use troupe::config::Settings;
 use troupe::domain::{EventKind, TaskId, TaskOptions};
 use troupe::llm::embedded::EmbeddedProvider;
+use troupe::llm::models::Models;
 use troupe::memory::MemoryParts;
 use troupe::service::Core;
 use troupe::storage::Storage;
@@ -40,7 +41,10 @@ fn main() -> anyhow::Result<()> {
     let mut settings = Settings::load_from(&root.join("config"), Some("test"))?;
     let dir = tempfile::tempdir()?;
     settings.database.url = format!("sqlite://{}/bench.sqlite?mode=rwc", dir.path().display());
-    settings.llm.model = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    settings.llm.model = root
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .display()
+        .to_string();
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
     settings.llm.threads = 2;
     settings.director.max_concurrent_tasks = IN_FLIGHT;
@@ -68,13 +72,13 @@ fn main() -> anyhow::Result<()> {
         let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let sandbox = troupe::sandbox::Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
-        let core = Core::assemble(settings, storage, metrics, llm, memory, sandbox);
+        let core = Core::assemble(settings, storage, metrics, Models::single(llm), memory, sandbox);
 
         let prompt = "Write a Python function that adds two numbers";
         let recorded = core.submit(prompt, TaskOptions::default()).await?;
         let end = finish(&core, recorded).await?;
         anyhow::ensure!(end == EventKind::TaskCompleted, "the recorded task ended {end}");
-        let replay = TaskOptions { max_steps: None, replay_of: Some(recorded) };
+        let replay = TaskOptions { replay_of: Some(recorded), ..TaskOptions::default() };
 
         // Warm-up.
         for _ in 0..20 {

@@ -217,7 +217,7 @@ pub fn run_step<S: Specialist>(
         let request = S::request(&step, &deps.limits);
         let called = deps
             .recorder()
-            .call(llm.as_ref(), task_id, agent, request, cancel)
+            .call(&llm, task_id, agent, request, cancel)
             .await;
         let mut result = match called {
             Ok(output) => S::interpret(step.kind, output),

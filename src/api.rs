@@ -60,6 +60,9 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                         resource("/tasks/{id}/cancel").route(web::post().to(tasks::cancel_task)),
                     )
                     .service(
+                        resource("/tasks/{id}/confirm").route(web::post().to(tasks::confirm_task)),
+                    )
+                    .service(
                         resource("/tasks/{id}/events").route(web::get().to(events::task_events)),
                     )
                     .service(

@@ -11,6 +11,14 @@ use serde::Deserialize;
 
 use crate::domain::{limits as bounds, redact_url, AgentKind};
 
+mod llm;
+
+pub use llm::{
+    BudgetSettings, FallbackMode, FallbackTarget, GroqSettings, LlmLimits, LlmSettings,
+    ModelEndpoint, ModelOverride, OnExceed, PriceSettings, ProviderKind, SamplingSettings, Secret,
+    StructuredOutput,
+};
+
 /// The built-in defaults, compiled in so that the binary runs from any directory.
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -25,8 +33,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Long-term and semantic memory, and the short-term tier's retention.
     pub memory: MemorySettings,
-    /// Model provider.
+    /// Model providers.
     pub llm: LlmSettings,
+    /// What a task may spend on models.
+    pub budget: BudgetSettings,
     /// Planning and task lifecycle.
     pub director: DirectorSettings,
     /// The jail generated code runs in, and its limits.
@@ -167,56 +177,6 @@ impl SandboxSettings {
     }
 }
 
-/// Which model provider serves the agents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// llama.cpp in a supervised child process.
-    Embedded,
-    /// An OpenAI-compatible server (not built yet).
-    Openai,
-    /// Groq's cloud API (not built yet).
-    Groq,
-}
-
-/// `[llm]`
-#[derive(Debug, Clone, Deserialize)]
-pub struct LlmSettings {
-    /// Provider for new tasks.
-    pub provider: ProviderKind,
-    /// GGUF model file of the embedded provider.
-    pub model: PathBuf,
-    /// Inference threads.
-    pub threads: u32,
-    /// Context window in tokens.
-    pub context_size: u32,
-    /// 0 is greedy.
-    pub temperature: f32,
-    /// Sampling seed.
-    pub seed: u32,
-    /// Program hosting the model; empty means this executable.
-    pub worker_command: String,
-    /// Longest a model call may take, in seconds.
-    pub request_timeout_seconds: u64,
-    /// Token budgets.
-    pub limits: LlmLimits,
-}
-
-/// `[llm.limits]`: token budgets per kind of call.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct LlmLimits {
-    /// The Director's plan.
-    pub plan_tokens: u32,
-    /// The reasoning after an agent choice.
-    pub decision_reason_tokens: u32,
-    /// A Research or Code step.
-    pub work_tokens: u32,
-    /// A QA verdict (and QA's tool call to run a test).
-    pub verdict_tokens: u32,
-    /// Code's answer: code and a test as JSON. An answer cut off by this budget is an attempt without code.
-    pub code_tokens: u32,
-}
-
 /// `[director]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct DirectorSettings {
@@ -322,7 +282,20 @@ impl Settings {
                 .with_list_parse_key("chaos.panic_once")
                 .try_parsing(true),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        // The standard variables of the OpenAI and Groq clients, under Troupe's own names' precedence.
+        if settings.llm.api_key.is_none() {
+            settings.llm.api_key = std::env::var("OPENAI_API_KEY")
+                .ok()
+                .filter(|key| !key.is_empty())
+                .map(Secret::new);
+        }
+        if settings.llm.groq.api_key.is_none() {
+            settings.llm.groq.api_key = std::env::var("GROQ_API_KEY")
+                .ok()
+                .filter(|key| !key.is_empty())
+                .map(Secret::new);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -385,22 +358,7 @@ impl Settings {
         if memory.hnsw_ef_search == 0 || memory.hnsw_ef_search > 1000 {
             problems.push("memory.hnsw_ef_search: must be within 1..=1000".into());
         }
-        match self.llm.provider {
-            ProviderKind::Embedded => {}
-            ProviderKind::Openai | ProviderKind::Groq => problems.push(format!(
-                "llm.provider: '{:?}' is not built yet; use embedded (replay is chosen per task with options.replay_of)",
-                self.llm.provider
-            )),
-        }
-        if self.llm.threads == 0 {
-            problems.push("llm.threads: must be positive".into());
-        }
-        if self.llm.context_size < 512 {
-            problems.push("llm.context_size: must be at least 512".into());
-        }
-        if !(0.0..=2.0).contains(&self.llm.temperature) {
-            problems.push("llm.temperature: must be within 0..=2".into());
-        }
+        problems.extend(self.llm.problems(&self.budget));
         let limits = &self.llm.limits;
         for (name, value) in [
             ("plan_tokens", limits.plan_tokens),
@@ -527,10 +485,89 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_providers_are_refused_with_a_clear_message() {
+    fn secrets_never_show_in_debug_output() {
         let mut settings = defaults();
-        settings.llm.provider = ProviderKind::Groq;
+        settings.llm.api_key = Some(Secret::new("sk-very-secret"));
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert!(shown.contains("Secret([redacted])"));
+    }
+
+    #[test]
+    fn groq_is_refused_unless_enabled() {
+        let mut settings = defaults();
+        settings.llm.fallback = FallbackTarget::Groq;
         let err = settings.validate().unwrap_err().to_string();
-        assert!(err.contains("not built yet"), "{err}");
+        assert!(err.contains("[llm.groq] enabled = true"), "{err}");
+        settings.llm.groq.enabled = true;
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn an_openai_primary_needs_a_server() {
+        let mut settings = defaults();
+        settings.llm.provider = ProviderKind::Openai;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("llm: base_url ''"), "{err}");
+        settings.llm.base_url = "http://127.0.0.1:11434/v1".into();
+        settings.llm.model = "qwen2.5:7b".into();
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn per_agent_models_fill_in_from_the_primary() {
+        let mut settings = defaults();
+        settings.llm.agents.insert(
+            "code".into(),
+            ModelOverride {
+                provider: Some(ProviderKind::Openai),
+                model: Some("qwen2.5-coder:7b".into()),
+                base_url: Some("http://127.0.0.1:11434/v1".into()),
+            },
+        );
+        settings
+            .llm
+            .agents
+            .insert("qa".into(), ModelOverride::default());
+        settings.validate().unwrap();
+        let code = settings.llm.for_agent(AgentKind::Code);
+        assert_eq!(code.provider, ProviderKind::Openai);
+        assert_eq!(code.model, "qwen2.5-coder:7b");
+        assert_eq!(
+            settings.llm.for_agent(AgentKind::Qa),
+            settings.llm.primary()
+        );
+        // Another provider does not inherit the primary's GGUF path as its model name.
+        settings.llm.agents.insert(
+            "research".into(),
+            ModelOverride {
+                provider: Some(ProviderKind::Openai),
+                model: None,
+                base_url: Some("http://127.0.0.1:8000/v1".into()),
+            },
+        );
+        settings
+            .llm
+            .agents
+            .insert("planner".into(), ModelOverride::default());
+        let Err(ConfigError::Invalid(problems)) = settings.validate() else {
+            panic!("expected invalid configuration");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("llm.agents.research: model must be named")));
+        assert!(problems.iter().any(|p| p.starts_with("llm.agents.planner")));
+    }
+
+    #[test]
+    fn shipped_prices_cover_the_groq_default() {
+        let settings = defaults();
+        let price = settings.llm.price_of(&settings.llm.groq.model);
+        assert!(price.input_per_million > 0.0 && price.output_per_million > 0.0);
+        assert_eq!(
+            settings.llm.price_of("SmolLM2-135M-Instruct"),
+            PriceSettings::default()
+        );
     }
 }

@@ -26,6 +26,7 @@ use crate::agents::research::ResearchAgent;
 use crate::agents::AgentDeps;
 use crate::config::DirectorSettings;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
+use crate::llm::models::{Models, Policy, TaskModels};
 use crate::llm::replay::ReplayProvider;
 use crate::llm::LlmProvider;
 use crate::messages::{
@@ -87,8 +88,10 @@ pub struct DirectorDeps {
     pub settings: DirectorSettings,
     /// Specialists' restart policy.
     pub policy: RestartPolicy,
-    /// The default model provider.
-    pub llm: Arc<dyn LlmProvider>,
+    /// The configured models (the primary and per-agent ones, the fallback, the downgrade).
+    pub llm: Models,
+    /// The budget and fallback policy of every task (a task's `options.budget` over its limits).
+    pub model_policy: Policy,
     /// Complete recordings already read, for replays.
     pub replays: ReplayCache,
 }
@@ -361,6 +364,7 @@ impl Handler<Envelope<Dispatch>> for Director {
         let task_id = envelope.task_id;
         let trace = envelope.trace;
         let Dispatch { agent, run } = envelope.payload;
+        let models = Arc::clone(&run.llm);
         let Some(supervised) = self.agents.get(&agent) else {
             return Box::pin(actix::fut::ready(Err(DispatchError::NoSuchAgent(agent))));
         };
@@ -380,7 +384,7 @@ impl Handler<Envelope<Dispatch>> for Director {
         }
         .counted(depth);
         let timeout = Duration::from_secs(self.deps.settings.step_timeout_seconds);
-        let reply = recipient.send(step).timeout(timeout);
+        let reply = answer_within(recipient.send(step), timeout, models);
         Box::pin(
             reply
                 .into_actor(self)
@@ -414,6 +418,29 @@ impl Handler<Envelope<Dispatch>> for Director {
                     )),
                 }),
         )
+    }
+}
+
+/// Waits for a step's answer at most `timeout`, not counting the time the task spends paused (waiting for a
+/// person's yes), so that a confirmation that takes longer than the step timeout does not restart the agent.
+async fn answer_within<F, T>(
+    reply: F,
+    timeout: Duration,
+    models: Arc<TaskModels>,
+) -> Result<T, MailboxError>
+where
+    F: std::future::Future<Output = Result<T, MailboxError>>,
+{
+    let started = tokio::time::Instant::now();
+    tokio::pin!(reply);
+    loop {
+        let deadline = started + timeout + models.paused_for();
+        match tokio::time::timeout_at(deadline, &mut reply).await {
+            Ok(result) => return result,
+            // A pause that began or went on meanwhile moved the deadline: wait again.
+            Err(_) if started + timeout + models.paused_for() > tokio::time::Instant::now() => {}
+            Err(_) => return Err(MailboxError::Timeout),
+        }
     }
 }
 

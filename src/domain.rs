@@ -14,5 +14,7 @@ pub mod text;
 pub use agent::{AgentKind, UnknownAgent};
 pub use event::{Event, EventKind, UnknownEventKind};
 pub use memory::{MemoryKind, UnknownKind, EMBEDDING_DIMENSIONS};
-pub use task::{StepStatus, TaskId, TaskOptions, TaskStatus, UnknownStatus, UnknownStepStatus};
+pub use task::{
+    StepStatus, TaskBudget, TaskId, TaskOptions, TaskStatus, UnknownStatus, UnknownStepStatus,
+};
 pub use text::{excerpt, redact_url, shorten};

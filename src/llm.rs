@@ -4,11 +4,16 @@
 //!   an abort inside llama.cpp (a `GGML_ASSERT` on some grammar states) kills the worker, never the server.
 //! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks.
 //! - [`recorded`]: the recorded, traced, metered call every caller makes ([`recorded::Recorder::call`]).
+//! - [`models`]: which provider serves which agent, for the process and for one task; [`budget`] and
+//!   [`confirm`]: a task's spending limit and the person's yes a cloud fallback may wait for.
 //!
 //! The providers know nothing of storage; `recorded` writes each call and its events through the storage
 //! writer, and `replay` reads a recording's rows. Nothing here knows agents or the event hub.
 
+pub mod budget;
+pub mod confirm;
 pub mod embedded;
+pub mod models;
 pub mod protocol;
 pub mod recorded;
 pub mod replay;
@@ -100,8 +105,12 @@ pub struct LlmRequest {
 pub struct ScoredOption {
     /// The candidate.
     pub name: String,
-    /// The model's probability for it, normalised over the candidates.
+    /// The probability the choice is made by, normalised over the candidates: the model's own, or the
+    /// calibrated one where the caller calibrates (then the model's own is `raw_probability`).
     pub probability: f64,
+    /// The model's own probability before calibration, where the choice was calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_probability: Option<f64>,
 }
 
 /// The outcome of a [`OutputSpec::Choice`].
@@ -113,6 +122,14 @@ pub struct Choice {
     pub chosen: String,
     /// The model's stated reason.
     pub reasoning: String,
+    /// Whether the probabilities are the model's own. A server that returns no `logprobs` (Groq) gives an
+    /// unscored choice: the option the model wrote, every probability 0, and this false; nothing invented.
+    #[serde(default = "scored_by_default")]
+    pub scored: bool,
+}
+
+fn scored_by_default() -> bool {
+    true
 }
 
 impl Choice {
@@ -197,6 +214,17 @@ pub enum LlmError {
     /// The worker spoke something that is not the protocol.
     #[error("model worker protocol: {0}")]
     Protocol(String),
+    /// The call would take the task over its budget (`budget.on_exceed = "fail"`, or no model to downgrade to).
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// The primary failed and the cloud fallback was not confirmed (declined, or nobody answered in time).
+    #[error("cloud fallback {answer} after the primary model failed: {cause}")]
+    FallbackRefused {
+        /// `declined` or `timed_out`.
+        answer: &'static str,
+        /// The primary's error.
+        cause: String,
+    },
 }
 
 impl LlmError {
@@ -212,6 +240,27 @@ impl LlmError {
             LlmError::Model(_) => "model",
             LlmError::ReplayMissing { .. } => "replay_missing",
             LlmError::Protocol(_) => "protocol",
+            LlmError::BudgetExceeded(_) => "budget_exceeded",
+            LlmError::FallbackRefused { .. } => "fallback_refused",
+        }
+    }
+
+    /// Whether the provider failed (down, crashed, timed out, overloaded), so that another provider may
+    /// serve the call; not for the caller's cancellation, a request no provider could serve, a replay's gap
+    /// or a policy's refusal.
+    pub fn falls_back(&self) -> bool {
+        match self {
+            LlmError::Timeout(_)
+            | LlmError::WorkerCrashed(_)
+            | LlmError::Unavailable(_)
+            | LlmError::Model(_)
+            | LlmError::Protocol(_) => true,
+            LlmError::Cancelled
+            | LlmError::Grammar(_)
+            | LlmError::InvalidRequest(_)
+            | LlmError::ReplayMissing { .. }
+            | LlmError::BudgetExceeded(_)
+            | LlmError::FallbackRefused { .. } => false,
         }
     }
 }
@@ -310,14 +359,17 @@ mod tests {
                 ScoredOption {
                     name: "code".into(),
                     probability: 0.7,
+                    raw_probability: None,
                 },
                 ScoredOption {
                     name: "qa".into(),
                     probability: 0.3,
+                    raw_probability: None,
                 },
             ],
             chosen: "code".into(),
             reasoning: String::new(),
+            scored: true,
         };
         assert!((choice.confidence() - 0.7).abs() < 1e-12);
     }

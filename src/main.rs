@@ -78,6 +78,7 @@ fn main() -> ExitCode {
                     TaskOptions {
                         max_steps,
                         replay_of,
+                        ..TaskOptions::default()
                     },
                     json,
                 )

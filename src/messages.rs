@@ -15,7 +15,8 @@ use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{AgentKind, TaskId, TaskOptions};
-use crate::llm::{LlmError, LlmProvider};
+use crate::llm::models::TaskModels;
+use crate::llm::LlmError;
 use crate::memory::{MemoryDraft, MemoryHit};
 use crate::sandbox::RunReport;
 use crate::telemetry::propagation;
@@ -218,8 +219,8 @@ pub enum AgentError {
 pub struct RunStep {
     /// The step.
     pub step: StepSpec,
-    /// The task's model provider (the default, or a replay).
-    pub llm: Arc<dyn LlmProvider>,
+    /// The task's models (the configured ones, or a replay).
+    pub llm: Arc<TaskModels>,
     /// The task's cancellation.
     pub cancel: CancellationToken,
 }

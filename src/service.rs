@@ -16,7 +16,10 @@ use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::domain::limits::MAX_PLAN_STEPS;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
 use crate::events::{EventLog, Hub};
+use crate::llm::budget::Limits;
+use crate::llm::confirm::Confirmations;
 use crate::llm::embedded::EmbeddedProvider;
+use crate::llm::models::{Models, Policy};
 use crate::llm::{LlmError, LlmProvider};
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
@@ -80,6 +83,25 @@ pub enum SubmitError {
     Storage(#[from] StorageError),
 }
 
+/// A confirmation could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NotFound(TaskId),
+    /// The task waits for no confirmation.
+    #[error("task {id} is {status} and is not waiting for a confirmation")]
+    NotWaiting {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
+    /// Reading the task failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// A task could not be cancelled.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -114,14 +136,31 @@ pub struct Core {
     pub writer: Writer,
     /// Metrics.
     pub metrics: Metrics,
-    /// The default model.
-    pub llm: Arc<dyn LlmProvider>,
+    /// The configured models (the primary and per-agent ones).
+    pub llm: Models,
     /// The Director.
     pub director: Addr<Director>,
     /// Short-term, long-term and semantic memory.
     pub memory: Memory,
     /// The tool registry, and through it the sandbox.
     pub tools: Tools,
+    /// Tasks waiting for a person's yes (a cloud fallback in `confirm` mode).
+    pub confirmations: Confirmations,
+}
+
+/// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
+fn model_policy(settings: &Settings, confirmations: &Confirmations) -> Policy {
+    let budget = &settings.budget;
+    Policy {
+        limits: Limits {
+            max_tokens: (budget.max_tokens > 0).then_some(budget.max_tokens),
+            max_cost_usd: (budget.max_cost_usd > 0.0).then_some(budget.max_cost_usd),
+        },
+        on_exceed: budget.on_exceed,
+        fallback_mode: settings.llm.fallback_mode,
+        confirm_timeout: std::time::Duration::from_secs(settings.llm.confirm_timeout_seconds),
+        confirmations: confirmations.clone(),
+    }
 }
 
 impl Core {
@@ -139,8 +178,9 @@ impl Core {
             );
         }
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-        let llm: Arc<dyn LlmProvider> =
+        let primary: Arc<dyn LlmProvider> =
             Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
+        let llm = Models::single(primary);
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
         Ok(Self::assemble(
             settings, storage, metrics, llm, memory, sandbox,
@@ -152,7 +192,7 @@ impl Core {
         settings: Settings,
         storage: Storage,
         metrics: Metrics,
-        llm: Arc<dyn LlmProvider>,
+        llm: Models,
         memory: MemoryParts,
         sandbox: Sandbox,
     ) -> Core {
@@ -182,12 +222,14 @@ impl Core {
             memory: memory.clone(),
             tools: tools.clone(),
         };
+        let confirmations = Confirmations::default();
         let director = Director::start(DirectorDeps {
             agent,
             storage: storage.clone(),
             settings: settings.director.clone(),
             policy: RestartPolicy::from(&settings.supervision),
-            llm: Arc::clone(&llm),
+            llm: llm.clone(),
+            model_policy: model_policy(&settings, &confirmations),
             replays: ReplayCache::default(),
         });
         Core {
@@ -200,6 +242,7 @@ impl Core {
             director,
             memory,
             tools,
+            confirmations,
         }
     }
 
@@ -220,6 +263,21 @@ impl Core {
                 return Err(SubmitError::InvalidOption(format!(
                     "options.max_steps must be within 1..={MAX_PLAN_STEPS}, got {max_steps}"
                 )));
+            }
+        }
+        if let Some(budget) = options.budget {
+            if budget.max_tokens == Some(0) {
+                return Err(SubmitError::InvalidOption(
+                    "options.budget.max_tokens must be positive (leave it out for the configured limit)"
+                        .into(),
+                ));
+            }
+            if let Some(cost) = budget.max_cost_usd {
+                if !(cost.is_finite() && cost > 0.0) {
+                    return Err(SubmitError::InvalidOption(format!(
+                        "options.budget.max_cost_usd must be a positive number of US dollars, got {cost}"
+                    )));
+                }
             }
         }
         if let Some(source) = options.replay_of {
@@ -293,6 +351,25 @@ impl Core {
                 Err(CancelError::Finished { id, status })
             }
             Err(_) => Err(CancelError::DirectorGone),
+        }
+    }
+
+    /// Answers a task's wait for a confirmation (a cloud fallback in `confirm` mode): `allow` lets its call
+    /// go to the fallback, otherwise the task fails with that reason.
+    pub async fn confirm(&self, id: TaskId, allow: bool) -> Result<(), ConfirmError> {
+        match self.confirmations.answer(id, allow) {
+            Ok(()) => Ok(()),
+            Err(_not_waiting) => {
+                let task = self
+                    .storage
+                    .task(id)
+                    .await?
+                    .ok_or(ConfirmError::NotFound(id))?;
+                Err(ConfirmError::NotWaiting {
+                    id,
+                    status: task.status,
+                })
+            }
         }
     }
 }

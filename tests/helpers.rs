@@ -21,7 +21,10 @@ pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
     let mut settings = Settings::load_from(&root().join("config"), Some("test")).unwrap();
     settings.database.url = format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display());
     settings.server.bind = "127.0.0.1:0".into();
-    settings.llm.model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    settings.llm.model = root()
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .display()
+        .to_string();
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
     settings.memory.embedding_model = root().join("models/all-MiniLM-L6-v2");
     settings.sandbox.workspaces = dir.path().join("workspaces");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use troupe::domain::{AgentKind, EventKind, MemoryKind, TaskId, TaskOptions, TaskStatus};
 use troupe::events::Hub;
+use troupe::llm::models::Models;
 use troupe::llm::replay::ReplayProvider;
 use troupe::llm::{LlmOutput, Usage};
 use troupe::memory::MemoryParts;
@@ -45,6 +46,7 @@ async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) ->
             choice: choice.clone(),
             prompt_tokens: 1,
             completion_tokens: 1,
+            cost_usd: 0.0,
             duration_seconds: 0.0,
         }));
     }
@@ -339,7 +341,7 @@ async fn a_fix_learned_in_one_task_is_offered_to_the_next() {
         settings,
         storage,
         metrics,
-        Arc::new(script),
+        Models::single(Arc::new(script)),
         memory,
         sandbox,
     );

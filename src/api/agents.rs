@@ -14,10 +14,12 @@ pub async fn list_agents(core: web::Data<Core>) -> Result<HttpResponse, ApiError
         .send(GetAgents)
         .await
         .map_err(|_| ApiError::Unavailable("the director is shutting down".into()))?;
+    let primary = core.llm.primary();
     let model = json!({
-        "provider": core.llm.provider_name(),
-        "model": core.llm.model_name(),
-        "worker": core.llm.worker(),
+        "provider": primary.provider_name(),
+        "model": primary.model_name(),
+        "worker": primary.worker(),
     });
-    Ok(HttpResponse::Ok().json(json!({ "agents": agents, "model": model })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "agents": agents, "model": model, "models": core.llm.describe() })))
 }

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::domain::{TaskId, TaskStatus};
-use crate::service::{CancelError, SubmitError};
+use crate::service::{CancelError, ConfirmError, SubmitError};
 use crate::storage::StorageError;
 
 /// An API failure.
@@ -56,6 +56,14 @@ pub enum ApiError {
         /// Its terminal status.
         status: TaskStatus,
     },
+    /// The task waits for no confirmation.
+    #[error("task {id} is {status} and is not waiting for a confirmation")]
+    NotAwaitingConfirmation {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
     /// No such route.
     #[error("no such route")]
     NotFound,
@@ -85,6 +93,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
+            ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
@@ -107,7 +116,9 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::TaskNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::TaskFinished { .. } => StatusCode::CONFLICT,
+            ApiError::TaskFinished { .. } | ApiError::NotAwaitingConfirmation { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,6 +182,18 @@ impl From<CancelError> for ApiError {
             CancelError::DirectorGone => {
                 ApiError::Unavailable("the director is shutting down".into())
             }
+        }
+    }
+}
+
+impl From<ConfirmError> for ApiError {
+    fn from(error: ConfirmError) -> Self {
+        match error {
+            ConfirmError::NotFound(id) => ApiError::TaskNotFound(id),
+            ConfirmError::NotWaiting { id, status } => {
+                ApiError::NotAwaitingConfirmation { id, status }
+            }
+            ConfirmError::Storage(error) => ApiError::from(error),
         }
     }
 }

@@ -19,9 +19,17 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
         Ok(()) => "ok".to_owned(),
         Err(error) => error.to_string(),
     };
-    let model = match core.llm.check_ready() {
-        Ok(()) => "ok".to_owned(),
-        Err(error) => error.to_string(),
+    let problems: Vec<String> = core
+        .llm
+        .distinct()
+        .into_iter()
+        .filter_map(|provider| provider.check_ready().err())
+        .map(|error| error.to_string())
+        .collect();
+    let model = if problems.is_empty() {
+        "ok".to_owned()
+    } else {
+        problems.join("; ")
     };
     let short_term = core.memory.short_term();
     let short_term_check = match short_term.ping().await {
@@ -72,10 +80,14 @@ pub async fn metrics(core: web::Data<Core>) -> Result<HttpResponse, ApiError> {
         .with_label_values(&["idle"])
         .set(i64::from(pool.idle));
     metrics.db_pool_max_connections.set(i64::from(pool.max));
-    let worker_up = core
+    // Up when every embedded model's worker is ready (a remote provider has none).
+    let workers: Vec<_> = core
         .llm
-        .worker()
-        .is_some_and(|worker| worker.state == "ready");
+        .distinct()
+        .into_iter()
+        .filter_map(|provider| provider.worker())
+        .collect();
+    let worker_up = !workers.is_empty() && workers.iter().all(|worker| worker.state == "ready");
     metrics.model_worker_up.set(i64::from(worker_up));
     let short_term = core.memory.short_term();
     let store_up = short_term.ping().await.is_ok();

@@ -106,6 +106,27 @@ pub async fn get_task(
     })))
 }
 
+/// Body of `POST /api/v1/tasks/{id}/confirm`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// true: the paused call may go to the cloud fallback; false: the task fails.
+    pub allow: bool,
+}
+
+/// `POST /api/v1/tasks/{id}/confirm`: answers a task paused for a cloud fallback (`task.paused`, reason
+/// `cloud_fallback`). 409 when the task waits for nothing.
+pub async fn confirm_task(
+    core: web::Data<Core>,
+    path: web::Path<String>,
+    body: web::Json<Confirm>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    let allow = body.into_inner().allow;
+    core.confirm(id, allow).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "allow": allow })))
+}
+
 /// `POST /api/v1/tasks/{id}/cancel`.
 pub async fn cancel_task(
     core: web::Data<Core>,

@@ -291,6 +291,35 @@ impl LiveView {
                     if passed { "passed" } else { "failed" }
                 ));
             }
+            EventKind::TaskPaused => {
+                let to = |key: &str| {
+                    data.get("to")
+                        .and_then(|to| to.get(key))
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned()
+                };
+                self.note(&format!(
+                    "! paused: the model failed ({}); a cloud fallback to {} {} would cost about ${:.4}",
+                    text("error"),
+                    to("provider"),
+                    to("model"),
+                    data.get("estimated_cost_usd")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0)
+                ));
+            }
+            EventKind::TaskResumed => self.note(&format!("resumed: {}", text("answer"))),
+            EventKind::LlmFallback => self.note(&format!(
+                "! model call {} falls back ({})",
+                text("purpose"),
+                text("reason")
+            )),
+            EventKind::BudgetExceeded => self.note(&format!(
+                "! budget: {} limit reached; {}",
+                text("limit"),
+                text("action")
+            )),
             EventKind::TaskCompleted => self.note("task completed"),
             EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
             EventKind::TaskCancelled => self.note("task cancelled"),

@@ -24,8 +24,10 @@ use tracing::Instrument;
 use super::plan::{self, Plan};
 use super::{Director, DirectorDeps, DispatchError};
 use crate::domain::{excerpt, AgentKind, EventKind, MemoryKind, StepStatus, TaskId, TaskOptions};
+use crate::llm::budget::Limits;
+use crate::llm::models::TaskModels;
 use crate::llm::replay::ReplayProvider;
-use crate::llm::{LlmError, LlmOutput, LlmProvider, LlmRequest};
+use crate::llm::{LlmError, LlmOutput, LlmRequest};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
 use crate::messages::{StartTask, StepKind};
 use crate::storage::records::{DecisionRecord, PendingEvent, WriteOp};
@@ -244,12 +246,19 @@ impl TaskFlow {
     }
 
     /// The task's model: the default provider, or a replay of the task named by `options.replay_of`.
-    async fn provider(&self) -> Result<Arc<dyn LlmProvider>, FlowError> {
+    async fn provider(&self) -> Result<Arc<TaskModels>, FlowError> {
         let Some(source) = self.options.replay_of else {
-            return Ok(Arc::clone(&self.deps.llm));
+            let mut policy = self.deps.model_policy.clone();
+            if let Some(budget) = self.options.budget {
+                policy.limits = Limits {
+                    max_tokens: budget.max_tokens.or(policy.limits.max_tokens),
+                    max_cost_usd: budget.max_cost_usd.or(policy.limits.max_cost_usd),
+                };
+            }
+            return Ok(Arc::new(TaskModels::new(self.deps.llm.clone(), policy)));
         };
         if let Some(cached) = self.deps.replays.get(source) {
-            return Ok(cached);
+            return Ok(Arc::new(TaskModels::uniform(cached)));
         }
         let recording = self.deps.storage.recording(source).await?;
         let provider = ReplayProvider::from_recording(source, recording)?;
@@ -265,10 +274,10 @@ impl TaskFlow {
         if complete {
             self.deps.replays.insert(source, Arc::clone(&provider));
         }
-        Ok(provider)
+        Ok(Arc::new(TaskModels::uniform(provider)))
     }
 
-    async fn plan(&self, llm: &dyn LlmProvider) -> Result<Plan, FlowError> {
+    async fn plan(&self, llm: &TaskModels) -> Result<Plan, FlowError> {
         let max_steps = self
             .options
             .max_steps
@@ -315,7 +324,7 @@ impl TaskFlow {
     /// Chooses the agent for step `idx` from the model's probabilities; records and announces the decision.
     async fn assign(
         &self,
-        llm: &dyn LlmProvider,
+        llm: &TaskModels,
         idx: i32,
         instruction: &str,
     ) -> Result<AgentKind, FlowError> {
@@ -392,7 +401,7 @@ impl TaskFlow {
 
     async fn llm_call(
         &self,
-        llm: &dyn LlmProvider,
+        llm: &TaskModels,
         request: LlmRequest,
         what: &'static str,
     ) -> Result<LlmOutput, FlowError> {

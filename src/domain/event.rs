@@ -57,6 +57,18 @@ pub enum EventKind {
     /// One attempt of the Code/QA loop: the step, the attempt number, whether the test passed, the feedback.
     #[serde(rename = "code.attempt")]
     CodeAttempt,
+    /// The task waits for a person: `data.reason` (`cloud_fallback`) and what is pending (the estimated cost).
+    #[serde(rename = "task.paused")]
+    TaskPaused,
+    /// A paused task goes on (or, declined, ends): `data.reason`, `data.allow`.
+    #[serde(rename = "task.resumed")]
+    TaskResumed,
+    /// A model call went to the fallback provider: `data.from`, `data.to`, `data.reason`.
+    #[serde(rename = "llm.fallback")]
+    LlmFallback,
+    /// A model call would take the task over its budget: `data.limit`, `data.used`, `data.action`.
+    #[serde(rename = "budget.exceeded")]
+    BudgetExceeded,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -70,7 +82,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -85,6 +97,10 @@ impl EventKind {
         EventKind::ToolCalled,
         EventKind::SandboxViolation,
         EventKind::CodeAttempt,
+        EventKind::TaskPaused,
+        EventKind::TaskResumed,
+        EventKind::LlmFallback,
+        EventKind::BudgetExceeded,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -107,6 +123,10 @@ impl EventKind {
             EventKind::ToolCalled => "tool.called",
             EventKind::SandboxViolation => "sandbox.violation",
             EventKind::CodeAttempt => "code.attempt",
+            EventKind::TaskPaused => "task.paused",
+            EventKind::TaskResumed => "task.resumed",
+            EventKind::LlmFallback => "llm.fallback",
+            EventKind::BudgetExceeded => "budget.exceeded",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -47,6 +47,8 @@ pub enum TaskStatus {
     Queued,
     /// The Director is working on it.
     Running,
+    /// Waiting for a person (a cloud fallback to confirm); holds no model slot.
+    Paused,
     /// Finished with a result.
     Completed,
     /// Finished without a result; the task's `error` says why.
@@ -57,9 +59,10 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [TaskStatus; 5] = [
+    pub const ALL: [TaskStatus; 6] = [
         TaskStatus::Queued,
         TaskStatus::Running,
+        TaskStatus::Paused,
         TaskStatus::Completed,
         TaskStatus::Failed,
         TaskStatus::Cancelled,
@@ -70,6 +73,7 @@ impl TaskStatus {
         match self {
             TaskStatus::Queued => "queued",
             TaskStatus::Running => "running",
+            TaskStatus::Paused => "paused",
             TaskStatus::Completed => "completed",
             TaskStatus::Failed => "failed",
             TaskStatus::Cancelled => "cancelled",
@@ -184,6 +188,21 @@ pub struct TaskOptions {
     /// Replay the recorded model outputs of this earlier task instead of calling the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<TaskId>,
+    /// What this task may spend on models, over the configured `[budget]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<TaskBudget>,
+}
+
+/// A task's spending limits; a limit left out is the configured one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBudget {
+    /// Most tokens (input and output) of all the task's model calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Most US dollars of all the task's model calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! flight fails with [`LlmError::WorkerCrashed`], the restart is counted, and a new child serves the next
 //! call. The server never dies with its model. Calls queue in a channel while the model is busy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,12 +58,21 @@ pub struct EmbeddedProvider {
 }
 
 impl EmbeddedProvider {
-    /// Starts the worker and waits until its model is loaded.
+    /// Starts the worker on the primary model (`llm.model`) and waits until it is loaded.
     pub async fn start(settings: &LlmSettings, metrics: Metrics) -> Result<Self, LlmError> {
-        if !settings.model.is_file() {
+        Self::start_model(settings, Path::new(&settings.model), metrics).await
+    }
+
+    /// Starts a worker on the GGUF file `model` with the `[llm]` settings and waits until it is loaded.
+    pub async fn start_model(
+        settings: &LlmSettings,
+        model: &Path,
+        metrics: Metrics,
+    ) -> Result<Self, LlmError> {
+        if !model.is_file() {
             return Err(LlmError::Unavailable(format!(
                 "model file {} not found; run `scripts/setup.sh demo` (or `make demo`) to fetch it",
-                settings.model.display()
+                model.display()
             )));
         }
         let program = if settings.worker_command.is_empty() {
@@ -72,8 +81,7 @@ impl EmbeddedProvider {
         } else {
             PathBuf::from(&settings.worker_command)
         };
-        let model_name = settings
-            .model
+        let model_name = model
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| "unknown".to_owned());
@@ -82,7 +90,7 @@ impl EmbeddedProvider {
             args: vec![
                 "model-worker".into(),
                 "--model".into(),
-                settings.model.display().to_string(),
+                model.display().to_string(),
                 "--threads".into(),
                 settings.threads.to_string(),
                 "--context-size".into(),

@@ -1,6 +1,11 @@
 //! The recorded model call ([`Recorder::call`]): what every agent and the Director use to ask the model.
 //! One call is a `chat {model}` span, its streamed pieces `llm.token` events, its row in `llm_calls` (for
 //! inspection and replay), an `llm.finished` event, and the token, latency, cost and error metrics.
+//!
+//! It also carries out the task's policy ([`TaskModels`]): the budget is reserved before the call and
+//! settled after it (`budget.exceeded` and a downgrade or a failure when it would be passed), and a provider
+//! failure goes to the fallback (`llm.fallback`), after a person's yes in `confirm` mode (`task.paused`,
+//! `task.resumed`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,8 +14,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::budget::estimate_tokens;
+use super::confirm::Answer;
+use super::models::TaskModels;
 use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
-use crate::domain::{AgentKind, EventKind, TaskId};
+use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
 use crate::storage::records::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::writer::Writer;
 use crate::telemetry::metrics::Metrics;
@@ -31,11 +39,238 @@ pub struct Recorder<'a> {
     pub metrics: &'a Metrics,
 }
 
+/// The characters of a request's messages, for the budget's estimate.
+fn prompt_chars(request: &LlmRequest) -> usize {
+    request
+        .messages
+        .iter()
+        .map(|message| message.content.chars().count())
+        .sum()
+}
+
+/// A provider and its model, for events.
+fn named(provider: &Arc<dyn LlmProvider>) -> serde_json::Value {
+    json!({ "provider": provider.provider_name(), "model": provider.model_name() })
+}
+
 impl Recorder<'_> {
-    /// Makes one model call on behalf of `agent` for `task_id`: a `chat {model}` span with the GenAI
-    /// attributes, every streamed piece an `llm.token` event, the call stored (prompt, output, usage,
-    /// duration) for inspection and replay, an `llm.finished` event, and the token and latency metrics.
+    /// Makes one model call on behalf of `agent` for `task_id` under the task's budget and fallback
+    /// policy (see the module documentation); each provider call is recorded by [`Recorder::attempt`].
     pub async fn call(
+        self,
+        models: &TaskModels,
+        task_id: TaskId,
+        agent: AgentKind,
+        request: LlmRequest,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError> {
+        let provider = models.for_agent(agent);
+        let (provider, result) = self
+            .within_budget(models, provider, task_id, agent, &request, &cancel)
+            .await;
+        let error = match result {
+            Ok(output) => return Ok(output),
+            Err(error) => error,
+        };
+        let fallback = match models.fallback_for(&provider) {
+            Some(fallback) if error.falls_back() && !cancel.is_cancelled() => fallback,
+            _ => return Err(error),
+        };
+        if models.needs_confirmation() {
+            match self
+                .confirm(
+                    models, &provider, &fallback, task_id, agent, &request, &error, &cancel,
+                )
+                .await
+            {
+                Answer::Allowed => models.allow_fallback(),
+                Answer::Cancelled => return Err(LlmError::Cancelled),
+                refused @ (Answer::Declined | Answer::TimedOut) => {
+                    return Err(LlmError::FallbackRefused {
+                        answer: refused.as_str(),
+                        cause: error.to_string(),
+                    })
+                }
+            }
+        }
+        models.fall_back();
+        self.metrics
+            .llm_fallbacks
+            .with_label_values(&[
+                provider.provider_name(),
+                fallback.provider_name(),
+                error.kind(),
+            ])
+            .inc();
+        self.writer.emit(
+            task_id,
+            EventKind::LlmFallback,
+            Some(agent),
+            json!({
+                "purpose": request.purpose,
+                "from": named(&provider),
+                "to": named(&fallback),
+                "reason": error.kind(),
+                "error": error.to_string(),
+            }),
+        );
+        let (_, result) = self
+            .within_budget(models, fallback, task_id, agent, &request, &cancel)
+            .await;
+        result
+    }
+
+    /// Reserves the call's most against the task's budget (downgrading the task or refusing the call when
+    /// it would be passed), makes it, and settles the budget with its real usage. Returns the provider that
+    /// was called (the downgrade model after a downgrade).
+    async fn within_budget(
+        self,
+        models: &TaskModels,
+        provider: Arc<dyn LlmProvider>,
+        task_id: TaskId,
+        agent: AgentKind,
+        request: &LlmRequest,
+        cancel: &CancellationToken,
+    ) -> (Arc<dyn LlmProvider>, Result<LlmOutput, LlmError>) {
+        let chars = prompt_chars(request);
+        let budget = models.budget();
+        let reserved = budget.reserve(
+            chars,
+            request.max_tokens,
+            provider.price_per_million_tokens(),
+            !models.is_downgraded(),
+        );
+        let (provider, reservation) = match reserved {
+            Ok(reservation) => (provider, reservation),
+            Err(exceeded) => {
+                let downgrade = models.downgrade();
+                let action = if downgrade.is_some() {
+                    "downgrade"
+                } else {
+                    "fail"
+                };
+                self.metrics
+                    .budget_exceeded
+                    .with_label_values(&[action])
+                    .inc();
+                self.writer.emit(
+                    task_id,
+                    EventKind::BudgetExceeded,
+                    Some(agent),
+                    json!({
+                        "purpose": request.purpose,
+                        "limit": exceeded.limit,
+                        "allowed": exceeded.allowed,
+                        "used": exceeded.used,
+                        "asked": exceeded.asked,
+                        "action": action,
+                        "model": named(&provider),
+                        "to": downgrade.as_ref().map(named),
+                    }),
+                );
+                let Some(downgrade) = downgrade else {
+                    return (
+                        provider,
+                        Err(LlmError::BudgetExceeded(exceeded.to_string())),
+                    );
+                };
+                // On the downgrade model only the cost limit still applies (a local model costs nothing).
+                match budget.reserve(
+                    chars,
+                    request.max_tokens,
+                    downgrade.price_per_million_tokens(),
+                    false,
+                ) {
+                    Ok(reservation) => (downgrade, reservation),
+                    Err(exceeded) => {
+                        return (
+                            downgrade,
+                            Err(LlmError::BudgetExceeded(exceeded.to_string())),
+                        )
+                    }
+                }
+            }
+        };
+        let result = self
+            .attempt(
+                provider.as_ref(),
+                task_id,
+                agent,
+                request.clone(),
+                cancel.clone(),
+            )
+            .await;
+        let used = result.as_ref().ok().map(|output| {
+            let cost = provider
+                .price_per_million_tokens()
+                .cost(output.usage.input_tokens, output.usage.output_tokens);
+            (output.usage, cost)
+        });
+        budget.settle(reservation, used);
+        (provider, result)
+    }
+
+    /// Pauses the task until a person allows or declines sending the call to `fallback` (or the time runs
+    /// out, or the task is cancelled): `task.paused` with the estimated cost, the task's status `paused`,
+    /// then `task.resumed` with the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn confirm(
+        self,
+        models: &TaskModels,
+        provider: &Arc<dyn LlmProvider>,
+        fallback: &Arc<dyn LlmProvider>,
+        task_id: TaskId,
+        agent: AgentKind,
+        request: &LlmRequest,
+        error: &LlmError,
+        cancel: &CancellationToken,
+    ) -> Answer {
+        let policy = models.policy();
+        let estimated_cost = fallback.price_per_million_tokens().cost(
+            estimate_tokens(prompt_chars(request)),
+            u64::from(request.max_tokens),
+        );
+        models.pause();
+        self.writer.send(WriteOp::SetStatus {
+            status: TaskStatus::Paused,
+            event: PendingEvent::now(
+                task_id,
+                EventKind::TaskPaused,
+                Some(agent),
+                json!({
+                    "reason": "cloud_fallback",
+                    "purpose": request.purpose,
+                    "from": named(provider),
+                    "to": named(fallback),
+                    "error": error.to_string(),
+                    "estimated_cost_usd": estimated_cost,
+                    "timeout_seconds": policy.confirm_timeout.as_secs(),
+                    "confirm": format!("POST /api/v1/tasks/{task_id}/confirm {{\"allow\": true|false}}"),
+                }),
+            ),
+        });
+        let answer = policy
+            .confirmations
+            .wait(task_id, policy.confirm_timeout, cancel)
+            .await;
+        models.resume();
+        self.writer.send(WriteOp::SetStatus {
+            status: TaskStatus::Running,
+            event: PendingEvent::now(
+                task_id,
+                EventKind::TaskResumed,
+                Some(agent),
+                json!({ "reason": "cloud_fallback", "answer": answer.as_str() }),
+            ),
+        });
+        answer
+    }
+
+    /// Makes one call to `llm` on behalf of `agent` for `task_id`: a `chat {model}` span with the GenAI
+    /// attributes, every streamed piece an `llm.token` event, the call stored (prompt, output, usage, cost,
+    /// duration) for inspection and replay, an `llm.finished` event, and the token, cost and latency
+    /// metrics.
+    async fn attempt(
         self,
         llm: &dyn LlmProvider,
         task_id: TaskId,
@@ -112,14 +347,14 @@ impl Recorder<'_> {
                     tokens
                         .with_label_values(&[provider, &model, "output"])
                         .inc_by(output.usage.output_tokens);
+                    let cost_usd = llm
+                        .price_per_million_tokens()
+                        .cost(output.usage.input_tokens, output.usage.output_tokens);
                     // Added even when zero, so that a local model's cost shows as 0 rather than absent.
                     self.metrics
                         .llm_cost
                         .with_label_values(&[provider, &model])
-                        .inc_by(
-                            llm.price_per_million_tokens()
-                                .cost(output.usage.input_tokens, output.usage.output_tokens),
-                        );
+                        .inc_by(cost_usd);
                     self.writer.send(WriteOp::LlmCall(LlmCallRecord {
                         task_id,
                         purpose: purpose.clone(),
@@ -135,6 +370,7 @@ impl Recorder<'_> {
                         prompt_tokens: i64::try_from(output.usage.input_tokens).unwrap_or(i64::MAX),
                         completion_tokens: i64::try_from(output.usage.output_tokens)
                             .unwrap_or(i64::MAX),
+                        cost_usd,
                         duration_seconds: elapsed,
                     }));
                     self.writer.emit(
@@ -147,6 +383,7 @@ impl Recorder<'_> {
                             "model": model,
                             "input_tokens": output.usage.input_tokens,
                             "output_tokens": output.usage.output_tokens,
+                            "cost_usd": cost_usd,
                             "duration_seconds": elapsed,
                         }),
                     );

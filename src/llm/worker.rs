@@ -301,6 +301,7 @@ impl Engine<'_> {
                         options: scored,
                         chosen,
                         reasoning,
+                        scored: true,
                     }),
                 )
             }
@@ -414,6 +415,7 @@ impl Engine<'_> {
             .map(|(name, probability)| ScoredOption {
                 name: name.clone(),
                 probability,
+                raw_probability: None,
             })
             .collect())
     }

@@ -126,6 +126,7 @@ pub mod llm_call {
         pub completion_tokens: i64,
         pub duration_seconds: f64,
         pub created_at: DateTimeUtc,
+        pub cost_usd: f64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -156,6 +156,8 @@ pub struct LlmCallRecord {
     pub prompt_tokens: i64,
     /// Generated tokens.
     pub completion_tokens: i64,
+    /// US dollars at the model's configured price (0 for local models).
+    pub cost_usd: f64,
     /// Duration.
     pub duration_seconds: f64,
 }
@@ -193,6 +195,13 @@ pub enum WriteOp {
     Event(PendingEvent),
     /// Mark a task running and append its `task.started` event.
     MarkRunning(PendingEvent),
+    /// Move a started task between `running` and `paused` with the event that says why.
+    SetStatus {
+        /// `paused` or `running`.
+        status: TaskStatus,
+        /// `task.paused` or `task.resumed`.
+        event: PendingEvent,
+    },
     /// Insert a task's planned steps.
     InsertSteps {
         /// Task.

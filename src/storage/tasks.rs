@@ -68,6 +68,8 @@ pub struct TaskUsage {
     pub completion_tokens: i64,
     /// Number of model calls.
     pub llm_calls: i64,
+    /// US dollars over all calls, at the configured prices.
+    pub cost_usd: f64,
 }
 
 impl TryFrom<task::Model> for TaskRecord {
@@ -175,17 +177,19 @@ impl Storage {
                 "completion_tokens",
             )
             .column_as(llm_call::Column::Id.count(), "llm_calls")
+            .column_as(llm_call::Column::CostUsd.sum(), "cost_usd")
             .filter(llm_call::Column::TaskId.eq(id.to_string()))
-            .into_tuple::<(Option<i64>, Option<i64>, i64)>()
+            .into_tuple::<(Option<i64>, Option<i64>, i64, Option<f64>)>()
             .one(&self.db)
             .await
             .map_err(StorageError::query("sum model usage"))?;
         Ok(
-            usage.map_or_else(TaskUsage::default, |(prompt, completion, calls)| {
+            usage.map_or_else(TaskUsage::default, |(prompt, completion, calls, cost)| {
                 TaskUsage {
                     prompt_tokens: prompt.unwrap_or(0),
                     completion_tokens: completion.unwrap_or(0),
                     llm_calls: calls,
+                    cost_usd: cost.unwrap_or(0.0),
                 }
             }),
         )
@@ -195,10 +199,11 @@ impl Storage {
     /// that no task waits forever and every log ends. Returns the ids repaired.
     pub async fn fail_interrupted(&self) -> Result<Vec<TaskId>, StorageError> {
         let unfinished = task::Entity::find()
-            .filter(
-                task::Column::Status
-                    .is_in([TaskStatus::Queued.as_str(), TaskStatus::Running.as_str()]),
-            )
+            .filter(task::Column::Status.is_in([
+                TaskStatus::Queued.as_str(),
+                TaskStatus::Running.as_str(),
+                TaskStatus::Paused.as_str(),
+            ]))
             .all(&self.db)
             .await
             .map_err(StorageError::query("find interrupted tasks"))?;

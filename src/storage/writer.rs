@@ -294,6 +294,20 @@ impl WriterTask {
                     .map_err(StorageError::query("mark task running"))?;
                 self.push_event(txn, event, events, outcome).await
             }
+            WriteOp::SetStatus { status, event } => {
+                // Only a task still running or paused moves: a task that ended meanwhile keeps its end.
+                task::Entity::update_many()
+                    .col_expr(task::Column::Status, Expr::value(status.as_str()))
+                    .filter(task::Column::Id.eq(event.task_id.to_string()))
+                    .filter(
+                        task::Column::Status
+                            .is_in([TaskStatus::Running.as_str(), TaskStatus::Paused.as_str()]),
+                    )
+                    .exec(txn)
+                    .await
+                    .map_err(StorageError::query("set task status"))?;
+                self.push_event(txn, event, events, outcome).await
+            }
             WriteOp::InsertSteps { task_id, steps } => {
                 if steps.is_empty() {
                     return Ok(());
@@ -369,6 +383,7 @@ impl WriterTask {
                     completion_tokens: Set(record.completion_tokens),
                     duration_seconds: Set(record.duration_seconds),
                     created_at: Set(Utc::now()),
+                    cost_usd: Set(record.cost_usd),
                 })
                 .exec(txn)
                 .await

@@ -132,6 +132,10 @@ pub struct Metrics {
     pub llm_tokens: IntCounterVec,
     /// See [`names::LLM_COST`]; labels `provider`, `model`.
     pub llm_cost: CounterVec,
+    /// See [`names::LLM_FALLBACKS`]; labels `from`, `to`, `reason`.
+    pub llm_fallbacks: IntCounterVec,
+    /// See [`names::BUDGET_EXCEEDED`]; label `action`.
+    pub budget_exceeded: IntCounterVec,
     /// See [`names::LLM_REQUEST_DURATION`]; labels `provider`, `model`.
     pub llm_request_duration: HistogramVec,
     /// See [`names::LLM_TIME_TO_FIRST_TOKEN`]; labels `provider`, `model`.
@@ -367,6 +371,16 @@ impl Metrics {
                 names::LLM_COST,
                 "Money spent on model calls in US dollars, from the configured prices (0 for local models).",
                 &["provider", "model"],
+            )?,
+            llm_fallbacks: r.counter_vec(
+                names::LLM_FALLBACKS,
+                "Model calls sent to the fallback provider, by provider they left, provider they went to, and the primary's error kind.",
+                &["from", "to", "reason"],
+            )?,
+            budget_exceeded: r.counter_vec(
+                names::BUDGET_EXCEEDED,
+                "Model calls that would have taken their task over its budget, by what was done (fail, downgrade).",
+                &["action"],
             )?,
             llm_request_duration: r.histogram_vec(
                 names::LLM_REQUEST_DURATION,

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{FlowError, TaskFlow};
 use crate::director::DispatchError;
 use crate::domain::{excerpt, shorten, AgentKind, EventKind, StepStatus};
-use crate::llm::LlmProvider;
+use crate::llm::models::TaskModels;
 use crate::memory::learning::FailedRun;
 use crate::messages::{AgentError, Feedback, StepKind, StepOutput, StepSpec, TestResult};
 
@@ -38,7 +38,7 @@ impl TaskFlow {
     pub(super) async fn run_code_step(
         &mut self,
         position: usize,
-        llm: &Arc<dyn LlmProvider>,
+        llm: &Arc<TaskModels>,
     ) -> Result<StepOutput, FlowError> {
         let idx = self.steps[position].idx;
         if let Err(error) = self.deps.agent.tools.sandbox().check_ready() {
@@ -186,7 +186,7 @@ impl TaskFlow {
         position: usize,
         revision: u32,
         test_file: &str,
-        llm: &Arc<dyn LlmProvider>,
+        llm: &Arc<TaskModels>,
     ) -> Result<TestResult, FlowError> {
         let idx = self.steps[position].idx;
         let spec = StepSpec {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{FlowError, TaskFlow};
 use crate::director::{Dispatch, DispatchError};
 use crate::domain::{AgentKind, StepStatus};
-use crate::llm::LlmProvider;
+use crate::llm::models::TaskModels;
 use crate::messages::{Envelope, Feedback, RunStep, StepKind, StepOutput, StepSpec};
 use crate::storage::records::{StepUpdate, WriteOp};
 
@@ -37,7 +37,7 @@ impl TaskFlow {
         position: usize,
         agent: AgentKind,
         mut spec: StepSpec,
-        llm: &Arc<dyn LlmProvider>,
+        llm: &Arc<TaskModels>,
         mut next_attempt: impl FnMut(&mut Self) -> u32,
     ) -> Result<StepOutput, FlowError> {
         let retries = self.deps.settings.step_retries;
@@ -65,7 +65,7 @@ impl TaskFlow {
         &self,
         agent: AgentKind,
         spec: StepSpec,
-        llm: &Arc<dyn LlmProvider>,
+        llm: &Arc<TaskModels>,
     ) -> Result<Result<StepOutput, DispatchError>, FlowError> {
         let dispatch = Envelope::new(
             self.task_id,
@@ -91,7 +91,7 @@ impl TaskFlow {
     pub(super) async fn run_step(
         &mut self,
         position: usize,
-        llm: &Arc<dyn LlmProvider>,
+        llm: &Arc<TaskModels>,
         revision: u32,
         feedback: Option<Feedback>,
     ) -> Result<StepOutput, FlowError> {

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{FlowError, TaskFlow};
 use crate::director::plan::Plan;
 use crate::domain::{shorten, AgentKind, EventKind, MemoryKind, StepStatus, TaskStatus};
-use crate::llm::LlmProvider;
+use crate::llm::models::TaskModels;
 use crate::memory::{MemoryDraft, NewMemory};
 use crate::messages::{StepKind, Verdict};
 use crate::storage::records::{PendingEvent, TaskEnd};
@@ -101,7 +101,7 @@ impl TaskFlow {
         &self,
         plan: &Plan,
         verdict: Option<Verdict>,
-        llm: &dyn LlmProvider,
+        llm: &TaskModels,
     ) -> serde_json::Value {
         let work: Vec<_> = self
             .steps
@@ -121,8 +121,9 @@ impl TaskFlow {
             "steps": work,
             "verdict": verdict,
             "tests": self.tests,
-            "provider": llm.provider_name(),
-            "model": llm.model_name(),
+            "provider": llm.for_agent(AgentKind::Code).provider_name(),
+            "model": llm.for_agent(AgentKind::Code).model_name(),
+            "models": llm.describe(),
         })
     }
 

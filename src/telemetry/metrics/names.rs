@@ -34,6 +34,10 @@ pub const STORE_WRITE_ERRORS: &str = "troupe_store_write_errors_total";
 pub const BUILD_INFO: &str = "troupe_build_info";
 /// Money spent on model calls, from the configured prices.
 pub const LLM_COST: &str = "troupe_llm_cost_usd_total";
+/// Model calls sent to the fallback provider after the primary failed.
+pub const LLM_FALLBACKS: &str = "troupe_llm_fallbacks_total";
+/// Model calls that would have taken their task over its budget.
+pub const BUDGET_EXCEEDED: &str = "troupe_budget_exceeded_total";
 /// Time from sending a model call to its first streamed piece.
 pub const LLM_TIME_TO_FIRST_TOKEN: &str = "troupe_llm_time_to_first_token_seconds";
 /// 1 while the embedded model's worker process is ready.

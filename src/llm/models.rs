@@ -1,0 +1,281 @@
+//! Which model serves which agent: [`Models`], the providers of the process (the primary, per-agent overrides
+//! from `[llm.agents.<agent>]`, the opt-in cloud fallback and the budget's downgrade model), and
+//! [`TaskModels`], what one task calls: those under the task's budget and fallback policy, or a replay.
+//!
+//! The policy itself is carried out by the recorded call (`llm::recorded`), which asks [`TaskModels`] which
+//! provider is next and tells it what happened (a fallback, a downgrade, a pause).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::budget::{Budget, Limits};
+use super::confirm::Confirmations;
+use super::LlmProvider;
+use crate::config::{FallbackMode, OnExceed};
+use crate::domain::AgentKind;
+
+/// The process's providers.
+#[derive(Clone)]
+pub struct Models {
+    primary: Arc<dyn LlmProvider>,
+    agents: BTreeMap<AgentKind, Arc<dyn LlmProvider>>,
+    fallback: Option<Arc<dyn LlmProvider>>,
+    downgrade: Option<Arc<dyn LlmProvider>>,
+}
+
+impl Models {
+    /// One provider for every agent, no fallback, no downgrade.
+    pub fn single(primary: Arc<dyn LlmProvider>) -> Self {
+        Models {
+            primary,
+            agents: BTreeMap::new(),
+            fallback: None,
+            downgrade: None,
+        }
+    }
+
+    /// Per-agent providers over the primary.
+    pub fn with_agents(mut self, agents: BTreeMap<AgentKind, Arc<dyn LlmProvider>>) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// The provider a failing call may fall back to (the cloud).
+    pub fn with_fallback(mut self, fallback: Arc<dyn LlmProvider>) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// The provider the rest of a task runs on after its budget is exceeded (`on_exceed = "downgrade"`).
+    pub fn with_downgrade(mut self, downgrade: Arc<dyn LlmProvider>) -> Self {
+        self.downgrade = Some(downgrade);
+        self
+    }
+
+    /// The primary provider.
+    pub fn primary(&self) -> &Arc<dyn LlmProvider> {
+        &self.primary
+    }
+
+    /// The provider of `agent`.
+    pub fn for_agent(&self, agent: AgentKind) -> &Arc<dyn LlmProvider> {
+        self.agents.get(&agent).unwrap_or(&self.primary)
+    }
+
+    /// The fallback provider, if one is configured.
+    pub fn fallback(&self) -> Option<&Arc<dyn LlmProvider>> {
+        self.fallback.as_ref()
+    }
+
+    /// Every provider once (the primary first), for readiness.
+    pub fn distinct(&self) -> Vec<&Arc<dyn LlmProvider>> {
+        let mut seen: Vec<&Arc<dyn LlmProvider>> = vec![&self.primary];
+        let others = self
+            .agents
+            .values()
+            .chain(self.fallback.iter())
+            .chain(self.downgrade.iter());
+        for provider in others {
+            if !seen.iter().any(|known| Arc::ptr_eq(known, provider)) {
+                seen.push(provider);
+            }
+        }
+        seen
+    }
+
+    /// Each agent's provider and model (and the fallback's and the downgrade's), for `GET /api/v1/agents`
+    /// and a task's result.
+    pub fn describe(&self) -> serde_json::Value {
+        let named = |provider: &Arc<dyn LlmProvider>| json!({ "provider": provider.provider_name(), "model": provider.model_name() });
+        let mut described: serde_json::Map<String, serde_json::Value> = AgentKind::ALL
+            .iter()
+            .map(|&agent| (agent.as_str().to_owned(), named(self.for_agent(agent))))
+            .collect();
+        if let Some(fallback) = &self.fallback {
+            described.insert("fallback".into(), named(fallback));
+        }
+        if let Some(downgrade) = &self.downgrade {
+            described.insert("downgrade".into(), named(downgrade));
+        }
+        serde_json::Value::Object(described)
+    }
+}
+
+/// How a task's calls are governed: its budget, what exceeding it does, and its fallback.
+#[derive(Clone)]
+pub struct Policy {
+    /// The task's limits.
+    pub limits: Limits,
+    /// What a call that would exceed them does.
+    pub on_exceed: OnExceed,
+    /// Whether falling back needs a person's yes.
+    pub fallback_mode: FallbackMode,
+    /// How long a task waits for that yes.
+    pub confirm_timeout: Duration,
+    /// Where the waits are answered.
+    pub confirmations: Confirmations,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            limits: Limits::default(),
+            on_exceed: OnExceed::Fail,
+            fallback_mode: FallbackMode::Confirm,
+            confirm_timeout: Duration::from_secs(300),
+            confirmations: Confirmations::default(),
+        }
+    }
+}
+
+/// Where a task's calls go now.
+#[derive(Debug, Default)]
+struct Route {
+    /// The budget was exceeded and the rest of the task runs on the downgrade model.
+    downgraded: bool,
+    /// The task fell back once: its later calls go to the fallback directly.
+    fell_back: bool,
+    /// A person already allowed the fallback for this task.
+    fallback_allowed: bool,
+    /// Since when the task waits for a person.
+    paused_since: Option<Instant>,
+    /// How long it has waited so far, in total.
+    paused: Duration,
+}
+
+/// The models one task calls, under its budget and fallback policy.
+pub struct TaskModels {
+    models: Models,
+    policy: Policy,
+    budget: Budget,
+    route: Mutex<Route>,
+}
+
+impl TaskModels {
+    /// The task calls `models` under `policy`.
+    pub fn new(models: Models, policy: Policy) -> Self {
+        let budget = Budget::new(policy.limits);
+        TaskModels {
+            models,
+            policy,
+            budget,
+            route: Mutex::new(Route::default()),
+        }
+    }
+
+    /// Every agent's call goes to `provider` (a replay): no budget, no fallback.
+    pub fn uniform(provider: Arc<dyn LlmProvider>) -> Self {
+        Self::new(Models::single(provider), Policy::default())
+    }
+
+    fn with_route<T>(&self, f: impl FnOnce(&mut Route) -> T) -> T {
+        match self.route.lock() {
+            Ok(mut route) => f(&mut route),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The provider that serves `agent`'s next call: its own, the fallback once the task fell back, the
+    /// downgrade model once the budget sent the task there.
+    pub fn for_agent(&self, agent: AgentKind) -> Arc<dyn LlmProvider> {
+        let (downgraded, fell_back) = self.with_route(|route| (route.downgraded, route.fell_back));
+        if downgraded {
+            if let Some(downgrade) = &self.models.downgrade {
+                return Arc::clone(downgrade);
+            }
+        }
+        if fell_back {
+            if let Some(fallback) = &self.models.fallback {
+                return Arc::clone(fallback);
+            }
+        }
+        Arc::clone(self.models.for_agent(agent))
+    }
+
+    /// The fallback provider, unless the task already uses it (or its downgrade model).
+    pub fn fallback_for(&self, current: &Arc<dyn LlmProvider>) -> Option<Arc<dyn LlmProvider>> {
+        let downgraded = self.with_route(|route| route.downgraded);
+        self.models
+            .fallback
+            .as_ref()
+            .filter(|fallback| !downgraded && !Arc::ptr_eq(fallback, current))
+            .map(Arc::clone)
+    }
+
+    /// The rest of the task's calls go to the fallback.
+    pub fn fall_back(&self) {
+        self.with_route(|route| route.fell_back = true);
+    }
+
+    /// Whether the fallback needs a person's yes that the task does not have yet.
+    pub fn needs_confirmation(&self) -> bool {
+        self.policy.fallback_mode == FallbackMode::Confirm
+            && !self.with_route(|route| route.fallback_allowed)
+    }
+
+    /// A person allowed the fallback for this task.
+    pub fn allow_fallback(&self) {
+        self.with_route(|route| route.fallback_allowed = true);
+    }
+
+    /// Switches the rest of the task to the downgrade model; false when there is none (or it is already
+    /// there), and the call must fail instead.
+    pub fn downgrade(&self) -> Option<Arc<dyn LlmProvider>> {
+        if self.policy.on_exceed != OnExceed::Downgrade {
+            return None;
+        }
+        let downgrade = self.models.downgrade.as_ref()?;
+        let switched = self.with_route(|route| !std::mem::replace(&mut route.downgraded, true));
+        switched.then(|| Arc::clone(downgrade))
+    }
+
+    /// Whether the task runs on the downgrade model.
+    pub fn is_downgraded(&self) -> bool {
+        self.with_route(|route| route.downgraded)
+    }
+
+    /// The task's budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// The task's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The task starts waiting for a person.
+    pub fn pause(&self) {
+        self.with_route(|route| {
+            route.paused_since.get_or_insert_with(Instant::now);
+        });
+    }
+
+    /// The task stops waiting.
+    pub fn resume(&self) {
+        self.with_route(|route| {
+            if let Some(since) = route.paused_since.take() {
+                route.paused += since.elapsed();
+            }
+        });
+    }
+
+    /// How long the task has waited for a person so far (a wait in progress included), which the
+    /// Director's step timeout does not count.
+    pub fn paused_for(&self) -> Duration {
+        self.with_route(|route| {
+            route.paused
+                + route
+                    .paused_since
+                    .map_or(Duration::ZERO, |since| since.elapsed())
+        })
+    }
+
+    /// Each agent's provider and model.
+    pub fn describe(&self) -> serde_json::Value {
+        self.models.describe()
+    }
+}
