@@ -44,6 +44,9 @@ pub async fn run(
         if event.kind.is_terminal() {
             outcome = event.kind;
         }
+        if event.kind == EventKind::TaskPaused {
+            ask_to_confirm(&core, id, &event, view.as_ref());
+        }
         match &mut view {
             Some(view) => view.show(&event),
             None => println!("{}", serde_json::to_string(&event)?),
@@ -62,6 +65,44 @@ pub async fn run(
         EventKind::TaskCancelled => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// A task paused for a cloud fallback: on a terminal, asks y/N (in the background: the task's events go on,
+/// and an unanswered question ends with the task's confirmation timeout); elsewhere, says how to answer.
+fn ask_to_confirm(core: &Core, id: TaskId, event: &Event, view: Option<&LiveView>) {
+    use std::io::{BufRead, IsTerminal, Write};
+    if event.data.get("reason").and_then(Value::as_str) != Some("cloud_fallback") {
+        return;
+    }
+    let timeout = event
+        .data
+        .get("timeout_seconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if !std::io::stdin().is_terminal() {
+        let line = format!(
+            "task {id} waits for a confirmation of a cloud fallback; `troupe run` asks on a terminal and stdin \
+             is not one, so the task fails in {timeout} s (run it on a terminal, or use `troupe serve` and \
+             POST /api/v1/tasks/{id}/confirm)"
+        );
+        match view {
+            Some(view) => view.note(&line),
+            None => eprintln!("{line}"),
+        }
+        return;
+    }
+    let confirmations = core.confirmations.clone();
+    let question = "Send this call to the cloud? [y/N] ".to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, "{question}");
+        let _ = stderr.flush();
+        let mut answer = String::new();
+        let allow = std::io::stdin().lock().read_line(&mut answer).is_ok()
+            && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes");
+        // The wait may have timed out meanwhile: then the answer is too late and changes nothing.
+        let _ = confirmations.answer(id, allow);
+    });
 }
 
 fn print_result(result: Option<&Value>) {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, WorkerStatus};
+use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenPrices, TokenSink, WorkerStatus};
 use crate::config::LlmSettings;
 use crate::domain::excerpt;
 use crate::telemetry::metrics::Metrics;
@@ -53,6 +53,7 @@ struct WorkerHealth {
 /// llama.cpp in a supervised child process.
 pub struct EmbeddedProvider {
     model_name: String,
+    prices: TokenPrices,
     jobs: mpsc::UnboundedSender<Job>,
     health: Arc<Mutex<WorkerHealth>>,
 }
@@ -119,6 +120,13 @@ impl EmbeddedProvider {
         tokio::spawn(supervisor.run());
         match ready.await {
             Ok(Ok(())) => Ok(EmbeddedProvider {
+                prices: {
+                    let price = settings.price_of(&model_name);
+                    TokenPrices {
+                        input: price.input_per_million,
+                        output: price.output_per_million,
+                    }
+                },
                 model_name,
                 jobs,
                 health,
@@ -185,6 +193,10 @@ impl LlmProvider for EmbeddedProvider {
             WorkerState::Starting => Err(LlmError::Unavailable("model worker is starting".into())),
             WorkerState::Down(reason) => Err(LlmError::Unavailable(reason)),
         }
+    }
+
+    fn price_per_million_tokens(&self) -> TokenPrices {
+        self.prices
     }
 
     fn worker(&self) -> Option<WorkerStatus> {
