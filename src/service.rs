@@ -18,9 +18,8 @@ use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
 use crate::events::{EventLog, Hub};
 use crate::llm::budget::Limits;
 use crate::llm::confirm::Confirmations;
-use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::models::{Models, Policy};
-use crate::llm::{LlmError, LlmProvider};
+use crate::llm::LlmError;
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::sandbox::Sandbox;
@@ -178,9 +177,7 @@ impl Core {
             );
         }
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-        let primary: Arc<dyn LlmProvider> =
-            Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
-        let llm = Models::single(primary);
+        let llm = crate::llm::start_models(&settings.llm, &metrics).await?;
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
         Ok(Self::assemble(
             settings, storage, metrics, llm, memory, sandbox,
