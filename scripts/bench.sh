@@ -9,6 +9,8 @@ out="bench-results/$(date -u +%Y%m%dT%H%M%SZ).json"
 mkdir -p bench-results
 threads=${TROUPE_BENCH_THREADS:-2}
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+# llama.cpp's tools, built by scripts/setup.sh into its cache (outside the checkout).
+llama_tools=${TROUPE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/troupe}/llama-cpp-0.3.36
 
 machine="$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr)"
 echo "machine: $machine" >&2
@@ -17,8 +19,12 @@ echo "date: $(date -u +%Y-%m-%dT%H:%MZ)" >&2
 cargo build --release --locked --bin troupe >&2
 echo "== embedded generation vs llama-bench (tg64, $threads threads), same run" >&2
 troupe=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
-reference=$(target/llama-bench/bin/llama-bench -m "$model" -t "$threads" -p 0 -n 64 -r 5 -o json 2>/dev/null)
+reference=$("$llama_tools/bin/llama-bench" -m "$model" -t "$threads" -p 0 -n 64 -r 5 -o json 2>/dev/null)
 troupe_again=$(cargo bench --locked --bench generation 2>/dev/null | tail -n 1)
+
+echo "== the openai provider vs llama-server's own timings (same server, $threads threads, same run)" >&2
+openai=$(cargo bench --locked --bench openai 2>/dev/null | tail -n 1)
+echo "openai: $openai" >&2
 
 echo "== orchestration with the replay provider: tracing on, tracing on + OTLP export, tracing off" >&2
 orchestration_on=$(cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
@@ -38,11 +44,11 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
   "/usr/bin/python3 -B -s -c pass" "$jail /usr/bin/true" "$jail /usr/bin/python3 -B -s -c pass" >&2
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
-  "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" <<'PY'
+  "$(cat "$llama_tools/VERSION" 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
+  "$sandbox_reference" "$openai" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference = sys.argv[1:]
-troupe, troupe_again, on, off, otlp, memory, sandbox = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai = sys.argv[1:]
+troupe, troupe_again, on, off, otlp, memory, sandbox, openai = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -59,6 +65,7 @@ result = {
     "orchestration": {"tracing_on": on, "tracing_on_otlp": otlp, "tracing_off": off,
         "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
+    "openai_provider": openai,
     "memory": memory,
     "sandbox": sandbox,
     "sandbox_reference_ms": {

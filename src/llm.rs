@@ -2,6 +2,8 @@
 //!
 //! - [`embedded`]: llama.cpp in a supervised child process (`troupe model-worker`, see [`worker`]), so that
 //!   an abort inside llama.cpp (a `GGML_ASSERT` on some grammar states) kills the worker, never the server.
+//! - [`openai`]: any OpenAI-compatible server (llama.cpp's `llama-server`, Ollama, vLLM) and Groq, through
+//!   async-openai; [`start_provider`] builds the provider of a [`ModelEndpoint`](crate::config::ModelEndpoint).
 //! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks.
 //! - [`recorded`]: the recorded, traced, metered call every caller makes ([`recorded::Recorder::call`]).
 //! - [`models`]: which provider serves which agent, for the process and for one task; [`budget`] and
@@ -14,6 +16,7 @@ pub mod budget;
 pub mod confirm;
 pub mod embedded;
 pub mod models;
+pub mod openai;
 pub mod protocol;
 pub mod recorded;
 pub mod replay;
@@ -24,6 +27,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{
+    BudgetSettings, FallbackTarget, LlmSettings, ModelEndpoint, OnExceed, ProviderKind,
+};
+use crate::telemetry::metrics::Metrics;
 
 /// Who speaks a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +233,32 @@ pub enum LlmError {
         /// The primary's error.
         cause: String,
     },
+    /// A remote server kept answering 429 (too many requests) through every retry.
+    #[error("rate limited by the model server: {message}")]
+    RateLimited {
+        /// Seconds the server last asked to wait (`Retry-After`), if it said.
+        retry_after_seconds: Option<u64>,
+        /// The server's message.
+        message: String,
+    },
+    /// A remote server answered with an HTTP error status (other than 401/403/429).
+    #[error("model server answered {status}: {message}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// A remote server could not be reached, or the connection broke before an answer began.
+    #[error("connect to the model server: {0}")]
+    Connect(String),
+    /// A remote server refused the credentials (401/403). The key itself is never in the message.
+    #[error("model server refused the credentials: {0}")]
+    Auth(String),
+    /// A remote server's answer is not the protocol, or a structured output did not fit its schema even
+    /// after one more try.
+    #[error("malformed model output: {0}")]
+    Malformed(String),
 }
 
 impl LlmError {
@@ -242,19 +276,29 @@ impl LlmError {
             LlmError::Protocol(_) => "protocol",
             LlmError::BudgetExceeded(_) => "budget_exceeded",
             LlmError::FallbackRefused { .. } => "fallback_refused",
+            LlmError::RateLimited { .. } => "rate_limited",
+            LlmError::Http { .. } => "http",
+            LlmError::Connect(_) => "connect",
+            LlmError::Auth(_) => "auth",
+            LlmError::Malformed(_) => "malformed",
         }
     }
 
     /// Whether the provider failed (down, crashed, timed out, overloaded), so that another provider may
-    /// serve the call; not for the caller's cancellation, a request no provider could serve, a replay's gap
-    /// or a policy's refusal.
+    /// serve the call; not for the caller's cancellation, a request no provider could serve, a replay's gap,
+    /// a policy's refusal or refused credentials (a configuration to fix, not to hide behind a paid fallback).
     pub fn falls_back(&self) -> bool {
         match self {
             LlmError::Timeout(_)
             | LlmError::WorkerCrashed(_)
             | LlmError::Unavailable(_)
             | LlmError::Model(_)
-            | LlmError::Protocol(_) => true,
+            | LlmError::Protocol(_)
+            | LlmError::RateLimited { .. }
+            | LlmError::Connect(_)
+            | LlmError::Malformed(_) => true,
+            LlmError::Http { status, .. } => *status >= 500,
+            LlmError::Auth(_) => false,
             LlmError::Cancelled
             | LlmError::Grammar(_)
             | LlmError::InvalidRequest(_)
@@ -265,10 +309,72 @@ impl LlmError {
     }
 }
 
+/// Starts the provider of `endpoint`: the embedded worker on its GGUF file, or a client of an OpenAI-compatible
+/// server (`openai`, with `[llm] api_key`; `groq`, with `[llm.groq] api_key`). Remote providers make no call
+/// here; their readiness is their last call's outcome and a background probe of the server's `/models`.
+pub async fn start_provider(
+    settings: &LlmSettings,
+    endpoint: &ModelEndpoint,
+    metrics: Metrics,
+) -> Result<Arc<dyn LlmProvider>, LlmError> {
+    Ok(match endpoint.provider {
+        ProviderKind::Embedded => Arc::new(
+            embedded::EmbeddedProvider::start_model(settings, &endpoint.model_path(), metrics)
+                .await?,
+        ),
+        ProviderKind::Openai => Arc::new(openai::OpenAiProvider::new(
+            settings,
+            endpoint,
+            settings.api_key.as_ref(),
+            metrics,
+        )?),
+        ProviderKind::Groq => Arc::new(openai::OpenAiProvider::new(
+            settings,
+            endpoint,
+            settings.groq.api_key.as_ref(),
+            metrics,
+        )?),
+    })
+}
+
+/// Starts every configured model once: the primary (`[llm]`), the agents' own (`[llm.agents.<agent>]`), the
+/// cloud fallback (`llm.fallback`, only with `[llm.groq] enabled`) and the budget's downgrade model
+/// (`budget.on_exceed = "downgrade"`); an endpoint named twice shares one provider.
+pub async fn start_models(
+    settings: &LlmSettings,
+    budget: &BudgetSettings,
+    metrics: &Metrics,
+) -> Result<models::Models, LlmError> {
+    let mut started: Vec<(ModelEndpoint, Arc<dyn LlmProvider>)> = Vec::new();
+    let mut start = async |endpoint: ModelEndpoint| -> Result<Arc<dyn LlmProvider>, LlmError> {
+        if let Some((_, provider)) = started.iter().find(|(known, _)| *known == endpoint) {
+            return Ok(Arc::clone(provider));
+        }
+        let provider = start_provider(settings, &endpoint, metrics.clone()).await?;
+        started.push((endpoint, Arc::clone(&provider)));
+        Ok(provider)
+    };
+    let mut models = models::Models::single(start(settings.primary()).await?);
+    let mut agents = std::collections::BTreeMap::new();
+    for agent in crate::domain::AgentKind::ALL {
+        if settings.agents.contains_key(agent.as_str()) {
+            agents.insert(agent, start(settings.for_agent(agent)).await?);
+        }
+    }
+    models = models.with_agents(agents);
+    if settings.fallback == FallbackTarget::Groq && settings.groq.enabled {
+        models = models.with_fallback(start(settings.groq_endpoint()).await?);
+    }
+    if budget.on_exceed == OnExceed::Downgrade {
+        models = models.with_downgrade(start(settings.resolve(&budget.downgrade)).await?);
+    }
+    Ok(models)
+}
+
 /// A source of model outputs.
 #[async_trait]
 pub trait LlmProvider: Send + Sync {
-    /// `gen_ai.provider.name` of this provider ("llama.cpp", "replay").
+    /// `gen_ai.provider.name` of this provider ("llama.cpp", "openai", "groq", "replay").
     fn provider_name(&self) -> &'static str;
     /// `gen_ai.request.model`.
     fn model_name(&self) -> &str;

@@ -11,16 +11,15 @@ use actix::Addr;
 use serde_json::json;
 
 use crate::agents::{AgentDeps, Chaos};
-use crate::config::{FallbackTarget, LlmSettings, ModelEndpoint, OnExceed, ProviderKind, Settings};
+use crate::config::Settings;
 use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::domain::limits::MAX_PLAN_STEPS;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
 use crate::events::{EventLog, Hub};
 use crate::llm::budget::Limits;
 use crate::llm::confirm::Confirmations;
-use crate::llm::embedded::EmbeddedProvider;
 use crate::llm::models::{Models, Policy};
-use crate::llm::{LlmError, LlmProvider};
+use crate::llm::LlmError;
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::sandbox::Sandbox;
@@ -148,54 +147,6 @@ pub struct Core {
     pub confirmations: Confirmations,
 }
 
-/// Starts the provider of one model.
-async fn start_endpoint(
-    settings: &LlmSettings,
-    endpoint: &ModelEndpoint,
-    metrics: &Metrics,
-) -> Result<Arc<dyn LlmProvider>, LlmError> {
-    match endpoint.provider {
-        ProviderKind::Embedded => Ok(Arc::new(
-            EmbeddedProvider::start_model(settings, &endpoint.model_path(), metrics.clone())
-                .await?,
-        )),
-        ProviderKind::Openai | ProviderKind::Groq => Err(LlmError::Unavailable(format!(
-            "provider {} is not built yet",
-            endpoint.provider.as_str()
-        ))),
-    }
-}
-
-/// Starts every configured model once: the primary, the agents' own, the fallback and the budget's
-/// downgrade model (an endpoint named twice shares one provider).
-async fn start_models(settings: &Settings, metrics: &Metrics) -> Result<Models, LlmError> {
-    let llm = &settings.llm;
-    let mut started: Vec<(ModelEndpoint, Arc<dyn LlmProvider>)> = Vec::new();
-    let mut start = async |endpoint: ModelEndpoint| -> Result<Arc<dyn LlmProvider>, LlmError> {
-        if let Some((_, provider)) = started.iter().find(|(known, _)| *known == endpoint) {
-            return Ok(Arc::clone(provider));
-        }
-        let provider = start_endpoint(llm, &endpoint, metrics).await?;
-        started.push((endpoint, Arc::clone(&provider)));
-        Ok(provider)
-    };
-    let mut models = Models::single(start(llm.primary()).await?);
-    let mut agents = std::collections::BTreeMap::new();
-    for agent in AgentKind::ALL {
-        if llm.agents.contains_key(agent.as_str()) {
-            agents.insert(agent, start(llm.for_agent(agent)).await?);
-        }
-    }
-    models = models.with_agents(agents);
-    if llm.fallback == FallbackTarget::Groq && llm.groq.enabled {
-        models = models.with_fallback(start(llm.groq_endpoint()).await?);
-    }
-    if settings.budget.on_exceed == OnExceed::Downgrade {
-        models = models.with_downgrade(start(llm.resolve(&settings.budget.downgrade)).await?);
-    }
-    Ok(models)
-}
-
 /// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
 fn model_policy(settings: &Settings, confirmations: &Confirmations) -> Policy {
     let budget = &settings.budget;
@@ -226,7 +177,7 @@ impl Core {
             );
         }
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-        let llm = start_models(&settings, &metrics).await?;
+        let llm = crate::llm::start_models(&settings.llm, &settings.budget, &metrics).await?;
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
         Ok(Self::assemble(
             settings, storage, metrics, llm, memory, sandbox,

@@ -11,7 +11,6 @@
 //! `list_files` (the task's workspace folder, nothing outside it).
 
 pub mod run_code;
-pub mod schema;
 pub mod search_memory;
 pub mod workspace;
 
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::domain::{excerpt, shorten, AgentKind, EventKind, TaskId};
+use crate::domain::{excerpt, schema, shorten, AgentKind, EventKind, TaskId};
 use crate::events::EventLog;
 use crate::memory::Memory;
 use crate::sandbox::Sandbox;

@@ -6,7 +6,7 @@
 //! (agent names, outcomes, providers; never task ids).
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -142,6 +142,14 @@ pub struct Metrics {
     pub llm_time_to_first_token: HistogramVec,
     /// See [`names::LLM_ERRORS`]; labels `provider`, `kind`.
     pub llm_errors: IntCounterVec,
+    /// See [`names::LLM_RETRIES`]; labels `provider`, `reason`.
+    pub llm_retries: IntCounterVec,
+    /// See [`names::LLM_RATE_LIMIT_REMAINING`]; labels `provider`, `kind`.
+    pub llm_rate_limit_remaining: GaugeVec,
+    /// See [`names::LLM_RATE_LIMIT_LIMIT`]; labels `provider`, `kind`.
+    pub llm_rate_limit_limit: GaugeVec,
+    /// See [`names::LLM_RATE_LIMIT_RESET`]; labels `provider`, `kind`.
+    pub llm_rate_limit_reset: GaugeVec,
     /// See [`names::MODEL_WORKER_UP`].
     pub model_worker_up: IntGauge,
     /// See [`names::DECISIONS`]; labels `agent`, `kind`.
@@ -238,6 +246,15 @@ impl Registrar<'_> {
             IntGaugeVec::new(Opts::new(name, help), labels)?,
             Kind::Gauge,
         )
+    }
+
+    fn float_gauge_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<GaugeVec, MetricsError> {
+        self.add(GaugeVec::new(Opts::new(name, help), labels)?, Kind::Gauge)
     }
 
     fn counter_vec(
@@ -397,6 +414,26 @@ impl Metrics {
             llm_errors: r.counter_vec(
                 names::LLM_ERRORS,
                 "Failed model calls by provider and kind of failure.",
+                &["provider", "kind"],
+            )?,
+            llm_retries: r.counter_vec(
+                names::LLM_RETRIES,
+                "Retries of remote model calls before their first token, by provider and reason (rate_limited, http_5xx, connect).",
+                &["provider", "reason"],
+            )?,
+            llm_rate_limit_remaining: r.float_gauge_vec(
+                names::LLM_RATE_LIMIT_REMAINING,
+                "A remote provider's rate limit left (x-ratelimit-remaining-*), by kind (requests, tokens).",
+                &["provider", "kind"],
+            )?,
+            llm_rate_limit_limit: r.float_gauge_vec(
+                names::LLM_RATE_LIMIT_LIMIT,
+                "A remote provider's rate limit (x-ratelimit-limit-*), by kind (requests, tokens).",
+                &["provider", "kind"],
+            )?,
+            llm_rate_limit_reset: r.float_gauge_vec(
+                names::LLM_RATE_LIMIT_RESET,
+                "Seconds until a remote provider's rate limit resets (x-ratelimit-reset-*), by kind (requests, tokens).",
                 &["provider", "kind"],
             )?,
             model_worker_up: r.gauge(

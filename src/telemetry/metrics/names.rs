@@ -40,6 +40,16 @@ pub const LLM_FALLBACKS: &str = "troupe_llm_fallbacks_total";
 pub const BUDGET_EXCEEDED: &str = "troupe_budget_exceeded_total";
 /// Time from sending a model call to its first streamed piece.
 pub const LLM_TIME_TO_FIRST_TOKEN: &str = "troupe_llm_time_to_first_token_seconds";
+/// Retries of remote model calls before their first token, by provider and reason (rate_limited, http_5xx,
+/// connect).
+pub const LLM_RETRIES: &str = "troupe_llm_retries_total";
+/// A remote provider's rate limit left, from its last `x-ratelimit-remaining-*` headers, by kind (requests,
+/// tokens).
+pub const LLM_RATE_LIMIT_REMAINING: &str = "troupe_llm_rate_limit_remaining";
+/// A remote provider's rate limit, from its last `x-ratelimit-limit-*` headers, by kind.
+pub const LLM_RATE_LIMIT_LIMIT: &str = "troupe_llm_rate_limit_limit";
+/// Seconds until a remote provider's rate limit resets, from its last `x-ratelimit-reset-*` headers, by kind.
+pub const LLM_RATE_LIMIT_RESET: &str = "troupe_llm_rate_limit_reset_seconds";
 /// 1 while the embedded model's worker process is ready.
 pub const MODEL_WORKER_UP: &str = "troupe_model_worker_up";
 /// Duration of one commit of the storage writer's batch.

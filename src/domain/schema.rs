@@ -1,7 +1,8 @@
-//! Checks a tool's input against its JSON schema: the subset tool schemas use (`type` object, string,
-//! integer, boolean; `properties`, `required`, `additionalProperties: false`, `enum`, `const`,
-//! `minLength`/`maxLength`, `minimum`/`maximum`). Model output is hostile input: a call whose arguments do
-//! not fit is refused with the first problem found, before the tool runs.
+//! Checks a value against a JSON schema: the subset Troupe's schemas use (`type` object, array, string,
+//! integer, boolean; `properties`, `required`, `additionalProperties: false`, `items`, `minItems`/`maxItems`,
+//! `enum`, `const`, `minLength`/`maxLength`, `minimum`/`maximum`). Model output is hostile input: a tool call
+//! whose arguments do not fit is refused before the tool runs, and a remote model's structured answer that
+//! does not fit is asked for again (`llm::openai`), each with the first problem found.
 
 use serde_json::Value;
 
@@ -54,8 +55,31 @@ pub fn problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
             None
         }
         Some("boolean") if !value.is_boolean() => Some(format!("{at} must be true or false")),
+        Some("array") => array_problem(schema, value, at),
         _ => None,
     }
+}
+
+fn array_problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    let Some(items) = value.as_array() else {
+        return Some(format!("{at} must be an array"));
+    };
+    let count = u64::try_from(items.len()).unwrap_or(u64::MAX);
+    if let Some(least) = schema.get("minItems").and_then(Value::as_u64) {
+        if count < least {
+            return Some(format!("{at} must have at least {least} items"));
+        }
+    }
+    if let Some(most) = schema.get("maxItems").and_then(Value::as_u64) {
+        if count > most {
+            return Some(format!("{at} must have at most {most} items"));
+        }
+    }
+    let item_schema = schema.get("items")?;
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(index, item)| problem(item_schema, item, &format!("{at}[{index}]")))
 }
 
 fn object_problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
@@ -136,6 +160,30 @@ mod tests {
         for (value, expected) in cases {
             let found = problem(&schema(), &value, "arguments").unwrap_or_default();
             assert!(found.contains(expected), "{value}: {found}");
+        }
+    }
+
+    #[test]
+    fn arrays_are_checked_by_count_and_item() {
+        let schema = json!({
+            "type": "array",
+            "items": { "type": "string", "minLength": 2 },
+            "minItems": 1,
+            "maxItems": 2
+        });
+        assert_eq!(problem(&schema, &json!(["ab", "cd"]), "steps"), None);
+        let cases = [
+            (json!([]), "steps must have at least 1 items"),
+            (json!(["ab", "cd", "ef"]), "steps must have at most 2 items"),
+            (
+                json!(["ab", "c"]),
+                "steps[1] must have at least 2 characters",
+            ),
+            (json!("ab"), "steps must be an array"),
+        ];
+        for (value, expected) in cases {
+            let found = problem(&schema, &value, "steps").unwrap_or_default();
+            assert_eq!(found, expected, "{value}");
         }
     }
 }

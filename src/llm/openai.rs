@@ -1,0 +1,1031 @@
+//! The `openai` and `groq` providers: any OpenAI-compatible chat-completions server (llama.cpp's
+//! `llama-server`, Ollama, vLLM, LM Studio) and Groq's API, through async-openai with our own lenient wire
+//! types ([`wire`]) and our own transport ([`transport`]: no hidden retries, response headers read).
+//!
+//! Every call streams. Structured outputs are asked for as `[llm] structured_output` says and always parsed
+//! and checked against their schema (`domain::schema`); an answer that does not fit is asked for once more
+//! with the problem, and a second miss is [`LlmError::Malformed`]. A choice is asked as the JSON object
+//! `{"<key>": "<option>", "<reason key>": "..."}` under an enum; where the server returns `logprobs`, the
+//! options' first tokens' log-probabilities at the token where the option starts are turned into
+//! probabilities by the same softmax the embedded provider applies to its logits (`scored: true`). Where it
+//! returns none (Groq), the choice is the option the model wrote, every probability is 0 and `scored` is false:
+//! nothing is invented. The output text has the embedded provider's shape (`prefix + option + suffix + reason
+//! + "}`), so callers read both alike.
+//!
+//! Retries ([`retry`]): 429, 5xx and connection errors before the first token, with exponential backoff and
+//! full jitter or the server's `Retry-After`, at most `[llm] max_retries`, counted in
+//! `troupe_llm_retries_total`; never once a stream has begun. Readiness is the last observation of the
+//! server (a call's outcome or a background `GET /models` every [`PROBE_INTERVAL`]), never a call per probe.
+//! The API key goes only into the `Authorization` header; it is scrubbed from every message that leaves.
+
+pub mod retry;
+pub mod transport;
+pub mod wire;
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::Client;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use self::transport::{HttpFailure, Transport};
+use self::wire::{ChatChunk, ChatRequest, ErrorBody, StreamOptions, TokenLogprob, WireMessage};
+use super::{
+    softmax, ChatMessage, Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, OutputSpec, Role,
+    ScoredOption, TokenPrices, TokenSink, Usage,
+};
+use crate::config::{LlmSettings, ModelEndpoint, ProviderKind, Secret, StructuredOutput};
+use crate::domain::{excerpt, redact_url, schema};
+use crate::telemetry::metrics::Metrics;
+
+/// How often the server is probed (`GET /models`) for readiness.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// Tokens allowed for a choice's JSON frame (`{"agent": "research", "reason": "` and `"}`), on top of the
+/// request's budget for the reason.
+const CHOICE_FRAME_TOKENS: u32 = 24;
+/// Alternatives asked per token when scoring a choice (OpenAI's and llama.cpp's most is 20).
+const TOP_LOGPROBS: u32 = 20;
+/// Longest answer read, in bytes: a server streaming more is cut off with an error.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// What the provider last saw of its server.
+#[derive(Debug, Clone, PartialEq)]
+enum Readiness {
+    /// Nothing yet (neither a probe nor a call has answered).
+    Unknown,
+    /// The last probe or call got an answer.
+    Up,
+    /// The last probe or call could not reach the server, or was refused; why.
+    Down(String),
+}
+
+/// A client of one OpenAI-compatible server and model.
+pub struct OpenAiProvider {
+    name: &'static str,
+    model: String,
+    client: Client<OpenAIConfig>,
+    structured: StructuredOutput,
+    read_timeout: Duration,
+    request_timeout: Duration,
+    max_retries: u32,
+    temperature: f32,
+    seed: u32,
+    logprobs: bool,
+    prices: TokenPrices,
+    metrics: Metrics,
+    key: Option<Secret>,
+    readiness: Arc<Mutex<Readiness>>,
+}
+
+/// One streamed answer.
+#[derive(Debug, Default)]
+struct Streamed {
+    text: String,
+    usage: Usage,
+    generation_seconds: f64,
+    logprobs: Vec<TokenLogprob>,
+    finish_reason: Option<String>,
+}
+
+/// A failed attempt: the error, and whether (and why, for the metric) it may be retried.
+struct Failure {
+    error: LlmError,
+    retry_reason: Option<&'static str>,
+    retry_after: Option<Duration>,
+}
+
+impl OpenAiProvider {
+    /// A provider for `endpoint` (an `openai` or `groq` one) with the `[llm]` timeouts, retries, sampling,
+    /// structured-output mode and prices, sending `key` (if any) as a bearer token. Makes no call; starts the
+    /// background readiness probe when a tokio runtime is running.
+    pub fn new(
+        settings: &LlmSettings,
+        endpoint: &ModelEndpoint,
+        key: Option<&Secret>,
+        metrics: Metrics,
+    ) -> Result<Self, LlmError> {
+        let name = match endpoint.provider {
+            ProviderKind::Groq => "groq",
+            ProviderKind::Openai | ProviderKind::Embedded => "openai",
+        };
+        if let Some(key) = key {
+            if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose())).is_err()
+            {
+                return Err(LlmError::InvalidRequest(format!(
+                    "the {name} API key is not a valid HTTP header value (printable ASCII only)"
+                )));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_seconds))
+            .read_timeout(Duration::from_secs(settings.read_timeout_seconds))
+            .build()
+            .map_err(|e| LlmError::Unavailable(format!("build the HTTP client: {e}")))?;
+        let base = endpoint.base_url.trim_end_matches('/').to_owned();
+        // org and project emptied: OpenAIConfig's defaults read OPENAI_ORG_ID/OPENAI_PROJECT_ID, and only
+        // `config` reads the environment here.
+        let config = OpenAIConfig::new()
+            .with_api_base(base.clone())
+            .with_api_key(key.map(|key| key.expose().to_owned()).unwrap_or_default())
+            .with_org_id("")
+            .with_project_id("");
+        let client = Client::build(http.clone(), config).with_http_service(Transport::new(
+            http.clone(),
+            name,
+            metrics.clone(),
+        ));
+        let price = settings.price_of(&endpoint.model);
+        let readiness = Arc::new(Mutex::new(Readiness::Unknown));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(probe(
+                Arc::downgrade(&readiness),
+                http,
+                format!("{base}/models"),
+                key.cloned(),
+            ));
+        }
+        Ok(OpenAiProvider {
+            name,
+            model: endpoint.model.clone(),
+            client,
+            structured: settings.structured_output,
+            read_timeout: Duration::from_secs(settings.read_timeout_seconds),
+            request_timeout: Duration::from_secs(settings.request_timeout_seconds),
+            max_retries: settings.max_retries,
+            temperature: settings.temperature,
+            seed: settings.seed,
+            // Groq refuses requests that ask for logprobs (400); its choices are unscored.
+            logprobs: endpoint.provider != ProviderKind::Groq,
+            prices: TokenPrices {
+                input: price.input_per_million,
+                output: price.output_per_million,
+            },
+            metrics,
+            key: key.cloned(),
+            readiness,
+        })
+    }
+
+    /// Runs a call to its end (the caller bounds it by time and cancellation).
+    async fn run(&self, request: &LlmRequest, on_token: &TokenSink) -> Result<LlmOutput, LlmError> {
+        match &request.output {
+            OutputSpec::Text => {
+                let messages = wire_messages(&request.messages, None);
+                let body = self.body(messages, request.max_tokens, None, false);
+                let streamed = self.stream(&body, on_token).await?;
+                Ok(LlmOutput {
+                    text: streamed.text,
+                    choice: None,
+                    usage: streamed.usage,
+                    generation_seconds: streamed.generation_seconds,
+                })
+            }
+            OutputSpec::Json { schema } => {
+                let hint =
+                    (self.structured == StructuredOutput::Prompt).then(|| schema_hint(schema));
+                let (_, streamed, usage, seconds) = self
+                    .structured_call(
+                        request,
+                        schema,
+                        hint,
+                        request.max_tokens,
+                        false,
+                        on_token,
+                        |s| read_json(schema, &s.text),
+                    )
+                    .await?;
+                Ok(LlmOutput {
+                    text: streamed.text.trim().to_owned(),
+                    choice: None,
+                    usage,
+                    generation_seconds: seconds,
+                })
+            }
+            OutputSpec::Choice {
+                prefix,
+                options,
+                suffix,
+            } => {
+                self.choose(request, prefix, options, suffix, on_token)
+                    .await
+            }
+        }
+    }
+
+    async fn choose(
+        &self,
+        request: &LlmRequest,
+        prefix: &str,
+        options: &[String],
+        suffix: &str,
+        on_token: &TokenSink,
+    ) -> Result<LlmOutput, LlmError> {
+        if options.is_empty() {
+            return Err(LlmError::InvalidRequest("a choice needs options".into()));
+        }
+        let (key, reason_key) = choice_keys(prefix, suffix).ok_or_else(|| {
+            LlmError::InvalidRequest(format!(
+                "a choice's prefix and suffix must name its JSON keys (got {prefix:?} and {suffix:?})"
+            ))
+        })?;
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                key.as_str(): { "type": "string", "enum": options },
+                reason_key.as_str(): { "type": "string" }
+            },
+            "required": [key, reason_key],
+            "additionalProperties": false
+        });
+        // The embedded provider prefills the object's start; a server cannot be prefilled, so it is told.
+        let mut hint = format!(
+            "Reply with only a JSON object: {{\"{key}\": \"<one of: {}>\", \"{reason_key}\": \"<a short reason>\"}}.",
+            options.join(", ")
+        );
+        if self.structured == StructuredOutput::Prompt {
+            hint = format!("{hint} {}", schema_hint(&schema));
+        }
+        let ((chosen, reasoning), streamed, usage, seconds) = self
+            .structured_call(
+                request,
+                &schema,
+                Some(hint),
+                request.max_tokens.saturating_add(CHOICE_FRAME_TOKENS),
+                self.logprobs,
+                on_token,
+                |s| read_choice(&schema, s, &key, &reason_key, options),
+            )
+            .await?;
+        let scores = score_options(&streamed.logprobs, &streamed.text, &key, options);
+        let scored = scores.is_some();
+        let probabilities = scores.unwrap_or_else(|| vec![0.0; options.len()]);
+        let choice = Choice {
+            options: options
+                .iter()
+                .zip(probabilities)
+                .map(|(name, probability)| ScoredOption {
+                    name: name.clone(),
+                    probability,
+                    raw_probability: None,
+                })
+                .collect(),
+            chosen,
+            reasoning,
+            scored,
+        };
+        Ok(LlmOutput {
+            text: format!("{prefix}{}{suffix}{}\"}}", choice.chosen, choice.reasoning),
+            choice: Some(choice),
+            usage,
+            generation_seconds: seconds,
+        })
+    }
+
+    /// A structured call: streams an answer, reads it with `read`; an answer that does not fit is asked for
+    /// once more with the problem appended, and a second miss is [`LlmError::Malformed`]. Returns what `read`
+    /// made of the accepted answer, that answer, and the usage and generation time of both attempts.
+    #[allow(clippy::too_many_arguments)]
+    async fn structured_call<T>(
+        &self,
+        request: &LlmRequest,
+        schema: &Value,
+        hint: Option<String>,
+        max_tokens: u32,
+        logprobs: bool,
+        on_token: &TokenSink,
+        read: impl Fn(&Streamed) -> Result<T, String>,
+    ) -> Result<(T, Streamed, Usage, f64), LlmError> {
+        let mut messages = wire_messages(&request.messages, hint.as_deref());
+        let mut usage = Usage::default();
+        let mut seconds = 0.0;
+        for attempt in 0..2 {
+            let body = self.body(messages.clone(), max_tokens, Some(schema), logprobs);
+            let streamed = self.stream(&body, on_token).await?;
+            usage.input_tokens += streamed.usage.input_tokens;
+            usage.output_tokens += streamed.usage.output_tokens;
+            seconds += streamed.generation_seconds;
+            match read(&streamed) {
+                Ok(value) => return Ok((value, streamed, usage, seconds)),
+                Err(problem) if attempt == 0 => {
+                    tracing::info!(purpose = %request.purpose, %problem, "structured answer does not fit its schema; asking once more");
+                    messages.push(WireMessage {
+                        role: "assistant",
+                        content: streamed.text,
+                    });
+                    messages.push(WireMessage {
+                        role: "user",
+                        content: format!(
+                            "That answer does not fit the required JSON schema: {problem}. Reply again with only the corrected JSON object."
+                        ),
+                    });
+                }
+                Err(problem) => {
+                    return Err(LlmError::Malformed(format!(
+                        "the answer did not fit its schema twice: {problem}; answer: {}",
+                        excerpt(&streamed.text)
+                    )))
+                }
+            }
+        }
+        Err(LlmError::Malformed("no answer".into()))
+    }
+
+    /// The request body.
+    fn body(
+        &self,
+        messages: Vec<WireMessage>,
+        max_tokens: u32,
+        schema: Option<&Value>,
+        logprobs: bool,
+    ) -> ChatRequest {
+        let (response_format, json_schema) = match (schema, self.structured) {
+            (Some(schema), StructuredOutput::ResponseFormat) => (
+                Some(json!({
+                    "type": "json_schema",
+                    "json_schema": { "name": "answer", "schema": schema, "strict": true }
+                })),
+                None,
+            ),
+            (Some(schema), StructuredOutput::LlamaCpp) => (None, Some(schema.clone())),
+            _ => (None, None),
+        };
+        ChatRequest {
+            model: self.model.clone(),
+            messages,
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+            max_tokens,
+            temperature: self.temperature,
+            seed: Some(self.seed),
+            response_format,
+            json_schema,
+            logprobs: logprobs.then_some(true),
+            top_logprobs: logprobs.then_some(TOP_LOGPROBS),
+        }
+    }
+
+    /// Streams one answer: every content piece to `on_token`, the usage from the last chunk (or, where the
+    /// server sends none, the number of pieces as output tokens), the time from the first piece to the end.
+    async fn stream(&self, body: &ChatRequest, on_token: &TokenSink) -> Result<Streamed, LlmError> {
+        let mut stream = self.open(body).await?;
+        let mut streamed = Streamed::default();
+        let mut reported = None;
+        let mut pieces = 0u64;
+        let mut first_piece: Option<Instant> = None;
+        loop {
+            let next = tokio::time::timeout(self.read_timeout, stream.next())
+                .await
+                .map_err(|_| LlmError::Timeout(self.read_timeout.as_secs()))?;
+            let Some(item) = next else { break };
+            let chunk: ChatChunk = item.map_err(|e| self.classify(e).error)?;
+            if let Some(error) = &chunk.error {
+                let body = ErrorBody::from_value(error).unwrap_or_default();
+                let status = body
+                    .code
+                    .as_deref()
+                    .and_then(|code| code.parse::<u16>().ok())
+                    .filter(|status| (400..600).contains(status))
+                    .unwrap_or(500);
+                return Err(LlmError::Http {
+                    status,
+                    message: self.scrub(format!(
+                        "error inside the stream after {pieces} pieces: {}",
+                        body.describe()
+                    )),
+                });
+            }
+            if let Some(usage) = chunk.reported_usage() {
+                reported = Some(usage);
+            }
+            if let Some(choice) = chunk.choices.into_iter().next() {
+                if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
+                    first_piece.get_or_insert_with(Instant::now);
+                    pieces += 1;
+                    on_token(&content);
+                    streamed.text.push_str(&content);
+                    if streamed.text.len() > MAX_ANSWER_BYTES {
+                        return Err(LlmError::Malformed(format!(
+                            "the answer exceeds {MAX_ANSWER_BYTES} bytes"
+                        )));
+                    }
+                }
+                if let Some(tokens) = choice.logprobs.and_then(|l| l.content) {
+                    streamed.logprobs.extend(tokens);
+                }
+                if choice.finish_reason.is_some() {
+                    streamed.finish_reason = choice.finish_reason;
+                }
+            }
+        }
+        streamed.generation_seconds = first_piece.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        streamed.usage = match reported {
+            Some(usage) => Usage {
+                input_tokens: usage.prompt_tokens,
+                output_tokens: usage.completion_tokens,
+            },
+            None => Usage {
+                input_tokens: 0,
+                output_tokens: pieces,
+            },
+        };
+        Ok(streamed)
+    }
+
+    /// Sends the request until a stream begins: retries 429, 5xx and connection errors with backoff (or the
+    /// server's `Retry-After`), at most `max_retries` times, each counted.
+    async fn open(
+        &self,
+        body: &ChatRequest,
+    ) -> Result<
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<ChatChunk, OpenAIError>> + Send>>,
+        LlmError,
+    > {
+        let mut retry = 0;
+        loop {
+            let failure = match self
+                .client
+                .chat()
+                .create_stream_byot::<&ChatRequest, ChatChunk>(body)
+                .await
+            {
+                Ok(stream) => return Ok(stream),
+                Err(error) => self.classify(error),
+            };
+            match failure.retry_reason {
+                Some(reason) if retry < self.max_retries => {
+                    let wait = retry::delay(retry, failure.retry_after, retry::jitter_unit());
+                    self.metrics
+                        .llm_retries
+                        .with_label_values(&[self.name, reason])
+                        .inc();
+                    tracing::warn!(
+                        provider = self.name,
+                        reason,
+                        retry = retry + 1,
+                        wait_ms = wait.as_millis() as u64,
+                        error = %failure.error,
+                        "model call failed before its first token; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+                _ => return Err(failure.error),
+            }
+        }
+    }
+
+    /// What an async-openai error means here, and whether it may be retried.
+    fn classify(&self, error: OpenAIError) -> Failure {
+        let plain = |error: LlmError| Failure {
+            error,
+            retry_reason: None,
+            retry_after: None,
+        };
+        match error {
+            OpenAIError::Boxed(boxed) => match boxed.downcast::<HttpFailure>() {
+                Ok(http) => self.http_failure(*http),
+                Err(other) => plain(LlmError::Model(self.scrub(other.to_string()))),
+            },
+            OpenAIError::ApiError(api) => self.http_failure(HttpFailure {
+                status: api.status_code.as_u16(),
+                retry_after: None,
+                body: ErrorBody {
+                    message: api.api_error.message,
+                    kind: api.api_error.r#type,
+                    code: api.api_error.code,
+                },
+            }),
+            OpenAIError::Reqwest(error) if error.is_builder() => {
+                plain(LlmError::InvalidRequest(self.scrub(error.to_string())))
+            }
+            OpenAIError::Reqwest(error) => Failure {
+                error: LlmError::Connect(self.scrub(error_chain(&error.without_url()))),
+                retry_reason: Some("connect"),
+                retry_after: None,
+            },
+            OpenAIError::JSONDeserialize(error, content) => plain(LlmError::Malformed(
+                self.scrub(format!("unreadable chunk ({error}): {}", excerpt(&content))),
+            )),
+            OpenAIError::StreamError(error) => plain(LlmError::Connect(
+                self.scrub(format!("stream broke: {error}")),
+            )),
+            OpenAIError::InvalidArgument(message) => {
+                plain(LlmError::InvalidRequest(self.scrub(message)))
+            }
+            other => plain(LlmError::Model(self.scrub(other.to_string()))),
+        }
+    }
+
+    fn http_failure(&self, http: HttpFailure) -> Failure {
+        let message = self.scrub(http.body.describe());
+        let (error, retry_reason) = match http.status {
+            429 => (
+                LlmError::RateLimited {
+                    retry_after_seconds: http.retry_after.map(|wait| wait.as_secs()),
+                    message,
+                },
+                Some("rate_limited"),
+            ),
+            401 | 403 => (LlmError::Auth(format!("{}: {message}", http.status)), None),
+            status @ 500..=599 => (LlmError::Http { status, message }, Some("http_5xx")),
+            status => (LlmError::Http { status, message }, None),
+        };
+        Failure {
+            error,
+            retry_reason,
+            retry_after: http.retry_after,
+        }
+    }
+
+    /// `text` with the API key, should a server echo it, replaced.
+    fn scrub(&self, text: String) -> String {
+        match &self.key {
+            Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+                text.replace(key.expose(), "[redacted]")
+            }
+            _ => text,
+        }
+    }
+
+    /// Notes what a call showed of the server.
+    fn observe(&self, result: &Result<LlmOutput, LlmError>) {
+        let seen = match result {
+            Ok(_) => Readiness::Up,
+            Err(LlmError::Connect(reason)) => Readiness::Down(format!("unreachable: {reason}")),
+            Err(LlmError::Auth(reason)) => Readiness::Down(reason.clone()),
+            Err(LlmError::Http { status, message }) if *status >= 500 => {
+                Readiness::Down(format!("answered {status}: {message}"))
+            }
+            // Rate limits, timeouts, bad answers and cancellations say the server is there.
+            Err(_) => Readiness::Up,
+        };
+        set_readiness(&self.readiness, seen);
+    }
+}
+
+#[async_trait]
+impl LlmProvider for OpenAiProvider {
+    fn provider_name(&self) -> &'static str {
+        self.name
+    }
+
+    fn model_name(&self) -> &str {
+        &self.model
+    }
+
+    async fn complete(
+        &self,
+        request: LlmRequest,
+        on_token: TokenSink,
+        cancel: CancellationToken,
+    ) -> Result<LlmOutput, LlmError> {
+        // Dropping the call's future drops the response stream and with it the connection: cancellation and
+        // the deadline stop generation at once.
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(LlmError::Cancelled),
+            outcome = tokio::time::timeout(self.request_timeout, self.run(&request, &on_token)) => {
+                outcome.unwrap_or(Err(LlmError::Timeout(self.request_timeout.as_secs())))
+            }
+        };
+        self.observe(&result);
+        result
+    }
+
+    fn check_ready(&self) -> Result<(), LlmError> {
+        let readiness = self
+            .readiness
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        match readiness {
+            Readiness::Up => Ok(()),
+            Readiness::Unknown => Err(LlmError::Unavailable(format!(
+                "{} server not reached yet",
+                self.name
+            ))),
+            Readiness::Down(reason) => Err(LlmError::Unavailable(format!(
+                "{} server: {reason}",
+                self.name
+            ))),
+        }
+    }
+
+    fn price_per_million_tokens(&self) -> TokenPrices {
+        self.prices
+    }
+}
+
+fn set_readiness(readiness: &Mutex<Readiness>, seen: Readiness) {
+    match readiness.lock() {
+        Ok(mut guard) => *guard = seen,
+        Err(poisoned) => *poisoned.into_inner() = seen,
+    }
+}
+
+/// Probes `models_url` every [`PROBE_INTERVAL`] until the provider is dropped.
+async fn probe(
+    readiness: Weak<Mutex<Readiness>>,
+    http: reqwest::Client,
+    models_url: String,
+    key: Option<Secret>,
+) {
+    loop {
+        let mut request = http.get(&models_url).timeout(PROBE_INTERVAL);
+        if let Some(key) = key.as_ref().filter(|key| !key.expose().is_empty()) {
+            request = request.bearer_auth(key.expose());
+        }
+        let seen = match request.send().await {
+            Ok(response) if response.status().is_success() => Readiness::Up,
+            Ok(response) => Readiness::Down(format!(
+                "GET {} answered {}",
+                redact_url(&models_url),
+                response.status()
+            )),
+            Err(error) => Readiness::Down(format!(
+                "GET {}: {}",
+                redact_url(&models_url),
+                error_chain(&error.without_url())
+            )),
+        };
+        let Some(readiness) = readiness.upgrade() else {
+            return;
+        };
+        set_readiness(&readiness, seen);
+        drop(readiness);
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// An error with its sources, `: `-joined.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The request's messages on the wire, with `hint` appended to the system message (or first, if none).
+fn wire_messages(messages: &[ChatMessage], hint: Option<&str>) -> Vec<WireMessage> {
+    let mut wire: Vec<WireMessage> = messages
+        .iter()
+        .map(|message| WireMessage {
+            role: match message.role {
+                Role::System => "system",
+                Role::User => "user",
+            },
+            content: message.content.clone(),
+        })
+        .collect();
+    if let Some(hint) = hint {
+        match wire.iter_mut().find(|message| message.role == "system") {
+            Some(system) => {
+                system.content.push(' ');
+                system.content.push_str(hint);
+            }
+            None => wire.insert(
+                0,
+                WireMessage {
+                    role: "system",
+                    content: hint.to_owned(),
+                },
+            ),
+        }
+    }
+    wire
+}
+
+/// The schema told in the prompt (`structured_output = "prompt"`).
+fn schema_hint(schema: &Value) -> String {
+    format!("Reply with only a JSON object valid for this JSON Schema: {schema}")
+}
+
+/// Parses a JSON answer and checks it against its schema.
+fn read_json(schema: &Value, text: &str) -> Result<Value, String> {
+    let value: Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("the answer is not JSON ({e})"))?;
+    match schema::problem(schema, &value, "answer") {
+        Some(problem) => Err(problem),
+        None => Ok(value),
+    }
+}
+
+/// The JSON keys of a choice from its prefix (`{"agent": "`) and suffix (`", "reason": "`): the last quoted
+/// name in each.
+fn choice_keys(prefix: &str, suffix: &str) -> Option<(String, String)> {
+    fn last_key(text: &str) -> Option<String> {
+        let colon = text.rfind(':')?;
+        let before = text[..colon].trim_end().strip_suffix('"')?;
+        let start = before.rfind('"')?;
+        let key = &before[start + 1..];
+        (!key.is_empty()).then(|| key.to_owned())
+    }
+    Some((last_key(prefix)?, last_key(suffix)?))
+}
+
+/// Where the string value of `key` starts in `text` (just after its opening quote).
+fn value_start(text: &str, key: &str) -> Option<usize> {
+    let quoted = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(found) = text[from..].find(&quoted) {
+        let after = from + found + quoted.len();
+        let rest = &text[after..];
+        let trimmed = rest.trim_start();
+        if let Some(value) = trimmed.strip_prefix(':') {
+            let value = value.trim_start();
+            if value.starts_with('"') {
+                return Some(text.len() - value.len() + 1);
+            }
+        }
+        from = after;
+    }
+    None
+}
+
+/// The string value starting at `start` (unescaped up to its closing quote), and whether it was closed.
+fn string_from(text: &str, start: usize) -> (String, bool) {
+    let mut value = String::new();
+    let mut chars = text[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return (value, true),
+            '\\' => match chars.next() {
+                Some('n') | Some('r') | Some('t') => value.push(' '),
+                Some(other) => value.push(other),
+                None => break,
+            },
+            other => value.push(other),
+        }
+    }
+    (value, false)
+}
+
+/// The reason as the embedded provider's grammar allows it: no quotes, backslashes or line breaks.
+fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| {
+            if matches!(c, '"' | '\\' | '\n' | '\r') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// Reads a choice's answer: the option and the reason. A whole answer must fit the schema; one cut off by
+/// the token budget (`finish_reason` "length") is taken when its option is complete, with the reason as far
+/// as it got (as the embedded provider cuts its reason at the budget).
+fn read_choice(
+    schema: &Value,
+    streamed: &Streamed,
+    key: &str,
+    reason_key: &str,
+    options: &[String],
+) -> Result<(String, String), String> {
+    let text = streamed.text.trim();
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) => {
+            if let Some(problem) = schema::problem(schema, &value, "answer") {
+                return Err(problem);
+            }
+            let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or_default();
+            Ok((field(key).to_owned(), clean_reason(field(reason_key))))
+        }
+        Err(error) if streamed.finish_reason.as_deref() == Some("length") => {
+            let start = value_start(text, key)
+                .ok_or_else(|| format!("the answer was cut off before its \"{key}\" ({error})"))?;
+            let (option, closed) = string_from(text, start);
+            if !closed || !options.contains(&option) {
+                return Err(format!(
+                    "answer.{key} must be one of {} (the answer was cut off)",
+                    options.join(", ")
+                ));
+            }
+            let reason = value_start(text, reason_key)
+                .map(|start| string_from(text, start).0)
+                .unwrap_or_default();
+            Ok((option, clean_reason(&reason)))
+        }
+        Err(error) => Err(format!("the answer is not JSON ({error})")),
+    }
+}
+
+/// The options' probabilities from the log-probabilities at the token where the value of `key` starts:
+/// for each option the most likely alternative that begins it (after what of the token lies before the value,
+/// e.g. a quote), softmax over those. An option no alternative begins is below the server's top
+/// [`TOP_LOGPROBS`]: probability 0. `None` when the server sent no log-probabilities, they do not spell the
+/// text, or no option is among them.
+fn score_options(
+    tokens: &[TokenLogprob],
+    text: &str,
+    key: &str,
+    options: &[String],
+) -> Option<Vec<f64>> {
+    if tokens.is_empty() {
+        return None;
+    }
+    let spelled: String = tokens.iter().map(|token| token.token.as_str()).collect();
+    if spelled != text {
+        return None;
+    }
+    let target = value_start(text, key)?;
+    let mut offset = 0;
+    for token in tokens {
+        let end = offset + token.token.len();
+        if end > target {
+            let lead = text.get(offset..target)?;
+            let logits: Vec<f32> = options
+                .iter()
+                .map(|option| {
+                    token
+                        .top_logprobs
+                        .iter()
+                        .filter_map(|alternative| {
+                            let rest = alternative.token.strip_prefix(lead)?;
+                            let begins = !rest.is_empty()
+                                && (option.starts_with(rest) || rest.starts_with(option.as_str()));
+                            begins.then_some(alternative.logprob as f32)
+                        })
+                        .fold(f32::NEG_INFINITY, f32::max)
+                })
+                .collect();
+            if logits.iter().all(|logit| logit.is_infinite()) {
+                return None;
+            }
+            return Some(softmax(&logits));
+        }
+        offset = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire::TopLogprob;
+    use super::*;
+
+    fn token(text: &str, top: &[(&str, f64)]) -> TokenLogprob {
+        TokenLogprob {
+            token: text.into(),
+            logprob: top.first().map_or(0.0, |t| t.1),
+            top_logprobs: top
+                .iter()
+                .map(|(token, logprob)| TopLogprob {
+                    token: (*token).into(),
+                    logprob: *logprob,
+                })
+                .collect(),
+        }
+    }
+
+    fn options() -> Vec<String> {
+        vec!["research".into(), "code".into(), "qa".into()]
+    }
+
+    #[test]
+    fn choice_keys_come_from_prefix_and_suffix() {
+        assert_eq!(
+            choice_keys("{\"agent\": \"", "\", \"reason\": \""),
+            Some(("agent".into(), "reason".into()))
+        );
+        assert_eq!(choice_keys("pick: ", "\""), None);
+    }
+
+    #[test]
+    fn options_are_scored_at_the_token_where_the_value_starts() {
+        let tokens = vec![
+            token("{\"", &[]),
+            token("agent", &[]),
+            token("\":", &[]),
+            token(" \"", &[]),
+            token(
+                "code",
+                &[
+                    ("code", -0.1),
+                    ("research", -2.5),
+                    ("q", -4.0),
+                    ("hello", -1.0),
+                ],
+            ),
+            token("\"}", &[]),
+        ];
+        let text: String = tokens.iter().map(|t| t.token.clone()).collect();
+        let scores = score_options(&tokens, &text, "agent", &options()).unwrap();
+        let sum: f64 = scores.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-9);
+        let expected = softmax(&[-2.5, -0.1, -4.0]);
+        for (got, want) in scores.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{scores:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_that_carries_the_quote_is_matched_after_it() {
+        let tokens = vec![
+            token("{\"agent\": ", &[]),
+            token("\"res", &[("\"res", -0.3), ("\"code", -1.3), ("\"x", -0.5)]),
+            token("earch\"}", &[]),
+        ];
+        let text: String = tokens.iter().map(|t| t.token.clone()).collect();
+        let scores = score_options(&tokens, &text, "agent", &options()).unwrap();
+        assert!(scores[0] > scores[1] && scores[2] == 0.0, "{scores:?}");
+    }
+
+    #[test]
+    fn without_logprobs_nothing_is_scored() {
+        let text = "{\"agent\": \"code\"}";
+        assert_eq!(score_options(&[], text, "agent", &options()), None);
+        let unrelated = vec![token(text, &[("zzz", -0.1)])];
+        assert_eq!(score_options(&unrelated, text, "agent", &options()), None);
+    }
+
+    fn streamed(text: &str, finish: &str) -> Streamed {
+        Streamed {
+            text: text.into(),
+            finish_reason: Some(finish.into()),
+            ..Streamed::default()
+        }
+    }
+
+    fn choice_schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "agent": { "type": "string", "enum": options() },
+                "reason": { "type": "string" }
+            },
+            "required": ["agent", "reason"],
+            "additionalProperties": false
+        })
+    }
+
+    #[test]
+    fn a_choice_reads_whole_or_cut_off_at_the_budget() {
+        let schema = choice_schema();
+        let whole = streamed(
+            "{\"agent\": \"qa\", \"reason\": \"it \\\"reviews\\\"\"}",
+            "stop",
+        );
+        assert_eq!(
+            read_choice(&schema, &whole, "agent", "reason", &options()),
+            Ok(("qa".into(), "it  reviews".into()))
+        );
+        let cut = streamed("{\"agent\": \"code\", \"reason\": \"it writes", "length");
+        assert_eq!(
+            read_choice(&schema, &cut, "agent", "reason", &options()),
+            Ok(("code".into(), "it writes".into()))
+        );
+        let bad = streamed("{\"agent\": \"boss\", \"reason\": \"x\"}", "stop");
+        assert!(read_choice(&schema, &bad, "agent", "reason", &options())
+            .unwrap_err()
+            .contains("must be one of"));
+        let early = streamed("{\"agent\": \"co", "length");
+        assert!(read_choice(&schema, &early, "agent", "reason", &options()).is_err());
+        let prose = streamed("I pick code", "stop");
+        assert!(read_choice(&schema, &prose, "agent", "reason", &options())
+            .unwrap_err()
+            .contains("not JSON"));
+    }
+
+    #[test]
+    fn json_answers_are_checked_against_their_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": { "steps": { "type": "array", "items": { "type": "string" }, "minItems": 1 } },
+            "required": ["steps"]
+        });
+        assert!(read_json(&schema, " {\"steps\": [\"a\"]} ").is_ok());
+        assert_eq!(
+            read_json(&schema, "{\"steps\": []}"),
+            Err("answer.steps must have at least 1 items".into())
+        );
+        assert!(read_json(&schema, "{\"steps\": [")
+            .unwrap_err()
+            .contains("not JSON"));
+    }
+
+    #[test]
+    fn the_hint_joins_the_system_message() {
+        let messages = vec![ChatMessage::system("Be brief."), ChatMessage::user("hi")];
+        let wire = wire_messages(&messages, Some("Reply in JSON."));
+        assert_eq!(wire[0].content, "Be brief. Reply in JSON.");
+        assert_eq!(wire[1].role, "user");
+        let wire = wire_messages(&[ChatMessage::user("hi")], Some("Reply in JSON."));
+        assert_eq!((wire[0].role, wire.len()), ("system", 2));
+    }
+}
