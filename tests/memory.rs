@@ -187,40 +187,25 @@ async fn a_failing_then_passing_fix_becomes_a_pattern_that_a_later_failure_retri
         code: "print(totl)".into(),
         error: "Traceback (most recent call last):\n  File \"/ws/main.py\", line 1, in <module>\n    print(totl)\nNameError: name 'totl' is not defined".into(),
     };
-    let learned = memory
-        .learn_fix(
-            Some(task),
-            AgentKind::Code,
-            &name_error,
-            "total = 0\nprint(total)",
-        )
-        .await
-        .unwrap()
+    // A learned pattern is a draft; the flow keeps it with the task's memories (stored here directly).
+    let draft = memory
+        .learn_fix(AgentKind::Code, &name_error, "total = 0\nprint(total)")
         .expect("a NameError has a signature");
+    let learned = memory.store(Some(task), vec![draft]).await.unwrap()[0];
     let zero = FailedRun {
         code: "print(1 / n)".into(),
         error: "Traceback (most recent call last):\n  File \"/ws/main.py\", line 2\nZeroDivisionError: division by zero".into(),
     };
-    let other = memory
-        .learn_fix(
-            Some(task),
-            AgentKind::Code,
-            &zero,
-            "print(1 / n if n else 0)",
-        )
-        .await
-        .unwrap()
+    let draft = memory
+        .learn_fix(AgentKind::Code, &zero, "print(1 / n if n else 0)")
         .unwrap();
+    let other = memory.store(Some(task), vec![draft]).await.unwrap()[0];
     // Nothing to learn from an empty error.
     let nothing = FailedRun {
         code: "x".into(),
         error: "  \n".into(),
     };
-    assert!(memory
-        .learn_fix(None, AgentKind::Code, &nothing, "y")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(memory.learn_fix(AgentKind::Code, &nothing, "y").is_none());
 
     // A later, different NameError finds the first pattern, with its fix.
     let later = "  File \"/other/app.py\", line 40, in run\nNameError: name 'count' is not defined";
