@@ -254,6 +254,41 @@ mod tests {
     }
 
     #[test]
+    fn the_verification_sees_what_each_code_step_defines_and_tests() {
+        let step = StepSpec {
+            idx: 2,
+            kind: StepKind::Verify,
+            prompt: "Write a Python function that computes the factorial of n".into(),
+            instruction: "Check the work against the task".into(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: 1,
+            revision: 1,
+            round: 2,
+            feedback: None,
+            test_file: None,
+            review: vec![
+                "Step \"Write factorial(n)\": the code defines is_even(num); its test calls is_even."
+                    .into(),
+            ],
+            earlier_files: Vec::new(),
+        };
+        let limits = crate::config::Settings::load_from(std::path::Path::new("config"), None)
+            .unwrap()
+            .llm
+            .limits;
+        let request = Qa::request(&step, &limits);
+        assert_eq!(request.purpose, "verify.q2");
+        let user = &request.messages[1].content;
+        assert!(
+            user.contains(
+                "Code steps:\n- Step \"Write factorial(n)\": the code defines is_even(num)"
+            ),
+            "{user}"
+        );
+    }
+
+    #[test]
     fn a_malformed_verdict_is_an_error_with_an_excerpt() {
         let error = Qa::interpret(StepKind::Verify, output(r#"{"verdict":"maybe","#)).unwrap_err();
         assert!(
