@@ -102,6 +102,23 @@ pub trait Specialist: 'static {
     fn recall(_step: &StepSpec) -> Option<RecallSpec> {
         None
     }
+    /// Gathers what the model is shown besides the step: by default the memories [`Specialist::recall`]
+    /// asks for, recalled directly. Research recalls through the `search_memory` tool instead, and Code
+    /// also reads earlier steps' files with `list_files`/`read_file`.
+    fn prepare<'a>(
+        deps: &'a AgentDeps,
+        task_id: TaskId,
+        step: &'a mut StepSpec,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(spec) = Self::recall(step) {
+                step.recalled = deps
+                    .memory
+                    .recall(task_id, Self::KIND, step.idx, &spec)
+                    .await;
+            }
+        })
+    }
     /// What the work on `step` leaves in long-term memory (nothing by default).
     fn remember(_step: &StepSpec, _output: &StepOutput) -> Vec<MemoryDraft> {
         Vec::new()
@@ -211,9 +228,7 @@ pub fn run_step<S: Specialist>(
             )));
         }
         step.earlier = earlier_work_from(&deps.memory, task_id).await;
-        if let Some(spec) = S::recall(&step) {
-            step.recalled = deps.memory.recall(task_id, agent, step.idx, &spec).await;
-        }
+        S::prepare(&deps, task_id, &mut step).await;
         let request = S::request(&step, &deps.limits);
         let called = deps
             .recorder()
@@ -282,13 +297,26 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The model-call purpose of attempt `revision` of a loop call (`kind` "work" or "test") for step `idx`:
-/// `work.2` for the first attempt, `work.2.r3` for the third, so that a replay answers every attempt.
-pub fn attempt_purpose(kind: &str, idx: i32, revision: u32) -> String {
-    if revision <= 1 {
-        format!("{kind}.{idx}")
+/// The model-call purpose of attempt `revision` of a loop call (`kind` "work" or "test") for step `idx` in
+/// QA round `round`: `work.2` for the first attempt, `work.2.r3` for the third, and `work.2.q2`, `work.2.q2.r2`
+/// once QA's `fail` verdict sent the work back, so that a replay answers every attempt of every round.
+pub fn attempt_purpose(kind: &str, idx: i32, round: u32, revision: u32) -> String {
+    let mut purpose = format!("{kind}.{idx}");
+    if round > 1 {
+        purpose.push_str(&format!(".q{round}"));
+    }
+    if revision > 1 {
+        purpose.push_str(&format!(".r{revision}"));
+    }
+    purpose
+}
+
+/// The purpose of QA's verification in round `round`: `verify`, then `verify.q2`, ...
+pub fn verify_purpose(round: u32) -> String {
+    if round > 1 {
+        format!("verify.q{round}")
     } else {
-        format!("{kind}.{idx}.r{revision}")
+        "verify".to_owned()
     }
 }
 
@@ -314,15 +342,16 @@ async fn earlier_work_from(memory: &Memory, task_id: TaskId) -> Vec<String> {
 /// The free-text request of a work step: the role's instructions, then the task, the step and earlier work.
 pub fn work_request(step: &StepSpec, limits: &LlmLimits, instructions: &str) -> LlmRequest {
     LlmRequest {
-        purpose: format!("work.{}", step.idx),
+        purpose: attempt_purpose("work", step.idx, step.round, 1),
         messages: vec![
             crate::llm::ChatMessage::system(instructions),
             crate::llm::ChatMessage::user(format!(
-                "Task: {}\nStep: {}{}{}",
+                "Task: {}\nStep: {}{}{}{}",
                 step.prompt,
                 step.instruction,
                 recalled_memories(step),
-                earlier_work(step)
+                earlier_work(step),
+                revision_request(step)
             )),
         ],
         max_tokens: limits.work_tokens,
@@ -358,6 +387,22 @@ pub fn recalled_memories(step: &StepSpec) -> String {
     )
 }
 
+/// Longest rejected answer or QA feedback shown back to an agent, in characters.
+const REJECTED_CHARS: usize = 600;
+
+/// For a free-text step that QA's `fail` verdict sent back: the rejected answer, QA's feedback and the
+/// request to revise it (empty otherwise).
+pub fn revision_request(step: &StepSpec) -> String {
+    match &step.feedback {
+        Some(feedback) => format!(
+            "\nYour previous answer:\n{}\nQA rejected it: {}\nRevise the answer for the step.",
+            shorten(&feedback.code, REJECTED_CHARS),
+            shorten(&feedback.failure, REJECTED_CHARS)
+        ),
+        None => String::new(),
+    }
+}
+
 /// The context lines a specialist adds to its prompt: earlier outputs, most recent last, shortened.
 pub fn earlier_work(step: &StepSpec) -> String {
     if step.earlier.is_empty() {
@@ -382,6 +427,16 @@ mod tests {
         assert!(!chaos.take(AgentKind::Code));
         assert!(chaos.take(AgentKind::Research));
         assert!(!chaos.take(AgentKind::Research));
+    }
+
+    #[test]
+    fn every_attempt_of_every_round_has_its_own_purpose() {
+        assert_eq!(attempt_purpose("work", 2, 1, 1), "work.2");
+        assert_eq!(attempt_purpose("work", 2, 1, 3), "work.2.r3");
+        assert_eq!(attempt_purpose("test", 1, 2, 1), "test.1.q2");
+        assert_eq!(attempt_purpose("work", 1, 2, 2), "work.1.q2.r2");
+        assert_eq!(verify_purpose(1), "verify");
+        assert_eq!(verify_purpose(2), "verify.q2");
     }
 
     #[test]

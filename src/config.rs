@@ -191,6 +191,21 @@ pub struct DirectorSettings {
     /// Attempts Code gets at a code step: its code and test run in the sandbox, and a failure goes back to
     /// Code with the output until the test passes or the attempts run out.
     pub code_attempts: u32,
+    /// Whether QA's final verdict decides the task's end or is only recorded.
+    pub qa_verdict: QaVerdictMode,
+    /// Revisions a `fail` verdict sends the work back for (0..=3), each re-verified; a verdict still
+    /// `fail` after them fails the task with QA's feedback. Only with `qa_verdict = "decides"`.
+    pub qa_revisions: u32,
+}
+
+/// What QA's final verdict does (`director.qa_verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QaVerdictMode {
+    /// `fail` sends the work back for revision (`director.qa_revisions`), then fails the task.
+    Decides,
+    /// The verdict is recorded (event, result) and the task completes whatever it says.
+    Advisory,
 }
 
 /// `[supervision]`
@@ -403,6 +418,9 @@ impl Settings {
         }
         if !(1..=10).contains(&self.director.code_attempts) {
             problems.push("director.code_attempts: must be within 1..=10".into());
+        }
+        if self.director.qa_revisions > 3 {
+            problems.push("director.qa_revisions: must be within 0..=3".into());
         }
         problems.extend(self.sandbox.problems());
         if self.supervision.window_seconds == 0 {

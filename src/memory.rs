@@ -336,13 +336,24 @@ impl Memory {
         step: i32,
         spec: &RecallSpec,
     ) -> Vec<MemoryHit> {
+        self.recall_k(task_id, agent, step, spec, self.inner.settings.recall_k)
+            .await
+    }
+
+    /// [`Memory::recall`] with `k` hits retrieved instead of `memory.recall_k`.
+    pub async fn recall_k(
+        &self,
+        task_id: TaskId,
+        agent: AgentKind,
+        step: i32,
+        spec: &RecallSpec,
+        k: usize,
+    ) -> Vec<MemoryHit> {
         if !self.enabled() {
             return Vec::new();
         }
         let settings = &self.inner.settings;
-        let result = self
-            .search(&spec.query, &spec.filter, settings.recall_k)
-            .await;
+        let result = self.search(&spec.query, &spec.filter, k).await;
         let (hits, error) = match result {
             Ok(hits) => (hits, None),
             Err(error) => {
@@ -392,7 +403,7 @@ impl Memory {
                 "purpose": spec.purpose,
                 "query": shorten(&spec.query, EVENT_EXCERPT_CHARS),
                 "kinds": spec.filter.kinds,
-                "k": settings.recall_k,
+                "k": k,
                 "min_score": min_score,
                 "backend": self.inner.storage.backend_name(),
                 "hits": listed,

@@ -129,18 +129,43 @@ pub struct StepSpec {
     pub attempt: u32,
     /// For a code step: which attempt of the Code/QA loop (from 1); for a test step, the attempt tested.
     pub revision: u32,
-    /// For a code step after a failed attempt: the code that failed and what its test run said.
+    /// Which round of QA's verification this belongs to: 1, then 2, ... after each `fail` verdict that
+    /// sent the work back (`director.qa_revisions`).
+    pub round: u32,
+    /// For a step sent back (a failed or vacuous test, or QA's `fail` verdict): the work that was rejected
+    /// and why.
     pub feedback: Option<Feedback>,
     /// For a test step: the workspace file to run.
     pub test_file: Option<String>,
+    /// For the verification: what the Director knows of each code step (its instruction, the functions
+    /// the code defines and those its test calls), one line each.
+    pub review: Vec<String>,
+    /// Files of earlier steps in the task's workspace (name, content shortened), read by an agent that
+    /// looks (Code, through `list_files`/`read_file`).
+    pub earlier_files: Vec<(String, String)>,
 }
 
-/// What the Director sends back to Code after a failed attempt.
+/// Why work goes back to its agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FeedbackKind {
+    /// The code's test failed (or there was no usable code).
+    #[default]
+    TestFailed,
+    /// The test passed but cannot fail: it passed against a stub of the code too, or asserts nothing.
+    VacuousTest,
+    /// QA's final verdict was `fail`.
+    QaVerdict,
+}
+
+/// What the Director sends back with work it rejects.
 #[derive(Debug, Clone, Default)]
 pub struct Feedback {
-    /// The code of the failed attempt.
+    /// Why the work came back.
+    pub kind: FeedbackKind,
+    /// The rejected work (for a code step, its code).
     pub code: String,
-    /// The failure output (the tail of the test run's stderr, or why there was nothing to run).
+    /// What was wrong: the failure output (the tail of the test run's stderr, or why there was nothing to
+    /// run), why the test is vacuous, or QA's feedback.
     pub failure: String,
     /// Fixes learned from earlier tasks whose failures look like this one.
     pub known_fixes: Vec<String>,

@@ -52,6 +52,8 @@ pub struct ToolContext {
     pub task_id: TaskId,
     /// The calling agent.
     pub agent: AgentKind,
+    /// The step it works on (0: none, such as the Director's own checks).
+    pub step: i32,
 }
 
 /// A request to run a tool, as a model writes it.

@@ -362,7 +362,7 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
     }
 
     // Memory reads: `search_memory` spans (with the query and the number of hits, and the hits with their
-    // scores as a span event) under the agent that searched, each with its `embeddings {model}` child. The
+    // scores as a span event) under the agent that searched (Research's through its tool call), each with its `embeddings {model}` child. The
     // Director searches before planning, so there is at least one.
     let searches = named("search_memory");
     assert!(!searches.is_empty(), "{names:?}");
@@ -376,11 +376,15 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
             int_attribute(&search.attributes, "troupe.memory.hits").is_some(),
             "{search:?}"
         );
-        assert!(
-            parent_of(search).starts_with("invoke_agent "),
-            "{}",
-            parent_of(search)
-        );
+        // Research searches through the tool registry: its search is the child of an
+        // `execute_tool search_memory` span, itself a child of the agent's span.
+        let parent = parent_of(search);
+        let tool_call = parent == "execute_tool search_memory";
+        assert!(parent.starts_with("invoke_agent ") || tool_call, "{parent}");
+        if tool_call {
+            let tool = by_id.get(&hex(&search.parent_span_id)).unwrap();
+            assert_eq!(parent_of(tool), "invoke_agent research");
+        }
         assert!(
             search.events.iter().any(|event| event.name == "memory read"
                 && string_attribute(&event.attributes, "memory.hits").is_some()),

@@ -9,12 +9,14 @@
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use super::{earlier_work, recalled_memories, AgentDeps, Specialist, SpecialistAgent};
+use super::{earlier_work, AgentDeps, Specialist, SpecialistAgent};
 use crate::config::LlmLimits;
 use crate::domain::{shorten, AgentKind, MemoryKind, TaskId};
 use crate::llm::{ChatMessage, LlmOutput, LlmRequest, OutputSpec};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
-use crate::messages::{AgentError, CodeSubmission, StepKind, StepOutput, StepSpec};
+use crate::messages::{
+    AgentError, CodeSubmission, Feedback, FeedbackKind, StepKind, StepOutput, StepSpec,
+};
 use crate::tools::{ToolCall, ToolContext};
 
 /// The Code role.
@@ -43,9 +45,67 @@ pub fn submission_schema() -> serde_json::Value {
     })
 }
 
-/// The model-call purpose of attempt `revision` of step `idx`.
-pub fn purpose(idx: i32, revision: u32) -> String {
-    super::attempt_purpose("work", idx, revision)
+/// Longest recalled snippet shown as a reference, in characters.
+const REFERENCE_CHARS: usize = 300;
+/// Longest earlier step's file shown, in characters.
+const EARLIER_FILE_CHARS: usize = 600;
+/// Most earlier steps' files read.
+const EARLIER_FILES: usize = 3;
+
+/// The model-call purpose of attempt `revision` of step `idx` in QA round `round`.
+pub fn purpose(idx: i32, round: u32, revision: u32) -> String {
+    super::attempt_purpose("work", idx, round, revision)
+}
+
+/// The prompt lines for recalled snippets: shown as references to similar earlier work, not as the answer
+/// (a recalled `is_even` once stood in for every later easy task's code).
+pub fn recalled_references(step: &StepSpec) -> String {
+    let mut text = String::new();
+    for hit in &step.recalled {
+        text.push_str(
+            "\nA similar earlier task's code, for reference only; write the function the step asks for:\n",
+        );
+        text.push_str(&shorten(&hit.memory.content, REFERENCE_CHARS));
+        text.push('\n');
+    }
+    text
+}
+
+/// The prompt lines for earlier steps' files in the workspace.
+fn earlier_files(step: &StepSpec) -> String {
+    let mut text = String::new();
+    for (name, content) in &step.earlier_files {
+        text.push_str(&format!("\nFile {name} from an earlier step:\n{content}\n"));
+    }
+    text
+}
+
+/// What Code is told about its rejected attempt.
+fn feedback_lines(feedback: &Feedback) -> String {
+    let mut text = format!(
+        "\nYour previous code:\n{}\n",
+        shorten(&feedback.code, FEEDBACK_CHARS)
+    );
+    let failure = shorten(&feedback.failure, FEEDBACK_CHARS);
+    match feedback.kind {
+        FeedbackKind::TestFailed => {
+            text.push_str(&format!("Its test failed with:\n{failure}\n"));
+            for fix in &feedback.known_fixes {
+                text.push_str(&format!(
+                    "A fix that worked for a similar failure:\n{}\n",
+                    shorten(fix, FEEDBACK_CHARS)
+                ));
+            }
+            text.push_str("Fix the code.");
+        }
+        FeedbackKind::VacuousTest => text.push_str(&format!(
+            "Its test cannot fail: {failure}\nWrite a test that calls the function and asserts its result."
+        )),
+        FeedbackKind::QaVerdict => text.push_str(&format!(
+            "QA rejected it: {failure}\nWrite the function the step asks for, with a test that calls it."
+        )),
+    }
+    text
 }
 
 /// The workspace files of step `idx`: (code, code followed by its test).
@@ -58,28 +118,18 @@ impl Specialist for Code {
 
     fn request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
         let mut user = format!(
-            "Task: {}\nStep: {}{}{}",
+            "Task: {}\nStep: {}{}{}{}",
             step.prompt,
             step.instruction,
-            recalled_memories(step),
+            recalled_references(step),
+            earlier_files(step),
             earlier_work(step)
         );
         if let Some(feedback) = &step.feedback {
-            user.push_str(&format!(
-                "\nYour previous code:\n{}\nIts test failed with:\n{}\n",
-                shorten(&feedback.code, FEEDBACK_CHARS),
-                shorten(&feedback.failure, FEEDBACK_CHARS)
-            ));
-            for fix in &feedback.known_fixes {
-                user.push_str(&format!(
-                    "A fix that worked for a similar failure:\n{}\n",
-                    shorten(fix, FEEDBACK_CHARS)
-                ));
-            }
-            user.push_str("Fix the code.");
+            user.push_str(&feedback_lines(feedback));
         }
         LlmRequest {
-            purpose: purpose(step.idx, step.revision),
+            purpose: purpose(step.idx, step.round, step.revision),
             messages: vec![
                 ChatMessage::system(
                     "You are the Code agent of a small team. Answer in JSON with \"code\": short Python \
@@ -142,6 +192,7 @@ impl Specialist for Code {
             let context = ToolContext {
                 task_id,
                 agent: AgentKind::Code,
+                step: step.idx,
             };
             let runnable = format!("{code}\n\n{test}\n");
             for (n, (path, content)) in [(code_file, code), (test_file.clone(), runnable)]
@@ -152,7 +203,11 @@ impl Specialist for Code {
                     tool: "write_file".into(),
                     arguments: json!({ "path": path, "content": content }),
                 };
-                let call_id = format!("{}.write{}", purpose(step.idx, step.revision), n + 1);
+                let call_id = format!(
+                    "{}.write{}",
+                    purpose(step.idx, step.round, step.revision),
+                    n + 1
+                );
                 deps.tools
                     .invoke(context, &call_id, call)
                     .await
@@ -176,6 +231,26 @@ impl Specialist for Code {
         })
     }
 
+    fn prepare<'a>(
+        deps: &'a AgentDeps,
+        task_id: TaskId,
+        step: &'a mut StepSpec,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(spec) = Self::recall(step) {
+                step.recalled = deps
+                    .memory
+                    .recall(task_id, AgentKind::Code, step.idx, &spec)
+                    .await;
+            }
+            // From the second step on, earlier steps may have left code: Code looks at the workspace
+            // (`list_files`) and reads the earlier steps' code files (`read_file`) to build on them.
+            if step.idx > 1 {
+                step.earlier_files = read_earlier_files(deps, task_id, step).await;
+            }
+        })
+    }
+
     fn remember(step: &StepSpec, output: &StepOutput) -> Vec<MemoryDraft> {
         let Some(submission) = &output.code else {
             return Vec::new();
@@ -193,6 +268,61 @@ impl Specialist for Code {
             step: Some(step.idx),
         }]
     }
+}
+
+/// The code files of steps before `step` in the task's workspace, through the file tools (a failed call is
+/// a `tool.called` event with its error; the step goes on without the files).
+async fn read_earlier_files(
+    deps: &AgentDeps,
+    task_id: TaskId,
+    step: &StepSpec,
+) -> Vec<(String, String)> {
+    let context = ToolContext {
+        task_id,
+        agent: AgentKind::Code,
+        step: step.idx,
+    };
+    let base = purpose(step.idx, step.round, step.revision);
+    let listing = ToolCall {
+        tool: "list_files".into(),
+        arguments: json!({}),
+    };
+    let Ok(listed) = deps
+        .tools
+        .invoke(context, &format!("{base}.list"), listing)
+        .await
+    else {
+        return Vec::new();
+    };
+    let earlier: Vec<String> = (1..step.idx).map(|idx| file_names(idx).0).collect();
+    let names: Vec<String> = listed["files"]
+        .as_array()
+        .map(|files| {
+            files
+                .iter()
+                .filter_map(|file| file["name"].as_str().or_else(|| file.as_str()))
+                .filter(|name| earlier.iter().any(|wanted| wanted == name))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    for (n, name) in names.into_iter().take(EARLIER_FILES).enumerate() {
+        let read = ToolCall {
+            tool: "read_file".into(),
+            arguments: json!({ "path": name }),
+        };
+        if let Ok(value) = deps
+            .tools
+            .invoke(context, &format!("{base}.read{}", n + 1), read)
+            .await
+        {
+            if let Some(content) = value["content"].as_str() {
+                files.push((name, shorten(content, EARLIER_FILE_CHARS)));
+            }
+        }
+    }
+    files
 }
 
 #[cfg(test)]
@@ -216,9 +346,62 @@ mod tests {
         assert!(Code::interpret(StepKind::Work, output("  ")).is_err());
     }
 
+    fn step_with(recalled: Vec<crate::memory::MemoryHit>) -> StepSpec {
+        StepSpec {
+            idx: 1,
+            kind: StepKind::Work,
+            prompt: "Write a Python function that reverses a string".into(),
+            instruction: "Write reverse(s)".into(),
+            earlier: Vec::new(),
+            recalled,
+            attempt: 1,
+            revision: 1,
+            round: 1,
+            feedback: None,
+            test_file: None,
+            review: Vec::new(),
+            earlier_files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn recalled_snippets_are_shown_as_references_not_answers() {
+        let hit = crate::memory::MemoryHit {
+            memory: crate::memory::MemoryRecord {
+                id: "m1".into(),
+                kind: MemoryKind::Snippet,
+                content: "Write is_even(num)\ndef is_even(num): return num % 2 == 0".into(),
+                detail: None,
+                task_id: None,
+                agent: Some("code".into()),
+                step: Some(1),
+                uses: 0,
+                successes: 0,
+                created_at: chrono::Utc::now(),
+            },
+            score: 0.7,
+        };
+        let limits = crate::config::Settings::load_from(std::path::Path::new("config"), None)
+            .unwrap()
+            .llm
+            .limits;
+        let request = Code::request(&step_with(vec![hit]), &limits);
+        let user = &request.messages[1].content;
+        let reference = user
+            .find("A similar earlier task's code, for reference only; write the function the step asks for:")
+            .unwrap_or_else(|| panic!("no reference header in {user}"));
+        let snippet = user.find("def is_even").unwrap();
+        assert!(reference < snippet, "{user}");
+        assert!(!user.contains("From memory"), "{user}");
+        // Without recalled snippets there is no reference section.
+        let plain = Code::request(&step_with(Vec::new()), &limits);
+        assert!(!plain.messages[1].content.contains("for reference only"));
+    }
+
     #[test]
     fn each_attempt_has_its_own_purpose() {
-        assert_eq!(purpose(2, 1), "work.2");
-        assert_eq!(purpose(2, 3), "work.2.r3");
+        assert_eq!(purpose(2, 1, 1), "work.2");
+        assert_eq!(purpose(2, 1, 3), "work.2.r3");
+        assert_eq!(purpose(2, 2, 1), "work.2.q2");
     }
 }

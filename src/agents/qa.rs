@@ -10,7 +10,9 @@
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
-use super::{earlier_work, text_output, work_request, AgentDeps, Specialist, SpecialistAgent};
+use super::{
+    earlier_work, text_output, verify_purpose, work_request, AgentDeps, Specialist, SpecialistAgent,
+};
 use crate::config::LlmLimits;
 use crate::domain::limits::MAX_FEEDBACK_CHARS;
 use crate::domain::{excerpt, AgentKind, TaskId};
@@ -28,9 +30,9 @@ pub type QaAgent = SpecialistAgent<Qa>;
 /// Longest failure output sent back to Code, in characters.
 pub const FAILURE_CHARS: usize = 1500;
 
-/// The model-call purpose of the test run of attempt `revision` of step `idx`.
-pub fn test_purpose(idx: i32, revision: u32) -> String {
-    super::attempt_purpose("test", idx, revision)
+/// The model-call purpose of the test run of attempt `revision` of step `idx` in QA round `round`.
+pub fn test_purpose(idx: i32, round: u32, revision: u32) -> String {
+    super::attempt_purpose("test", idx, round, revision)
 }
 
 /// The grammar's schema for QA's test call: `run_code` on exactly `file`, in Python.
@@ -75,7 +77,7 @@ impl Specialist for Qa {
             StepKind::Test => {
                 let file = step.test_file.clone().unwrap_or_default();
                 LlmRequest {
-                    purpose: test_purpose(step.idx, step.revision),
+                    purpose: test_purpose(step.idx, step.round, step.revision),
                     messages: vec![
                         ChatMessage::system(
                             "You are the QA agent of a small team. Run the test of the step with the \
@@ -93,13 +95,19 @@ impl Specialist for Qa {
                 }
             }
             StepKind::Verify => LlmRequest {
-                purpose: "verify".to_owned(),
+                purpose: verify_purpose(step.round),
                 messages: vec![
                     ChatMessage::system(
-                        "You are the QA agent of a small team. Decide whether the work answers the task. \
-                         Reply in JSON with a verdict (pass or fail) and short feedback.",
+                        "You are the QA agent of a small team. Decide whether the work answers the task: \
+                         for code, whether the functions are the ones the steps ask for and the tests call \
+                         them. Reply in JSON with a verdict (pass or fail) and short feedback.",
                     ),
-                    ChatMessage::user(format!("Task: {}{}", step.prompt, earlier_work(step))),
+                    ChatMessage::user(format!(
+                        "Task: {}{}{}",
+                        step.prompt,
+                        review_lines(step),
+                        earlier_work(step)
+                    )),
                 ],
                 max_tokens: limits.verdict_tokens,
                 output: OutputSpec::Json { schema: verdict_schema() },
@@ -151,8 +159,9 @@ impl Specialist for Qa {
             let context = ToolContext {
                 task_id,
                 agent: AgentKind::Qa,
+                step: step.idx,
             };
-            let call_id = test_purpose(step.idx, step.revision);
+            let call_id = test_purpose(step.idx, step.round, step.revision);
             let value = deps
                 .tools
                 .invoke(context, &call_id, call)
@@ -163,6 +172,21 @@ impl Specialist for Qa {
             Ok(test_output(step, report))
         })
     }
+}
+
+/// What the verification is told about the code steps (their instructions, the functions the code defines
+/// and those the tests call).
+fn review_lines(step: &StepSpec) -> String {
+    if step.review.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\nCode steps:\n");
+    for line in &step.review {
+        text.push_str("- ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// The output of a test step from its run.
@@ -227,6 +251,41 @@ mod tests {
         let step = Qa::interpret(StepKind::Test, output(call)).unwrap();
         assert_eq!(step.text, call);
         assert!(step.verdict.is_none());
+    }
+
+    #[test]
+    fn the_verification_sees_what_each_code_step_defines_and_tests() {
+        let step = StepSpec {
+            idx: 2,
+            kind: StepKind::Verify,
+            prompt: "Write a Python function that computes the factorial of n".into(),
+            instruction: "Check the work against the task".into(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: 1,
+            revision: 1,
+            round: 2,
+            feedback: None,
+            test_file: None,
+            review: vec![
+                "Step \"Write factorial(n)\": the code defines is_even(num); its test calls is_even."
+                    .into(),
+            ],
+            earlier_files: Vec::new(),
+        };
+        let limits = crate::config::Settings::load_from(std::path::Path::new("config"), None)
+            .unwrap()
+            .llm
+            .limits;
+        let request = Qa::request(&step, &limits);
+        assert_eq!(request.purpose, "verify.q2");
+        let user = &request.messages[1].content;
+        assert!(
+            user.contains(
+                "Code steps:\n- Step \"Write factorial(n)\": the code defines is_even(num)"
+            ),
+            "{user}"
+        );
     }
 
     #[test]

@@ -324,12 +324,24 @@ impl LiveView {
             }
             EventKind::CodeAttempt => {
                 let passed = data.get("passed").and_then(Value::as_bool) == Some(true);
+                let vacuous = data.get("vacuous").and_then(Value::as_bool) == Some(true);
                 self.note(&format!(
                     "step {} attempt {} of {}: test {}",
                     data.get("step").and_then(Value::as_i64).unwrap_or(0),
                     data.get("attempt").and_then(Value::as_i64).unwrap_or(0),
                     data.get("of").and_then(Value::as_i64).unwrap_or(0),
-                    if passed { "passed" } else { "failed" }
+                    match (passed, vacuous) {
+                        (true, _) => "passed",
+                        (false, true) => "vacuous (it cannot fail)",
+                        (false, false) => "failed",
+                    }
+                ));
+            }
+            EventKind::QaRevision => {
+                self.note(&format!(
+                    "qa sends the work back (round {}): {}",
+                    data.get("round").and_then(Value::as_i64).unwrap_or(0),
+                    text("feedback")
                 ));
             }
             EventKind::TaskPaused => {

@@ -5,14 +5,16 @@
 //! Every wait is raced against the task's cancellation, so a cancelled task ends at once; the specialists
 //! and the model stop their own work for it through the same token.
 //!
-//! This file holds the flow itself (start, plan, assign, the steps in order, the verdict); the Code/QA loop
-//! is in `flow/code_loop.rs`, sending a step to its agent with the retry policy in `flow/dispatch.rs`, and
+//! This file holds the flow itself (start, plan, assign, the steps in order, the verdict and the revisions
+//! it asks for); the Code/QA loop (with the vacuous-test check, `flow/stub_check.py`) is in
+//! `flow/code_loop.rs`, sending a step to its agent with the retry policy in `flow/dispatch.rs`, and
 //! the end of the task (result, memories, the terminal commit) in `flow/finish.rs`.
 
 mod code_loop;
 mod dispatch;
 mod finish;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,13 +25,14 @@ use tracing::Instrument;
 
 use super::plan::{self, Plan};
 use super::{Director, DirectorDeps, DispatchError};
+use crate::config::QaVerdictMode;
 use crate::domain::{excerpt, AgentKind, EventKind, MemoryKind, StepStatus, TaskId, TaskOptions};
 use crate::llm::budget::Limits;
 use crate::llm::models::TaskModels;
 use crate::llm::replay::ReplayProvider;
 use crate::llm::{LlmError, LlmOutput, LlmRequest};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
-use crate::messages::{StartTask, StepKind};
+use crate::messages::{Feedback, FeedbackKind, StartTask, StepKind, Verdict};
 use crate::storage::records::{DecisionRecord, PendingEvent, WriteOp};
 use crate::storage::StorageError;
 
@@ -74,6 +77,14 @@ pub enum FlowError {
     /// The Director stopped (the application is shutting down).
     #[error("director stopped")]
     DirectorGone,
+    /// QA's final verdict stayed `fail` after the revisions it sent the work back for.
+    #[error("QA's verdict is fail after {revisions} revision(s): {feedback}")]
+    QaRejected {
+        /// Revisions made.
+        revisions: u32,
+        /// QA's last feedback.
+        feedback: String,
+    },
     /// A code step's test never passed.
     #[error(
         "step {idx}: the code failed its test after {attempts} attempts; last failure: {failure}"
@@ -130,6 +141,10 @@ pub struct TaskFlow {
     drafts: Vec<MemoryDraft>,
     /// The code steps' test attempts, for the result.
     tests: Vec<serde_json::Value>,
+    /// The current round of QA's verification: 1, then one more for each revision its `fail` asked for.
+    round: u32,
+    /// What the verification is told about each accepted code step, by step.
+    reviews: BTreeMap<i32, String>,
 }
 
 impl TaskFlow {
@@ -151,6 +166,8 @@ impl TaskFlow {
             steps: Vec::new(),
             drafts: Vec::new(),
             tests: Vec::new(),
+            round: 1,
+            reviews: BTreeMap::new(),
         }
     }
 
@@ -215,34 +232,136 @@ impl TaskFlow {
 
         let mut verdict = None;
         for position in 0..self.steps.len() {
-            let step = &self.steps[position];
-            let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
-                self.run_code_step(position, &llm).await?
-            } else {
-                self.run_step(position, &llm, 1, None).await?
-            };
-            if let Some(found) = output.verdict {
-                // QA's decision, announced like the Director's. A verdict is generated under a grammar, not
-                // scored, so it has no confidence.
-                self.announce_decision(&Decision {
-                    agent: AgentKind::Qa,
-                    kind: "verdict",
-                    step: None,
-                    options: r#"["pass","fail"]"#.to_owned(),
-                    chosen: &found.verdict,
-                    confidence: None,
-                    reasoning: None,
-                });
-                self.deps.agent.events.emit(
-                    self.task_id,
-                    EventKind::QaVerdict,
-                    Some(AgentKind::Qa),
-                    json!({ "verdict": found.verdict, "feedback": found.feedback }),
-                );
+            if let Some(found) = self.run_position(position, &llm, None).await? {
                 verdict = Some(found);
             }
         }
+        let verdict = self.settle_verdict(verdict, &llm).await?;
         Ok(self.result(&plan, verdict, llm.as_ref()))
+    }
+
+    /// Runs step `position` (a code step as the Code/QA loop), with `feedback` when QA's verdict sent it
+    /// back; for the verification, announces QA's verdict and returns it.
+    async fn run_position(
+        &mut self,
+        position: usize,
+        llm: &Arc<TaskModels>,
+        feedback: Option<Feedback>,
+    ) -> Result<Option<Verdict>, FlowError> {
+        let step = &self.steps[position];
+        let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
+            self.run_code_step(position, llm, feedback).await?
+        } else {
+            self.run_step(position, llm, 1, feedback).await?
+        };
+        let Some(found) = output.verdict else {
+            return Ok(None);
+        };
+        // QA's decision, announced like the Director's. A verdict is generated under a grammar, not scored,
+        // so it has no confidence.
+        self.announce_decision(&Decision {
+            agent: AgentKind::Qa,
+            kind: "verdict",
+            step: None,
+            options: r#"["pass","fail"]"#.to_owned(),
+            chosen: &found.verdict,
+            confidence: None,
+            reasoning: None,
+        });
+        self.deps.agent.events.emit(
+            self.task_id,
+            EventKind::QaVerdict,
+            Some(AgentKind::Qa),
+            json!({ "verdict": found.verdict, "feedback": found.feedback, "round": self.round }),
+        );
+        Ok(Some(found))
+    }
+
+    /// Acts on QA's verdict. With `director.qa_verdict = "decides"`, a `fail` sends the last work step (whose
+    /// output is the answer) back with QA's feedback and has QA verify again, up to `director.qa_revisions`
+    /// times; a verdict still `fail` after them fails the task with QA's feedback. With `"advisory"` the
+    /// verdict is only recorded. Each revision is a `qa.revision` event and counted by how its
+    /// re-verification ended (`troupe_qa_revisions_total`).
+    async fn settle_verdict(
+        &mut self,
+        mut verdict: Option<Verdict>,
+        llm: &Arc<TaskModels>,
+    ) -> Result<Option<Verdict>, FlowError> {
+        let revisions = self.deps.settings.qa_revisions;
+        let counter = self.deps.agent.metrics.qa_revisions.clone();
+        loop {
+            let Some(failed) = verdict.clone().filter(|found| found.verdict == "fail") else {
+                return Ok(verdict);
+            };
+            if self.deps.settings.qa_verdict == QaVerdictMode::Advisory {
+                counter.with_label_values(&["advisory"]).inc();
+                return Ok(verdict);
+            }
+            let work = self
+                .steps
+                .iter()
+                .rposition(|step| step.kind == StepKind::Work);
+            let verify = self
+                .steps
+                .iter()
+                .rposition(|step| step.kind == StepKind::Verify);
+            let done = self.round - 1;
+            let (Some(work), Some(verify), true) = (work, verify, done < revisions) else {
+                self.deps.agent.events.emit(
+                    self.task_id,
+                    EventKind::QaRevision,
+                    Some(AgentKind::Director),
+                    json!({
+                        "round": self.round,
+                        "of": revisions,
+                        "feedback": failed.feedback,
+                        "outcome": "task_failed",
+                    }),
+                );
+                return Err(FlowError::QaRejected {
+                    revisions: done,
+                    feedback: failed.feedback,
+                });
+            };
+            self.round += 1;
+            let idx = self.steps[work].idx;
+            self.deps.agent.events.emit(
+                self.task_id,
+                EventKind::QaRevision,
+                Some(AgentKind::Director),
+                json!({
+                    "round": self.round,
+                    "of": revisions,
+                    "step": idx,
+                    "feedback": failed.feedback,
+                    "outcome": "revising",
+                }),
+            );
+            // The rejected work leaves nothing in memory: its snippet or fact is dropped, the revision's
+            // takes its place.
+            let agent = self.steps[work].agent;
+            self.drafts
+                .retain(|draft| draft.step != Some(idx) || draft.agent != agent);
+            self.reviews.remove(&idx);
+            let feedback = Feedback {
+                kind: FeedbackKind::QaVerdict,
+                code: self.steps[work].output.clone().unwrap_or_default(),
+                failure: failed.feedback,
+                known_fixes: Vec::new(),
+            };
+            self.run_position(work, llm, Some(feedback)).await?;
+            verdict = self.run_position(verify, llm, None).await?;
+            let outcome = match &verdict {
+                Some(found) if found.verdict == "pass" => "passed",
+                _ => "failed",
+            };
+            counter.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// What the verification is told about the accepted code steps, in step order.
+    fn review_lines(&self) -> Vec<String> {
+        self.reviews.values().cloned().collect()
     }
 
     /// The task's model: the default provider, or a replay of the task named by `options.replay_of`.

@@ -57,6 +57,10 @@ pub enum EventKind {
     /// One attempt of the Code/QA loop: the step, the attempt number, whether the test passed, the feedback.
     #[serde(rename = "code.attempt")]
     CodeAttempt,
+    /// QA's final verdict was `fail` and the work goes back for a revision (or, out of revisions, the task
+    /// fails): `data.round`, `data.of`, `data.step`, `data.feedback`, `data.outcome`.
+    #[serde(rename = "qa.revision")]
+    QaRevision,
     /// The task waits for a person: `data.reason` (`cloud_fallback`) and what is pending (the estimated cost).
     #[serde(rename = "task.paused")]
     TaskPaused,
@@ -82,7 +86,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -97,6 +101,7 @@ impl EventKind {
         EventKind::ToolCalled,
         EventKind::SandboxViolation,
         EventKind::CodeAttempt,
+        EventKind::QaRevision,
         EventKind::TaskPaused,
         EventKind::TaskResumed,
         EventKind::LlmFallback,
@@ -123,6 +128,7 @@ impl EventKind {
             EventKind::ToolCalled => "tool.called",
             EventKind::SandboxViolation => "sandbox.violation",
             EventKind::CodeAttempt => "code.attempt",
+            EventKind::QaRevision => "qa.revision",
             EventKind::TaskPaused => "task.paused",
             EventKind::TaskResumed => "task.resumed",
             EventKind::LlmFallback => "llm.fallback",

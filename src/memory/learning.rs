@@ -11,7 +11,7 @@
 use serde_json::json;
 
 use super::{Memory, MemoryDraft, MemoryError, MemoryHit, SearchFilter};
-use crate::domain::{shorten, AgentKind, MemoryKind, TaskId};
+use crate::domain::{shorten, AgentKind, MemoryKind};
 use crate::storage::records::WriteOp;
 
 /// Longest signature kept, in characters.
@@ -120,23 +120,28 @@ fn mask(line: &str) -> String {
 }
 
 impl Memory {
-    /// Learns from a fix: `failed` failed, then `fixed_code` passed. Stores the pattern (signature, error,
-    /// failed code, fix) and returns its id, or `None` when the failure has no signature.
-    pub async fn learn_fix(
+    /// Learns from a fix: `failed` failed, then `fixed_code` passed. Returns the pattern (signature, error,
+    /// failed code, fix) as a draft, or `None` when the failure has no signature. The draft is kept with the
+    /// task's other memories, so it commits with the task's end: a task that later fails or is cancelled
+    /// leaves no pattern.
+    pub fn learn_fix(
         &self,
-        task_id: Option<TaskId>,
         agent: AgentKind,
         failed: &FailedRun,
         fixed_code: &str,
-    ) -> Result<Option<uuid::Uuid>, MemoryError> {
+    ) -> Option<MemoryDraft> {
         let Some(signature) = signature(&failed.error) else {
             self.metrics()
                 .pattern_extractions
                 .with_label_values(&["no_signature"])
                 .inc();
-            return Ok(None);
+            return None;
         };
-        let draft = MemoryDraft {
+        self.metrics()
+            .pattern_extractions
+            .with_label_values(&["extracted"])
+            .inc();
+        Some(MemoryDraft {
             kind: MemoryKind::Pattern,
             content: signature.clone(),
             detail: Some(json!({
@@ -147,13 +152,7 @@ impl Memory {
             })),
             agent,
             step: None,
-        };
-        let ids = self.store(task_id, vec![draft]).await?;
-        self.metrics()
-            .pattern_extractions
-            .with_label_values(&["extracted"])
-            .inc();
-        Ok(ids.into_iter().next())
+        })
     }
 
     /// Learned patterns matching the failure in `error_output`, best first (at least

@@ -16,7 +16,7 @@ use sea_orm::{
 };
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::entities::memory;
 use super::{Storage, StorageError};
@@ -53,7 +53,7 @@ pub struct NewMemory {
 }
 
 /// A stored memory with its provenance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRecord {
     /// Id.
     pub id: String,
@@ -78,7 +78,7 @@ pub struct MemoryRecord {
 }
 
 /// A memory found by a search, with its cosine similarity to the query.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryHit {
     /// The memory.
     #[serde(flatten)]

@@ -206,6 +206,8 @@ pub struct Metrics {
     pub tool_call_duration: HistogramVec,
     /// See [`names::CODE_ATTEMPTS`]; labels `attempt`, `outcome`.
     pub code_attempts: IntCounterVec,
+    /// See [`names::QA_REVISIONS`]; label `outcome`.
+    pub qa_revisions: IntCounterVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -576,8 +578,13 @@ impl Metrics {
             )?,
             code_attempts: r.counter_vec(
                 names::CODE_ATTEMPTS,
-                "Attempts of the Code/QA loop by attempt number and outcome (passed, failed): the success rate by attempt is the learning curve.",
+                "Attempts of the Code/QA loop by attempt number and outcome (passed, failed, vacuous: the test also passed against a stub of the code): the success rate by attempt is the learning curve.",
                 &["attempt", "outcome"],
+            )?,
+            qa_revisions: r.counter_vec(
+                names::QA_REVISIONS,
+                "QA `fail` verdicts by what followed: passed (the revised work passed re-verification), failed (still fail: the task failed), advisory (not acted on, director.qa_verdict = advisory).",
+                &["outcome"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

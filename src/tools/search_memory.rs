@@ -1,14 +1,13 @@
-//! `search_memory`: the memories closest in meaning to a text (semantic memory), with their scores.
+//! `search_memory`: the memories closest in meaning to a text (semantic memory) that are similar enough to
+//! be used (`memory.min_score`), with their scores. A call is a recall for the calling agent's step: the
+//! search is also a `memory.read` event in the task's log with every hit and which were used.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{Tool, ToolContext, ToolError, ToolSpec};
-use crate::domain::shorten;
-use crate::memory::{Memory, SearchFilter};
-
-/// Longest memory content returned, in characters.
-const CONTENT_CHARS: usize = 400;
+use crate::domain::MemoryKind;
+use crate::memory::{Memory, RecallSpec, SearchFilter};
 
 /// The `search_memory` tool.
 pub struct SearchMemory {
@@ -29,12 +28,17 @@ impl Tool for SearchMemory {
             name: "search_memory",
             description:
                 "Search long-term memory (task summaries, facts, code snippets, learned fixes) by \
-                          meaning; returns the closest memories with their similarity scores.",
+                          meaning; returns the memories similar enough to use, with their similarity scores.",
             input_schema: json!({
                 "type": "object",
                 "properties": {
-                    "query": { "type": "string", "minLength": 1, "maxLength": 500 },
-                    "k": { "type": "integer", "minimum": 1, "maximum": 10 }
+                    "query": { "type": "string", "minLength": 1, "maxLength": crate::memory::MAX_QUERY_CHARS },
+                    "k": { "type": "integer", "minimum": 1, "maximum": 10 },
+                    "kinds": {
+                        "type": "array",
+                        "items": { "type": "string", "enum": ["fact", "summary", "snippet", "pattern"] },
+                        "maxItems": 4
+                    }
                 },
                 "required": ["query"],
                 "additionalProperties": false
@@ -42,24 +46,35 @@ impl Tool for SearchMemory {
         }
     }
 
-    async fn call(&self, _context: ToolContext, arguments: Value) -> Result<Value, ToolError> {
-        let query = arguments["query"].as_str().unwrap_or_default();
+    async fn call(&self, context: ToolContext, arguments: Value) -> Result<Value, ToolError> {
+        if !self.memory.enabled() {
+            return Err(ToolError::Failed(
+                "memory is disabled (memory.enabled = false)".into(),
+            ));
+        }
+        let query = arguments["query"].as_str().unwrap_or_default().to_owned();
         let k = arguments["k"]
             .as_u64()
             .and_then(|k| usize::try_from(k).ok())
-            .unwrap_or(3);
+            .unwrap_or(self.memory.settings().recall_k);
+        let kinds = arguments["kinds"]
+            .as_array()
+            .map(|kinds| {
+                kinds
+                    .iter()
+                    .filter_map(|kind| kind.as_str()?.parse::<MemoryKind>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let spec = RecallSpec {
+            purpose: "search_memory tool",
+            query,
+            filter: SearchFilter { kinds, agent: None },
+        };
         let hits = self
             .memory
-            .search(query, &SearchFilter::default(), k)
-            .await
-            .map_err(|e| ToolError::Failed(e.to_string()))?;
-        Ok(json!({
-            "hits": hits.iter().map(|hit| json!({
-                "id": hit.memory.id,
-                "kind": hit.memory.kind,
-                "content": shorten(&hit.memory.content, CONTENT_CHARS),
-                "score": hit.score,
-            })).collect::<Vec<_>>()
-        }))
+            .recall_k(context.task_id, context.agent, context.step, &spec, k)
+            .await;
+        Ok(json!({ "hits": hits }))
     }
 }

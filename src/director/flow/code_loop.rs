@@ -1,8 +1,10 @@
-//! The Code/QA loop of a code step: Code writes code and a test, QA runs the test in the sandbox, and a
-//! failure goes back to Code with its output and the fixes learned for similar failures.
+//! The Code/QA loop of a code step: Code writes code and a test, QA runs the test in the sandbox, a passing
+//! test is checked against a stub of the code (a test that cannot fail is rejected as vacuous), and a
+//! rejection goes back to Code with its output and the fixes learned for similar failures.
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{FlowError, TaskFlow};
@@ -10,12 +12,18 @@ use crate::director::DispatchError;
 use crate::domain::{excerpt, shorten, AgentKind, EventKind, StepStatus};
 use crate::llm::models::TaskModels;
 use crate::memory::learning::FailedRun;
-use crate::messages::{AgentError, Feedback, StepKind, StepOutput, StepSpec, TestResult};
+use crate::messages::{
+    AgentError, CodeSubmission, Feedback, FeedbackKind, StepKind, StepOutput, StepSpec, TestResult,
+};
+use crate::sandbox::{Outcome, RunReport};
+use crate::tools::{ToolCall, ToolContext};
 
 /// Longest failure kept in a task's error, in characters.
 const FAILURE_IN_ERROR_CHARS: usize = 400;
 /// Learned fixes offered to Code after a failed attempt.
 const KNOWN_FIXES: usize = 2;
+/// The vacuous-test check, run in the sandbox after `CODE = ...` and `TEST = ...` (see the file).
+const STUB_CHECK: &str = include_str!("stub_check.py");
 
 /// One attempt of the Code/QA loop at a step, as recorded.
 #[derive(Debug, Clone, Copy)]
@@ -24,25 +32,87 @@ struct Attempt {
     revision: u32,
     attempts: u32,
     passed: bool,
+    /// The test ran green but cannot fail.
+    vacuous: bool,
     /// Learned fixes offered to Code with this attempt's feedback.
     fixes_offered: usize,
 }
 
+/// What the stub check found out about a code step's test.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+pub(super) struct StubCheck {
+    /// The functions (with their parameters) and classes the code defines at its top level.
+    pub functions: Vec<String>,
+    /// Those of them the test calls.
+    pub calls: Vec<String>,
+    /// Whether the test holds an assertion.
+    pub asserts: bool,
+    /// Whether the test passed against the stub (every function body `raise NotImplementedError`).
+    pub passes_against_stub: bool,
+    /// Why the check could not look (a syntax error), if so.
+    pub error: Option<String>,
+}
+
+impl StubCheck {
+    /// Why the test is vacuous, if it is: it cannot fail whatever the code does.
+    pub fn vacuous(&self) -> Option<String> {
+        if self.error.is_some() {
+            return None;
+        }
+        if self.functions.is_empty() {
+            return Some(
+                "the code defines no function, so the test has nothing to exercise; write the function \
+                 the step asks for"
+                    .to_owned(),
+            );
+        }
+        let functions = self.functions.join(", ");
+        if self.passes_against_stub {
+            return Some(if self.calls.is_empty() {
+                format!(
+                    "the test passed against a stub of the code whose functions only raise \
+                     NotImplementedError, because it never calls {functions}"
+                )
+            } else {
+                format!(
+                    "the test passed against a stub of the code whose functions ({functions}) only raise \
+                     NotImplementedError: it catches what they raise or never checks what they return"
+                )
+            });
+        }
+        if !self.asserts {
+            return Some(format!(
+                "the test has no assert statement, so a wrong result of {functions} would not make it fail"
+            ));
+        }
+        None
+    }
+}
+
+/// A rejected attempt: why, and the run as learning sees it.
+struct Rejected {
+    kind: FeedbackKind,
+    run: FailedRun,
+}
+
 impl TaskFlow {
-    /// Runs a code step: Code writes code and a test, QA runs the test in the sandbox, and a failure goes
-    /// back to Code with its output (and fixes learned from similar failures) until the test passes or
-    /// `director.code_attempts` are used up. Every attempt is a `code.attempt` event and counted by
-    /// attempt number. A pass after a failure is learned as a pattern; a learned fix that was offered is
-    /// scored by whether the next attempt passed. Without a working sandbox the code is not run, and the
-    /// result says why.
+    /// Runs a code step: Code writes code and a test, QA runs the test in the sandbox, and a passing test is
+    /// run against a stub of the code; a failure or a vacuous test goes back to Code with why (and fixes
+    /// learned from similar failures) until a test passes for real or `director.code_attempts` are used up.
+    /// `sent_back` is QA's feedback when its verdict sent the step back. Every attempt is a `code.attempt`
+    /// event and counted by attempt number and outcome. A pass after a failure is learned as a pattern,
+    /// kept with the task's memories; a learned fix that was offered is scored by whether the next attempt
+    /// passed. Only the accepted attempt's code is kept as a snippet. Without a working sandbox the code is
+    /// not run, and the result says why.
     pub(super) async fn run_code_step(
         &mut self,
         position: usize,
         llm: &Arc<TaskModels>,
+        mut sent_back: Option<Feedback>,
     ) -> Result<StepOutput, FlowError> {
         let idx = self.steps[position].idx;
         if let Err(error) = self.deps.agent.tools.sandbox().check_ready() {
-            let output = self.run_step(position, llm, 1, None).await?;
+            let output = self.run_step(position, llm, 1, sent_back).await?;
             self.tests
                 .push(json!({ "step": idx, "tested": false, "reason": error.to_string() }));
             return Ok(output);
@@ -52,14 +122,20 @@ impl TaskFlow {
         let learn = memory.enabled() && self.options.replay_of.is_none();
         let mut offered: Vec<String> = Vec::new();
         let mut known_fixes: Vec<String> = Vec::new();
-        let mut last_failure: Option<FailedRun> = None;
+        let mut last: Option<Rejected> = None;
         for revision in 1..=attempts {
-            // After a failed attempt, Code gets that attempt's code and failure and the fixes found for it.
-            let feedback = last_failure.as_ref().map(|failed| Feedback {
-                code: failed.code.clone(),
-                failure: failed.error.clone(),
-                known_fixes: std::mem::take(&mut known_fixes),
-            });
+            // After a rejected attempt, Code gets that attempt's code, why it was rejected and the fixes
+            // found for it; the first attempt of a step QA sent back gets QA's feedback.
+            let feedback = match &last {
+                Some(rejected) => Some(Feedback {
+                    kind: rejected.kind,
+                    code: rejected.run.code.clone(),
+                    failure: rejected.run.error.clone(),
+                    known_fixes: std::mem::take(&mut known_fixes),
+                }),
+                None => sent_back.take(),
+            };
+            let kept = self.drafts.len();
             let output = self.run_step(position, llm, revision, feedback).await?;
             let test = match &output.code {
                 Some(submission) => Some(
@@ -68,11 +144,19 @@ impl TaskFlow {
                 ),
                 None => None,
             };
-            let passed = test.as_ref().is_some_and(|test| test.passed);
-            let failure = match &test {
-                Some(TestResult { failure: Some(failure), .. }) => failure.clone(),
-                Some(_) => String::new(),
-                None => format!(
+            let ran = test.as_ref().is_some_and(|test| test.passed);
+            // A test that passed must also be able to fail.
+            let check = match (&output.code, ran) {
+                (Some(submission), true) => Some(self.check_test(idx, revision, submission).await),
+                _ => None,
+            };
+            let vacuous = check.as_ref().and_then(StubCheck::vacuous);
+            let passed = ran && vacuous.is_none();
+            let failure = match (&vacuous, &test) {
+                (Some(reason), _) => reason.clone(),
+                (None, Some(TestResult { failure: Some(failure), .. })) => failure.clone(),
+                (None, Some(_)) => String::new(),
+                (None, None) => format!(
                     "the answer was not the JSON {{\"code\": ..., \"test\": ...}} asked for (cut off at the \
                      token budget?): {}",
                     excerpt(&output.text)
@@ -87,31 +171,39 @@ impl TaskFlow {
                 revision,
                 attempts,
                 passed,
+                vacuous: vacuous.is_some(),
                 fixes_offered,
             };
-            self.record_attempt(&attempt, &failure, test.as_ref());
+            self.record_attempt(&attempt, &failure, test.as_ref(), check.as_ref());
             if passed {
-                if let (Some(failed), Some(submission), true) = (&last_failure, &output.code, learn)
-                {
-                    if let Err(error) = memory
-                        .learn_fix(
-                            Some(self.task_id),
-                            AgentKind::Code,
-                            failed,
-                            &submission.code,
-                        )
-                        .await
-                    {
-                        tracing::warn!(task_id = %self.task_id, %error, "learning the fix failed");
+                self.reviews.insert(
+                    idx,
+                    review_line(&self.steps[position].instruction, check.as_ref()),
+                );
+                if let (Some(rejected), Some(submission), true) = (&last, &output.code, learn) {
+                    // Only a real test failure teaches a fix (a vacuous test is not an error of the code).
+                    if rejected.kind == FeedbackKind::TestFailed {
+                        if let Some(pattern) =
+                            memory.learn_fix(AgentKind::Code, &rejected.run, &submission.code)
+                        {
+                            self.drafts.push(pattern);
+                        }
                     }
                 }
                 return Ok(output);
             }
+            // A rejected attempt's code is not kept as a snippet.
+            self.drafts.truncate(kept);
             let code = output
                 .code
                 .as_ref()
                 .map_or_else(|| output.text.clone(), |submission| submission.code.clone());
-            let known = if learn && revision < attempts {
+            let kind = if vacuous.is_some() {
+                FeedbackKind::VacuousTest
+            } else {
+                FeedbackKind::TestFailed
+            };
+            let known = if learn && revision < attempts && kind == FeedbackKind::TestFailed {
                 memory
                     .patterns_for(&failure, KNOWN_FIXES)
                     .await
@@ -124,9 +216,12 @@ impl TaskFlow {
             };
             offered = known.iter().map(|found| found.id.clone()).collect();
             known_fixes = known.into_iter().map(|found| found.fix).collect();
-            last_failure = Some(FailedRun {
-                code,
-                error: failure,
+            last = Some(Rejected {
+                kind,
+                run: FailedRun {
+                    code,
+                    error: failure,
+                },
             });
         }
         self.steps[position].status = StepStatus::Failed;
@@ -135,22 +230,87 @@ impl TaskFlow {
             idx,
             attempts,
             failure: shorten(
-                &last_failure.map(|failed| failed.error).unwrap_or_default(),
+                &last.map(|rejected| rejected.run.error).unwrap_or_default(),
                 FAILURE_IN_ERROR_CHARS,
             ),
         })
     }
 
+    /// Runs the stub check of attempt `revision` of step `idx` in the sandbox through the `run_code` tool
+    /// (a `tool.called` event of the Director). A check that could not run is logged and finds nothing
+    /// vacuous: the test already passed, and a broken check must not reject good work.
+    async fn check_test(&self, idx: i32, revision: u32, submission: &CodeSubmission) -> StubCheck {
+        let literal = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "''".to_owned());
+        // A JSON string is a valid Python string literal with the same value.
+        let script = format!(
+            "CODE = {}\nTEST = {}\n{STUB_CHECK}",
+            literal(&submission.code),
+            literal(&submission.test)
+        );
+        let call = ToolCall {
+            tool: "run_code".into(),
+            arguments: json!({ "language": "python", "code": script }),
+        };
+        let context = ToolContext {
+            task_id: self.task_id,
+            agent: AgentKind::Director,
+            step: idx,
+        };
+        let call_id = format!(
+            "{}.stub",
+            crate::agents::attempt_purpose("test", idx, self.round, revision)
+        );
+        let checked = self
+            .deps
+            .agent
+            .tools
+            .invoke(context, &call_id, call)
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|value| {
+                serde_json::from_value::<RunReport>(value).map_err(|error| error.to_string())
+            })
+            .and_then(|report| {
+                if report.outcome != Outcome::Ok {
+                    return Err(format!(
+                        "outcome {}: {}",
+                        report.outcome.as_str(),
+                        report.failure_output(300)
+                    ));
+                }
+                let line = report.stdout.lines().last().unwrap_or_default().to_owned();
+                serde_json::from_str::<StubCheck>(&line).map_err(|error| error.to_string())
+            });
+        checked.unwrap_or_else(|error| {
+            tracing::warn!(task_id = %self.task_id, step = idx, %error, "the stub check of a test could not run");
+            StubCheck {
+                error: Some(shorten(&error, 300)),
+                ..StubCheck::default()
+            }
+        })
+    }
+
     /// Announces and counts one attempt of the Code/QA loop, and keeps it for the result.
-    fn record_attempt(&mut self, attempt: &Attempt, failure: &str, test: Option<&TestResult>) {
+    fn record_attempt(
+        &mut self,
+        attempt: &Attempt,
+        failure: &str,
+        test: Option<&TestResult>,
+        check: Option<&StubCheck>,
+    ) {
         let Attempt {
             idx,
             revision,
             attempts,
             passed,
+            vacuous,
             fixes_offered,
         } = *attempt;
-        let outcome = if passed { "passed" } else { "failed" };
+        let outcome = match (passed, vacuous) {
+            (true, _) => "passed",
+            (false, true) => "vacuous",
+            (false, false) => "failed",
+        };
         self.deps
             .agent
             .metrics
@@ -162,7 +322,10 @@ impl TaskFlow {
             "step": idx,
             "attempt": revision,
             "of": attempts,
+            "round": self.round,
             "passed": passed,
+            "vacuous": vacuous,
+            "stub_check": check,
             "run_outcome": report.map_or("no_code", |report| report.outcome.as_str()),
             "failure": (!passed).then_some(failure),
             "known_fixes_offered": fixes_offered,
@@ -205,5 +368,62 @@ impl TaskFlow {
             agent: AgentKind::Qa,
             source: DispatchError::Agent(AgentError::Tool("the test step returned no run".into())),
         })
+    }
+}
+
+/// What QA's verification is told about an accepted code step: what it asked, the functions the code
+/// defines and those its test calls.
+fn review_line(instruction: &str, check: Option<&StubCheck>) -> String {
+    match check {
+        Some(check) if check.error.is_none() => format!(
+            "Step \"{instruction}\": the code defines {}; its test calls {}.",
+            list_or_none(&check.functions),
+            list_or_none(&check.calls)
+        ),
+        _ => format!("Step \"{instruction}\": the code's functions could not be read."),
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "nothing".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(functions: &[&str], calls: &[&str], asserts: bool, passes: bool) -> StubCheck {
+        StubCheck {
+            functions: functions.iter().map(|f| (*f).to_owned()).collect(),
+            calls: calls.iter().map(|f| (*f).to_owned()).collect(),
+            asserts,
+            passes_against_stub: passes,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn only_a_test_that_can_fail_is_accepted() {
+        assert_eq!(check(&["f(x)"], &["f"], true, false).vacuous(), None);
+        let never_calls = check(&["f(x)"], &[], true, true).vacuous().unwrap();
+        assert!(never_calls.contains("never calls f(x)"), "{never_calls}");
+        let swallows = check(&["f(x)"], &["f"], false, true).vacuous().unwrap();
+        assert!(swallows.contains("catches"), "{swallows}");
+        let no_assert = check(&["f(x)"], &["f"], false, false).vacuous().unwrap();
+        assert!(no_assert.contains("no assert"), "{no_assert}");
+        assert!(check(&[], &[], true, true)
+            .vacuous()
+            .unwrap()
+            .contains("no function"));
+        // A check that could not look rejects nothing.
+        let broken = StubCheck {
+            error: Some("timeout".into()),
+            ..StubCheck::default()
+        };
+        assert_eq!(broken.vacuous(), None);
     }
 }

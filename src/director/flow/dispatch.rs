@@ -12,7 +12,7 @@ use crate::storage::records::{StepUpdate, WriteOp};
 
 impl TaskFlow {
     /// What an agent is sent for step `position` as `kind`, in attempt `revision` of the Code/QA loop (1
-    /// outside it); the agent fills in earlier work and recalled memories.
+    /// outside it) of the current QA round; the agent fills in earlier work and recalled memories.
     pub(super) fn spec_for(&self, position: usize, kind: StepKind, revision: u32) -> StepSpec {
         let step = &self.steps[position];
         StepSpec {
@@ -24,8 +24,11 @@ impl TaskFlow {
             recalled: Vec::new(),
             attempt: 1,
             revision,
+            round: self.round,
             feedback: None,
             test_file: None,
+            review: Vec::new(),
+            earlier_files: Vec::new(),
         }
     }
 
@@ -97,8 +100,14 @@ impl TaskFlow {
     ) -> Result<StepOutput, FlowError> {
         let step = &self.steps[position];
         let agent = step.agent;
+        let review = if step.kind == StepKind::Verify {
+            self.review_lines()
+        } else {
+            Vec::new()
+        };
         let spec = StepSpec {
             feedback,
+            review,
             ..self.spec_for(position, step.kind, revision)
         };
         let mut output = self

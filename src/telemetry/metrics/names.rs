@@ -101,3 +101,5 @@ pub const TOOL_CALLS: &str = "troupe_tool_calls_total";
 pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
 /// Code attempts of the Code/QA loop by attempt number and outcome (passed, failed).
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
+/// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
+pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
