@@ -6,6 +6,7 @@
 //! `llama-server` is found through `TROUPE_LLAMA_SERVER` (set by nobody; an override) or the cache path
 //! `scripts/setup.sh test` builds it into. It runs under `setpriv --pdeathsig KILL` from a thread that lives
 //! as long as the test binary, so it dies with the binary even when a test panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "helpers.rs"]
 #[allow(dead_code)]
