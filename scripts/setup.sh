@@ -142,8 +142,12 @@ build_llama_tool() {
   vendor=$(llama_source)
   log "building $name (several minutes on 2 cores; log: $build/$name.log)"
   mkdir -p "$build" "$LLAMA_CACHE/bin"
-  { cmake -S "$vendor" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
-      -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF "$@" &&
+  # Not GGML_NATIVE: on a virtual CPU that advertises AMX (or AVX-512) without the kernel granting it, the
+  # native build dies with SIGILL/SIGSEGV at its first compute; AVX2/FMA/F16C run on every x86-64 since 2015.
+  # Static libraries: the binary copied out of the build folder needs nothing from it.
+  { cmake -S "$vendor" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF \
+      -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+      -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF -DBUILD_SHARED_LIBS=OFF "$@" &&
     cmake --build "$build" --target "$name" -j"$(nproc)"; } >"$build/$name.log" 2>&1 ||
     { tail -n 20 "$build/$name.log"; log "$name build failed (log: $build/$name.log)"; exit 1; }
   cp "$build/bin/$name" "$bin.part" && mv "$bin.part" "$bin"

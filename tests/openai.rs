@@ -6,6 +6,7 @@
 //! `llama-server` is found through `TROUPE_LLAMA_SERVER` (set by nobody; an override) or the cache path
 //! `scripts/setup.sh test` builds it into. It runs under `setpriv --pdeathsig KILL` from a thread that lives
 //! as long as the test binary, so it dies with the binary even when a test panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -52,74 +53,88 @@ fn llama_server_binary() -> PathBuf {
     cache.join(format!("llama-cpp-{LLAMA_CPP_PYTHON}/bin/llama-server"))
 }
 
-/// The shared `llama-server`: its API root (with `/v1`).
+/// The shared `llama-server`: its API root (with `/v1`). Started once; a failure to start is reported by
+/// every test at once rather than retried by each.
 fn llama_server() -> &'static str {
-    static SERVER: OnceLock<String> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let binary = llama_server_binary();
-        assert!(
-            binary.is_file(),
+    static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+    match SERVER.get_or_init(start_llama_server) {
+        Ok(base_url) => base_url,
+        Err(error) => panic!("{error}"),
+    }
+}
+
+fn start_llama_server() -> Result<String, String> {
+    let binary = llama_server_binary();
+    if !binary.is_file() {
+        return Err(format!(
             "llama-server not found at {}: run `scripts/setup.sh test` (or set TROUPE_LLAMA_SERVER)",
             binary.display()
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
-        let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        let (started, ready) = std::sync::mpsc::channel();
-        // The parent-death signal fires when the spawning *thread* ends: spawn from one that never does.
-        std::thread::spawn(move || {
-            let child = Command::new("setpriv")
-                .arg("--pdeathsig")
-                .arg("KILL")
-                .arg(&binary)
-                .args(["-m", &model.display().to_string()])
-                .args(["-t", "2", "-c", "2048", "-np", "2", "--host", "127.0.0.1"])
-                .args(["--port", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let failed = child.is_err();
-            started.send(child.map(|_| ()).map_err(|e| e.to_string())).ok();
-            if !failed {
-                loop {
-                    std::thread::park();
-                }
+        ));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let exited: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    let (started, ready) = std::sync::mpsc::channel();
+    // The parent-death signal fires when the spawning *thread* ends: the thread that spawns the server
+    // waits for it, so it lives as long as the server or the binary, whichever ends first.
+    let watcher = exited.clone();
+    std::thread::spawn(move || {
+        let child = Command::new("setpriv")
+            .arg("--pdeathsig")
+            .arg("KILL")
+            .arg(&binary)
+            .args(["-m", &model.display().to_string()])
+            .args(["-t", "2", "-c", "2048", "-np", "2", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut child) => {
+                started.send(Ok(())).ok();
+                let status = child.wait();
+                watcher.set(format!("{status:?}")).ok();
             }
-        });
-        ready
-            .recv()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("start llama-server: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let healthy = std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .and_then(|mut stream| {
-                    use std::io::{Read, Write};
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(2)))
-                        .ok()?;
-                    stream
-                        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                        .ok()?;
-                    let mut answer = String::new();
-                    stream.read_to_string(&mut answer).ok()?;
-                    Some(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))
-                })
-                .unwrap_or(false);
-            if healthy {
-                break;
+            Err(error) => {
+                started.send(Err(error.to_string())).ok();
             }
-            assert!(
-                Instant::now() < deadline,
-                "llama-server did not become healthy on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
-        format!("http://127.0.0.1:{port}/v1")
-    })
+    });
+    ready
+        .recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("start llama-server: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = exited.get() {
+            return Err(format!("llama-server exited while starting: {status}"));
+        }
+        let healthy = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|mut stream| {
+                use std::io::{Read, Write};
+                stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                stream
+                    .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                    .ok()?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).ok()?;
+                Some(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))
+            })
+            .unwrap_or(false);
+        if healthy {
+            return Ok(format!("http://127.0.0.1:{port}/v1"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "llama-server did not become healthy on port {port}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn settings() -> Settings {
@@ -233,6 +248,13 @@ async fn a_decision_is_scored_from_logprobs() {
     assert!((sum - 1.0).abs() < 1e-6, "{choice:?}");
     assert!(["research", "code", "qa"].contains(&choice.chosen.as_str()));
     assert!(choice.options.iter().all(|o| o.raw_probability.is_none()));
+    // Greedy under the enum: the option written is the one whose first token is likeliest.
+    let best = choice
+        .options
+        .iter()
+        .max_by(|a, b| a.probability.total_cmp(&b.probability))
+        .unwrap();
+    assert_eq!(best.name, choice.chosen, "{choice:?}");
     // The same text shape as the embedded provider's.
     let parsed: Value = serde_json::from_str(&output.text).unwrap();
     assert_eq!(parsed["agent"], choice.chosen.as_str(), "{}", output.text);

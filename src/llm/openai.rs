@@ -288,7 +288,8 @@ impl OpenAiProvider {
 
     /// A structured call: streams an answer, reads it with `read`; an answer that does not fit is asked for
     /// once more with the problem appended, and a second miss is [`LlmError::Malformed`]. Returns what `read`
-    /// made of the accepted answer, that answer, and the usage and generation time of both attempts.
+    /// made of the accepted answer, that answer, and the usage and generation time of both attempts. Both
+    /// attempts stream to `on_token` (the event log shows the rejected answer, then the second).
     #[allow(clippy::too_many_arguments)]
     async fn structured_call<T>(
         &self,
