@@ -8,8 +8,6 @@
 //! as long as the test binary, so it dies with the binary even when a test panics.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
-
 #[path = "helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
