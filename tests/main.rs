@@ -13,6 +13,7 @@ mod otlp;
 mod postgres;
 mod prometheus_live;
 mod replay;
+mod sampling;
 mod sandbox;
 mod self_correction;
 mod supervision;
