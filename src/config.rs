@@ -191,6 +191,9 @@ pub struct DirectorSettings {
     /// Attempts Code gets at a code step: its code and test run in the sandbox, and a failure goes back to
     /// Code with the output until the test passes or the attempts run out.
     pub code_attempts: u32,
+    /// Calibrate the agent choice (contextual calibration): divide each option's probability by its
+    /// probability for a content-free input and renormalise; the choice is made by the calibrated one.
+    pub calibrate_routing: bool,
 }
 
 /// `[supervision]`
