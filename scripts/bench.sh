@@ -31,6 +31,8 @@ memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
 echo "== sandbox: start-to-exit of a trivial Python program, jailed vs unconfined; runs/s with both cores busy" >&2
 sandbox=$(cargo bench --locked --bench sandbox 2>/dev/null | tail -n 1)
 echo "sandbox: $sandbox" >&2
+echo "== routing: the Director's first-step agent on benches/data/routing.json, raw and calibrated" >&2
+routing=$(cargo bench --locked --bench routing 2>/dev/null | tail -n 1)
 echo "== sandbox reference (hyperfine): the same Python bare, and bubblewrap alone (a minimal jail) around true and it" >&2
 jail="bwrap --unshare-all --die-with-parent --new-session --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev --tmpfs /tmp --"
 sandbox_reference=$(mktemp)
@@ -39,10 +41,10 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
   "$(cat target/llama-bench/VERSION 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" <<'PY'
+  "$sandbox_reference" "$routing" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference = sys.argv[1:]
-troupe, troupe_again, on, off, otlp, memory, sandbox = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, routing = sys.argv[1:]
+troupe, troupe_again, on, off, otlp, memory, sandbox, routing = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, routing))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -61,6 +63,7 @@ result = {
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "memory": memory,
     "sandbox": sandbox,
+    "routing": routing,
     "sandbox_reference_ms": {
         r["command"]: {"p50": sorted(r["times"])[len(r["times"]) // 2] * 1e3,
                        "p99": sorted(r["times"])[int(len(r["times"]) * 0.99)] * 1e3}

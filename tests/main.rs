@@ -13,6 +13,7 @@ mod otlp;
 mod postgres;
 mod prometheus_live;
 mod replay;
+mod routing;
 mod sampling;
 mod sandbox;
 mod self_correction;
