@@ -83,6 +83,24 @@ pub enum Command {
         /// 0 is greedy.
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+        /// Repetition penalty (1: off); the server passes `[llm.sampling]`.
+        #[arg(long, default_value_t = 1.0)]
+        repeat_penalty: f32,
+        /// Repetition penalty window in tokens (0: off, -1: the context).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        repeat_last_n: i32,
+        /// DRY multiplier (0: off).
+        #[arg(long, default_value_t = 0.0)]
+        dry_multiplier: f32,
+        /// DRY base.
+        #[arg(long, default_value_t = 1.75)]
+        dry_base: f32,
+        /// DRY: repeats up to this long are free.
+        #[arg(long, default_value_t = 2)]
+        dry_allowed_length: i32,
+        /// DRY window in tokens (0: off, -1: the context).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        dry_penalty_last_n: i32,
     },
 }
 

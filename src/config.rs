@@ -196,6 +196,9 @@ pub struct DirectorSettings {
     /// Revisions a `fail` verdict sends the work back for (0..=3), each re-verified; a verdict still
     /// `fail` after them fails the task with QA's feedback. Only with `qa_verdict = "decides"`.
     pub qa_revisions: u32,
+    /// Calibrate the agent choice (contextual calibration): divide each option's probability by its
+    /// probability for a content-free input and renormalise; the choice is made by the calibrated one.
+    pub calibrate_routing: bool,
 }
 
 /// What QA's final verdict does (`director.qa_verdict`).

@@ -8,6 +8,7 @@
 //! steps run concurrently too (each step is its own future). A restart replaces the agent with a fresh
 //! instance; the step that saw the failure is retried up to `director.step_retries` times.
 
+pub mod calibration;
 pub mod flow;
 pub mod plan;
 
@@ -94,6 +95,8 @@ pub struct DirectorDeps {
     pub model_policy: Policy,
     /// Complete recordings already read, for replays.
     pub replays: ReplayCache,
+    /// Content-free scores of the routing decision, per model and prompt template.
+    pub calibrations: calibration::CalibrationCache,
 }
 
 /// Replay providers of complete recordings, by source task; bounded (cleared when full).

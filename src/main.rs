@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use troupe::cli::{self, Cli, Command};
-use troupe::config::Settings;
+use troupe::config::{SamplingSettings, Settings};
 use troupe::domain::TaskOptions;
 use troupe::llm::worker::WorkerOptions;
 
@@ -18,6 +18,12 @@ fn main() -> ExitCode {
         context_size,
         seed,
         temperature,
+        repeat_penalty,
+        repeat_last_n,
+        dry_multiplier,
+        dry_base,
+        dry_allowed_length,
+        dry_penalty_last_n,
     } = &cli.command
     {
         let options = WorkerOptions {
@@ -26,6 +32,14 @@ fn main() -> ExitCode {
             context: *context_size,
             seed: *seed,
             temperature: *temperature,
+            sampling: SamplingSettings {
+                repeat_penalty: *repeat_penalty,
+                repeat_last_n: *repeat_last_n,
+                dry_multiplier: *dry_multiplier,
+                dry_base: *dry_base,
+                dry_allowed_length: *dry_allowed_length,
+                dry_penalty_last_n: *dry_penalty_last_n,
+            },
         };
         return match cli::model_worker::model_worker(&options) {
             Ok(()) => ExitCode::SUCCESS,

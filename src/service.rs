@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::agents::{AgentDeps, Chaos};
 use crate::config::Settings;
+use crate::director::calibration::CalibrationCache;
 use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::domain::limits::MAX_PLAN_STEPS;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
@@ -228,6 +229,7 @@ impl Core {
             llm: llm.clone(),
             model_policy: model_policy(&settings, &confirmations),
             replays: ReplayCache::default(),
+            calibrations: CalibrationCache::default(),
         });
         Core {
             settings,

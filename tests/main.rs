@@ -14,6 +14,8 @@ mod otlp;
 mod postgres;
 mod prometheus_live;
 mod replay;
+mod routing;
+mod sampling;
 mod sandbox;
 mod self_correction;
 mod supervision;

@@ -32,6 +32,13 @@ pub const MAX_TEST_CHARS: u32 = 600;
 /// Longest failure output shown back to Code, in characters.
 const FEEDBACK_CHARS: usize = 600;
 
+/// Code's instructions. They describe the answer's two fields and give no example: the small embedded
+/// model copied a one-line example verbatim as its answer to unrelated steps.
+pub const CODE_INSTRUCTIONS: &str = "You are the Code agent of a small team. Write Python for the step \
+     of the task below, and nothing else. Answer in JSON with two fields: \"code\", one complete Python \
+     function that does what the step asks, named after what it does; and \"test\", Python assert \
+     statements that call that function on inputs chosen for this step and check its results.";
+
 /// The JSON schema of Code's answer.
 pub fn submission_schema() -> serde_json::Value {
     json!({
@@ -131,12 +138,7 @@ impl Specialist for Code {
         LlmRequest {
             purpose: purpose(step.idx, step.round, step.revision),
             messages: vec![
-                ChatMessage::system(
-                    "You are the Code agent of a small team. Answer in JSON with \"code\": short Python \
-                     code for the step (a whole function, body included), and \"test\": Python assert \
-                     statements that call it. Example: {\"code\": \"def double(x): return 2 * x\", \
-                     \"test\": \"assert double(3) == 6\"}",
-                ),
+                ChatMessage::system(CODE_INSTRUCTIONS),
                 ChatMessage::user(user),
             ],
             max_tokens: limits.code_tokens,

@@ -203,8 +203,15 @@ impl LiveView {
                         options
                             .iter()
                             .map(|o| {
+                                // A calibrated decision shows the model's own probability beside the
+                                // calibrated one it was made by.
+                                let raw = o
+                                    .get("raw_probability")
+                                    .and_then(Value::as_f64)
+                                    .map(|raw| format!(" (raw {raw:.2})"))
+                                    .unwrap_or_default();
                                 format!(
-                                    "{} {:.2}",
+                                    "{} {:.2}{raw}",
                                     o.get("name").and_then(Value::as_str).unwrap_or("?"),
                                     o.get("probability").and_then(Value::as_f64).unwrap_or(0.0)
                                 )

@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::calibration::{self, CalibrationKey};
 use super::plan::{self, Plan};
 use super::{Director, DirectorDeps, DispatchError};
 use crate::config::QaVerdictMode;
@@ -30,10 +31,10 @@ use crate::domain::{excerpt, AgentKind, EventKind, MemoryKind, StepStatus, TaskI
 use crate::llm::budget::Limits;
 use crate::llm::models::TaskModels;
 use crate::llm::replay::ReplayProvider;
-use crate::llm::{LlmError, LlmOutput, LlmRequest};
+use crate::llm::{Choice, LlmError, LlmOutput, LlmRequest, ScoredOption};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
 use crate::messages::{Feedback, FeedbackKind, StartTask, StepKind, Verdict};
-use crate::storage::records::{DecisionRecord, PendingEvent, WriteOp};
+use crate::storage::records::{DecisionRecord, LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::StorageError;
 
 /// Why a flow did not complete.
@@ -145,6 +146,24 @@ pub struct TaskFlow {
     round: u32,
     /// What the verification is told about each accepted code step, by step.
     reviews: BTreeMap<i32, String>,
+    /// The routing decision's content-free scores, fetched at the task's first assignment.
+    content_free: Option<Result<Vec<ScoredOption>, &'static str>>,
+}
+
+/// An agent choice after calibration.
+struct Routing {
+    /// The options with the probabilities the choice is made by (calibrated where calibrated, then with
+    /// the model's own as `raw_probability`).
+    options: Vec<ScoredOption>,
+    /// The content-free scores, where calibrated.
+    content_free: Option<Vec<ScoredOption>>,
+    /// The option taken.
+    chosen: String,
+    /// `calibrated`, or why not: `off` (setting), `unscored` (the provider's choice has no probabilities),
+    /// `unrecorded` (a replay of a task recorded without a content-free call), `mismatch`.
+    calibration: &'static str,
+    /// The model's reason, with the calibration's figures.
+    reasoning: String,
 }
 
 impl TaskFlow {
@@ -168,6 +187,7 @@ impl TaskFlow {
             tests: Vec::new(),
             round: 1,
             reviews: BTreeMap::new(),
+            content_free: None,
         }
     }
 
@@ -440,9 +460,10 @@ impl TaskFlow {
         Ok(plan)
     }
 
-    /// Chooses the agent for step `idx` from the model's probabilities; records and announces the decision.
+    /// Chooses the agent for step `idx` from the model's probabilities, calibrated (see [`Self::route`]);
+    /// records and announces the decision.
     async fn assign(
-        &self,
+        &mut self,
         llm: &TaskModels,
         idx: i32,
         instruction: &str,
@@ -450,14 +471,19 @@ impl TaskFlow {
         let request = plan::assign_request(&self.prompt, idx, instruction, &self.deps.agent.limits);
         let output = self.llm_call(llm, request, "assign agent").await?;
         let choice = output.choice.ok_or(FlowError::Unscored(idx))?;
-        let agent: AgentKind = choice.chosen.parse().map_err(|_| {
+        let routing = self.route(llm, choice).await?;
+        let agent: AgentKind = routing.chosen.parse().map_err(|_| {
             FlowError::Plan(plan::MalformedPlan(format!(
                 "step {idx} assigned to unknown agent '{}'",
-                excerpt(&choice.chosen)
+                excerpt(&routing.chosen)
             )))
         })?;
-        let confidence = choice.confidence();
-        let options = json!(choice.options);
+        let confidence = routing
+            .options
+            .iter()
+            .find(|option| option.name == routing.chosen)
+            .map_or(0.0, |option| option.probability);
+        let options = options_json(&routing);
         self.announce_decision(&Decision {
             agent: AgentKind::Director,
             kind: "assign_agent",
@@ -465,7 +491,7 @@ impl TaskFlow {
             options: options.to_string(),
             chosen: agent.as_str(),
             confidence: Some(confidence),
-            reasoning: Some(&choice.reasoning),
+            reasoning: Some(&routing.reasoning),
         });
         self.deps.agent.events.emit(
             self.task_id,
@@ -478,7 +504,8 @@ impl TaskFlow {
                 "options": options,
                 "chosen": agent,
                 "confidence": confidence,
-                "reasoning": choice.reasoning,
+                "calibration": routing.calibration,
+                "reasoning": routing.reasoning,
                 "tokens": output.usage.input_tokens + output.usage.output_tokens,
             }),
         );
@@ -492,9 +519,152 @@ impl TaskFlow {
                 options,
                 chosen: agent.as_str().to_owned(),
                 confidence,
-                reasoning: choice.reasoning,
+                reasoning: routing.reasoning,
             }));
         Ok(agent)
+    }
+
+    /// Calibrates the model's agent choice (contextual calibration, `director.calibrate_routing`): each
+    /// option's probability divided by its probability for the content-free assignment, renormalised, and
+    /// the most probable calibrated option taken. An unscored choice (a server without logprobs) is taken
+    /// as the model wrote it, with a note.
+    async fn route(&mut self, llm: &TaskModels, choice: Choice) -> Result<Routing, FlowError> {
+        let uncalibrated = |choice: Choice, why: &'static str| Routing {
+            chosen: choice.chosen,
+            options: choice.options,
+            content_free: None,
+            calibration: why,
+            reasoning: choice.reasoning,
+        };
+        if !self.deps.settings.calibrate_routing {
+            return Ok(uncalibrated(choice, "off"));
+        }
+        if !choice.scored {
+            return Ok(uncalibrated(choice, "unscored"));
+        }
+        let names: Vec<String> = choice.options.iter().map(|o| o.name.clone()).collect();
+        let content_free = match self.content_free(llm, &names).await? {
+            Ok(scores) => scores,
+            Err(why) => return Ok(uncalibrated(choice, why)),
+        };
+        let Some(options) = calibration::calibrate(&choice.options, &content_free) else {
+            return Ok(uncalibrated(choice, "mismatch"));
+        };
+        let Some(chosen) = calibration::most_probable(&options).map(|o| o.name.clone()) else {
+            return Ok(uncalibrated(choice, "mismatch"));
+        };
+        let figures = |name: &str| {
+            options
+                .iter()
+                .find(|option| option.name == name)
+                .map_or((0.0, 0.0), |option| {
+                    (option.probability, option.raw_probability.unwrap_or(0.0))
+                })
+        };
+        let (calibrated, raw) = figures(&chosen);
+        // The model's reason was written after its own (raw) pick; where calibration changed the pick the
+        // reason is kept, but said to be the raw pick's.
+        let reasoning = if chosen == choice.chosen {
+            format!(
+                "{} (calibrated {calibrated:.2}, raw {raw:.2})",
+                choice.reasoning
+            )
+        } else {
+            let (raw_pick_calibrated, raw_pick_raw) = figures(&choice.chosen);
+            format!(
+                "calibrated choice {chosen} ({calibrated:.2}, raw {raw:.2}) over the model's raw pick {} \
+                 (raw {raw_pick_raw:.2}, calibrated {raw_pick_calibrated:.2}); the model's reason for {}: {}",
+                choice.chosen, choice.chosen, choice.reasoning
+            )
+        };
+        Ok(Routing {
+            options,
+            content_free: Some(content_free),
+            chosen,
+            calibration: "calibrated",
+            reasoning,
+        })
+    }
+
+    /// The content-free scores of the assignment for this task's Director model: from the process cache
+    /// (then recorded in this task as a call of 0 tokens and 0 seconds, so that a replay of this task
+    /// answers it like any other call), or from a recorded `assign.calibration` call. A replay never uses
+    /// the cache: it answers the call from the recording, and a recording without one (made before
+    /// calibration existed) is replayed uncalibrated, as it was made. `Err` says why there are no scores.
+    async fn content_free(
+        &mut self,
+        llm: &TaskModels,
+        options: &[String],
+    ) -> Result<Result<Vec<ScoredOption>, &'static str>, FlowError> {
+        if let Some(known) = &self.content_free {
+            return Ok(known.clone());
+        }
+        let provider = llm.for_agent(AgentKind::Director);
+        let key = CalibrationKey {
+            provider: provider.provider_name().to_owned(),
+            model: provider.model_name().to_owned(),
+            template: plan::assign_template(),
+            options: options.to_vec(),
+        };
+        let replay = self.options.replay_of.is_some();
+        let cached = if replay {
+            None
+        } else {
+            self.deps.calibrations.get(&key)
+        };
+        let fresh = cached.is_none();
+        let output = match cached {
+            Some(output) => {
+                self.record_cached_calibration(&key, &output);
+                output
+            }
+            None => {
+                let request = plan::calibration_request(&self.deps.agent.limits);
+                match self.llm_call(llm, request, "calibrate routing").await {
+                    Ok(output) => output,
+                    Err(FlowError::Llm {
+                        source: LlmError::ReplayMissing { .. },
+                        ..
+                    }) => {
+                        self.content_free = Some(Err("unrecorded"));
+                        return Ok(Err("unrecorded"));
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        let scores = match &output.choice {
+            Some(choice) if choice.scored => Ok(choice.options.clone()),
+            _ => Err("unscored"),
+        };
+        if scores.is_ok() && !replay && fresh {
+            self.deps.calibrations.insert(key, output);
+        }
+        self.content_free = Some(scores.clone());
+        Ok(scores)
+    }
+
+    /// Records a cached content-free output as this task's `assign.calibration` call: no model ran (0
+    /// tokens, 0 seconds, no cost; the provider is marked cached), but the task's recording is complete.
+    fn record_cached_calibration(&self, key: &CalibrationKey, output: &LlmOutput) {
+        let request = plan::calibration_request(&self.deps.agent.limits);
+        self.deps.agent.writer.send(WriteOp::LlmCall(LlmCallRecord {
+            task_id: self.task_id,
+            purpose: request.purpose,
+            agent: AgentKind::Director,
+            provider: format!("{} (cached)", key.provider),
+            model: key.model.clone(),
+            prompt: serde_json::to_string(&request.messages).unwrap_or_default(),
+            output: output.text.clone(),
+            choice: output
+                .choice
+                .as_ref()
+                .and_then(|choice| serde_json::to_value(choice).ok()),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            duration_seconds: 0.0,
+        }));
     }
 
     /// Announces a decision as a span event on the current (Director's) span, which the OpenTelemetry
@@ -545,4 +715,28 @@ impl TaskFlow {
             Err(source) => Err(FlowError::Llm { what, source }),
         }
     }
+}
+
+/// A routing decision's options as recorded: name, the probability the choice was made by, the model's
+/// own (`raw_probability`) and the content-free one, where calibrated.
+fn options_json(routing: &Routing) -> serde_json::Value {
+    let options: Vec<serde_json::Value> = routing
+        .options
+        .iter()
+        .map(|option| {
+            let mut value = json!({ "name": option.name, "probability": option.probability });
+            if let Some(raw) = option.raw_probability {
+                value["raw_probability"] = json!(raw);
+            }
+            if let Some(free) = routing
+                .content_free
+                .as_ref()
+                .and_then(|free| free.iter().find(|free| free.name == option.name))
+            {
+                value["content_free_probability"] = json!(free.probability);
+            }
+            value
+        })
+        .collect();
+    json!(options)
 }

@@ -62,8 +62,10 @@ pub fn plan_request(
         purpose: "plan".to_owned(),
         messages: vec![
             ChatMessage::system(format!(
-                "You are the Director of a small team (research, code, qa). Break the user's task into at \
-                 most {max_steps} short steps. Reply in JSON."
+                "You are the Director of a small team: research answers questions of fact, code writes \
+                 Python code, qa reviews and tests code. Break the user's task into at most {max_steps} \
+                 steps. Each step is one short instruction in your own words, without a number. A \
+                 question of fact needs one step. Reply in JSON."
             )),
             ChatMessage::user(user),
         ],
@@ -94,23 +96,58 @@ pub fn parse_plan(text: &str, max_steps: u32) -> Result<Plan, MalformedPlan> {
     Ok(Plan { steps })
 }
 
+/// The Director's instructions for an assignment: what each agent is for, in words a small model can
+/// match against a step (facts and explanations, Python, review and tests of existing work).
+pub const ASSIGN_INSTRUCTIONS: &str = "You are the Director of a small team. research answers questions \
+     of fact and explains things in words; code writes Python code; qa reviews or tests code and work that \
+     already exists. Pick the agent for the step and give a short reason. Reply in JSON.";
+
+/// The assignment's input: the task and the step.
+fn assign_input(prompt: &str, instruction: &str) -> String {
+    format!("Task: {prompt}\nStep: {instruction}")
+}
+
 /// The request choosing the agent for step `idx`.
 pub fn assign_request(prompt: &str, idx: i32, instruction: &str, limits: &LlmLimits) -> LlmRequest {
     LlmRequest {
         purpose: format!("assign.{idx}"),
         messages: vec![
-            ChatMessage::system(
-                "You are the Director of a small team. research finds facts, code writes code, qa reviews \
-                 work. Pick the agent for the step and give a short reason. Reply in JSON.",
-            ),
-            ChatMessage::user(format!("Task: {prompt}\nStep: {instruction}")),
+            ChatMessage::system(ASSIGN_INSTRUCTIONS),
+            ChatMessage::user(assign_input(prompt, instruction)),
         ],
         max_tokens: limits.decision_reason_tokens,
         output: OutputSpec::Choice {
             prefix: "{\"agent\": \"".to_owned(),
-            options: AgentKind::SPECIALISTS.iter().map(|agent| agent.as_str().to_owned()).collect(),
+            options: AgentKind::SPECIALISTS
+                .iter()
+                .map(|agent| agent.as_str().to_owned())
+                .collect(),
             suffix: "\", \"reason\": \"".to_owned(),
         },
+    }
+}
+
+/// The purpose of the content-free assignment call that calibrates routing.
+pub const CALIBRATION_PURPOSE: &str = "assign.calibration";
+
+/// What stands in for the task and the step in the content-free call.
+pub const CONTENT_FREE: &str = "N/A";
+
+/// The assignment prompt with its content left out: what content-free scores are valid for.
+pub fn assign_template() -> String {
+    format!(
+        "{ASSIGN_INSTRUCTIONS}\n{}",
+        assign_input("{task}", "{step}")
+    )
+}
+
+/// The content-free assignment call: the assignment prompt with the task and the step replaced by
+/// [`CONTENT_FREE`], the same options; only its scores are used, so it generates a single reason token.
+pub fn calibration_request(limits: &LlmLimits) -> LlmRequest {
+    LlmRequest {
+        purpose: CALIBRATION_PURPOSE.to_owned(),
+        max_tokens: 1,
+        ..assign_request(CONTENT_FREE, 0, CONTENT_FREE, limits)
     }
 }
 
@@ -161,5 +198,44 @@ mod tests {
             panic!("not a choice")
         };
         assert_eq!(options, vec!["research", "code", "qa"]);
+    }
+
+    fn limits() -> LlmLimits {
+        LlmLimits {
+            plan_tokens: 1,
+            decision_reason_tokens: 9,
+            work_tokens: 1,
+            verdict_tokens: 1,
+            code_tokens: 1,
+        }
+    }
+
+    #[test]
+    fn the_content_free_call_is_the_assignment_without_its_content() {
+        let real = assign_request("What is the capital of France?", 1, "Find it", &limits());
+        let free = calibration_request(&limits());
+        assert_eq!(free.purpose, "assign.calibration");
+        assert_eq!(free.output, real.output);
+        assert_eq!(free.messages[0], real.messages[0]);
+        assert_eq!(free.messages[1].content, "Task: N/A\nStep: N/A");
+        assert!(!free.messages[1].content.contains("France"));
+        assert!(assign_template().contains("Task: {task}\nStep: {step}"));
+    }
+
+    #[test]
+    fn prompts_name_what_each_agent_is_for_without_an_answer_to_copy() {
+        let plan = plan_request("p", 3, &limits(), &[]);
+        let system = &plan.messages[0].content;
+        assert!(
+            system.contains("research answers questions of fact"),
+            "{system}"
+        );
+        assert!(system.contains("without a number"), "{system}");
+        assert!(ASSIGN_INSTRUCTIONS.contains("research answers questions of fact"));
+        // No example output in either prompt: the small model copies examples as answers.
+        for text in [system.as_str(), ASSIGN_INSTRUCTIONS] {
+            assert!(!text.contains("Example"), "{text}");
+            assert!(!text.contains('{'), "{text}");
+        }
     }
 }

@@ -100,6 +100,18 @@ impl EmbeddedProvider {
                 settings.seed.to_string(),
                 "--temperature".into(),
                 settings.temperature.to_string(),
+                "--repeat-penalty".into(),
+                settings.sampling.repeat_penalty.to_string(),
+                "--repeat-last-n".into(),
+                settings.sampling.repeat_last_n.to_string(),
+                "--dry-multiplier".into(),
+                settings.sampling.dry_multiplier.to_string(),
+                "--dry-base".into(),
+                settings.sampling.dry_base.to_string(),
+                "--dry-allowed-length".into(),
+                settings.sampling.dry_allowed_length.to_string(),
+                "--dry-penalty-last-n".into(),
+                settings.sampling.dry_penalty_last_n.to_string(),
             ],
         };
         let health = Arc::new(Mutex::new(WorkerHealth {

@@ -25,10 +25,15 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::protocol::{FromWorker, ToWorker};
 use super::{softmax, Choice, LlmOutput, LlmRequest, OutputSpec, Role, ScoredOption, Usage};
+use crate::config::SamplingSettings;
 
 /// Grammar for the free-text reason after a choice: any characters but quotes, backslashes and line
 /// breaks, then the closing `"}`.
 const REASON_GRAMMAR: &str = r#"root ::= [^"\\\r\n]* "\"}""#;
+
+/// DRY's sequence breakers, llama.cpp's defaults: a repeat is not extended across a line break, a colon,
+/// a quote or an asterisk, so JSON keys and the lines of a list may recur without penalty.
+const DRY_SEQUENCE_BREAKERS: [&str; 4] = ["\n", ":", "\"", "*"];
 
 /// How the worker loads and runs the model.
 #[derive(Debug, Clone)]
@@ -43,6 +48,8 @@ pub struct WorkerOptions {
     pub seed: u32,
     /// 0 is greedy.
     pub temperature: f32,
+    /// Repetition penalty and DRY, applied to every generated token (never to a choice's scores).
+    pub sampling: SamplingSettings,
 }
 
 /// The worker could not start or lost its output.
@@ -353,7 +360,16 @@ impl Engine<'_> {
             .map_err(|e| Failure::new("model", format!("decode: {e}")))
     }
 
-    /// A sampler chain: the grammar when given, then greedy or seeded sampling per the temperature.
+    /// A sampler chain: the grammar when given, the repetition penalty and DRY (`[llm.sampling]`), then
+    /// greedy or seeded sampling per the temperature.
+    ///
+    /// The grammar comes first so that the penalties only reorder tokens the grammar allows (a penalty can
+    /// never make an output ungrammatical, and a token the grammar forces stays forced). The chain sees
+    /// the tokens it generates only: `llama_sampler_sample` accepts the sampled token into every sampler of
+    /// the chain (grammar, penalties, DRY), and the prompt is not accepted, so the user's own words (a
+    /// function name the task asks for, a schema's keys) are not penalised. Choice scoring reads the
+    /// context's logits directly and never passes through this chain, so a decision's probabilities are
+    /// the model's own.
     fn sampler(&self, grammar: Option<&str>) -> Result<LlamaSampler, Failure> {
         let mut chain = Vec::new();
         if let Some(grammar) = grammar {
@@ -361,6 +377,29 @@ impl Engine<'_> {
                 LlamaSampler::grammar(self.model, grammar, "root")
                     .map_err(|e| Failure::new("grammar", format!("load grammar: {e}")))?,
             );
+        }
+        let sampling = &self.options.sampling;
+        let context = i32::try_from(self.options.context).unwrap_or(i32::MAX);
+        let window = |last_n: i32| if last_n < 0 { context } else { last_n };
+        if sampling.repeat_penalty != 1.0 && sampling.repeat_last_n != 0 {
+            chain.push(LlamaSampler::penalties(
+                self.model.n_vocab(),
+                window(sampling.repeat_last_n),
+                sampling.repeat_penalty,
+                0.0,
+                0.0,
+            ));
+        }
+        if sampling.dry_multiplier > 0.0 && sampling.dry_penalty_last_n != 0 {
+            // llama.cpp clamps a negative window to 0 (off), so "the whole context" is passed as its size.
+            chain.push(LlamaSampler::dry(
+                self.model,
+                sampling.dry_multiplier,
+                sampling.dry_base,
+                sampling.dry_allowed_length,
+                window(sampling.dry_penalty_last_n),
+                DRY_SEQUENCE_BREAKERS,
+            ));
         }
         if self.options.temperature > 0.0 {
             chain.push(LlamaSampler::temp(self.options.temperature));
