@@ -210,8 +210,6 @@ pub struct LlmSettings {
     pub fallback: FallbackTarget,
     /// Whether that needs a person's yes.
     pub fallback_mode: FallbackMode,
-    /// Also fall back when a step failed all its attempts on the primary.
-    pub fallback_on_step_failure: bool,
     /// How long a task waits for a confirmation, in seconds.
     pub confirm_timeout_seconds: u64,
     /// Prices by model name; a model not listed costs nothing (local).
