@@ -503,6 +503,34 @@ mod tests {
     }
 
     #[test]
+    fn qa_verdict_settings_default_to_deciding_and_are_bounded() {
+        let mut settings = defaults();
+        assert_eq!(settings.director.qa_verdict, QaVerdictMode::Decides);
+        assert_eq!(settings.director.qa_revisions, 1);
+        settings.director.qa_revisions = 4;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("director.qa_revisions"), "{err}");
+        settings.director.qa_revisions = 0;
+        settings.validate().unwrap();
+        let dir = std::env::temp_dir().join(format!("troupe-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("odd.toml"),
+            "[director]\nqa_verdict = \"sometimes\"\n",
+        )
+        .unwrap();
+        assert!(Settings::load_from(&dir, Some("odd")).is_err());
+        std::fs::write(
+            dir.join("odd.toml"),
+            "[director]\nqa_verdict = \"advisory\"\n",
+        )
+        .unwrap();
+        let advisory = Settings::load_from(&dir, Some("odd")).unwrap();
+        assert_eq!(advisory.director.qa_verdict, QaVerdictMode::Advisory);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let mut settings = defaults();
         settings.llm.api_key = Some(Secret::new("sk-very-secret"));
