@@ -196,6 +196,10 @@ pub struct DirectorSettings {
     /// Revisions a `fail` verdict sends the work back for (0..=3), each re-verified; a verdict still
     /// `fail` after them fails the task with QA's feedback. Only with `qa_verdict = "decides"`.
     pub qa_revisions: u32,
+    /// Least similarity (cosine, all-MiniLM-L6-v2) of an accepted attempt's code to the task prompt or the
+    /// step instruction, whichever is closer; below it the code is rejected as not for the task. 0: off. Needs
+    /// memory's embedding model (without it the check is skipped).
+    pub min_code_relevance: f32,
 }
 
 /// What QA's final verdict does (`director.qa_verdict`).
@@ -418,6 +422,9 @@ impl Settings {
         }
         if !(1..=10).contains(&self.director.code_attempts) {
             problems.push("director.code_attempts: must be within 1..=10".into());
+        }
+        if !(0.0..=1.0).contains(&self.director.min_code_relevance) {
+            problems.push("director.min_code_relevance: must be within 0..=1".into());
         }
         if self.director.qa_revisions > 3 {
             problems.push("director.qa_revisions: must be within 0..=3".into());
