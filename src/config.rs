@@ -199,6 +199,10 @@ pub struct DirectorSettings {
     /// Calibrate the agent choice (contextual calibration): divide each option's probability by its
     /// probability for a content-free input and renormalise; the choice is made by the calibrated one.
     pub calibrate_routing: bool,
+    /// Least similarity (cosine, all-MiniLM-L6-v2) of an accepted attempt's code to the task prompt or the
+    /// step instruction, whichever is closer; below it the code is rejected as not for the task. 0: off. Needs
+    /// memory's embedding model (without it the check is skipped).
+    pub min_code_relevance: f32,
 }
 
 /// What QA's final verdict does (`director.qa_verdict`).
@@ -422,6 +426,9 @@ impl Settings {
         if !(1..=10).contains(&self.director.code_attempts) {
             problems.push("director.code_attempts: must be within 1..=10".into());
         }
+        if !(0.0..=1.0).contains(&self.director.min_code_relevance) {
+            problems.push("director.min_code_relevance: must be within 0..=1".into());
+        }
         if self.director.qa_revisions > 3 {
             problems.push("director.qa_revisions: must be within 0..=3".into());
         }
@@ -503,6 +510,34 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("server.bind")));
         assert!(problems.iter().any(|p| p.contains("'director'")));
+    }
+
+    #[test]
+    fn qa_verdict_settings_default_to_deciding_and_are_bounded() {
+        let mut settings = defaults();
+        assert_eq!(settings.director.qa_verdict, QaVerdictMode::Decides);
+        assert_eq!(settings.director.qa_revisions, 1);
+        settings.director.qa_revisions = 4;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("director.qa_revisions"), "{err}");
+        settings.director.qa_revisions = 0;
+        settings.validate().unwrap();
+        let dir = std::env::temp_dir().join(format!("troupe-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("odd.toml"),
+            "[director]\nqa_verdict = \"sometimes\"\n",
+        )
+        .unwrap();
+        assert!(Settings::load_from(&dir, Some("odd")).is_err());
+        std::fs::write(
+            dir.join("odd.toml"),
+            "[director]\nqa_verdict = \"advisory\"\n",
+        )
+        .unwrap();
+        let advisory = Settings::load_from(&dir, Some("odd")).unwrap();
+        assert_eq!(advisory.director.qa_verdict, QaVerdictMode::Advisory);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

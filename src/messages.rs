@@ -153,6 +153,8 @@ pub enum FeedbackKind {
     TestFailed,
     /// The test passed but cannot fail: it passed against a stub of the code too, or asserts nothing.
     VacuousTest,
+    /// The code passed its test but is not for the task (another task's function, a copied example).
+    OffTask,
     /// QA's final verdict was `fail`.
     QaVerdict,
 }

@@ -527,48 +527,10 @@ async fn the_cli_searches_memory_in_the_configured_database() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown memory kind"));
 }
 
-/// The recall threshold, chosen on data: `tests/data/recall_pairs.json` holds prompt pairs (a step's recall
-/// query, an earlier memory as stored) marked related when the memory is for the same behaviour or question.
-/// Each pair is scored with the real embedding model (cosine similarity, as a search scores it); the best
-/// threshold is the one with the highest accuracy (a memory at or above it is recalled), ties broken by the
-/// widest gap between the scores around it (its midpoint). The shipped `memory.min_score` must be that
-/// value, rounded to two decimals. The figures printed here are the ones in BENCHMARKS.md.
-#[test]
-fn the_shipped_recall_threshold_is_the_best_on_the_pair_set() {
-    let text = std::fs::read_to_string(root().join("tests/data/recall_pairs.json")).unwrap();
-    let data: Value = serde_json::from_str(&text).unwrap();
-    let pairs = data["pairs"].as_array().unwrap();
-    assert!(pairs.len() >= 40, "{} pairs", pairs.len());
-    let related = pairs.iter().filter(|p| p["related"] == true).count();
-    assert!(
-        related * 3 >= pairs.len() && related * 3 <= pairs.len() * 2,
-        "an honest mix: {related} of {}",
-        pairs.len()
-    );
-    let embedder =
-        troupe::memory::embedding::Embedder::load(&root().join("models/all-MiniLM-L6-v2")).unwrap();
-    let mut scored: Vec<(f32, bool)> = pairs
-        .iter()
-        .map(|pair| {
-            let vectors = embedder
-                .embed(&[
-                    pair["query"].as_str().unwrap(),
-                    pair["memory"].as_str().unwrap(),
-                ])
-                .unwrap();
-            let score = troupe::storage::memories::cosine(&vectors[0], &vectors[1]);
-            (score, pair["related"] == true)
-        })
-        .collect();
+/// The threshold with the highest accuracy on `scored` (score, positive), ties broken by the widest gap
+/// between the scores around it (its midpoint); with its accuracy and F1.
+fn best_threshold(scored: &mut [(f32, bool)]) -> (f32, f64, f64) {
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let accuracy = |threshold: f32| {
-        let right = scored
-            .iter()
-            .filter(|(score, related)| (*score >= threshold) == *related)
-            .count();
-        right as f64 / scored.len() as f64
-    };
-    // Candidates: the midpoint of each gap between consecutive scores, with the gap's width.
     let mut best: Option<(f64, f32, f32)> = None;
     for window in scored.windows(2) {
         let (low, high) = (window[0].0, window[1].0);
@@ -576,7 +538,7 @@ fn the_shipped_recall_threshold_is_the_best_on_the_pair_set() {
             continue;
         }
         let threshold = (low + high) / 2.0;
-        let candidate = (accuracy(threshold), high - low, threshold);
+        let candidate = (accuracy(scored, threshold), high - low, threshold);
         let better = best.is_none_or(|(acc, gap, _)| {
             candidate.0 > acc || (candidate.0 == acc && candidate.1 > gap)
         });
@@ -585,42 +547,114 @@ fn the_shipped_recall_threshold_is_the_best_on_the_pair_set() {
         }
     }
     let (best_accuracy, _, threshold) = best.unwrap();
-    let f1 = |threshold: f32| {
-        let tp = scored.iter().filter(|(s, r)| *s >= threshold && *r).count() as f64;
-        let fp = scored
-            .iter()
-            .filter(|(s, r)| *s >= threshold && !*r)
-            .count() as f64;
-        let fneg = scored.iter().filter(|(s, r)| *s < threshold && *r).count() as f64;
-        2.0 * tp / (2.0 * tp + fp + fneg)
+    (threshold, best_accuracy, f1(scored, threshold))
+}
+
+fn accuracy(scored: &[(f32, bool)], threshold: f32) -> f64 {
+    let right = scored
+        .iter()
+        .filter(|(score, positive)| (*score >= threshold) == *positive)
+        .count();
+    right as f64 / scored.len() as f64
+}
+
+fn f1(scored: &[(f32, bool)], threshold: f32) -> f64 {
+    let count = |keep: &dyn Fn(f32, bool) -> bool| {
+        scored.iter().filter(|(s, p)| keep(*s, *p)).count() as f64
     };
-    let max_unrelated = scored
+    let tp = count(&|s, p| s >= threshold && p);
+    let fp = count(&|s, p| s >= threshold && !p);
+    let fneg = count(&|s, p| s < threshold && p);
+    2.0 * tp / (2.0 * tp + fp + fneg)
+}
+
+/// Pairs of texts from `file` (fields `left`, `right`, `positive`) scored by cosine similarity with the real
+/// embedding model. Prints the pairs that `threshold` (the shipped value) gets wrong.
+fn scored_pairs(
+    file: &str,
+    (left, right, positive): (&str, &str, &str),
+    threshold: f32,
+) -> Vec<(f32, bool)> {
+    let text = std::fs::read_to_string(root().join("tests/data").join(file)).unwrap();
+    let data: Value = serde_json::from_str(&text).unwrap();
+    let pairs = data["pairs"].as_array().unwrap();
+    assert!(pairs.len() >= 40, "{} pairs", pairs.len());
+    let positives = pairs.iter().filter(|p| p[positive] == true).count();
+    assert!(
+        positives * 3 >= pairs.len() && positives * 3 <= pairs.len() * 2,
+        "an honest mix: {positives} of {}",
+        pairs.len()
+    );
+    let embedder =
+        troupe::memory::embedding::Embedder::load(&root().join("models/all-MiniLM-L6-v2")).unwrap();
+    pairs
         .iter()
-        .filter(|(_, r)| !*r)
-        .map(|(s, _)| *s)
-        .fold(f32::MIN, f32::max);
-    let min_related = scored
-        .iter()
-        .filter(|(_, r)| *r)
-        .map(|(s, _)| *s)
-        .fold(f32::MAX, f32::min);
+        .map(|pair| {
+            let vectors = embedder
+                .embed(&[pair[left].as_str().unwrap(), pair[right].as_str().unwrap()])
+                .unwrap();
+            let score = troupe::storage::memories::cosine(&vectors[0], &vectors[1]);
+            if (score >= threshold) != (pair[positive] == true) {
+                println!("wrong at {threshold}: {score:.3} {pair}");
+            }
+            (score, pair[positive] == true)
+        })
+        .collect()
+}
+
+/// The recall threshold, chosen on data: `tests/data/recall_pairs.json` holds prompt pairs (a step's recall
+/// query, an earlier memory as stored) marked related when the memory is for the same behaviour or question.
+/// Each pair is scored with the real embedding model (cosine similarity, as a search scores it); the best
+/// threshold is the one with the highest accuracy (a memory at or above it is recalled), ties broken by the
+/// widest gap between the scores around it (its midpoint). The shipped `memory.min_score` must be that
+/// value, rounded to two decimals. The figures printed here are the ones in BENCHMARKS.md.
+#[test]
+fn the_shipped_recall_threshold_is_the_best_on_the_pair_set() {
     let shipped = Settings::load_from(&root().join("config"), None)
         .unwrap()
         .memory
         .min_score;
+    let mut scored = scored_pairs("recall_pairs.json", ("query", "memory", "related"), shipped);
+    let (threshold, best_accuracy, best_f1) = best_threshold(&mut scored);
     println!(
-        "recall pairs: {} ({related} related); best threshold {threshold:.3}: accuracy {best_accuracy:.3}, F1 {:.3}; \
-         shipped {shipped}: accuracy {:.3}, F1 {:.3}; old 0.35: accuracy {:.3}, F1 {:.3}; highest unrelated {max_unrelated:.3}, \
-         lowest related {min_related:.3}",
+        "recall pairs: {}; best threshold {threshold:.3}: accuracy {best_accuracy:.3}, F1 {best_f1:.3}; \
+         shipped {shipped}: accuracy {:.3}, F1 {:.3}; old 0.35: accuracy {:.3}, F1 {:.3}",
         scored.len(),
-        f1(threshold),
-        accuracy(shipped),
-        f1(shipped),
-        accuracy(0.35),
-        f1(0.35),
+        accuracy(&scored, shipped),
+        f1(&scored, shipped),
+        accuracy(&scored, 0.35),
+        f1(&scored, 0.35),
     );
     assert!(
         (shipped - threshold).abs() <= 0.005 + 1e-4,
         "memory.min_score = {shipped}, but the best threshold on the pair set is {threshold:.3}"
+    );
+}
+
+/// The relevance bar of Code's code, chosen the same way on `tests/data/code_relevance_pairs.json`: a task
+/// prompt and code marked whether the code is for that prompt (the right function under any name, or
+/// another task's function: `is_even` for "factorial", the prompt example's `double(x)` for "average").
+/// The shipped `director.min_code_relevance` must be the best threshold, rounded to two decimals.
+#[test]
+fn the_shipped_code_relevance_threshold_is_the_best_on_the_pair_set() {
+    let shipped = Settings::load_from(&root().join("config"), None)
+        .unwrap()
+        .director
+        .min_code_relevance;
+    let mut scored = scored_pairs(
+        "code_relevance_pairs.json",
+        ("prompt", "code", "for_prompt"),
+        shipped,
+    );
+    let (threshold, best_accuracy, best_f1) = best_threshold(&mut scored);
+    println!(
+        "code relevance pairs: {}; best threshold {threshold:.3}: accuracy {best_accuracy:.3}, F1 {best_f1:.3}; \
+         shipped {shipped}: accuracy {:.3}",
+        scored.len(),
+        accuracy(&scored, shipped),
+    );
+    assert!(
+        (shipped - threshold).abs() <= 0.005 + 1e-4,
+        "director.min_code_relevance = {shipped}, but the best threshold on the pair set is {threshold:.3}"
     );
 }

@@ -751,3 +751,148 @@ async fn a_task_that_learns_a_fix_and_then_fails_leaves_no_pattern() {
     let found = memory.patterns_for("AssertionError", 3).await.unwrap();
     assert!(found.is_empty(), "{found:#?}");
 }
+
+/// The same for a cancelled task: step 1 learns a fix, step 2's test is still running in the sandbox when the
+/// task is cancelled, and the task leaves no pattern.
+#[actix_rt::test]
+async fn a_task_that_learns_a_fix_and_is_cancelled_leaves_no_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = fixed_on_second_attempt();
+    let assign = outputs
+        .iter()
+        .find(|output| output.0 == "assign.1")
+        .cloned()
+        .unwrap();
+    for output in &mut outputs {
+        if output.0 == "plan" {
+            output.1 = json!({ "steps": ["Write add(a, b)", "Write wait()"] }).to_string();
+        }
+    }
+    outputs.extend([
+        ("assign.2", assign.1, assign.2),
+        (
+            "work.2",
+            json!({
+                "code": "import time\ndef wait():\n    time.sleep(30)",
+                "test": "wait()\nassert True"
+            })
+            .to_string(),
+            None,
+        ),
+        (
+            "test.2",
+            json!({ "tool": "run_code", "arguments": { "language": "python", "file": "step2_test.py" } })
+                .to_string(),
+            None,
+        ),
+    ]);
+    let core = scripted_core(&dir, outputs).await;
+    let id = core
+        .submit("Write add(a, b), then wait", TaskOptions::default())
+        .await
+        .unwrap();
+    // Bounded wait until step 2's test run has started (step 1 has learned its fix by then).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = core.storage.events_after(id, 0).await.unwrap();
+        let running = events.iter().any(|e| {
+            e.kind == EventKind::AgentStarted && e.data["kind"] == "test" && e.data["step"] == 2
+        });
+        if running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "step 2's test never started: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    core.cancel(id).await.unwrap();
+    let (status, events) = end_of(&core, id).await;
+    assert_eq!(status, TaskStatus::Cancelled, "{events:#?}");
+    let scrape = core.metrics.render().unwrap();
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_memory_pattern_extractions_total{outcome=\"extracted\"}"
+        ),
+        1.0
+    );
+    assert!(core.storage.task_memories(id).await.unwrap().is_empty());
+    assert!(core
+        .memory
+        .patterns_for("AssertionError", 3)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Code that passes a real test but is not for the task (the prompt example's `double` for "average") is
+/// rejected as off the task (its similarity to the prompt and the step is below
+/// `director.min_code_relevance`) and sent back; the next attempt's `average` is accepted. Real embedding
+/// model and sandbox; the model's answers from a script.
+#[actix_rt::test]
+async fn code_that_is_not_for_the_task_is_sent_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = frame();
+    outputs[0].1 = json!({ "steps": ["Write average(numbers)"] }).to_string();
+    outputs.extend([
+        (
+            "work.1",
+            json!({ "code": "def double(x): return 2 * x", "test": "assert double(3) == 6" })
+                .to_string(),
+            None,
+        ),
+        ("test.1", run_test_call(), None),
+        (
+            "work.1.r2",
+            json!({
+                "code": "def average(numbers): return sum(numbers) / len(numbers)",
+                "test": "assert average([1, 2, 3]) == 2"
+            })
+            .to_string(),
+            None,
+        ),
+        ("test.1.r2", run_test_call(), None),
+    ]);
+    let core = scripted_core(&dir, outputs).await;
+    let id = core
+        .submit(
+            "Write a Python function that returns the average of a list of numbers",
+            TaskOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (status, events) = end_of(&core, id).await;
+    assert_eq!(status, TaskStatus::Completed, "{events:#?}");
+    let attempts: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::CodeAttempt)
+        .collect();
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0].data["run_outcome"], "ok");
+    assert_eq!(attempts[0].data["off_task"], true);
+    assert_eq!(attempts[0].data["passed"], false);
+    let bar = f64::from(core.settings.director.min_code_relevance);
+    assert!(attempts[0].data["relevance"].as_f64().unwrap() < bar);
+    let failure = attempts[0].data["failure"].as_str().unwrap();
+    assert!(failure.contains("double(x)"), "{failure}");
+    assert_eq!(attempts[1].data["passed"], true);
+    assert!(attempts[1].data["relevance"].as_f64().unwrap() >= bar);
+    let scrape = core.metrics.render().unwrap();
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "troupe_code_attempts_total{attempt=\"1\",outcome=\"off_task\"}"
+        ),
+        1.0
+    );
+    // The rejected attempt's code is not kept as a snippet; the accepted one is.
+    let memories = core.storage.task_memories(id).await.unwrap();
+    let snippets: Vec<_> = memories
+        .iter()
+        .filter(|m| m.kind == MemoryKind::Snippet)
+        .collect();
+    assert_eq!(snippets.len(), 1, "{memories:#?}");
+    assert!(snippets[0].content.contains("def average"));
+}

@@ -108,6 +108,9 @@ fn feedback_lines(feedback: &Feedback) -> String {
         FeedbackKind::VacuousTest => text.push_str(&format!(
             "Its test cannot fail: {failure}\nWrite a test that calls the function and asserts its result."
         )),
+        FeedbackKind::OffTask => text.push_str(&format!(
+            "It is not for this task: {failure}\nWrite the function the step asks for, with a test that calls it."
+        )),
         FeedbackKind::QaVerdict => text.push_str(&format!(
             "QA rejected it: {failure}\nWrite the function the step asks for, with a test that calls it."
         )),

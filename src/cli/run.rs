@@ -332,15 +332,17 @@ impl LiveView {
             EventKind::CodeAttempt => {
                 let passed = data.get("passed").and_then(Value::as_bool) == Some(true);
                 let vacuous = data.get("vacuous").and_then(Value::as_bool) == Some(true);
+                let off_task = data.get("off_task").and_then(Value::as_bool) == Some(true);
                 self.note(&format!(
                     "step {} attempt {} of {}: test {}",
                     data.get("step").and_then(Value::as_i64).unwrap_or(0),
                     data.get("attempt").and_then(Value::as_i64).unwrap_or(0),
                     data.get("of").and_then(Value::as_i64).unwrap_or(0),
-                    match (passed, vacuous) {
-                        (true, _) => "passed",
-                        (false, true) => "vacuous (it cannot fail)",
-                        (false, false) => "failed",
+                    match (passed, vacuous, off_task) {
+                        (true, _, _) => "passed",
+                        (false, true, _) => "vacuous (it cannot fail)",
+                        (false, false, true) => "passed, but the code is not for the task",
+                        (false, false, false) => "failed",
                     }
                 ));
             }

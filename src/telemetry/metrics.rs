@@ -578,7 +578,7 @@ impl Metrics {
             )?,
             code_attempts: r.counter_vec(
                 names::CODE_ATTEMPTS,
-                "Attempts of the Code/QA loop by attempt number and outcome (passed, failed, vacuous: the test also passed against a stub of the code): the success rate by attempt is the learning curve.",
+                "Attempts of the Code/QA loop by attempt number and outcome (passed, failed, vacuous: the test also passed against a stub of the code; off_task: the code is not for the task): the success rate by attempt is the learning curve.",
                 &["attempt", "outcome"],
             )?,
             qa_revisions: r.counter_vec(

@@ -1,6 +1,7 @@
 //! The Code/QA loop of a code step: Code writes code and a test, QA runs the test in the sandbox, a passing
-//! test is checked against a stub of the code (a test that cannot fail is rejected as vacuous), and a
-//! rejection goes back to Code with its output and the fixes learned for similar failures.
+//! test is checked against a stub of the code (a test that cannot fail is rejected as vacuous), code that
+//! passed is checked to be for the task (its similarity to the prompt or step, `director.min_code_relevance`),
+//! and a rejection goes back to Code with why and the fixes learned for similar failures.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::messages::{
     AgentError, CodeSubmission, Feedback, FeedbackKind, StepKind, StepOutput, StepSpec, TestResult,
 };
 use crate::sandbox::{Outcome, RunReport};
+use crate::storage::memories::cosine;
 use crate::tools::{ToolCall, ToolContext};
 
 /// Longest failure kept in a task's error, in characters.
@@ -34,6 +36,10 @@ struct Attempt {
     passed: bool,
     /// The test ran green but cannot fail.
     vacuous: bool,
+    /// The code passed a real test but is not for the task.
+    off_task: bool,
+    /// The code's similarity to the task (prompt or step, the closer), when it was measured.
+    relevance: Option<f32>,
     /// Learned fixes offered to Code with this attempt's feedback.
     fixes_offered: usize,
 }
@@ -151,8 +157,27 @@ impl TaskFlow {
                 _ => None,
             };
             let vacuous = check.as_ref().and_then(StubCheck::vacuous);
-            let passed = ran && vacuous.is_none();
-            let failure = match (&vacuous, &test) {
+            // A test that can fail, passed: the code must also be for the task.
+            let relevance = match (&output.code, ran && vacuous.is_none()) {
+                (Some(submission), true) => self.relevance(position, submission).await,
+                _ => None,
+            };
+            let off_task = relevance.and_then(|score| {
+                let bar = self.deps.settings.min_code_relevance;
+                (score < bar).then(|| {
+                    let functions = check
+                        .as_ref()
+                        .map_or_else(String::new, |check| check.functions.join(", "));
+                    format!(
+                        "the code ({functions}) does not look like what the task asks: its similarity to the \
+                         task and the step is {score:.2}, below director.min_code_relevance {bar:.2}; write the \
+                         function the step asks for"
+                    )
+                })
+            });
+            let rejection = vacuous.clone().or_else(|| off_task.clone());
+            let passed = ran && rejection.is_none();
+            let failure = match (&rejection, &test) {
                 (Some(reason), _) => reason.clone(),
                 (None, Some(TestResult { failure: Some(failure), .. })) => failure.clone(),
                 (None, Some(_)) => String::new(),
@@ -172,6 +197,8 @@ impl TaskFlow {
                 attempts,
                 passed,
                 vacuous: vacuous.is_some(),
+                off_task: off_task.is_some(),
+                relevance,
                 fixes_offered,
             };
             self.record_attempt(&attempt, &failure, test.as_ref(), check.as_ref());
@@ -200,6 +227,8 @@ impl TaskFlow {
                 .map_or_else(|| output.text.clone(), |submission| submission.code.clone());
             let kind = if vacuous.is_some() {
                 FeedbackKind::VacuousTest
+            } else if off_task.is_some() {
+                FeedbackKind::OffTask
             } else {
                 FeedbackKind::TestFailed
             };
@@ -234,6 +263,32 @@ impl TaskFlow {
                 FAILURE_IN_ERROR_CHARS,
             ),
         })
+    }
+
+    /// How close the accepted code of step `position` is to what was asked: the larger cosine similarity of
+    /// the code to the task prompt and to the step instruction (all-MiniLM-L6-v2, one batch). `None` when
+    /// the check is off (`director.min_code_relevance = 0`), memory's embedding model is not loaded, or the
+    /// embedding failed (logged): the check then rejects nothing.
+    async fn relevance(&self, position: usize, submission: &CodeSubmission) -> Option<f32> {
+        let memory = &self.deps.agent.memory;
+        if self.deps.settings.min_code_relevance <= 0.0 || !memory.enabled() {
+            return None;
+        }
+        let texts = vec![
+            self.prompt.clone(),
+            self.steps[position].instruction.clone(),
+            submission.code.clone(),
+        ];
+        match memory.embed(texts).await {
+            Ok(vectors) if vectors.len() == 3 => {
+                Some(cosine(&vectors[0], &vectors[2]).max(cosine(&vectors[1], &vectors[2])))
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(task_id = %self.task_id, %error, "the code's relevance could not be measured");
+                None
+            }
+        }
     }
 
     /// Runs the stub check of attempt `revision` of step `idx` in the sandbox through the `run_code` tool
@@ -304,12 +359,15 @@ impl TaskFlow {
             attempts,
             passed,
             vacuous,
+            off_task,
+            relevance,
             fixes_offered,
         } = *attempt;
-        let outcome = match (passed, vacuous) {
-            (true, _) => "passed",
-            (false, true) => "vacuous",
-            (false, false) => "failed",
+        let outcome = match (passed, vacuous, off_task) {
+            (true, _, _) => "passed",
+            (false, true, _) => "vacuous",
+            (false, false, true) => "off_task",
+            (false, false, false) => "failed",
         };
         self.deps
             .agent
@@ -325,6 +383,8 @@ impl TaskFlow {
             "round": self.round,
             "passed": passed,
             "vacuous": vacuous,
+            "off_task": off_task,
+            "relevance": relevance,
             "stub_check": check,
             "run_outcome": report.map_or("no_code", |report| report.outcome.as_str()),
             "failure": (!passed).then_some(failure),
