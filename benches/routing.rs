@@ -11,8 +11,8 @@
 //!
 //! The assignment's reason is cut to one token here: it is generated after the options are scored, so it
 //! cannot change the choice, and it is most of the call's time. `TROUPE_BENCH_SAMPLING=off` turns the
-//! repetition penalty and DRY off (the plans change; the scoring does not). `TROUPE_BENCH_LIMIT=n` runs the
-//! first n prompts. Per-prompt lines go to stderr; one JSON object (accuracy raw and calibrated, per
+//! repetition penalty and DRY off (the plans change; the scoring does not). `TROUPE_BENCH_SKIP=k` and
+//! `TROUPE_BENCH_LIMIT=n` run n prompts after the first k (the plans are greedy, so parts add up). Per-prompt lines go to stderr; one JSON object (accuracy raw and calibrated, per
 //! category, confusion matrices expected -> chosen) to stdout.
 
 use std::collections::BTreeMap;
@@ -54,12 +54,18 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(usize::MAX);
+    let skip = std::env::var("TROUPE_BENCH_SKIP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let mut settings = Settings::load_from(&root.join("config"), None)?;
     settings.llm.model = root
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .display()
         .to_string();
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    // Accuracy does not depend on speed: on a busy machine a plan can take minutes, which is no failure.
+    settings.llm.request_timeout_seconds = 1800;
     let sampling_on = std::env::var("TROUPE_BENCH_SAMPLING").map_or(true, |v| v != "off");
     if !sampling_on {
         settings.llm.sampling.repeat_penalty = 1.0;
@@ -94,7 +100,7 @@ fn main() -> anyhow::Result<()> {
         let mut raw_right = 0u32;
         let mut calibrated_right = 0u32;
         let mut malformed_plans = 0u32;
-        for case in set.prompts.iter().take(limit) {
+        for case in set.prompts.iter().skip(skip).take(limit) {
             let planned = call(plan::plan_request(&case.prompt, max_steps, &limits, &[])).await?;
             // A plan the flow could not read fails the task before any routing; the bench routes the prompt
             // itself then (what a first step would say), and counts it.
