@@ -298,6 +298,16 @@ async fn a_task_over_the_api_runs_on_the_openai_provider() {
     .await;
     let (_, agents) = app.get("/api/v1/agents").await;
     assert!(agents.to_string().contains("\"openai\""), "{agents}");
+    // Ready once the background probe (GET /models) has reached the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, ready) = app.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let id = app
         .submit("Write a Python function that adds two numbers")
         .await;
