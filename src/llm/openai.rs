@@ -417,6 +417,7 @@ impl OpenAiProvider {
                 reported = Some(usage);
             }
             if let Some(choice) = chunk.choices.into_iter().next() {
+                let tokens = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
                 if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
                     first_piece.get_or_insert_with(Instant::now);
                     pieces += 1;
@@ -427,10 +428,21 @@ impl OpenAiProvider {
                             "the answer exceeds {MAX_ANSWER_BYTES} bytes"
                         )));
                     }
+                    // The log-probabilities are kept aligned with the text: a piece whose tokens do not
+                    // spell it stands as one token without alternatives (nothing to score there).
+                    let spelled = tokens.iter().map(|t| t.token.len()).sum::<usize>()
+                        == content.len()
+                        && tokens.iter().map(|t| t.token.as_str()).collect::<String>() == content;
+                    if spelled {
+                        streamed.logprobs.extend(tokens);
+                    } else if !streamed.logprobs.is_empty() || !tokens.is_empty() {
+                        streamed.logprobs.push(TokenLogprob {
+                            token: content,
+                            ..TokenLogprob::default()
+                        });
+                    }
                 }
-                if let Some(tokens) = choice.logprobs.and_then(|l| l.content) {
-                    streamed.logprobs.extend(tokens);
-                }
+                // Tokens of a chunk without content (llama.cpp sends one with the role) are not text.
                 if choice.finish_reason.is_some() {
                     streamed.finish_reason = choice.finish_reason;
                 }
