@@ -229,7 +229,7 @@ async fn a_plan_comes_back_as_schema_valid_json_in_every_structured_mode() {
 }
 
 #[actix_rt::test]
-async fn a_decision_is_scored_from_logprobs() {
+async fn a_decision_is_scored_from_logprobs_or_honestly_unscored() {
     let (provider, _) = local_provider(StructuredOutput::ResponseFormat);
     let limits = settings().llm.limits;
     let request = assign_request(
@@ -241,18 +241,27 @@ async fn a_decision_is_scored_from_logprobs() {
     let (result, _) = complete(&provider, request).await;
     let output = result.unwrap();
     let choice = output.choice.clone().unwrap();
-    assert!(choice.scored, "{choice:?}");
-    let sum: f64 = choice.options.iter().map(|o| o.probability).sum();
-    assert!((sum - 1.0).abs() < 1e-6, "{choice:?}");
     assert!(["research", "code", "qa"].contains(&choice.chosen.as_str()));
     assert!(choice.options.iter().all(|o| o.raw_probability.is_none()));
-    // Greedy under the enum: the option written is the one whose first token is likeliest.
-    let best = choice
-        .options
-        .iter()
-        .max_by(|a, b| a.probability.total_cmp(&b.probability))
-        .unwrap();
-    assert_eq!(best.name, choice.chosen, "{choice:?}");
+    // Scored only from what the server returned: the options' first tokens among its top 20 alternatives
+    // at the option's position. The 135M model ranks them far lower there (measured: "code" 33rd, "re"
+    // 107th, "qa" not in the top 200), so its choices come back unscored, with nothing invented.
+    if choice.scored {
+        let sum: f64 = choice.options.iter().map(|o| o.probability).sum();
+        assert!((sum - 1.0).abs() < 1e-6, "{choice:?}");
+        // Greedy under the enum: the option written is the one whose first token is likeliest.
+        let best = choice
+            .options
+            .iter()
+            .max_by(|a, b| a.probability.total_cmp(&b.probability))
+            .unwrap();
+        assert_eq!(best.name, choice.chosen, "{choice:?}");
+    } else {
+        assert!(
+            choice.options.iter().all(|o| o.probability == 0.0),
+            "{choice:?}"
+        );
+    }
     // The same text shape as the embedded provider's.
     let parsed: Value = serde_json::from_str(&output.text).unwrap();
     assert_eq!(parsed["agent"], choice.chosen.as_str(), "{}", output.text);
@@ -301,6 +310,16 @@ async fn a_task_over_the_api_runs_on_the_openai_provider() {
     .await;
     let (_, agents) = app.get("/api/v1/agents").await;
     assert!(agents.to_string().contains("\"openai\""), "{agents}");
+    // Ready once the background probe (GET /models) has reached the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, ready) = app.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let id = app
         .submit("Write a Python function that adds two numbers")
         .await;
@@ -320,11 +339,13 @@ async fn a_task_over_the_api_runs_on_the_openai_provider() {
     assert!(!decisions.is_empty(), "{kinds:?}");
     for decision in decisions {
         let options = decision["data"]["options"].as_array().unwrap();
+        assert_eq!(options.len(), 3, "{decision}");
         let sum: f64 = options
             .iter()
             .map(|o| o["probability"].as_f64().unwrap())
             .sum();
-        assert!((sum - 1.0).abs() < 1e-6, "{decision}");
+        // Scored (the model's probabilities, summing to 1) or unscored (all 0); never anything between.
+        assert!((sum - 1.0).abs() < 1e-6 || sum == 0.0, "{decision}");
     }
     let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
     match task["status"].as_str().unwrap() {
