@@ -785,6 +785,7 @@ fn closed_port_url() -> String {
 /// Groq, enabled as the fallback in `mode`, at the fake server.
 fn with_groq_fallback(settings: &mut Settings, groq: &str, mode: FallbackMode) {
     settings.llm.groq.enabled = true;
+    settings.llm.groq.model = "llama-3.1-8b-instant".into();
     settings.llm.groq.base_url = groq.to_owned();
     settings.llm.groq.api_key = Some(Secret::new(KEY));
     settings.llm.fallback = FallbackTarget::Groq;
