@@ -182,6 +182,11 @@ pub struct LlmSettings {
     pub connect_timeout_seconds: u64,
     /// Longest silence while reading a remote server's answer (between streamed pieces), in seconds.
     pub read_timeout_seconds: u64,
+    /// Alternatives a remote server is asked for per token when a choice is scored from `logprobs`: an option
+    /// whose first token is not among them gets probability 0, and a choice none of whose options is among
+    /// them is unscored. OpenAI allows at most 20; llama.cpp's server takes more (a small model ranks the
+    /// options lower, so it needs more).
+    pub top_logprobs: u32,
     /// Retries of a remote call that failed before its first token (429, 5xx, connection errors), with
     /// exponential backoff and jitter, honouring `Retry-After`. Never after a stream has begun.
     pub max_retries: u32,
@@ -362,6 +367,9 @@ impl LlmSettings {
             problems.push(
                 "llm.connect_timeout_seconds, llm.read_timeout_seconds: must be positive".into(),
             );
+        }
+        if !(1..=1000).contains(&self.top_logprobs) {
+            problems.push("llm.top_logprobs: must be within 1..=1000".into());
         }
         if self.max_retries > 10 {
             problems.push("llm.max_retries: must be within 0..=10".into());

@@ -50,8 +50,6 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Tokens allowed for a choice's JSON frame (`{"agent": "research", "reason": "` and `"}`), on top of the
 /// request's budget for the reason.
 const CHOICE_FRAME_TOKENS: u32 = 24;
-/// Alternatives asked per token when scoring a choice (OpenAI's and llama.cpp's most is 20).
-const TOP_LOGPROBS: u32 = 20;
 /// Longest answer read, in bytes: a server streaming more is cut off with an error.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
@@ -78,6 +76,7 @@ pub struct OpenAiProvider {
     temperature: f32,
     seed: u32,
     logprobs: bool,
+    top_logprobs: u32,
     prices: TokenPrices,
     metrics: Metrics,
     key: Option<Secret>,
@@ -163,6 +162,7 @@ impl OpenAiProvider {
             seed: settings.seed,
             // Groq refuses requests that ask for logprobs (400); its choices are unscored.
             logprobs: endpoint.provider != ProviderKind::Groq,
+            top_logprobs: settings.top_logprobs,
             prices: TokenPrices {
                 input: price.input_per_million,
                 output: price.output_per_million,
@@ -379,7 +379,7 @@ impl OpenAiProvider {
             response_format,
             json_schema,
             logprobs: logprobs.then_some(true),
-            top_logprobs: logprobs.then_some(TOP_LOGPROBS),
+            top_logprobs: logprobs.then_some(self.top_logprobs),
         }
     }
 

@@ -116,7 +116,7 @@ pub(super) fn read_choice(
 /// The options' probabilities from the log-probabilities at the token where the value of `key` starts:
 /// for each option the most likely alternative that begins it (after what of the token lies before the value,
 /// e.g. a quote), softmax over those. An option no alternative begins is below the server's top
-/// `TOP_LOGPROBS`: probability 0. `None` when the server sent no log-probabilities, they do not spell the
+/// `llm.top_logprobs`: probability 0. `None` when the server sent no log-probabilities, they do not spell the
 /// text, or no option is among them.
 pub(super) fn score_options(
     tokens: &[TokenLogprob],
