@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    BudgetSettings, FallbackTarget, LlmSettings, ModelEndpoint, OnExceed, ProviderKind,
+    BudgetSettings, FallbackTarget, LlmSettings, ModelEndpoint, OnExceed, PriceSettings,
+    ProviderKind,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -405,6 +406,15 @@ pub struct TokenPrices {
     pub input: f64,
     /// Per million output (completion) tokens.
     pub output: f64,
+}
+
+impl From<PriceSettings> for TokenPrices {
+    fn from(price: PriceSettings) -> Self {
+        TokenPrices {
+            input: price.input_per_million,
+            output: price.output_per_million,
+        }
+    }
 }
 
 impl TokenPrices {

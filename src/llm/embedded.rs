@@ -132,13 +132,7 @@ impl EmbeddedProvider {
         tokio::spawn(supervisor.run());
         match ready.await {
             Ok(Ok(())) => Ok(EmbeddedProvider {
-                prices: {
-                    let price = settings.price_of(&model_name);
-                    TokenPrices {
-                        input: price.input_per_million,
-                        output: price.output_per_million,
-                    }
-                },
+                prices: settings.price_of(&model_name).into(),
                 model_name,
                 jobs,
                 health,

@@ -17,6 +17,11 @@ use super::LlmProvider;
 use crate::config::{FallbackMode, OnExceed};
 use crate::domain::AgentKind;
 
+/// A provider and its model, as events and `GET /api/v1/agents` show them.
+pub fn named(provider: &Arc<dyn LlmProvider>) -> serde_json::Value {
+    json!({ "provider": provider.provider_name(), "model": provider.model_name() })
+}
+
 /// The process's providers.
 #[derive(Clone)]
 pub struct Models {
@@ -89,7 +94,6 @@ impl Models {
     /// Each agent's provider and model (and the fallback's and the downgrade's), for `GET /api/v1/agents`
     /// and a task's result.
     pub fn describe(&self) -> serde_json::Value {
-        let named = |provider: &Arc<dyn LlmProvider>| json!({ "provider": provider.provider_name(), "model": provider.model_name() });
         let mut described: serde_json::Map<String, serde_json::Value> = AgentKind::ALL
             .iter()
             .map(|&agent| (agent.as_str().to_owned(), named(self.for_agent(agent))))

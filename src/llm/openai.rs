@@ -163,10 +163,7 @@ impl OpenAiProvider {
             // Groq refuses requests that ask for logprobs (400); its choices are unscored.
             logprobs: endpoint.provider != ProviderKind::Groq,
             top_logprobs: settings.top_logprobs,
-            prices: TokenPrices {
-                input: price.input_per_million,
-                output: price.output_per_million,
-            },
+            prices: price.into(),
             metrics,
             key: key.cloned(),
             readiness,

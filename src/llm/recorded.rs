@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::budget::estimate_tokens;
 use super::confirm::Answer;
-use super::models::TaskModels;
+use super::models::{named, TaskModels};
 use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
 use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
 use crate::storage::records::{LlmCallRecord, PendingEvent, WriteOp};
@@ -46,11 +46,6 @@ fn prompt_chars(request: &LlmRequest) -> usize {
         .iter()
         .map(|message| message.content.chars().count())
         .sum()
-}
-
-/// A provider and its model, for events.
-fn named(provider: &Arc<dyn LlmProvider>) -> serde_json::Value {
-    json!({ "provider": provider.provider_name(), "model": provider.model_name() })
 }
 
 impl Recorder<'_> {
