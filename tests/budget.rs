@@ -159,25 +159,18 @@ async fn over_its_budget_a_task_goes_on_on_the_downgrade_model() {
 async fn a_confirmation_for_a_task_that_waits_for_nothing_is_refused() {
     let app = spawn_app().await;
     let id = app.submit("Name three prime numbers").await;
-    let confirm = |id: String, body: Value| {
-        let client = app.client.clone();
-        let url = format!("{}/api/v1/tasks/{id}/confirm", app.address);
-        async move {
-            let mut response = client.post(url).send_json(&body).await.unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
+    let client = &app;
+    let confirm = move |id: &str, body: Value| {
+        let path = format!("/api/v1/tasks/{id}/confirm");
+        async move { client.post_json(&path, &body).await }
     };
-    let (status, body) = confirm(id.clone(), json!({ "allow": true })).await;
+    let (status, body) = confirm(&id, json!({ "allow": true })).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "not_awaiting_confirmation");
-    let (status, body) = confirm(id.clone(), json!({ "allow": "yes" })).await;
+    let (status, body) = confirm(&id, json!({ "allow": "yes" })).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = confirm(
-        "0193a1f2-7c4e-7b8a-9d3e-5f6a7b8c9d0e".into(),
+        "0193a1f2-7c4e-7b8a-9d3e-5f6a7b8c9d0e",
         json!({ "allow": true }),
     )
     .await;

@@ -15,17 +15,22 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Settings from `config/test.toml` with a private SQLite file, a free port and the built `troupe` binary
-/// as model worker.
-pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
+/// Settings from `config/test.toml` with the SmolLM2 model file and the built `troupe` binary as model worker.
+pub fn model_settings() -> Settings {
     let mut settings = Settings::load_from(&root().join("config"), Some("test")).unwrap();
-    settings.database.url = format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display());
-    settings.server.bind = "127.0.0.1:0".into();
     settings.llm.model = root()
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .display()
         .to_string();
     settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    settings
+}
+
+/// [`model_settings`] with a private SQLite file and a free port.
+pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
+    let mut settings = model_settings();
+    settings.database.url = format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display());
+    settings.server.bind = "127.0.0.1:0".into();
     settings.memory.embedding_model = root().join("models/all-MiniLM-L6-v2");
     settings.sandbox.workspaces = dir.path().join("workspaces");
     // Tasks on the real (135M) model exercise the flow, traces, memory and supervision; whether its code
@@ -84,9 +89,14 @@ pub async fn spawn_app() -> TestApp {
 impl TestApp {
     /// `POST /api/v1/tasks` with a JSON body; returns status and body.
     pub async fn post_task(&self, body: &Value) -> (u16, Value) {
+        self.post_json("/api/v1/tasks", body).await
+    }
+
+    /// `POST path` with a JSON body; returns status and JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let mut response = self
             .client
-            .post(format!("{}/api/v1/tasks", self.address))
+            .post(format!("{}{path}", self.address))
             .send_json(body)
             .await
             .unwrap();

@@ -895,14 +895,13 @@ async fn confirm_mode_pauses_until_a_person_declines_and_then_the_task_fails() {
     assert_eq!(data["purpose"], "plan");
     assert_eq!(data["to"]["provider"], "groq");
     assert!(data["estimated_cost_usd"].as_f64().unwrap() > 0.0, "{data}");
-    let url = format!("{}/api/v1/tasks/{id}/confirm", app.address);
-    let response = app
-        .client
-        .post(url)
-        .send_json(&json!({ "allow": false }))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/tasks/{id}/confirm"),
+            &json!({ "allow": false }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let task = app
         .wait_for_task(&id, Duration::from_secs(30), |t| t["status"] == "failed")
         .await;
@@ -930,14 +929,13 @@ async fn confirm_mode_fails_a_task_nobody_answers_in_time() {
     assert!(error.contains("cloud fallback timed_out"), "{error}");
     assert_eq!(groq.requests.load(Ordering::SeqCst), 0);
     // A late answer finds nothing waiting.
-    let url = format!("{}/api/v1/tasks/{id}/confirm", app.address);
-    let response = app
-        .client
-        .post(url)
-        .send_json(&json!({ "allow": true }))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 409);
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/tasks/{id}/confirm"),
+            &json!({ "allow": true }),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
 }
 
 #[actix_rt::test]
@@ -974,14 +972,13 @@ async fn a_pause_inside_a_step_does_not_count_against_the_step_timeout() {
     let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
     assert_eq!(task["status"], "paused", "{task}");
     assert!(paused_at.elapsed() > Duration::from_secs(2));
-    let url = format!("{}/api/v1/tasks/{id}/confirm", app.address);
-    let response = app
-        .client
-        .post(url)
-        .send_json(&json!({ "allow": true }))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, body) = app
+        .post_json(
+            &format!("/api/v1/tasks/{id}/confirm"),
+            &json!({ "allow": true }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let events = app.follow(&id, 0, Duration::from_secs(600)).await;
     let kinds = helpers::kinds(&events);
     assert!(!kinds.contains(&"agent.restarted".to_owned()), "{kinds:?}");

@@ -2,14 +2,15 @@
 //! loop (`1, 1, 1, ...` to the token budget) ends on its own with the default `[llm.sampling]`, and turning
 //! the penalties off brings the loop back (so this test can fail).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use troupe::config::{SamplingSettings, Settings};
+use troupe::config::SamplingSettings;
 use troupe::llm::embedded::EmbeddedProvider;
 use troupe::llm::{ChatMessage, LlmOutput, LlmProvider, LlmRequest, OutputSpec};
 use troupe::telemetry::metrics::Metrics;
+
+use crate::helpers::model_settings;
 
 /// Greedy SmolLM2-135M continues this list with the same number until the budget runs out.
 const LOOPING_PROMPT: &str = "List the numbers: 0, 0, 0, 0, 0,";
@@ -36,13 +37,7 @@ fn longest_run(text: &str) -> usize {
 }
 
 async fn generate(sampling: SamplingSettings) -> LlmOutput {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut settings = Settings::load_from(&root.join("config"), Some("test")).unwrap();
-    settings.llm.model = root
-        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .display()
-        .to_string();
-    settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    let mut settings = model_settings();
     settings.llm.temperature = 0.0;
     settings.llm.sampling = sampling;
     let provider = EmbeddedProvider::start(&settings.llm, Metrics::new().unwrap())
@@ -68,13 +63,7 @@ fn runs_are_counted() {
 
 #[actix_rt::test]
 async fn the_default_penalties_stop_a_greedy_loop_that_plain_greedy_decoding_falls_into() {
-    let defaults = Settings::load_from(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config"),
-        Some("test"),
-    )
-    .unwrap()
-    .llm
-    .sampling;
+    let defaults = model_settings().llm.sampling;
     assert!(defaults.repeat_penalty > 1.0 && defaults.dry_multiplier > 0.0);
 
     let plain = generate(SamplingSettings {
