@@ -53,30 +53,17 @@ impl Confirmations {
         }
     }
 
-    /// Waits for `task_id`'s answer, at most `timeout`, or until `cancel` fires.
-    pub async fn wait(
-        &self,
-        task_id: TaskId,
-        timeout: Duration,
-        cancel: &CancellationToken,
-    ) -> Answer {
+    /// Opens `task_id`'s wait: from now on an answer is taken (and kept until [`Waiting::wait`] reads it),
+    /// so the wait opens before anyone is told the task waits. A second wait of the same task replaces the
+    /// first (which then ends as declined: its sender is gone).
+    pub fn open(&self, task_id: TaskId) -> Waiting {
         let (answer, answered) = oneshot::channel();
-        // A second wait of the same task replaces the first (which then ends as declined: its sender is gone).
         self.with_waits(|waits| waits.insert(task_id, answer));
-        let outcome = tokio::select! {
-            reply = answered => match reply {
-                Ok(true) => Answer::Allowed,
-                Ok(false) | Err(_) => Answer::Declined,
-            },
-            () = tokio::time::sleep(timeout) => Answer::TimedOut,
-            () = cancel.cancelled() => Answer::Cancelled,
-        };
-        self.with_waits(|waits| {
-            if waits.get(&task_id).is_some_and(oneshot::Sender::is_closed) {
-                waits.remove(&task_id);
-            }
-        });
-        outcome
+        Waiting {
+            confirmations: self.clone(),
+            task_id,
+            answered,
+        }
     }
 
     /// Answers `task_id`'s wait.
@@ -95,6 +82,41 @@ impl Confirmations {
                 .get(&task_id)
                 .is_some_and(|sender| !sender.is_closed())
         })
+    }
+}
+
+/// A task's open wait for a confirmation ([`Confirmations::open`]).
+pub struct Waiting {
+    confirmations: Confirmations,
+    task_id: TaskId,
+    answered: oneshot::Receiver<bool>,
+}
+
+impl Waiting {
+    /// Waits for the answer, at most `timeout`, or until `cancel` fires; an answer given since the wait
+    /// opened counts.
+    pub async fn wait(self, timeout: Duration, cancel: &CancellationToken) -> Answer {
+        let Waiting {
+            confirmations,
+            task_id,
+            answered,
+        } = self;
+        let outcome = tokio::select! {
+            reply = answered => match reply {
+                Ok(true) => Answer::Allowed,
+                Ok(false) | Err(_) => Answer::Declined,
+            },
+            () = tokio::time::sleep(timeout) => Answer::TimedOut,
+            () = cancel.cancelled() => Answer::Cancelled,
+        };
+        // The receiver is gone (consumed or dropped with the select): a sender still in the map is this
+        // wait's, now closed.
+        confirmations.with_waits(|waits| {
+            if waits.get(&task_id).is_some_and(oneshot::Sender::is_closed) {
+                waits.remove(&task_id);
+            }
+        });
+        outcome
     }
 }
 
@@ -121,7 +143,8 @@ mod tests {
                 let confirmations = confirmations.clone();
                 tokio::spawn(async move {
                     confirmations
-                        .wait(task_id, Duration::from_secs(60), &CancellationToken::new())
+                        .open(task_id)
+                        .wait(Duration::from_secs(60), &CancellationToken::new())
                         .await
                 })
             };
@@ -137,11 +160,8 @@ mod tests {
         let confirmations = Confirmations::default();
         let task_id = TaskId::new();
         let answer = confirmations
-            .wait(
-                task_id,
-                Duration::from_millis(20),
-                &CancellationToken::new(),
-            )
+            .open(task_id)
+            .wait(Duration::from_millis(20), &CancellationToken::new())
             .await;
         assert_eq!(answer, Answer::TimedOut);
         assert_eq!(
@@ -151,12 +171,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_given_before_the_wait_is_read_counts() {
+        let confirmations = Confirmations::default();
+        let task_id = TaskId::new();
+        let waiting = confirmations.open(task_id);
+        confirmations.answer(task_id, true).unwrap();
+        let answer = waiting
+            .wait(Duration::from_secs(60), &CancellationToken::new())
+            .await;
+        assert_eq!(answer, Answer::Allowed);
+    }
+
+    #[tokio::test]
     async fn cancelling_the_task_ends_the_wait() {
         let confirmations = Confirmations::default();
         let cancel = CancellationToken::new();
         cancel.cancel();
         let answer = confirmations
-            .wait(TaskId::new(), Duration::from_secs(60), &cancel)
+            .open(TaskId::new())
+            .wait(Duration::from_secs(60), &cancel)
             .await;
         assert_eq!(answer, Answer::Cancelled);
     }

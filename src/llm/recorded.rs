@@ -225,6 +225,8 @@ impl Recorder<'_> {
             estimate_tokens(prompt_chars(request)),
             u64::from(request.max_tokens),
         );
+        // The wait opens before the pause is told, so an answer to `task.paused` always finds it.
+        let waiting = policy.confirmations.open(task_id);
         models.pause();
         self.writer.send(WriteOp::SetStatus {
             status: TaskStatus::Paused,
@@ -244,10 +246,7 @@ impl Recorder<'_> {
                 }),
             ),
         });
-        let answer = policy
-            .confirmations
-            .wait(task_id, policy.confirm_timeout, cancel)
-            .await;
+        let answer = waiting.wait(policy.confirm_timeout, cancel).await;
         models.resume();
         self.writer.send(WriteOp::SetStatus {
             status: TaskStatus::Running,
