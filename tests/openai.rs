@@ -827,6 +827,13 @@ async fn a_failing_primary_falls_back_to_groq_at_once_in_auto_mode() {
     assert_eq!(fallback["to"]["model"], "llama-3.1-8b-instant");
     assert_eq!(fallback["reason"], "connect");
     assert!(of_kind(&events, "task.paused").is_empty(), "{kinds:?}");
+    // Groq returns no logprobs: its decisions say they are unscored and show no confidence.
+    let decisions = of_kind(&events, "decision.made");
+    assert!(!decisions.is_empty(), "{kinds:?}");
+    for decision in decisions {
+        assert_eq!(decision["data"]["scored"], false, "{decision}");
+        assert!(decision["data"]["confidence"].is_null(), "{decision}");
+    }
     let finished = of_kind(&events, "llm.finished");
     assert!(finished.len() >= 3, "{kinds:?}");
     for call in &finished {

@@ -471,6 +471,9 @@ impl TaskFlow {
         let request = plan::assign_request(&self.prompt, idx, instruction, &self.deps.agent.limits);
         let output = self.llm_call(llm, request, "assign agent").await?;
         let choice = output.choice.ok_or(FlowError::Unscored(idx))?;
+        // A server without logprobs gives a choice without probabilities: the decision says so and shows no
+        // confidence rather than an invented one.
+        let scored = choice.scored;
         let routing = self.route(llm, choice).await?;
         let agent: AgentKind = routing.chosen.parse().map_err(|_| {
             FlowError::Plan(plan::MalformedPlan(format!(
@@ -490,7 +493,7 @@ impl TaskFlow {
             step: Some(idx),
             options: options.to_string(),
             chosen: agent.as_str(),
-            confidence: Some(confidence),
+            confidence: scored.then_some(confidence),
             reasoning: Some(&routing.reasoning),
         });
         self.deps.agent.events.emit(
@@ -503,7 +506,8 @@ impl TaskFlow {
                 "instruction": instruction,
                 "options": options,
                 "chosen": agent,
-                "confidence": confidence,
+                "confidence": scored.then_some(confidence),
+                "scored": scored,
                 "calibration": routing.calibration,
                 "reasoning": routing.reasoning,
                 "tokens": output.usage.input_tokens + output.usage.output_tokens,
