@@ -39,6 +39,9 @@ sandbox=$(cargo bench --locked --bench sandbox 2>/dev/null | tail -n 1)
 echo "sandbox: $sandbox" >&2
 echo "== routing: the Director's first-step agent on benches/data/routing.json, raw and calibrated" >&2
 routing=$(cargo bench --locked --bench routing 2>/dev/null | tail -n 1)
+echo "== dashboard in Chromium: overview FCP with 10,000 tasks, a 10,000-event task page, its data requests, page weight" >&2
+dashboard=$(cargo bench --locked --profile dev --bench dashboard 2>/dev/null | tail -n 1)
+echo "dashboard: $dashboard" >&2
 echo "== sandbox reference (hyperfine): the same Python bare, and bubblewrap alone (a minimal jail) around true and it" >&2
 jail="bwrap --unshare-all --die-with-parent --new-session --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev --tmpfs /tmp --"
 sandbox_reference=$(mktemp)
@@ -47,10 +50,10 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
   "$(cat "$llama_tools/VERSION" 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" "$openai" "$routing" <<'PY'
+  "$sandbox_reference" "$openai" "$routing" "$dashboard" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing = sys.argv[1:]
-troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing))
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard = sys.argv[1:]
+troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
 ours = (troupe["generation_tokens_per_s_median"] + troupe_again["generation_tokens_per_s_median"]) / 2
@@ -71,6 +74,7 @@ result = {
     "memory": memory,
     "sandbox": sandbox,
     "routing": routing,
+    "dashboard": dashboard,
     "sandbox_reference_ms": {
         r["command"]: {"p50": sorted(r["times"])[len(r["times"]) // 2] * 1e3,
                        "p99": sorted(r["times"])[int(len(r["times"]) * 0.99)] * 1e3}

@@ -5,6 +5,7 @@
 //! internals or the database except through the core and its storage reads.
 
 pub mod agents;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -72,6 +73,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(resource("/agents").route(web::get().to(agents::list_agents)))
                     .service(resource("/openapi.json").route(web::get().to(openapi))),
             )
+            .configure(dashboard::routes)
             .service(resource("/metrics").route(web::get().to(health::metrics)))
             .service(resource("/healthz").route(web::get().to(health::healthz)))
             .service(resource("/readyz").route(web::get().to(health::readyz)))

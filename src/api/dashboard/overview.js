@@ -303,7 +303,21 @@ async function start() {
   wireControls();
   await Promise.allSettled([loadTasks(), loadAgents()]);
   markReady();
-  new LiveSocket({ path: () => "/api/v1/events", onEvent, onOpen: loadTasks, onState: liveIndicator($("live")) });
+  // While the event stream is down (or the server has none), the list is re-read every 3 s instead.
+  let streaming = false;
+  const indicate = liveIndicator($("live"));
+  new LiveSocket({
+    path: () => "/api/v1/events",
+    onEvent,
+    onOpen: loadTasks,
+    onState: (state) => {
+      streaming = state === "open";
+      indicate(state);
+    },
+  });
+  setInterval(() => {
+    if (!streaming && !document.hidden) loadTasks();
+  }, 3000);
   every(2, loadStats);
   setTimeout(() => every(2, loadAgents), 2000);
   every(10, loadCollaboration);

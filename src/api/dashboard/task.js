@@ -558,10 +558,16 @@ async function loadTokens(view, call) {
     body = await api(`/api/v1/tasks/${taskId}/llm-calls/${encodeURIComponent(view.purpose)}/tokens`);
   } catch (error) {
     if (state.view !== view) return;
-    if (error.status === 404 && call.output) {
-      fill(view.node, h("span", { class: "pu", text: call.output }));
-      $("token-count").textContent = "token stream not served; the stored output, unshaded";
-    } else fill(view.node, errorBox(error));
+    if (error.status !== 404) {
+      fill(view.node, errorBox(error));
+      return;
+    }
+    // A server without the tokens route: the stored output unshaded, then whatever streams live.
+    view.loaded = true;
+    fill(view.node, call.output ? h("span", { class: "pu", text: call.output }) : note("waiting for tokens…"));
+    appendTokens(view, view.pending);
+    view.pending = [];
+    $("token-count").textContent = "this server does not serve stored tokens";
     return;
   }
   if (state.view !== view) return;
