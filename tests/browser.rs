@@ -496,6 +496,14 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
          return !!b && ['completed', 'failed'].includes(b.textContent);",
     )
     .await;
+    // The task's stream ended, and the page says so.
+    until(
+        &client,
+        Duration::from_secs(20),
+        "the live indicator to say finished",
+        "return document.querySelector('#live').dataset.state === 'done';",
+    )
+    .await;
     // The embedded model reports each sampled token's probability.
     if !serves_dashboard_data(&app).await {
         screenshot(&client, "real-task-tokens").await;
