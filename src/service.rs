@@ -32,6 +32,8 @@ use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
+mod known_series;
+
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -47,6 +49,15 @@ pub enum StartError {
     /// Memory could not be started.
     #[error("start memory: {0}")]
     Memory(#[from] MemoryStartError),
+    /// `troupe serve` was asked to listen beyond loopback without an auth token (the HTTP application,
+    /// `app`); refused before binding.
+    #[error("refusing to serve on {address} without an auth token: it is not a loopback address, so anyone who can reach it could use the API; set {variable} (at least 16 characters) or bind 127.0.0.1")]
+    Unprotected {
+        /// The address.
+        address: String,
+        /// The variable that sets the token.
+        variable: &'static str,
+    },
     /// The listen address could not be bound (the HTTP application, `app`).
     #[error("bind {address}")]
     Bind {
@@ -211,6 +222,7 @@ impl Core {
             events.clone(),
             metrics.clone(),
         );
+        known_series::export(&metrics, &settings, &llm, &tools);
         let agent = AgentDeps {
             events: events.clone(),
             writer: writer.clone(),

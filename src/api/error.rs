@@ -70,6 +70,20 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The `Host` header names a host this server does not answer to (the DNS-rebinding defence).
+    #[error("host '{0}' is not allowed: this server answers to loopback names and addresses, its bind address and server.allowed_hosts (add the name there, TROUPE__SERVER__ALLOWED_HOSTS)")]
+    ForbiddenHost(String),
+    /// A state-changing request or WebSocket upgrade came from a page of another origin.
+    #[error("origin '{origin}' is not allowed: only pages served by this server ({host}) may change state or open WebSockets")]
+    ForbiddenOrigin {
+        /// The request's `Origin`.
+        origin: String,
+        /// The request's `Host`.
+        host: String,
+    },
+    /// The request carries no valid auth token.
+    #[error("authentication required: send Authorization: Bearer <token> (the server's TROUPE__SERVER__AUTH_TOKEN), or log in at /login")]
+    Unauthorized,
     /// A dependency is down.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -96,6 +110,9 @@ impl ApiError {
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ForbiddenHost(_) => "forbidden_host",
+            ApiError::ForbiddenOrigin { .. } => "forbidden_origin",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -120,6 +137,8 @@ impl ResponseError for ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,7 +148,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(%cause, "internal error");
         }
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized = self {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }))
     }
