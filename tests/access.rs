@@ -5,6 +5,7 @@ use std::process::Command;
 
 use awc::http::header;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use troupe::app::Application;
 use troupe::config::Secret;
 
@@ -335,6 +336,22 @@ async fn on_loopback_foreign_hosts_and_origins_are_refused_and_no_cors_is_sent()
     )
     .await;
     assert_eq!(status, 200);
+    // HTTP/1.0 without a Host header.
+    let mut stream = actix_rt::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /api/v1/tasks HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    assert!(
+        answer.contains("forbidden_host") && answer.contains("(none)"),
+        "{answer}"
+    );
 
     // Origin: another site's page cannot submit a task; nothing is stored.
     let (status, headers, body) = send(
