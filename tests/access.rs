@@ -476,6 +476,70 @@ fn troupe_serve_beyond_loopback_without_a_token_exits_with_the_reason() {
     );
 }
 
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[actix_rt::test]
+async fn troupe_serve_beyond_loopback_takes_its_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .arg("serve")
+        .env("TROUPE_PROFILE", "test")
+        .env("TROUPE_CONFIG_DIR", root().join("config"))
+        .env("TROUPE__SERVER__BIND", "0.0.0.0:0")
+        .env("TROUPE__SERVER__AUTH_TOKEN", TOKEN)
+        .env(
+            "TROUPE__DATABASE__URL",
+            format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display()),
+        )
+        .env(
+            "TROUPE__LLM__MODEL",
+            root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        )
+        .env("TROUPE__MEMORY__ENABLED", "false")
+        .env("TROUPE__SANDBOX__ENABLED", "false")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("troupe starts");
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(port) = line.strip_prefix("troupe serving on port ") {
+                let _ = sender.send(port.trim().parse::<u16>().ok());
+            }
+        }
+    });
+    let port = actix_rt::task::spawn_blocking(move || {
+        receiver.recv_timeout(std::time::Duration::from_secs(120))
+    })
+    .await
+    .unwrap()
+    .expect("troupe serve says its port")
+    .expect("the port is a number");
+    let client = client();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let (status, _, _) = send(client.get(url("/healthz"))).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = send(client.get(url("/api/v1/tasks"))).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, _, body) = send(client.get(url("/api/v1/tasks")).bearer_auth(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    drop(child);
+}
+
 /// Whether the scrape has a sample of `name` carrying every one of `labels` (`key="value"`) at 0.
 fn has_zero(scrape: &str, name: &str, labels: &[&str]) -> bool {
     scrape.lines().any(|line| {
