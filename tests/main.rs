@@ -5,6 +5,7 @@
 mod bad_input;
 mod budget;
 mod cancellation;
+mod dashboard_api;
 mod helpers;
 mod layers;
 mod memory;
