@@ -974,7 +974,7 @@ async fn the_dashboard_reads_work_on_postgres() {
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 3, 5]);
     assert_eq!(next, Some(5));
-    let tokens = storage.token_events(rich).await.unwrap();
+    let tokens = storage.token_pieces(rich).await.unwrap();
     assert_eq!(tokens.len(), 1);
     let calls = storage.llm_calls(rich).await.unwrap();
     assert_eq!(

@@ -8,7 +8,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 
 use std::sync::Arc;
 
@@ -32,6 +31,14 @@ pub struct EventsQuery {
     pub limit: Option<u64>,
     /// Comma-separated event kinds left out (JSON history only).
     pub exclude: Option<String>,
+}
+
+/// The JSON history's body: `next` only when the request had a `limit`.
+#[derive(serde::Serialize)]
+struct EventPage<'a> {
+    events: &'a [Event],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Option<i64>>,
 }
 
 /// The kinds named in a comma-separated `exclude` (empty entries ignored); an unknown kind is a 400.
@@ -85,10 +92,11 @@ pub async fn task_events(
             .storage
             .events_page(id, after, query.limit, &exclude)
             .await?;
-        if query.limit.is_some() {
-            return Ok(HttpResponse::Ok().json(json!({ "events": events, "next": next })));
-        }
-        return Ok(HttpResponse::Ok().json(json!({ "events": events })));
+        // Serialised straight from the events (no intermediate JSON tree: a page can hold 10,000).
+        return Ok(HttpResponse::Ok().json(EventPage {
+            events: &events,
+            next: query.limit.map(|_| next),
+        }));
     }
     let subscription = core.events.subscribe(id, after).await?;
     let (response, session, messages) = actix_ws::handle(&request, body)

@@ -69,20 +69,36 @@ pub async fn call_tokens(
     // commits them in send order), so `finished` never claims an incomplete list.
     let finished =
         task.status.is_terminal() || core.storage.llm_call_recorded(id, &purpose).await?;
-    let tokens: Vec<_> = core
-        .storage
-        .token_events(id)
-        .await?
-        .into_iter()
-        .filter(|event| event.data.get("purpose").and_then(|p| p.as_str()) == Some(&purpose))
-        .map(|event| {
-            json!({
-                "seq": event.seq,
-                "text": event.data.get("text").cloned().unwrap_or_else(|| json!("")),
-                "p": event.data.get("p").cloned().unwrap_or(serde_json::Value::Null),
-            })
+    let pieces = core.storage.token_pieces(id).await?;
+    let tokens: Vec<Token<'_>> = pieces
+        .iter()
+        .filter(|(_, data)| data.get("purpose").and_then(|p| p.as_str()) == Some(&purpose))
+        .map(|(seq, data)| Token {
+            seq: *seq,
+            text: data.get("text").and_then(|t| t.as_str()).unwrap_or(""),
+            p: data.get("p").and_then(|p| p.as_f64()),
         })
         .collect();
-    Ok(HttpResponse::Ok()
-        .json(json!({ "purpose": purpose, "tokens": tokens, "finished": finished })))
+    // Serialised straight from the rows (no intermediate JSON tree: a call can stream thousands).
+    Ok(HttpResponse::Ok().json(CallTokens {
+        purpose: &purpose,
+        tokens,
+        finished,
+    }))
+}
+
+/// The body of the tokens endpoint.
+#[derive(serde::Serialize)]
+struct CallTokens<'a> {
+    purpose: &'a str,
+    tokens: Vec<Token<'a>>,
+    finished: bool,
+}
+
+/// One streamed piece.
+#[derive(serde::Serialize)]
+struct Token<'a> {
+    seq: i64,
+    text: &'a str,
+    p: Option<f64>,
 }

@@ -53,18 +53,23 @@ impl Storage {
         Ok((events, next))
     }
 
-    /// Task `id`'s `llm.token` events in order (the caller picks a call's by purpose).
-    pub async fn token_events(&self, id: TaskId) -> Result<Vec<Event>, StorageError> {
+    /// Task `id`'s `llm.token` events in order, as `(seq, data)` only (the caller picks a call's by
+    /// purpose): the fewest columns, since a call can stream thousands.
+    pub async fn token_pieces(
+        &self,
+        id: TaskId,
+    ) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
         event::Entity::find()
+            .select_only()
+            .column(event::Column::Seq)
+            .column(event::Column::Data)
             .filter(event::Column::TaskId.eq(id.to_string()))
             .filter(event::Column::Kind.eq(EventKind::LlmToken.as_str()))
             .order_by_asc(event::Column::Seq)
+            .into_tuple::<(i64, serde_json::Value)>()
             .all(&self.db)
             .await
-            .map_err(StorageError::query("read token events"))?
-            .into_iter()
-            .map(|row| event_of_row(id, row))
-            .collect()
+            .map_err(StorageError::query("read token events"))
     }
 }
 
