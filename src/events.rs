@@ -237,3 +237,46 @@ impl Subscription {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(task_id: TaskId, seq: i64, kind: EventKind) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            task_id,
+            at: chrono::Utc::now(),
+            kind,
+            agent: None,
+            trace_id: "0".repeat(32),
+            span_id: "0".repeat(16),
+            data: serde_json::json!({}),
+        })
+    }
+
+    #[test]
+    fn the_all_tasks_channel_has_every_task_but_no_tokens_and_says_when_it_lagged() {
+        let hub = Hub::new();
+        let mut all = hub.subscribe_all();
+        let (first, second) = (TaskId::new(), TaskId::new());
+        hub.publish(event(first, 1, EventKind::TaskQueued));
+        hub.publish(event(first, 2, EventKind::LlmToken));
+        hub.publish(event(second, 1, EventKind::TaskQueued));
+        hub.publish(event(first, 3, EventKind::TaskCompleted));
+        let seen: Vec<(TaskId, i64)> = std::iter::from_fn(|| all.try_recv().ok())
+            .map(|event| (event.task_id, event.seq))
+            .collect();
+        assert_eq!(seen, [(first, 1), (second, 1), (first, 3)]);
+        // No per-task channel was opened for it.
+        assert_eq!(hub.open_channels(), 0);
+
+        for seq in 0..(Hub::CAPACITY as i64 + 10) {
+            hub.publish(event(second, seq + 2, EventKind::ToolCalled));
+        }
+        assert!(matches!(
+            all.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+    }
+}
