@@ -10,7 +10,9 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod http_metrics;
+pub mod llm_calls;
 pub mod memory;
+pub mod stats;
 pub mod tasks;
 
 use std::net::TcpListener;
@@ -80,6 +82,17 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(
                         resource("/tasks/{id}/memory").route(web::get().to(memory::task_memory)),
                     )
+                    .service(
+                        resource("/tasks/{id}/llm-calls")
+                            .route(web::get().to(llm_calls::list_llm_calls)),
+                    )
+                    .service(
+                        resource("/tasks/{id}/llm-calls/{purpose}/tokens")
+                            .route(web::get().to(llm_calls::call_tokens)),
+                    )
+                    .service(resource("/events").route(web::get().to(events::all_events)))
+                    .service(resource("/stats").route(web::get().to(stats::get_stats)))
+                    .service(resource("/collaboration").route(web::get().to(stats::collaboration)))
                     .service(resource("/memory/search").route(web::get().to(memory::search)))
                     .service(resource("/agents").route(web::get().to(agents::list_agents)))
                     .service(resource("/openapi.json").route(web::get().to(openapi))),

@@ -47,10 +47,27 @@ pub struct Settings {
     pub chaos: ChaosSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
+    /// The dashboard's data: the in-process metrics history and links to other tools.
+    pub dashboard: DashboardSettings,
     /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
     /// [`Settings::load_from`], reported by [`Settings::validate`].
     #[serde(skip)]
     secrets_in_files: Vec<&'static str>,
+}
+
+/// `[dashboard]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardSettings {
+    /// Seconds between two samples of the in-process metrics history (`GET /api/v1/stats`).
+    pub sample_seconds: u64,
+    /// Samples the history keeps (the oldest go first).
+    pub history_samples: usize,
+    /// Jaeger's UI root (e.g. `http://localhost:16686`); a task's trace links to `{jaeger_url}/trace/{id}`.
+    /// Empty: no link.
+    pub jaeger_url: String,
+    /// Grafana's root (e.g. `http://localhost:3000`); a task's logs link to Grafana Explore on the Loki
+    /// datasource, filtered by the task's trace id. Empty: no link.
+    pub grafana_url: String,
 }
 
 /// The keys of every secret, as a configuration file would spell them.
@@ -572,6 +589,23 @@ impl Settings {
             problems.push(format!(
                 "telemetry.otlp_endpoint: '{endpoint}' must be an http:// URL (OTLP over HTTP/protobuf; TLS and gRPC are not built)"
             ));
+        }
+        let dashboard = &self.dashboard;
+        if !(1..=3600).contains(&dashboard.sample_seconds) {
+            problems.push("dashboard.sample_seconds: must be within 1..=3600".into());
+        }
+        if !(1..=100_000).contains(&dashboard.history_samples) {
+            problems.push("dashboard.history_samples: must be within 1..=100000".into());
+        }
+        for (name, url) in [
+            ("jaeger_url", &dashboard.jaeger_url),
+            ("grafana_url", &dashboard.grafana_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "dashboard.{name}: '{url}' must be empty or an http:// or https:// URL"
+                ));
+            }
         }
         if let Some(ratio) = self.telemetry.sampling_ratio {
             if !(0.0..=1.0).contains(&ratio) {

@@ -186,8 +186,9 @@ impl LlmOutput {
     }
 }
 
-/// Receives streamed text pieces as the model produces them.
-pub type TokenSink = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives streamed text pieces as the model produces them, each with its probability given what came
+/// before where the provider knows it (the product of its tokens' probabilities; `None`: unknown).
+pub type TokenSink = Arc<dyn Fn(&str, Option<f64>) + Send + Sync>;
 
 /// A model call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

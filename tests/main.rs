@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod budget;
 mod cancellation;
+mod dashboard_api;
 mod helpers;
 mod layers;
 mod memory;

@@ -64,6 +64,9 @@ pub enum ApiError {
         /// Its status.
         status: TaskStatus,
     },
+    /// The route serves only WebSocket upgrades.
+    #[error("this route serves a WebSocket: send an upgrade request (Upgrade: websocket)")]
+    UpgradeRequired,
     /// No such route.
     #[error("no such route")]
     NotFound,
@@ -108,6 +111,7 @@ impl ApiError {
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
+            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::ForbiddenHost(_) => "forbidden_host",
@@ -127,7 +131,8 @@ impl ResponseError for ApiError {
             | ApiError::EmptyPrompt
             | ApiError::InvalidOption(_)
             | ApiError::InvalidId(_)
-            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidQuery(_)
+            | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
