@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
             let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
             anyhow::Ok((rate, tokens))
         };
-        let sink: TokenSink = Arc::new(|_: &str| {});
+        let sink: TokenSink = Arc::new(|_: &str, _| {});
         // Warm-up of both paths.
         provider
             .complete(request.clone(), sink.clone(), CancellationToken::new())

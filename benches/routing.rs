@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             let provider = &provider;
             async move {
                 provider
-                    .complete(request, Arc::new(|_| {}), CancellationToken::new())
+                    .complete(request, Arc::new(|_, _| {}), CancellationToken::new())
                     .await
             }
         };

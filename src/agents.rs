@@ -15,7 +15,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::{Actor, Context, Handler, ResponseFuture};
@@ -61,6 +61,57 @@ impl Chaos {
     }
 }
 
+/// Which tasks each specialist is working for right now: a step's run enters it when it starts and leaves
+/// it when it ends (however it ends). Shared by every incarnation of the agents through [`AgentDeps`]; the
+/// Director reads it for `GetAgents`. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Working {
+    steps: Arc<Mutex<HashMap<(AgentKind, TaskId), usize>>>,
+}
+
+impl Working {
+    /// Records that `agent` works a step for `task_id` until the returned guard is dropped.
+    pub fn enter(&self, agent: AgentKind, task_id: TaskId) -> WorkingOn {
+        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        *steps.entry((agent, task_id)).or_default() += 1;
+        WorkingOn {
+            working: self.clone(),
+            key: (agent, task_id),
+        }
+    }
+
+    /// The tasks `agent` works for now, in id (creation) order.
+    pub fn tasks(&self, agent: AgentKind) -> Vec<TaskId> {
+        let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks: Vec<TaskId> = steps
+            .keys()
+            .filter(|(kind, _)| *kind == agent)
+            .map(|(_, task_id)| *task_id)
+            .collect();
+        tasks.sort();
+        tasks
+    }
+}
+
+/// A step in progress in [`Working`]; dropping it ends it.
+#[derive(Debug)]
+pub struct WorkingOn {
+    working: Working,
+    key: (AgentKind, TaskId),
+}
+
+impl Drop for WorkingOn {
+    fn drop(&mut self) {
+        let mut steps = self.working.steps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = steps.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                steps.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// What every agent needs.
 #[derive(Clone)]
 pub struct AgentDeps {
@@ -78,6 +129,8 @@ pub struct AgentDeps {
     pub memory: Memory,
     /// The tool registry (sandbox, workspace files, memory search).
     pub tools: Tools,
+    /// The tasks each specialist works for now.
+    pub working: Working,
 }
 
 impl AgentDeps {
@@ -200,6 +253,9 @@ pub fn run_step<S: Specialist>(
         .agent_in_flight
         .with_label_values(&[agent.as_str()]);
     in_flight.inc();
+    // Held by the future below, so the step leaves the registry however it ends (done, failed, panicked,
+    // cancelled or dropped by a timeout).
+    let working = deps.working.enter(agent, task_id);
     let started = Instant::now();
     let step_duration = deps.metrics.step_duration.clone();
     let work = async move {
@@ -273,6 +329,7 @@ pub fn run_step<S: Specialist>(
             Err(panic) => Err(AgentError::Panicked(panic_message(panic.as_ref()))),
         };
         in_flight.dec();
+        drop(working);
         // The same outcome names as tasks; a panicked step counts as failed.
         let outcome = match &result {
             Ok(_) => TaskStatus::Completed,

@@ -4,13 +4,16 @@
 //! Handlers validate input, call the [`Core`](crate::service::Core) and shape JSON; they never reach actors'
 //! internals or the database except through the core and its storage reads.
 
+pub mod access;
 pub mod agents;
 pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
 pub mod http_metrics;
+pub mod llm_calls;
 pub mod memory;
+pub mod stats;
 pub mod tasks;
 
 use std::net::TcpListener;
@@ -33,12 +36,23 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
         n => n,
     };
     let max_body = core.settings.server.max_body_bytes;
+    let access = web::Data::new(access::Access::new(&core.settings.server));
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
         App::new()
+            // Innermost, so that refused requests are still counted and traced.
+            .wrap(actix_web::middleware::from_fn(access::check))
             .wrap(actix_web::middleware::from_fn(http_metrics::record))
             .wrap(TracingLogger::default())
             .app_data(core.clone())
+            .app_data(access.clone())
+            .app_data(
+                web::FormConfig::default()
+                    .limit(4096)
+                    .error_handler(|error, _request| {
+                        ApiError::InvalidBody(error.to_string()).into()
+                    }),
+            )
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body)
@@ -69,10 +83,27 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(
                         resource("/tasks/{id}/memory").route(web::get().to(memory::task_memory)),
                     )
+                    .service(
+                        resource("/tasks/{id}/llm-calls")
+                            .route(web::get().to(llm_calls::list_llm_calls)),
+                    )
+                    .service(
+                        resource("/tasks/{id}/llm-calls/{purpose}/tokens")
+                            .route(web::get().to(llm_calls::call_tokens)),
+                    )
+                    .service(resource("/events").route(web::get().to(events::all_events)))
+                    .service(resource("/stats").route(web::get().to(stats::get_stats)))
+                    .service(resource("/collaboration").route(web::get().to(stats::collaboration)))
                     .service(resource("/memory/search").route(web::get().to(memory::search)))
                     .service(resource("/agents").route(web::get().to(agents::list_agents)))
                     .service(resource("/openapi.json").route(web::get().to(openapi))),
             )
+            .service(
+                resource("/login")
+                    .route(web::get().to(access::login_page))
+                    .route(web::post().to(access::login)),
+            )
+            .service(resource("/logout").route(web::post().to(access::logout)))
             .configure(dashboard::routes)
             .service(resource("/metrics").route(web::get().to(health::metrics)))
             .service(resource("/healthz").route(web::get().to(health::healthz)))

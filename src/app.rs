@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 
 use crate::api;
-use crate::config::Settings;
+use crate::config::{Settings, AUTH_TOKEN_VARIABLE};
 use crate::service::{Core, StartError};
 
 /// The core behind the HTTP server.
@@ -20,9 +20,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Starts the core and binds `server.bind` (port 0 picks a free port).
+    /// Starts the core and binds `server.bind` (port 0 picks a free port). Refuses, before binding, an
+    /// address beyond loopback when no auth token is set.
     pub async fn build(settings: Settings) -> Result<Application, StartError> {
         let address = settings.server.bind.clone();
+        if settings.server.auth_token.is_none() && !settings.server.binds_loopback() {
+            return Err(StartError::Unprotected {
+                address,
+                variable: AUTH_TOKEN_VARIABLE,
+            });
+        }
         let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),
             source,

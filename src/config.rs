@@ -4,7 +4,7 @@
 //! This is the only module that reads the environment. `Settings::validate` reports every problem at once,
 //! before anything starts. Modules receive their own section, never the whole tree.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -47,7 +47,34 @@ pub struct Settings {
     pub chaos: ChaosSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
+    /// The dashboard's data: the in-process metrics history and links to other tools.
+    pub dashboard: DashboardSettings,
+    /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
+    /// [`Settings::load_from`], reported by [`Settings::validate`].
+    #[serde(skip)]
+    secrets_in_files: Vec<&'static str>,
 }
+
+/// `[dashboard]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardSettings {
+    /// Seconds between two samples of the in-process metrics history (`GET /api/v1/stats`).
+    pub sample_seconds: u64,
+    /// Samples the history keeps (the oldest go first).
+    pub history_samples: usize,
+    /// Jaeger's UI root (e.g. `http://localhost:16686`); a task's trace links to `{jaeger_url}/trace/{id}`.
+    /// Empty: no link.
+    pub jaeger_url: String,
+    /// Grafana's root (e.g. `http://localhost:3000`); a task's logs link to Grafana Explore on the Loki
+    /// datasource, filtered by the task's trace id. Empty: no link.
+    pub grafana_url: String,
+}
+
+/// The keys of every secret, as a configuration file would spell them.
+const SECRET_KEYS: [&str; 3] = ["server.auth_token", "llm.api_key", "llm.groq.api_key"];
+
+/// The environment variable the server's auth token comes from.
+pub const AUTH_TOKEN_VARIABLE: &str = "TROUPE__SERVER__AUTH_TOKEN";
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +87,99 @@ pub struct ServerSettings {
     pub max_prompt_chars: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// The token every request must carry (`Authorization: Bearer` or the dashboard's `troupe_token`
+    /// cookie), from `TROUPE__SERVER__AUTH_TOKEN` only; `None` (unset or empty): no authentication, which
+    /// `troupe serve` accepts only on a loopback address.
+    #[serde(skip)]
+    pub auth_token: Option<Secret>,
+    /// Host names accepted in the `Host` header besides loopback names and addresses and the bind
+    /// address's own IP (exact names, no port); `"*"` accepts any host and needs an auth token.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Whether `/metrics` stays open when an auth token is required (false: it needs the token too).
+    pub metrics_public: bool,
+}
+
+impl ServerSettings {
+    /// The IP of `bind` (`None` when it does not parse; `validate` reports that).
+    pub fn bind_ip(&self) -> Option<IpAddr> {
+        self.bind
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|address| address.ip())
+    }
+
+    /// Whether `bind` is a loopback address (127.0.0.0/8, ::1, or ::ffff:127.x.y.z) or `localhost`, reachable
+    /// only from this machine.
+    pub fn binds_loopback(&self) -> bool {
+        match self.bind_ip() {
+            Some(ip) => is_loopback(ip),
+            // `troupe serve --bind` is not validated like the file; a name binds what it resolves to.
+            None => self
+                .bind
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+        }
+    }
+
+    /// What is wrong with the access settings, if anything.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(token) = &self.auth_token {
+            let token = token.expose();
+            if token.len() < 16 {
+                problems.push(format!(
+                    "server.auth_token: too short; {AUTH_TOKEN_VARIABLE} must hold at least 16 characters"
+                ));
+            }
+            // It travels in a header and a cookie, unencoded.
+            if !token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'))
+            {
+                problems.push(format!(
+                    "server.auth_token: {AUTH_TOKEN_VARIABLE} must be printable ASCII without spaces, quotes, commas, semicolons or backslashes"
+                ));
+            }
+        }
+        for host in &self.allowed_hosts {
+            if host == "*" {
+                if self.auth_token.is_none() {
+                    problems.push(format!(
+                        "server.allowed_hosts: \"*\" (any host) needs an auth token; set {AUTH_TOKEN_VARIABLE}"
+                    ));
+                }
+            } else if !is_host_name(host) {
+                problems.push(format!(
+                    "server.allowed_hosts: '{host}' is not a host name (a name or IP address, without scheme or port)"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Whether `ip` is a loopback address, IPv4-mapped IPv6 (`::ffff:127.0.0.1`) included.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Whether `text` is a bare host name or IP address: letters, digits, `-`, `.` (a name) or an IPv6 address,
+/// with no scheme, port, path or space.
+fn is_host_name(text: &str) -> bool {
+    if text.parse::<Ipv6Addr>().is_ok() {
+        return true;
+    }
+    !text.is_empty()
+        && text.len() <= 253
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
 }
 
 /// `[database]`
@@ -296,15 +416,28 @@ impl Settings {
         if let Some(profile) = profile.filter(|p| !p.is_empty()) {
             builder = builder.add_source(config::File::from(dir.join(format!("{profile}.toml"))));
         }
+        // Secrets come only from the environment: the files alone are read once more to find any set there.
+        let files = builder.clone().build()?;
+        let secrets_in_files: Vec<&'static str> = SECRET_KEYS
+            .into_iter()
+            .filter(|key| files.get::<config::Value>(key).is_ok())
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("TROUPE")
                 .prefix_separator("__")
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("chaos.panic_once")
+                .with_list_parse_key("server.allowed_hosts")
                 .try_parsing(true),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.secrets_in_files = secrets_in_files;
+        // Read directly rather than through the layers, whose type guessing would turn "0123" into 123.
+        settings.server.auth_token = std::env::var(AUTH_TOKEN_VARIABLE)
+            .ok()
+            .filter(|token| !token.is_empty())
+            .map(Secret::new);
         // The standard variables of the OpenAI and Groq clients, under Troupe's own names' precedence.
         if settings.llm.api_key.is_none() {
             settings.llm.api_key = std::env::var("OPENAI_API_KEY")
@@ -336,6 +469,13 @@ impl Settings {
         }
         if self.server.max_prompt_chars == 0 {
             problems.push("server.max_prompt_chars: must be positive".into());
+        }
+        problems.extend(self.server.problems());
+        for key in &self.secrets_in_files {
+            let variable = format!("TROUPE__{}", key.replace('.', "__").to_uppercase());
+            problems.push(format!(
+                "{key}: a secret must not be in a configuration file; set {variable} in the environment"
+            ));
         }
         let url = self.database.url.as_str();
         if !(url.starts_with("sqlite:")
@@ -449,6 +589,23 @@ impl Settings {
             problems.push(format!(
                 "telemetry.otlp_endpoint: '{endpoint}' must be an http:// URL (OTLP over HTTP/protobuf; TLS and gRPC are not built)"
             ));
+        }
+        let dashboard = &self.dashboard;
+        if !(1..=3600).contains(&dashboard.sample_seconds) {
+            problems.push("dashboard.sample_seconds: must be within 1..=3600".into());
+        }
+        if !(1..=100_000).contains(&dashboard.history_samples) {
+            problems.push("dashboard.history_samples: must be within 1..=100000".into());
+        }
+        for (name, url) in [
+            ("jaeger_url", &dashboard.jaeger_url),
+            ("grafana_url", &dashboard.grafana_url),
+        ] {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                problems.push(format!(
+                    "dashboard.{name}: '{url}' must be empty or an http:// or https:// URL"
+                ));
+            }
         }
         if let Some(ratio) = self.telemetry.sampling_ratio {
             if !(0.0..=1.0).contains(&ratio) {
@@ -614,6 +771,101 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("llm.agents.research: model must be named")));
         assert!(problems.iter().any(|p| p.starts_with("llm.agents.planner")));
+    }
+
+    #[test]
+    fn access_settings_default_to_open_on_loopback() {
+        let settings = defaults();
+        assert!(settings.server.auth_token.is_none());
+        assert!(settings.server.allowed_hosts.is_empty());
+        assert!(settings.server.metrics_public);
+        assert!(settings.server.binds_loopback());
+    }
+
+    #[test]
+    fn loopback_binds_are_told_apart() {
+        let mut server = defaults().server;
+        for (bind, loopback) in [
+            ("127.0.0.1:8080", true),
+            ("127.3.4.5:0", true),
+            ("[::1]:8080", true),
+            ("[::ffff:127.0.0.1]:8080", true),
+            ("0.0.0.0:8080", false),
+            ("[::]:8080", false),
+            ("192.168.1.20:8080", false),
+            ("localhost:8080", true),
+            ("localhost.evil.example:8080", false),
+            ("nowhere", false),
+        ] {
+            server.bind = bind.into();
+            assert_eq!(server.binds_loopback(), loopback, "{bind}");
+        }
+    }
+
+    #[test]
+    fn any_host_needs_a_token_and_hosts_are_bare_names() {
+        let mut settings = defaults();
+        settings.server.allowed_hosts = vec!["*".into()];
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("server.allowed_hosts: \"*\""), "{err}");
+        assert!(err.contains("TROUPE__SERVER__AUTH_TOKEN"), "{err}");
+        settings.server.auth_token = Some(Secret::new("a-long-enough-token-1234"));
+        settings.validate().unwrap();
+        settings.server.allowed_hosts = vec![
+            "troupe.lan".into(),
+            "10.0.0.7".into(),
+            "fe80::1".into(),
+            "troupe.lan:8080".into(),
+            "http://troupe.lan".into(),
+            "".into(),
+        ];
+        let Err(ConfigError::Invalid(problems)) = settings.validate() else {
+            panic!("expected invalid configuration");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.starts_with("server.allowed_hosts")));
+        settings.server.auth_token = Some(Secret::new("short"));
+        settings.server.allowed_hosts.clear();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("server.auth_token: too short"), "{err}");
+        assert!(
+            !err.contains("short\""),
+            "the token itself is not shown: {err}"
+        );
+    }
+
+    #[test]
+    fn a_token_in_a_file_is_refused_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("troupe-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("leaky.toml"),
+            "[server]\nauth_token = \"file-token-0123456789\"\n\n[llm.groq]\napi_key = \"gsk-file-key\"\n",
+        )
+        .unwrap();
+        let err = Settings::load_from(&dir, Some("leaky"))
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(
+            err.contains("server.auth_token: a secret must not be in a configuration file; set TROUPE__SERVER__AUTH_TOKEN"),
+            "{err}"
+        );
+        assert!(err.contains("llm.groq.api_key"), "{err}");
+        assert!(
+            !err.contains("file-token") && !err.contains("gsk-file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_auth_token_never_shows_in_debug_output() {
+        let mut settings = defaults();
+        settings.server.auth_token = Some(Secret::new("tok-very-secret-0123"));
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("tok-very-secret"), "{shown}");
     }
 
     #[test]

@@ -452,12 +452,15 @@ impl Handler<GetAgents> for Director {
 
     fn handle(&mut self, _query: GetAgents, _ctx: &mut Context<Self>) -> Vec<AgentStatus> {
         let metrics = &self.deps.agent.metrics;
+        let mut running: Vec<TaskId> = self.running.keys().copied().collect();
+        running.sort();
         let mut agents = vec![AgentStatus {
             name: AgentKind::Director,
             status: "running",
             restarts: 0,
             mailbox_depth: 0,
             in_flight: self.running.len() as i64,
+            tasks: running,
         }];
         for kind in AgentKind::SPECIALISTS {
             let restarts = self.agents.get(&kind).map_or(0, Supervised::restarts);
@@ -473,6 +476,7 @@ impl Handler<GetAgents> for Director {
                     .agent_in_flight
                     .with_label_values(&[kind.as_str()])
                     .get(),
+                tasks: self.deps.agent.working.tasks(kind),
             });
         }
         agents

@@ -16,10 +16,21 @@ use crate::domain::{AgentKind, Event, EventKind, TaskId};
 use crate::storage::writer::{Publish, Writer};
 use crate::storage::{Storage, StorageError};
 
-/// Live fan-out of committed events: one broadcast channel per task that has subscribers. Cheap to clone.
-#[derive(Clone, Default)]
+/// Live fan-out of committed events: one broadcast channel per task that has subscribers, and one channel of
+/// every task's events except `llm.token` (the dashboard's live overview). Cheap to clone.
+#[derive(Clone)]
 pub struct Hub {
     channels: Arc<Mutex<HashMap<TaskId, broadcast::Sender<Arc<Event>>>>>,
+    all: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            channels: Arc::default(),
+            all: broadcast::channel(Self::CAPACITY).0,
+        }
+    }
 }
 
 impl Hub {
@@ -31,8 +42,13 @@ impl Hub {
         Hub::default()
     }
 
-    /// Publishes a committed event to its task's subscribers; a terminal event also retires the channel.
+    /// Publishes a committed event to its task's subscribers (a terminal event also retires the channel)
+    /// and, unless it is an `llm.token`, to the subscribers of every task's events.
     pub fn publish(&self, event: Arc<Event>) {
+        if event.kind != EventKind::LlmToken {
+            // No receiver is fine; a receiver that falls behind by more than the capacity is told it lagged.
+            let _ = self.all.send(Arc::clone(&event));
+        }
         let mut channels = self
             .channels
             .lock()
@@ -81,6 +97,12 @@ impl Hub {
         }
     }
 
+    /// Every task's events from now on as they commit, except `llm.token`; not resumable: a receiver that
+    /// falls more than 1024 events behind gets `Lagged` and should start over from stored state.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.all.subscribe()
+    }
+
     /// Tasks with a live channel (for tests of the hub's bookkeeping).
     pub fn open_channels(&self) -> usize {
         self.channels.lock().map_or(0, |channels| channels.len())
@@ -122,6 +144,11 @@ impl EventLog {
         data: serde_json::Value,
     ) {
         self.writer.emit(task_id, kind, agent, data);
+    }
+
+    /// Every task's live events except `llm.token` ([`Hub::subscribe_all`]).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.hub.subscribe_all()
     }
 
     /// Subscribes to task `task_id`'s events with `seq > after`: stored history first, then live events,
@@ -208,5 +235,48 @@ impl Subscription {
             .await?;
         self.backlog = stored.into();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(task_id: TaskId, seq: i64, kind: EventKind) -> Arc<Event> {
+        Arc::new(Event {
+            seq,
+            task_id,
+            at: chrono::Utc::now(),
+            kind,
+            agent: None,
+            trace_id: "0".repeat(32),
+            span_id: "0".repeat(16),
+            data: serde_json::json!({}),
+        })
+    }
+
+    #[test]
+    fn the_all_tasks_channel_has_every_task_but_no_tokens_and_says_when_it_lagged() {
+        let hub = Hub::new();
+        let mut all = hub.subscribe_all();
+        let (first, second) = (TaskId::new(), TaskId::new());
+        hub.publish(event(first, 1, EventKind::TaskQueued));
+        hub.publish(event(first, 2, EventKind::LlmToken));
+        hub.publish(event(second, 1, EventKind::TaskQueued));
+        hub.publish(event(first, 3, EventKind::TaskCompleted));
+        let seen: Vec<(TaskId, i64)> = std::iter::from_fn(|| all.try_recv().ok())
+            .map(|event| (event.task_id, event.seq))
+            .collect();
+        assert_eq!(seen, [(first, 1), (second, 1), (first, 3)]);
+        // No per-task channel was opened for it.
+        assert_eq!(hub.open_channels(), 0);
+
+        for seq in 0..(Hub::CAPACITY as i64 + 10) {
+            hub.publish(event(second, seq + 2, EventKind::ToolCalled));
+        }
+        assert!(matches!(
+            all.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
     }
 }

@@ -186,8 +186,9 @@ impl LlmOutput {
     }
 }
 
-/// Receives streamed text pieces as the model produces them.
-pub type TokenSink = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives streamed text pieces as the model produces them, each with its probability given what came
+/// before where the provider knows it (the product of its tokens' probabilities; `None`: unknown).
+pub type TokenSink = Arc<dyn Fn(&str, Option<f64>) + Send + Sync>;
 
 /// A model call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -263,6 +264,39 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// One error of each kind (placeholder contents; an `Http` one of status 500), for exporting the error
+    /// and fallback counters at 0 from the start. A new variant belongs here too.
+    pub fn samples() -> Vec<LlmError> {
+        let text = String::new;
+        vec![
+            LlmError::Cancelled,
+            LlmError::Timeout(0),
+            LlmError::WorkerCrashed(text()),
+            LlmError::Unavailable(text()),
+            LlmError::Grammar(text()),
+            LlmError::InvalidRequest(text()),
+            LlmError::Model(text()),
+            LlmError::ReplayMissing { purpose: text() },
+            LlmError::Protocol(text()),
+            LlmError::BudgetExceeded(text()),
+            LlmError::FallbackRefused {
+                answer: "declined",
+                cause: text(),
+            },
+            LlmError::RateLimited {
+                retry_after_seconds: None,
+                message: text(),
+            },
+            LlmError::Http {
+                status: 500,
+                message: text(),
+            },
+            LlmError::Connect(text()),
+            LlmError::Auth(text()),
+            LlmError::Malformed(text()),
+        ]
+    }
+
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

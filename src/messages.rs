@@ -290,4 +290,6 @@ pub struct AgentStatus {
     pub mailbox_depth: i64,
     /// Work accepted and not finished.
     pub in_flight: i64,
+    /// The tasks it works for now (the Director: its running tasks), in id order.
+    pub tasks: Vec<TaskId>,
 }

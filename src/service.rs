@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix::Addr;
 use serde_json::json;
 
-use crate::agents::{AgentDeps, Chaos};
+use crate::agents::{AgentDeps, Chaos, Working};
 use crate::config::Settings;
 use crate::director::calibration::CalibrationCache;
 use crate::director::{Director, DirectorDeps, ReplayCache};
@@ -28,9 +28,12 @@ use crate::storage::records::{NewTask, PendingEvent};
 use crate::storage::writer::Writer;
 use crate::storage::{Storage, StorageError};
 use crate::supervision::RestartPolicy;
+use crate::telemetry::history::{History, Sampler};
 use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
+
+mod known_series;
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,15 @@ pub enum StartError {
     /// Memory could not be started.
     #[error("start memory: {0}")]
     Memory(#[from] MemoryStartError),
+    /// `troupe serve` was asked to listen beyond loopback without an auth token (the HTTP application,
+    /// `app`); refused before binding.
+    #[error("refusing to serve on {address} without an auth token: it is not a loopback address, so anyone who can reach it could use the API; set {variable} (at least 16 characters) or bind 127.0.0.1")]
+    Unprotected {
+        /// The address.
+        address: String,
+        /// The variable that sets the token.
+        variable: &'static str,
+    },
     /// The listen address could not be bound (the HTTP application, `app`).
     #[error("bind {address}")]
     Bind {
@@ -146,6 +158,10 @@ pub struct Core {
     pub tools: Tools,
     /// Tasks waiting for a person's yes (a cloud fallback in `confirm` mode).
     pub confirmations: Confirmations,
+    /// The in-process history of a few metrics (the dashboard's charts), sampled while the core lives.
+    pub history: History,
+    /// The sampling task of `history`; dropped (stopped) with the core.
+    _sampler: Sampler,
 }
 
 /// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
@@ -211,6 +227,7 @@ impl Core {
             events.clone(),
             metrics.clone(),
         );
+        known_series::export(&metrics, &settings, &llm, &tools);
         let agent = AgentDeps {
             events: events.clone(),
             writer: writer.clone(),
@@ -219,6 +236,7 @@ impl Core {
             chaos: Arc::new(Chaos::panic_once(&settings.chaos_agents())),
             memory: memory.clone(),
             tools: tools.clone(),
+            working: Working::default(),
         };
         let confirmations = Confirmations::default();
         let director = Director::start(DirectorDeps {
@@ -231,6 +249,12 @@ impl Core {
             replays: ReplayCache::default(),
             calibrations: CalibrationCache::default(),
         });
+        let history = History::new(
+            metrics.registry().clone(),
+            std::time::Duration::from_secs(settings.dashboard.sample_seconds),
+            settings.dashboard.history_samples,
+        );
+        let sampler = history.start();
         Core {
             settings,
             storage,
@@ -242,6 +266,8 @@ impl Core {
             memory,
             tools,
             confirmations,
+            history,
+            _sampler: sampler,
         }
     }
 

@@ -2,7 +2,8 @@
 //! migrating, reading. Only this module talks to the database.
 //!
 //! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`,
-//! `memories.rs`, which also holds the backend-specific SQL of embeddings);
+//! `memories.rs`, which also holds the backend-specific SQL of embeddings; `stats.rs`, the dashboard's
+//! aggregates over the event log);
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
@@ -11,6 +12,7 @@ mod events;
 mod llm_calls;
 pub mod memories;
 pub mod records;
+mod stats;
 mod tasks;
 pub mod writer;
 
@@ -21,8 +23,9 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-pub use llm_calls::{RecordedCall, Recording};
-pub use tasks::{StepRecord, TaskRecord, TaskUsage};
+pub use llm_calls::{CallRecord, RecordedCall, Recording};
+pub use stats::{Handoff, Scope};
+pub use tasks::{StepRecord, TaskPage, TaskQuery, TaskRecord, TaskSummary, TaskUsage};
 
 use crate::config::DatabaseSettings;
 use crate::domain::redact_url;

@@ -30,6 +30,13 @@ pub enum RestartReason {
 }
 
 impl RestartReason {
+    /// Every reason.
+    pub const ALL: [RestartReason; 3] = [
+        RestartReason::Panic,
+        RestartReason::Crash,
+        RestartReason::Timeout,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,5 +1,6 @@
 //! Process-wide telemetry set-up: the `tracing` subscriber (log format, filter, OpenTelemetry layer), trace
-//! export and the W3C propagator. Metrics live in [`metrics`]; span-context helpers in [`propagation`]; the
+//! export and the W3C propagator. Metrics live in [`metrics`]; their bounded in-process history (the
+//! dashboard's charts) in [`history`]; span-context helpers in [`propagation`]; the
 //! exporter, sampler and resource in [`export`]; the JSON log format in [`json_log`].
 //!
 //! Spans always get real OpenTelemetry ids (an SDK tracer provider is installed even without an exporter),
@@ -7,6 +8,7 @@
 //! in batches, and flushed when the [`TelemetryGuard`] is dropped.
 
 pub mod export;
+pub mod history;
 pub mod json_log;
 pub mod metrics;
 pub mod propagation;

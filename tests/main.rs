@@ -2,9 +2,11 @@
 //! SQLite file, a random port) and talks to it over HTTP and WebSocket.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod access;
 mod bad_input;
 mod budget;
 mod cancellation;
+mod dashboard_api;
 mod helpers;
 mod layers;
 mod memory;

@@ -167,7 +167,8 @@ fn local_provider(structured: StructuredOutput) -> (OpenAiProvider, Metrics) {
 fn collector() -> (TokenSink, Arc<Mutex<Vec<String>>>) {
     let pieces = Arc::new(Mutex::new(Vec::new()));
     let kept = pieces.clone();
-    let sink: TokenSink = Arc::new(move |piece: &str| kept.lock().unwrap().push(piece.to_owned()));
+    let sink: TokenSink =
+        Arc::new(move |piece: &str, _| kept.lock().unwrap().push(piece.to_owned()));
     (sink, pieces)
 }
 
@@ -210,6 +211,37 @@ async fn text_streams_in_pieces_with_usage() {
     );
     assert!(output.generation_seconds > 0.0);
     assert_eq!(provider.provider_name(), "openai");
+}
+
+#[actix_rt::test]
+async fn streamed_pieces_carry_their_probability_from_the_servers_logprobs() {
+    let (provider, _) = local_provider(StructuredOutput::ResponseFormat);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let sink: TokenSink = Arc::new(move |piece: &str, p: Option<f64>| {
+        kept.lock().unwrap().push((piece.to_owned(), p));
+    });
+    for request in [
+        text_request(16),
+        plan_request(
+            "Write a Python function that adds two numbers",
+            2,
+            &settings().llm.limits,
+            &[],
+        ),
+    ] {
+        seen.lock().unwrap().clear();
+        provider
+            .complete(request, sink.clone(), CancellationToken::new())
+            .await
+            .unwrap();
+        let pieces = seen.lock().unwrap().clone();
+        assert!(!pieces.is_empty());
+        for (piece, p) in &pieces {
+            let p = p.unwrap_or_else(|| panic!("piece {piece:?} has no probability: {pieces:?}"));
+            assert!(p > 0.0 && p <= 1.0, "{piece:?}: {p}");
+        }
+    }
 }
 
 #[actix_rt::test]
@@ -274,7 +306,7 @@ async fn cancelling_mid_stream_returns_at_once() {
     let pieces = Arc::new(AtomicUsize::new(0));
     let sink: TokenSink = {
         let (cancel, cancelled_at, pieces) = (cancel.clone(), cancelled_at.clone(), pieces.clone());
-        Arc::new(move |_: &str| {
+        Arc::new(move |_: &str, _| {
             if pieces.fetch_add(1, Ordering::SeqCst) == 2 {
                 *cancelled_at.lock().unwrap() = Some(Instant::now());
                 cancel.cancel();

@@ -50,7 +50,7 @@ async fn generate(sampling: SamplingSettings) -> LlmOutput {
         output: OutputSpec::Text,
     };
     provider
-        .complete(request, Arc::new(|_| {}), CancellationToken::new())
+        .complete(request, Arc::new(|_, _| {}), CancellationToken::new())
         .await
         .unwrap()
 }

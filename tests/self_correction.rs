@@ -26,7 +26,7 @@ use crate::postgres::store_queued_task;
 
 /// Stores a finished source task whose recorded model outputs are `outputs` (purpose, text, choice) in the
 /// SQLite database at `url`; returns its id.
-async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) -> TaskId {
+pub(crate) async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) -> TaskId {
     let mut settings = crate::helpers::test_settings(&tempfile::tempdir().unwrap());
     settings.database.url = url.to_owned();
     let storage = Storage::connect(&settings.database).await.unwrap();
@@ -114,7 +114,7 @@ fn failing_first_attempt() -> Vec<(&'static str, String, Option<Value>)> {
 }
 
 /// [`failing_first_attempt`] and a second attempt that adds (its test passes).
-fn fixed_on_second_attempt() -> Vec<(&'static str, String, Option<Value>)> {
+pub(crate) fn fixed_on_second_attempt() -> Vec<(&'static str, String, Option<Value>)> {
     let mut outputs = failing_first_attempt();
     outputs.extend([
         ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
@@ -123,7 +123,7 @@ fn fixed_on_second_attempt() -> Vec<(&'static str, String, Option<Value>)> {
     outputs
 }
 
-async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, String) {
+pub(crate) async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, String) {
     let url = format!("sqlite://{}/scripted.sqlite?mode=rwc", dir.path().display());
     let app_url = url.clone();
     let app = spawn_app_with(move |settings| {

@@ -64,12 +64,29 @@ pub enum ApiError {
         /// Its status.
         status: TaskStatus,
     },
+    /// The route serves only WebSocket upgrades.
+    #[error("this route serves a WebSocket: send an upgrade request (Upgrade: websocket)")]
+    UpgradeRequired,
     /// No such route.
     #[error("no such route")]
     NotFound,
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// The `Host` header names a host this server does not answer to (the DNS-rebinding defence).
+    #[error("host '{0}' is not allowed: this server answers to loopback names and addresses, its bind address and server.allowed_hosts (add the name there, TROUPE__SERVER__ALLOWED_HOSTS)")]
+    ForbiddenHost(String),
+    /// A state-changing request or WebSocket upgrade came from a page of another origin.
+    #[error("origin '{origin}' is not allowed: only pages served by this server ({host}) may change state or open WebSockets")]
+    ForbiddenOrigin {
+        /// The request's `Origin`.
+        origin: String,
+        /// The request's `Host`.
+        host: String,
+    },
+    /// The request carries no valid auth token.
+    #[error("authentication required: send Authorization: Bearer <token> (the server's TROUPE__SERVER__AUTH_TOKEN), or log in at /login")]
+    Unauthorized,
     /// A dependency is down.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -94,8 +111,12 @@ impl ApiError {
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
+            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ForbiddenHost(_) => "forbidden_host",
+            ApiError::ForbiddenOrigin { .. } => "forbidden_origin",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -110,7 +131,8 @@ impl ResponseError for ApiError {
             | ApiError::EmptyPrompt
             | ApiError::InvalidOption(_)
             | ApiError::InvalidId(_)
-            | ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidQuery(_)
+            | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -120,6 +142,8 @@ impl ResponseError for ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,7 +153,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(%cause, "internal error");
         }
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized = self {
+            response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }))
     }

@@ -1,16 +1,25 @@
-//! `/api/v1/tasks/{id}/events`: the task's event log as JSON, or live over a WebSocket when the request
-//! asks for an upgrade (one event per text frame, resumable with `?after=SEQ`, closed normally after the
-//! terminal event).
+//! `/api/v1/tasks/{id}/events`: the task's event log as JSON (paged with `limit`, kinds left out with
+//! `exclude`), or live over a WebSocket when the request asks for an upgrade (one event per text frame,
+//! resumable with `?after=SEQ`, closed normally after the terminal event). `/api/v1/events`: every task's
+//! live events except tokens, over a WebSocket only (not resumable; closed with 1013 "lagged" when the
+//! client falls behind).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
 
 use super::error::{parse_task_id, ApiError};
+use crate::domain::{Event, EventKind};
 use crate::events::Subscription;
 use crate::service::Core;
+
+/// Most events one page of the JSON history holds.
+const MAX_EVENTS_LIMIT: u64 = 10_000;
 
 /// Query of the events endpoint.
 #[derive(Debug, Deserialize)]
@@ -18,9 +27,41 @@ use crate::service::Core;
 pub struct EventsQuery {
     /// Only events with a greater `seq` (default 0: all).
     pub after: Option<i64>,
+    /// At most this many events (1..=10000); absent: all.
+    pub limit: Option<u64>,
+    /// Comma-separated event kinds left out (JSON history only).
+    pub exclude: Option<String>,
 }
 
-/// `GET /api/v1/tasks/{id}/events[?after=SEQ]`.
+/// The JSON history's body: `next` only when the request had a `limit`.
+#[derive(serde::Serialize)]
+struct EventPage<'a> {
+    events: &'a [Event],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Option<i64>>,
+}
+
+/// The kinds named in a comma-separated `exclude` (empty entries ignored); an unknown kind is a 400.
+fn excluded_kinds(text: Option<&str>) -> Result<Vec<EventKind>, ApiError> {
+    let mut kinds = Vec::new();
+    for name in text.unwrap_or("").split(',').map(str::trim) {
+        if name.is_empty() {
+            continue;
+        }
+        let kind = name.parse::<EventKind>().map_err(|e| {
+            ApiError::InvalidQuery(format!(
+                "exclude: {}",
+                e.to_string().chars().take(100).collect::<String>()
+            ))
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// `GET /api/v1/tasks/{id}/events[?after=SEQ][&limit=N][&exclude=KIND,...]`.
 pub async fn task_events(
     core: web::Data<Core>,
     request: HttpRequest,
@@ -35,18 +76,51 @@ pub async fn task_events(
             "after must not be negative, got {after}"
         )));
     }
+    if let Some(limit) = query.limit {
+        if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
+            return Err(ApiError::InvalidQuery(format!(
+                "limit must be within 1..={MAX_EVENTS_LIMIT}, got {limit}"
+            )));
+        }
+    }
+    let exclude = excluded_kinds(query.exclude.as_deref())?;
     if core.storage.task(id).await?.is_none() {
         return Err(ApiError::TaskNotFound(id));
     }
     if !is_websocket_upgrade(&request) {
-        let events = core.storage.events_after(id, after).await?;
-        return Ok(HttpResponse::Ok().json(json!({ "events": events })));
+        let (events, next) = core
+            .storage
+            .events_page(id, after, query.limit, &exclude)
+            .await?;
+        // Serialised straight from the events (no intermediate JSON tree: a page can hold 10,000).
+        return Ok(HttpResponse::Ok().json(EventPage {
+            events: &events,
+            next: query.limit.map(|_| next),
+        }));
     }
     let subscription = core.events.subscribe(id, after).await?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
     let open = OpenStream::new(core.metrics.websocket_connections.clone());
     actix_web::rt::spawn(stream_events(subscription, session, messages, open));
+    Ok(response)
+}
+
+/// `GET /api/v1/events`: a WebSocket of every task's events as they commit, except `llm.token`; a plain
+/// GET is a 400 saying an upgrade is required.
+pub async fn all_events(
+    core: web::Data<Core>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if !is_websocket_upgrade(&request) {
+        return Err(ApiError::UpgradeRequired);
+    }
+    let live = core.events.subscribe_all();
+    let (response, session, messages) = actix_ws::handle(&request, body)
+        .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
+    let open = OpenStream::new(core.metrics.websocket_connections.clone());
+    actix_web::rt::spawn(stream_all(live, session, messages, open));
     Ok(response)
 }
 
@@ -111,4 +185,62 @@ async fn stream_events(
         }
     };
     let _ = session.close(Some(close)).await;
+}
+
+/// Forwards every task's live events to the socket until the client leaves; a client that falls behind is
+/// closed with 1013 (try again) "lagged": it re-reads what it shows and reconnects.
+async fn stream_all(
+    mut live: broadcast::Receiver<Arc<Event>>,
+    mut session: actix_ws::Session,
+    mut messages: actix_ws::MessageStream,
+    _open: OpenStream,
+) {
+    let close = loop {
+        tokio::select! {
+            next = live.recv() => match next {
+                Ok(event) => {
+                    let Ok(text) = serde_json::to_string(&*event) else { continue };
+                    if session.text(text).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => break CloseReason {
+                    code: CloseCode::Again,
+                    description: Some("lagged".into()),
+                },
+                Err(broadcast::error::RecvError::Closed) => break CloseReason {
+                    code: CloseCode::Away,
+                    description: None,
+                },
+            },
+            message = messages.next() => match message {
+                Some(Ok(Message::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    let _ = session.close(Some(close)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclude_lists_parse_and_unknown_kinds_are_refused() {
+        assert_eq!(excluded_kinds(None).unwrap(), vec![]);
+        assert_eq!(
+            excluded_kinds(Some("llm.token, tool.called,,llm.token")).unwrap(),
+            vec![EventKind::LlmToken, EventKind::ToolCalled]
+        );
+        assert!(matches!(
+            excluded_kinds(Some("llm.token,nope")),
+            Err(ApiError::InvalidQuery(_))
+        ));
+    }
 }

@@ -147,7 +147,7 @@ impl EmbeddedProvider {
     /// Runs a call that keeps generating past end-of-generation tokens, for benchmarks that need a fixed
     /// number of tokens.
     pub async fn complete_fixed_length(&self, request: LlmRequest) -> Result<LlmOutput, LlmError> {
-        self.submit(request, true, Arc::new(|_| {}), CancellationToken::new())
+        self.submit(request, true, Arc::new(|_, _| {}), CancellationToken::new())
             .await
     }
 
@@ -427,7 +427,7 @@ impl WorkerSupervisor {
                         }
                     };
                     match serde_json::from_str::<FromWorker>(&line) {
-                        Ok(FromWorker::Token { id: token_id, text }) if token_id == id => (job.on_token)(&text),
+                        Ok(FromWorker::Token { id: token_id, text, p }) if token_id == id => (job.on_token)(&text, p),
                         Ok(FromWorker::Done { id: done_id, output, .. }) if done_id == id => {
                             let _ = job.reply.send(Ok(output));
                             return CallEnd::Healthy;

@@ -76,11 +76,35 @@ pub struct OpenAiProvider {
     temperature: f32,
     seed: u32,
     logprobs: bool,
+    /// Set when the server refused a request for the sampled tokens' log-probabilities (400): text and
+    /// JSON calls stop asking (their tokens then carry no probability).
+    refuses_logprobs: std::sync::atomic::AtomicBool,
     top_logprobs: u32,
     prices: TokenPrices,
     metrics: Metrics,
     key: Option<Secret>,
     readiness: Arc<Mutex<Readiness>>,
+}
+
+/// What a request asks for of the tokens' log-probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Logprobs {
+    /// Nothing.
+    Off,
+    /// The sampled tokens' (a streamed piece's probability, `p` of its `llm.token` event).
+    Sampled,
+    /// With `top_logprobs` alternatives per token (to score a choice's options).
+    WithAlternatives,
+}
+
+/// The probability of a streamed piece from its tokens' log-probabilities: their product, `exp(Σ logprob)`
+/// (the probability of the piece's text given what came before). `None` when the chunk carried none.
+fn piece_probability(tokens: &[TokenLogprob]) -> Option<f64> {
+    if tokens.is_empty() {
+        return None;
+    }
+    let sum: f64 = tokens.iter().map(|token| token.logprob).sum();
+    (!sum.is_nan()).then(|| sum.exp().clamp(0.0, 1.0))
 }
 
 /// One streamed answer.
@@ -162,6 +186,7 @@ impl OpenAiProvider {
             seed: settings.seed,
             // Groq refuses requests that ask for logprobs (400); its choices are unscored.
             logprobs: endpoint.provider != ProviderKind::Groq,
+            refuses_logprobs: std::sync::atomic::AtomicBool::new(false),
             top_logprobs: settings.top_logprobs,
             prices: price.into(),
             metrics,
@@ -175,7 +200,7 @@ impl OpenAiProvider {
         match &request.output {
             OutputSpec::Text => {
                 let messages = wire_messages(&request.messages, None);
-                let body = self.body(messages, request.max_tokens, None, false);
+                let body = self.body(messages, request.max_tokens, None, self.sampled_logprobs());
                 let streamed = self.stream(&body, on_token).await?;
                 Ok(LlmOutput {
                     text: streamed.text,
@@ -193,7 +218,7 @@ impl OpenAiProvider {
                         schema,
                         hint,
                         request.max_tokens,
-                        false,
+                        self.sampled_logprobs(),
                         on_token,
                         |s| read_json(schema, &s.text),
                     )
@@ -255,7 +280,11 @@ impl OpenAiProvider {
                 &schema,
                 Some(hint),
                 request.max_tokens.saturating_add(CHOICE_FRAME_TOKENS),
-                self.logprobs,
+                if self.logprobs {
+                    Logprobs::WithAlternatives
+                } else {
+                    Logprobs::Off
+                },
                 on_token,
                 |s| {
                     read_choice(
@@ -305,7 +334,7 @@ impl OpenAiProvider {
         schema: &Value,
         hint: Option<String>,
         max_tokens: u32,
-        logprobs: bool,
+        logprobs: Logprobs,
         on_token: &TokenSink,
         read: impl Fn(&Streamed) -> Result<T, String>,
     ) -> Result<(T, Streamed, Usage, f64), LlmError> {
@@ -344,13 +373,27 @@ impl OpenAiProvider {
         Err(LlmError::Malformed("no answer".into()))
     }
 
+    /// How text and JSON calls ask for log-probabilities: the sampled tokens' only, unless the provider
+    /// is Groq (which refuses them) or the server refused them before.
+    fn sampled_logprobs(&self) -> Logprobs {
+        if self.logprobs
+            && !self
+                .refuses_logprobs
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            Logprobs::Sampled
+        } else {
+            Logprobs::Off
+        }
+    }
+
     /// The request body.
     fn body(
         &self,
         messages: Vec<WireMessage>,
         max_tokens: u32,
         schema: Option<&Value>,
-        logprobs: bool,
+        logprobs: Logprobs,
     ) -> ChatRequest {
         let (response_format, json_schema) = match (schema, self.structured) {
             (Some(schema), StructuredOutput::ResponseFormat) => (
@@ -375,15 +418,38 @@ impl OpenAiProvider {
             seed: Some(self.seed),
             response_format,
             json_schema,
-            logprobs: logprobs.then_some(true),
-            top_logprobs: logprobs.then_some(self.top_logprobs),
+            logprobs: (logprobs != Logprobs::Off).then_some(true),
+            top_logprobs: match logprobs {
+                Logprobs::Off => None,
+                // One alternative: enough for servers (llama-server) that report only with `n_probs > 0`.
+                Logprobs::Sampled => Some(1),
+                Logprobs::WithAlternatives => Some(self.top_logprobs),
+            },
         }
     }
 
     /// Streams one answer: every content piece to `on_token`, the usage from the last chunk (or, where the
     /// server sends none, the number of pieces as output tokens), the time from the first piece to the end.
     async fn stream(&self, body: &ChatRequest, on_token: &TokenSink) -> Result<Streamed, LlmError> {
-        let mut stream = self.open(body).await?;
+        let sampled_only = body.logprobs.is_some() && body.top_logprobs == Some(1);
+        let mut stream = match self.open(body).await {
+            // A server that refuses log-probabilities still answers without them (tokens without `p`).
+            Err(LlmError::Http { status: 400, .. }) if sampled_only => {
+                self.refuses_logprobs
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    provider = self.name,
+                    "the server refused logprobs; asking without"
+                );
+                let plain = ChatRequest {
+                    logprobs: None,
+                    top_logprobs: None,
+                    ..body.clone()
+                };
+                self.open(&plain).await?
+            }
+            opened => opened?,
+        };
         let mut streamed = Streamed::default();
         let mut reported = None;
         let mut pieces = 0u64;
@@ -418,7 +484,7 @@ impl OpenAiProvider {
                 if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
                     first_piece.get_or_insert_with(Instant::now);
                     pieces += 1;
-                    on_token(&content);
+                    on_token(&content, piece_probability(&tokens));
                     streamed.text.push_str(&content);
                     if streamed.text.len() > MAX_ANSWER_BYTES {
                         return Err(LlmError::Malformed(format!(

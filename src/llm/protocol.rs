@@ -43,6 +43,10 @@ pub enum FromWorker {
         id: u64,
         /// Valid UTF-8 text (incomplete characters are held back until complete).
         text: String,
+        /// The probability of this text given what came before: the product of its sampled tokens'
+        /// probabilities (softmax of the raw logits). Absent for text the worker forced (a choice's option).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        p: Option<f64>,
     },
     /// Call `id` finished.
     Done {

@@ -302,7 +302,7 @@ impl Recorder<'_> {
                 .llm_time_to_first_token
                 .with_label_values(&[provider, &model]);
             let seen_first = std::sync::atomic::AtomicBool::new(false);
-            let on_token: TokenSink = Arc::new(move |text: &str| {
+            let on_token: TokenSink = Arc::new(move |text: &str, p: Option<f64>| {
                 if !seen_first.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     first_token.observe(started.elapsed().as_secs_f64());
                 }
@@ -313,7 +313,10 @@ impl Recorder<'_> {
                     agent: Some(agent),
                     trace_id: trace_id.clone(),
                     span_id: span_id.clone(),
-                    data: json!({ "purpose": token_purpose, "text": text }),
+                    data: match p {
+                        Some(p) => json!({ "purpose": token_purpose, "text": text, "p": p }),
+                        None => json!({ "purpose": token_purpose, "text": text }),
+                    },
                 }));
             });
             let result = llm.complete(request, on_token, cancel).await;

@@ -98,7 +98,8 @@ impl LlmProvider for ReplayProvider {
                 .ok_or(LlmError::ReplayMissing {
                     purpose: request.purpose,
                 })?;
-        on_token(&output.text);
+        // A replay knows no probabilities (the recording keeps text only).
+        on_token(&output.text, None);
         Ok(output)
     }
 
@@ -147,7 +148,7 @@ mod tests {
         let output = provider()
             .complete(
                 request("plan"),
-                Arc::new(move |text| sink.lock().unwrap().push_str(text)),
+                Arc::new(move |text, _| sink.lock().unwrap().push_str(text)),
                 CancellationToken::new(),
             )
             .await
@@ -161,7 +162,7 @@ mod tests {
         let error = provider()
             .complete(
                 request("work.9"),
-                Arc::new(|_| {}),
+                Arc::new(|_, _| {}),
                 CancellationToken::new(),
             )
             .await

@@ -228,7 +228,7 @@ impl Engine<'_> {
             input_tokens: tokens.len() as u64,
             output_tokens: 0,
         };
-        let mut emit = |text: &str| -> Result<(), Failure> {
+        let mut emit = |text: &str, p: Option<f64>| -> Result<(), Failure> {
             if text.is_empty() {
                 return Ok(());
             }
@@ -237,6 +237,7 @@ impl Engine<'_> {
                 &FromWorker::Token {
                     id,
                     text: text.to_owned(),
+                    p,
                 },
             )
             .map_err(|e| Failure::new("model", e.to_string()))
@@ -288,7 +289,8 @@ impl Engine<'_> {
                 let forced = format!("{chosen}{suffix}");
                 let forced_tokens = vocab.tokenize(forced.as_bytes(), false, false);
                 self.feed(&mut cursor, &forced_tokens)?;
-                emit(&format!("{prefix}{forced}"))?;
+                // Forced text was not sampled: it has no probability of its own (the choice has the options').
+                emit(&format!("{prefix}{forced}"), None)?;
                 let mut sampler = self.sampler(Some(REASON_GRAMMAR))?;
                 let generated = self.sample_loop(
                     &mut cursor,
@@ -470,29 +472,48 @@ impl Engine<'_> {
         id: u64,
         cancelled: &AtomicU64,
         usage: &mut Usage,
-        emit: &mut impl FnMut(&str) -> Result<(), Failure>,
+        emit: &mut impl FnMut(&str, Option<f64>) -> Result<(), Failure>,
     ) -> Result<String, Failure> {
         let mut text = String::new();
         let mut pending = Vec::new();
+        // The probability of the tokens whose bytes are pending (a character split over tokens is one piece).
+        let mut pending_p = 1.0_f64;
         for _ in 0..max_tokens {
             if cancelled.load(Ordering::SeqCst) == id {
                 return Err(Failure::new("cancelled", "cancelled by the caller"));
             }
-            let token = sampler.sample(&self.context, cursor.batch.n_tokens() - 1);
+            let last = cursor.batch.n_tokens() - 1;
+            let token = sampler.sample(&self.context, last);
             let vocab = self.model.vocab();
             if vocab.is_eog(token) && !ignore_eos {
                 break;
             }
             usage.output_tokens += 1;
+            if let Some(p) = token_probability(self.context.get_logits_ith(last), token) {
+                pending_p *= p;
+            }
             pending.extend(vocab.token_to_piece(token, false, None));
             let piece = take_utf8(&mut pending);
-            emit(&piece)?;
+            if !piece.is_empty() {
+                emit(&piece, Some(pending_p))?;
+                pending_p = 1.0;
+            }
             text.push_str(&piece);
             self.feed(cursor, &[token])?;
         }
         text.push_str(&String::from_utf8_lossy(&pending));
         Ok(text)
     }
+}
+
+/// The model's probability of `token` at this position: the softmax of the raw logits (before the grammar,
+/// penalties or temperature of the sampler chain), at the sampled token. `None` outside the vocabulary.
+fn token_probability(logits: &[f32], token: LlamaToken) -> Option<f64> {
+    let chosen = f64::from(*logits.get(usize::try_from(token.0).ok()?)?);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = f64::from(max);
+    let total: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    (total > 0.0 && total.is_finite()).then(|| ((chosen - max).exp() / total).clamp(0.0, 1.0))
 }
 
 /// Takes the longest valid UTF-8 prefix out of `bytes`, leaving an incomplete trailing character for the
@@ -531,6 +552,18 @@ mod tests {
         pending.extend_from_slice(&euro[2..]);
         assert_eq!(take_utf8(&mut pending), "€");
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_token_probability_is_the_softmax_of_the_raw_logits_at_it() {
+        let logits = [1.0_f32, 3.0, 0.5, 1000.0];
+        let p = token_probability(&logits, LlamaToken(3)).unwrap();
+        assert!((p - 1.0).abs() < 1e-9, "{p}");
+        let logits = [0.0_f32, 0.0, f32::ln(2.0)];
+        let p = token_probability(&logits, LlamaToken(2)).unwrap();
+        assert!((p - 0.5).abs() < 1e-6, "{p}");
+        assert!(token_probability(&logits, LlamaToken(7)).is_none());
+        assert!(token_probability(&logits, LlamaToken(-1)).is_none());
     }
 
     #[test]

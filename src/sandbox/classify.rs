@@ -23,6 +23,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome of a run that happened (a refused run is counted as `refused`).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Oom,
+        Outcome::Killed,
+        Outcome::Violation,
+    ];
+
     /// The stable name (a metric label).
     pub fn as_str(self) -> &'static str {
         match self {
