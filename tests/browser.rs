@@ -21,13 +21,6 @@ use troupe::storage::records::{LlmCallRecord, NewTask, PendingEvent, TaskEnd, Wr
 use helpers::{root, spawn_app, spawn_app_with, test_settings, TestApp};
 use support::{start_browser, start_driver, wait_ready, Driver};
 
-/// Whether the app serves the dashboard's data routes (`/api/v1/stats`, `/llm-calls`, stored tokens with
-/// their probabilities). Until they land, the pages fall back to what the older routes give, and the
-/// checks that need them are skipped; with them, every check runs.
-async fn serves_dashboard_data(app: &TestApp) -> bool {
-    app.get("/api/v1/stats").await.0 == 200
-}
-
 /// A browser session and the driver behind it (killed with its browsers when dropped).
 struct Session {
     client: Client,
@@ -279,17 +272,15 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
         "#panel-tokens .call-list button[data-purpose='plan']",
     )
     .await;
-    if serves_dashboard_data(&app).await {
-        css(&client, "#stream span[title]").await;
-        let streamed = client
-            .find(Locator::Css("#stream"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(streamed.contains("steps"), "{streamed}");
-    }
+    css(&client, "#stream span[title]").await;
+    let streamed = client
+        .find(Locator::Css("#stream"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.contains("steps"), "{streamed}");
     screenshot(&client, "task-tokens").await;
 
     for panel in ["sandbox", "tools", "result", "events"] {
@@ -348,11 +339,9 @@ async fn a_ten_thousand_event_task_is_ready_within_two_seconds() {
         "#panel-tokens .call-list button[aria-pressed='true']",
     )
     .await;
-    if serves_dashboard_data(&app).await {
-        css(&client, "#stream span.p0, #stream span.p4").await;
-        let shown = count(&client, "#stream span").await;
-        assert!((500..1000).contains(&shown), "{shown} token spans");
-    }
+    css(&client, "#stream span.p0, #stream span.p4").await;
+    let shown = count(&client, "#stream span").await;
+    assert!((500..1000).contains(&shown), "{shown} token spans");
     screenshot(&client, "big-task-tokens").await;
     client.close().await.unwrap();
 }
@@ -505,11 +494,6 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
     )
     .await;
     // The embedded model reports each sampled token's probability.
-    if !serves_dashboard_data(&app).await {
-        screenshot(&client, "real-task-tokens").await;
-        client.close().await.unwrap();
-        return;
-    }
     until(
         &client,
         Duration::from_secs(20),
