@@ -237,6 +237,17 @@ function onEvent(event) {
   // A new task, an ended one (its tokens and cost are final) or one we do not show: read the page again.
   if (event.kind === "task.queued" || TERMINAL.has(status) || (!entry && status && !filters().before)) reloadSoon();
   if (event.kind === "agent.started" || event.kind === "agent.finished" || TERMINAL.has(status)) loadAgentsSoon();
+  // Hand-offs are agent.started, code.attempt and qa.revision events: the graph is read again after them.
+  if (["agent.started", "code.attempt", "qa.revision"].includes(event.kind) || TERMINAL.has(status)) collaborationSoon();
+}
+
+let collaborationTimer = null;
+function collaborationSoon() {
+  if (collaborationTimer) return;
+  collaborationTimer = setTimeout(() => {
+    collaborationTimer = null;
+    loadCollaboration();
+  }, 500);
 }
 
 let agentsTimer = null;
