@@ -487,7 +487,10 @@ async function renderTokens() {
   if (!calls.length) return note(TERMINAL.has(state.task.status) ? "this task made no model call" : "no model call yet");
   // The call in the URL; else, while the task runs, the latest (it may be streaming); else the first.
   const running = !TERMINAL.has(state.task.status);
-  const selected = calls.find((call) => call.purpose === query().get("call")) || (running ? calls[calls.length - 1] : calls[0]);
+  // Without a call in the URL: while the task runs the view follows the newest call; drawn again after
+  // the end, it stays on the call it showed.
+  const wanted = query().get("call") || (!running && state.view && state.view.purpose);
+  const selected = calls.find((call) => call.purpose === wanted) || (running ? calls[calls.length - 1] : calls[0]);
   const list = h(
     "div",
     { class: "call-list", role: "group", "aria-label": "model calls" },
@@ -990,6 +993,7 @@ function wireTabs() {
     });
   }
   window.addEventListener("popstate", () => {
+    state.view = null; // the URL says which call
     invalidate("tokens", "events");
     showPanel(currentPanel());
   });
