@@ -504,3 +504,38 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
     screenshot(&client, "real-task-tokens").await;
     client.close().await.unwrap();
 }
+
+/// Bound beyond loopback with a token: the dashboard sends the browser to the login form; the token
+/// typed there opens the overview, whose API reads and event stream then work with the cookie.
+#[actix_rt::test]
+async fn beyond_loopback_the_dashboard_asks_for_the_token() {
+    const TOKEN: &str = "browser-token-0123456789abcdef";
+    let app = spawn_app_with(|settings| {
+        settings.server.bind = "0.0.0.0:0".into();
+        settings.server.auth_token = Some(troupe::config::Secret::new(TOKEN));
+    })
+    .await;
+    let Session { client, _driver } = session().await;
+    client.goto(&format!("{}/", app.address)).await.unwrap();
+    let field = css(&client, "form[action='/login'] input#token").await;
+    assert!(client
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .starts_with("/login"));
+    screenshot(&client, "login").await;
+    field.send_keys(TOKEN).await.unwrap();
+    client
+        .find(Locator::Css("form[action='/login'] button[type='submit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(client.current_url().await.unwrap().path(), "/");
+    css(&client, "#agents tr[data-agent='director']").await;
+    css(&client, "#live[data-state='open']").await;
+    client.close().await.unwrap();
+}
