@@ -974,8 +974,11 @@ async fn the_dashboard_reads_work_on_postgres() {
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 3, 5]);
     assert_eq!(next, Some(5));
-    let tokens = storage.token_pieces(rich).await.unwrap();
+    let tokens = storage.token_pieces(rich, "plan").await.unwrap();
     assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].1["text"], "a");
+    let other = storage.token_pieces(rich, "work.1").await.unwrap();
+    assert!(other.is_empty(), "the purpose is picked in SQL");
     let calls = storage.llm_calls(rich).await.unwrap();
     assert_eq!(
         calls[0].prompt,

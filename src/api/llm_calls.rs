@@ -69,10 +69,9 @@ pub async fn call_tokens(
     // commits them in send order), so `finished` never claims an incomplete list.
     let finished =
         task.status.is_terminal() || core.storage.llm_call_recorded(id, &purpose).await?;
-    let pieces = core.storage.token_pieces(id).await?;
+    let pieces = core.storage.token_pieces(id, &purpose).await?;
     let tokens: Vec<Token<'_>> = pieces
         .iter()
-        .filter(|(_, data)| data.get("purpose").and_then(|p| p.as_str()) == Some(&purpose))
         .map(|(seq, data)| Token {
             seq: *seq,
             text: data.get("text").and_then(|t| t.as_str()).unwrap_or(""),

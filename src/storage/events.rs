@@ -1,7 +1,10 @@
 //! The event log's rows: reads, the row of a new event, and a task's last `seq`.
 
+use sea_orm::sea_query::Expr;
 use sea_orm::ActiveValue::Set;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 use super::entities::event;
 use super::records::PendingEvent;
@@ -53,18 +56,25 @@ impl Storage {
         Ok((events, next))
     }
 
-    /// Task `id`'s `llm.token` events in order, as `(seq, data)` only (the caller picks a call's by
-    /// purpose): the fewest columns, since a call can stream thousands.
+    /// The `llm.token` events of task `id`'s model call `purpose`, in order, as `(seq, data)` only: the
+    /// fewest columns, and the purpose picked in SQL (a task can stream thousands of tokens over many calls).
     pub async fn token_pieces(
         &self,
         id: TaskId,
+        purpose: &str,
     ) -> Result<Vec<(i64, serde_json::Value)>, StorageError> {
+        // The JSON path differs by backend; the purpose is bound, never spliced into the SQL.
+        let of_purpose = match self.db.get_database_backend() {
+            DbBackend::Postgres => Expr::cust_with_values("data->>'purpose' = $1", [purpose]),
+            _ => Expr::cust_with_values("json_extract(data, '$.purpose') = ?", [purpose]),
+        };
         event::Entity::find()
             .select_only()
             .column(event::Column::Seq)
             .column(event::Column::Data)
             .filter(event::Column::TaskId.eq(id.to_string()))
             .filter(event::Column::Kind.eq(EventKind::LlmToken.as_str()))
+            .filter(of_purpose)
             .order_by_asc(event::Column::Seq)
             .into_tuple::<(i64, serde_json::Value)>()
             .all(&self.db)
