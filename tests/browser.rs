@@ -7,6 +7,9 @@
 #[path = "helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "scripts.rs"]
+#[allow(dead_code)]
+mod scripts;
 #[path = "dashboard_support.rs"]
 #[allow(dead_code)]
 mod support;
@@ -15,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
-use troupe::domain::{AgentKind, EventKind, TaskId, TaskStatus};
-use troupe::storage::records::{LlmCallRecord, NewTask, PendingEvent, TaskEnd, WriteOp};
 
 use helpers::{root, spawn_app, spawn_app_with, test_settings, TestApp};
+use scripts::{fixed_on_second_attempt, seed_recording};
 use support::{start_browser, start_driver, wait_ready, Driver};
 
 /// A browser session and the driver behind it (killed with its browsers when dropped).
@@ -52,6 +54,17 @@ async fn css(client: &Client, selector: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|error| panic!("no {selector} within 20 s: {error}"))
 }
 
+/// Clicks the element `selector` finds (it must be there).
+async fn click(client: &Client, selector: &str) {
+    client
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|error| panic!("no {selector} to click: {error}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn count(client: &Client, selector: &str) -> usize {
     client.find_all(Locator::Css(selector)).await.unwrap().len()
 }
@@ -67,95 +80,6 @@ async fn until(client: &Client, limit: Duration, what: &str, script: &str) {
         assert!(Instant::now() < deadline, "{what} not within {limit:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A finished source task whose model calls are `outputs` (purpose, text, choice): the script a replay
-/// follows.
-async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) -> TaskId {
-    let settings = test_settings(&tempfile::tempdir().unwrap());
-    let writer = support::writer_on(url, &settings).await.unwrap();
-    let id = TaskId::new();
-    let queued = PendingEvent::now(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
-    let task = NewTask {
-        id,
-        prompt: "recorded".into(),
-        options: json!({}),
-        trace_id: "0".repeat(32),
-        replay_of: None,
-        created_at: queued.at,
-    };
-    writer.create_task(task, queued).await.unwrap();
-    for (purpose, text, choice) in outputs {
-        writer.send(WriteOp::LlmCall(LlmCallRecord {
-            task_id: id,
-            purpose: (*purpose).to_owned(),
-            agent: AgentKind::Director,
-            provider: "script".into(),
-            model: "script".into(),
-            prompt: "[]".into(),
-            output: text.clone(),
-            choice: choice.clone(),
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            cost_usd: 0.0,
-            duration_seconds: 0.2,
-        }));
-    }
-    writer
-        .finish_task(TaskEnd {
-            task_id: id,
-            status: TaskStatus::Completed,
-            result: Some(json!({})),
-            error: None,
-            event: PendingEvent::now(id, EventKind::TaskCompleted, None, json!({})),
-            memories: Vec::new(),
-        })
-        .await
-        .unwrap();
-    id
-}
-
-fn code(code: &str) -> String {
-    json!({ "code": code, "test": "assert add(2, 3) == 5" }).to_string()
-}
-
-fn run_test_call() -> String {
-    json!({ "tool": "run_code", "arguments": { "language": "python", "file": "step1_test.py" } })
-        .to_string()
-}
-
-/// One Code step: planned, assigned (0.8 code), a first attempt whose test fails, a fixed second attempt,
-/// QA's pass.
-fn self_correcting_script() -> Vec<(&'static str, String, Option<Value>)> {
-    vec![
-        (
-            "plan",
-            json!({ "steps": ["Write add(a, b)"] }).to_string(),
-            None,
-        ),
-        (
-            "assign.1",
-            r#"{"agent": "code", "reason": "it is code"}"#.into(),
-            Some(json!({
-                "options": [
-                    { "name": "research", "probability": 0.1 },
-                    { "name": "code", "probability": 0.8 },
-                    { "name": "qa", "probability": 0.1 }
-                ],
-                "chosen": "code",
-                "reasoning": "it is code"
-            })),
-        ),
-        ("work.1", code("def add(a, b):\n    return a - b"), None),
-        ("test.1", run_test_call(), None),
-        ("work.1.r2", code("def add(a, b):\n    return a + b"), None),
-        ("test.1.r2", run_test_call(), None),
-        (
-            "verify",
-            json!({ "verdict": "pass", "feedback": "add is tested with 2 + 3" }).to_string(),
-            None,
-        ),
-    ]
 }
 
 async fn scripted_app(dir: &tempfile::TempDir) -> (TestApp, String) {
@@ -178,7 +102,7 @@ async fn scripted_app(dir: &tempfile::TempDir) -> (TestApp, String) {
 async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = scripted_app(&dir).await;
-    let source = seed_recording(&url, &self_correcting_script()).await;
+    let source = seed_recording(&url, &fixed_on_second_attempt()).await;
     let Session { client, _driver } = session().await;
 
     client.goto(&format!("{}/", app.address)).await.unwrap();
@@ -248,25 +172,13 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
     screenshot(&client, "task-decisions").await;
 
     // The timeline: bars for the step, the model calls and the sandbox runs.
-    client
-        .find(Locator::Css("#tab-timeline"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#tab-timeline").await;
     css(&client, "#panel-timeline svg rect.item").await;
     assert!(count(&client, "#panel-timeline rect.item").await >= 5);
     screenshot(&client, "task-timeline").await;
 
     // The token stream of a model call.
-    client
-        .find(Locator::Css("#tab-tokens"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#tab-tokens").await;
     css(
         &client,
         "#panel-tokens .call-list button[data-purpose='plan']",
@@ -284,13 +196,7 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
     screenshot(&client, "task-tokens").await;
 
     for panel in ["sandbox", "tools", "result", "events"] {
-        client
-            .find(Locator::Css(&format!("#tab-{panel}")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&client, &format!("#tab-{panel}")).await;
         css(
             &client,
             &format!("#panel-{panel}:not([hidden]) > *:not(.loading)"),
@@ -327,13 +233,7 @@ async fn a_ten_thousand_event_task_is_ready_within_two_seconds() {
     screenshot(&client, "big-task-timeline").await;
 
     // Tokens of one call only, shaded by probability.
-    client
-        .find(Locator::Css("#tab-tokens"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#tab-tokens").await;
     css(
         &client,
         "#panel-tokens .call-list button[aria-pressed='true']",
@@ -360,23 +260,13 @@ async fn url_state_round_trips_through_reload_and_history() {
         .await
         .unwrap();
     wait_ready(&client, Duration::from_secs(10)).await.unwrap();
-    client
-        .find(Locator::Css("#tab-tokens"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#tab-tokens").await;
     css(&client, "#panel-tokens .call-list button").await;
-    client
-        .find(Locator::Css(
-            "#panel-tokens .call-list button[data-purpose='work.2.call3']",
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        &client,
+        "#panel-tokens .call-list button[data-purpose='work.2.call3']",
+    )
+    .await;
     css(
         &client,
         "#panel-tokens button[data-purpose='work.2.call3'][aria-pressed='true']",
@@ -452,23 +342,11 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
         .send_keys("Name one prime number greater than ten.")
         .await
         .unwrap();
-    client
-        .find(Locator::Css("#submit button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#submit button").await;
     let link = css(&client, "#submit-result a").await;
     link.click().await.unwrap();
     wait_ready(&client, Duration::from_secs(10)).await.unwrap();
-    client
-        .find(Locator::Css("#tab-tokens"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#tab-tokens").await;
     // Live: tokens arrive while the task runs.
     until(
         &client,
@@ -526,13 +404,7 @@ async fn beyond_loopback_the_dashboard_asks_for_the_token() {
         .starts_with("/login"));
     screenshot(&client, "login").await;
     field.send_keys(TOKEN).await.unwrap();
-    client
-        .find(Locator::Css("form[action='/login'] button[type='submit']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form[action='/login'] button[type='submit']").await;
     wait_ready(&client, Duration::from_secs(10)).await.unwrap();
     assert_eq!(client.current_url().await.unwrap().path(), "/");
     css(&client, "#agents tr[data-agent='director']").await;

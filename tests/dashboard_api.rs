@@ -651,11 +651,8 @@ async fn new_parameters_out_of_range_are_400s_and_unknown_tasks_404s() {
 async fn collaboration_edges_follow_a_code_task() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = crate::self_correction::app_on(&dir, 3).await;
-    let source = crate::self_correction::seed_recording(
-        &url,
-        &crate::self_correction::fixed_on_second_attempt(),
-    )
-    .await;
+    let source =
+        crate::scripts::seed_recording(&url, &crate::scripts::fixed_on_second_attempt()).await;
     let id = app
         .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
         .await;

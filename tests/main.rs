@@ -19,6 +19,7 @@ mod replay;
 mod routing;
 mod sampling;
 mod sandbox;
+mod scripts;
 mod self_correction;
 mod supervision;
 mod task_flow;
