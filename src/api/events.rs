@@ -173,18 +173,25 @@ async fn stream_events(
                     };
                 }
             },
-            message = messages.next() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+            message = messages.next() => if !keep_open(&mut session, message).await {
+                return;
             },
         }
     };
     let _ = session.close(Some(close)).await;
+}
+
+/// Whether a stream goes on after the client's frame `message`: a ping is answered, a close or an error (or
+/// the client gone) ends it, anything else is ignored.
+async fn keep_open(
+    session: &mut actix_ws::Session,
+    message: Option<Result<Message, actix_ws::ProtocolError>>,
+) -> bool {
+    match message {
+        Some(Ok(Message::Ping(bytes))) => session.pong(&bytes).await.is_ok(),
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => false,
+        Some(Ok(_)) => true,
+    }
 }
 
 /// Forwards every task's live events to the socket until the client leaves; a client that falls behind is
@@ -213,14 +220,8 @@ async fn stream_all(
                     description: None,
                 },
             },
-            message = messages.next() => match message {
-                Some(Ok(Message::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+            message = messages.next() => if !keep_open(&mut session, message).await {
+                return;
             },
         }
     };
