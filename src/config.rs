@@ -304,6 +304,8 @@ pub struct DirectorSettings {
     pub max_steps: u32,
     /// Tasks running at once.
     pub max_concurrent_tasks: usize,
+    /// Tasks waiting for a slot; a submission beyond running plus waiting gets 429.
+    pub max_queued_tasks: usize,
     /// Seconds before a step's agent is treated as stuck.
     pub step_timeout_seconds: u64,
     /// Retries of a step after its agent was restarted.
@@ -559,6 +561,9 @@ impl Settings {
         }
         if self.director.max_concurrent_tasks == 0 {
             problems.push("director.max_concurrent_tasks: must be positive".into());
+        }
+        if self.director.max_queued_tasks == 0 {
+            problems.push("director.max_queued_tasks: must be positive".into());
         }
         if self.director.step_timeout_seconds == 0 {
             problems.push("director.step_timeout_seconds: must be positive".into());

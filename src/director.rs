@@ -171,8 +171,10 @@ impl Director {
             .observe(envelope.sent_at.elapsed().as_secs_f64());
     }
 
-    fn launch(&mut self, envelope: Envelope<StartTask>, ctx: &mut Context<Self>) {
+    fn launch(&mut self, mut envelope: Envelope<StartTask>, ctx: &mut Context<Self>) {
         let task_id = envelope.task_id;
+        // Held until the flow has ended (its terminal state committed), then the place is free again.
+        let admission = envelope.payload.admission.take();
         let cancel = CancellationToken::new();
         self.running.insert(task_id, cancel.clone());
         self.deps
@@ -200,6 +202,7 @@ impl Director {
                 .instrument(span)
                 .into_actor(self)
                 .map(move |(), director, ctx| {
+                    drop(admission);
                     director.running.remove(&task_id);
                     director
                         .deps

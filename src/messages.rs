@@ -260,6 +260,9 @@ pub struct StartTask {
     pub prompt: String,
     /// Options given at submission.
     pub options: TaskOptions,
+    /// The task's place among the admitted tasks (`director.max_concurrent_tasks` + `max_queued_tasks`),
+    /// held until the task ends and then given back (dropped with the message if it never runs).
+    pub admission: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// API/CLI to Director: cancel a queued or running task.

@@ -90,6 +90,12 @@ pub enum SubmitError {
     /// `options.replay_of` names no task.
     #[error("task {0} (options.replay_of) does not exist")]
     ReplaySourceNotFound(TaskId),
+    /// As many tasks as may run and wait are admitted and unfinished; nothing was stored.
+    #[error("{admitted} tasks are running or waiting, the most allowed (director.max_concurrent_tasks + director.max_queued_tasks); try again when one has finished")]
+    Busy {
+        /// Running plus waiting places.
+        admitted: usize,
+    },
     /// Storing the task failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -158,6 +164,8 @@ pub struct Core {
     pub tools: Tools,
     /// Tasks waiting for a person's yes (a cloud fallback in `confirm` mode).
     pub confirmations: Confirmations,
+    /// One permit per task admitted and not yet ended: `director.max_concurrent_tasks` + `max_queued_tasks`.
+    admission: Arc<tokio::sync::Semaphore>,
     /// The in-process history of a few metrics (the dashboard's charts), sampled while the core lives.
     pub history: History,
     /// The sampling task of `history`; dropped (stopped) with the core.
@@ -255,6 +263,7 @@ impl Core {
             settings.dashboard.history_samples,
         );
         let sampler = history.start();
+        let admitted = settings.director.max_concurrent_tasks + settings.director.max_queued_tasks;
         Core {
             settings,
             storage,
@@ -266,6 +275,7 @@ impl Core {
             memory,
             tools,
             confirmations,
+            admission: Arc::new(tokio::sync::Semaphore::new(admitted)),
             history,
             _sampler: sampler,
         }
@@ -310,6 +320,13 @@ impl Core {
                 return Err(SubmitError::ReplaySourceNotFound(source));
             }
         }
+        // A place among the admitted tasks before anything is stored: a refused submission leaves no row.
+        let admission = Arc::clone(&self.admission)
+            .try_acquire_owned()
+            .map_err(|_| SubmitError::Busy {
+                admitted: self.settings.director.max_concurrent_tasks
+                    + self.settings.director.max_queued_tasks,
+            })?;
         let id = TaskId::new();
         let (trace_id, _) = propagation::ids(&propagation::current());
         let options_json = serde_json::to_value(&options).unwrap_or_else(|_| json!({}));
@@ -344,6 +361,7 @@ impl Core {
                 StartTask {
                     prompt: prompt.to_owned(),
                     options,
+                    admission: Some(admission),
                 },
             )
             .counted(depth),

@@ -152,3 +152,71 @@ async fn events_of_a_task_reject_a_negative_after_and_cancel_of_a_finished_task_
     let (s, b) = app.post(&format!("/api/v1/tasks/{id}/cancel")).await;
     assert_error(s, &b, 409, "task_finished");
 }
+
+/// With one task running and one waiting (the limits set to 1 and 1), a third submission gets 429
+/// `too_many_tasks` with `Retry-After` and stores nothing; once the admitted tasks end, a submission is
+/// accepted again.
+#[actix_rt::test]
+async fn a_submission_beyond_the_running_and_waiting_limit_gets_429_and_stores_nothing() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.director.max_concurrent_tasks = 1;
+        settings.director.max_queued_tasks = 1;
+    })
+    .await;
+    let running = app.submit("Explain recursion in one sentence").await;
+    let waiting = app.submit("Explain iteration in one sentence").await;
+
+    let mut refused = app
+        .client
+        .post(format!("{}/api/v1/tasks", app.address))
+        .send_json(&json!({ "prompt": "One task too many" }))
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    assert_eq!(retry_after, Some(1));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_tasks", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_queued_tasks"), "{message}");
+    let (_, list) = app.get("/api/v1/tasks").await;
+    let stored: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|task| task["id"].as_str())
+        .collect();
+    assert_eq!(stored.len(), 2, "the refused task left no row: {list}");
+
+    // The admitted tasks end (cancelled); their places are given back.
+    for id in [&waiting, &running] {
+        let (status, body) = app.post(&format!("/api/v1/tasks/{id}/cancel")).await;
+        assert!(status == 202 || status == 409, "{status} {body}");
+    }
+    for id in [&waiting, &running] {
+        let events = app.follow(id, 0, std::time::Duration::from_secs(120)).await;
+        let last = events.last().unwrap();
+        assert!(
+            ["task.cancelled", "task.completed", "task.failed"]
+                .contains(&last["kind"].as_str().unwrap()),
+            "{last}"
+        );
+    }
+    // The place is given back once the flow has ended, just after the terminal event: allow it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = app
+            .post_task(&json!({ "prompt": "Explain a loop in one sentence" }))
+            .await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(std::time::Instant::now() < deadline, "no place given back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -87,6 +87,9 @@ pub enum ApiError {
     /// The request carries no valid auth token.
     #[error("authentication required: send Authorization: Bearer <token> (the server's TROUPE__SERVER__AUTH_TOKEN), or log in at /login")]
     Unauthorized,
+    /// Too many tasks are admitted; the client should retry later (429 with `Retry-After`).
+    #[error("{0}")]
+    TooManyTasks(String),
     /// A dependency is down.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::ForbiddenHost(_) => "forbidden_host",
             ApiError::ForbiddenOrigin { .. } => "forbidden_origin",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::TooManyTasks(_) => "too_many_tasks",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -144,6 +148,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyTasks(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -156,6 +161,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::Unauthorized = self {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::TooManyTasks(_) = self {
+            // A task takes seconds at least; a second is the soonest a place can be expected.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
         response.json(json!({
             "error": { "code": self.code(), "message": self.to_string() }
@@ -196,6 +205,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::PromptTooLarge { chars, max } => ApiError::PromptTooLarge { chars, max },
             SubmitError::InvalidOption(message) => ApiError::InvalidOption(message),
             SubmitError::ReplaySourceNotFound(id) => ApiError::TaskNotFound(id),
+            error @ SubmitError::Busy { .. } => ApiError::TooManyTasks(error.to_string()),
             SubmitError::Storage(error) => ApiError::from(error),
         }
     }
