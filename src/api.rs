@@ -70,7 +70,11 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                             .route(web::post().to(tasks::create_task))
                             .route(web::get().to(tasks::list_tasks)),
                     )
-                    .service(resource("/tasks/{id}").route(web::get().to(tasks::get_task)))
+                    .service(
+                        resource("/tasks/{id}")
+                            .route(web::get().to(tasks::get_task))
+                            .route(web::delete().to(tasks::delete_task)),
+                    )
                     .service(
                         resource("/tasks/{id}/cancel").route(web::post().to(tasks::cancel_task)),
                     )

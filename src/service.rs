@@ -120,6 +120,25 @@ pub enum ConfirmError {
     Storage(#[from] StorageError),
 }
 
+/// A task could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NotFound(TaskId),
+    /// The task has not finished.
+    #[error("task {id} is {status}; only a finished task can be deleted (cancel it first)")]
+    Unfinished {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
+    /// Reading or deleting failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// A task could not be cancelled.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -367,6 +386,32 @@ impl Core {
             .counted(depth),
         );
         Ok(id)
+    }
+
+    /// Removes a finished task with its events, steps, decisions and model calls, in one commit; its
+    /// memories stay, with their provenance. Counted in `troupe_tasks_deleted_total{reason="request"}`.
+    pub async fn delete(&self, id: TaskId) -> Result<(), DeleteError> {
+        let task = self
+            .storage
+            .task(id)
+            .await?
+            .ok_or(DeleteError::NotFound(id))?;
+        if !task.status.is_terminal() {
+            return Err(DeleteError::Unfinished {
+                id,
+                status: task.status,
+            });
+        }
+        // A finished task stays finished, so the writer's own check (finished rows only) agrees; a second
+        // delete racing this one finds nothing.
+        if !self.writer.delete_task(id).await? {
+            return Err(DeleteError::NotFound(id));
+        }
+        self.metrics
+            .tasks_deleted
+            .with_label_values(&["request"])
+            .inc();
+        Ok(())
     }
 
     /// Cancels a queued or running task.

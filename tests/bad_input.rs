@@ -220,3 +220,61 @@ async fn a_submission_beyond_the_running_and_waiting_limit_gets_429_and_stores_n
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `DELETE /api/v1/tasks/{id}`: 409 while the task runs, then (once it has ended) 200, after which the task,
+/// its events and its model calls are gone and the deletion is counted; unknown and malformed ids are 404
+/// and 400.
+#[actix_rt::test]
+async fn a_finished_task_can_be_deleted_and_an_unfinished_one_cannot() {
+    let app = spawn_app().await;
+    let id = app.submit("Explain recursion in one sentence").await;
+    let mut running = app
+        .client
+        .delete(format!("{}/api/v1/tasks/{id}", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        running.status().as_u16(),
+        409,
+        "a running task is not deleted"
+    );
+    let body: Value = running.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "task_unfinished", "{body}");
+    let (status, _) = app.post(&format!("/api/v1/tasks/{id}/cancel")).await;
+    assert!(status == 202 || status == 409, "{status}");
+    let events = app
+        .follow(&id, 0, std::time::Duration::from_secs(120))
+        .await;
+    assert!(!events.is_empty());
+
+    let delete = |path: String| {
+        let client = app.client.clone();
+        async move {
+            let mut response = client.delete(path).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let (status, body) = delete(format!("{}/api/v1/tasks/{id}", app.address)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deleted"], true);
+    let (status, body) = app.get(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = app.get(&format!("/api/v1/tasks/{id}/events")).await;
+    assert_eq!(status, 404);
+    let (_, list) = app.get("/api/v1/tasks").await;
+    assert!(list["tasks"].as_array().unwrap().is_empty(), "{list}");
+    let scrape = app.metrics().await;
+    assert_eq!(
+        crate::helpers::metric_value(&scrape, "troupe_tasks_deleted_total{reason=\"request\"}"),
+        1.0
+    );
+
+    let (status, body) = delete(format!("{}/api/v1/tasks/{id}", app.address)).await;
+    assert_eq!(status, 404, "deleted twice: {body}");
+    assert_eq!(body["error"]["code"], "task_not_found");
+    let (status, body) = delete(format!("{}/api/v1/tasks/not-a-task", app.address)).await;
+    assert_eq!(status, 400, "{body}");
+}

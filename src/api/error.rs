@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::domain::{TaskId, TaskStatus};
-use crate::service::{CancelError, ConfirmError, SubmitError};
+use crate::service::{CancelError, ConfirmError, DeleteError, SubmitError};
 use crate::storage::StorageError;
 
 /// An API failure.
@@ -54,6 +54,14 @@ pub enum ApiError {
         /// The task.
         id: TaskId,
         /// Its terminal status.
+        status: TaskStatus,
+    },
+    /// The task has not finished, so it cannot be deleted.
+    #[error("task {id} is {status}; only a finished task can be deleted (cancel it first)")]
+    TaskUnfinished {
+        /// The task.
+        id: TaskId,
+        /// Its status.
         status: TaskStatus,
     },
     /// The task waits for no confirmation.
@@ -113,6 +121,7 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
+            ApiError::TaskUnfinished { .. } => "task_unfinished",
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
@@ -142,9 +151,9 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::TaskNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::TaskFinished { .. } | ApiError::NotAwaitingConfirmation { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::TaskFinished { .. }
+            | ApiError::TaskUnfinished { .. }
+            | ApiError::NotAwaitingConfirmation { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -220,6 +229,16 @@ impl From<CancelError> for ApiError {
             CancelError::DirectorGone => {
                 ApiError::Unavailable("the director is shutting down".into())
             }
+        }
+    }
+}
+
+impl From<DeleteError> for ApiError {
+    fn from(error: DeleteError) -> Self {
+        match error {
+            DeleteError::NotFound(id) => ApiError::TaskNotFound(id),
+            DeleteError::Unfinished { id, status } => ApiError::TaskUnfinished { id, status },
+            DeleteError::Storage(error) => ApiError::from(error),
         }
     }
 }

@@ -235,6 +235,17 @@ pub async fn confirm_task(
     Ok(HttpResponse::Ok().json(json!({ "id": id, "allow": allow })))
 }
 
+/// `DELETE /api/v1/tasks/{id}`: removes a finished task and its records (409 while it is queued, running or
+/// paused); its memories stay.
+pub async fn delete_task(
+    core: web::Data<Core>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    core.delete(id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "deleted": true })))
+}
+
 /// `POST /api/v1/tasks/{id}/cancel`.
 pub async fn cancel_task(
     core: web::Data<Core>,

@@ -55,6 +55,7 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
         metrics.tasks_total.with_label_values(&[status.as_str()]);
     }
+    metrics.tasks_deleted.with_label_values(&["request"]);
     for kind in EventKind::ALL {
         metrics.events.with_label_values(&[kind.as_str()]);
     }

@@ -202,6 +202,14 @@ pub enum WriteOp {
         /// `task.paused` or `task.resumed`.
         event: PendingEvent,
     },
+    /// Remove a finished task with its events, steps, decisions and model calls (its memories stay, with
+    /// their provenance); answered after the commit with whether a finished task was removed.
+    DeleteTask {
+        /// The task.
+        task_id: TaskId,
+        /// Commit result: true when a finished task was removed.
+        reply: oneshot::Sender<Result<bool, StorageError>>,
+    },
     /// Insert a task's planned steps.
     InsertSteps {
         /// Task.

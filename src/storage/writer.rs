@@ -115,6 +115,14 @@ impl Writer {
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
+    /// Removes finished task `task_id` with its events, steps, decisions and model calls (memories stay);
+    /// answered after the commit: false when no finished task has that id.
+    pub async fn delete_task(&self, task_id: TaskId) -> Result<bool, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(WriteOp::DeleteTask { task_id, reply });
+        answer.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
     /// Waits until everything sent so far is committed.
     pub async fn flush(&self) -> Result<(), StorageError> {
         let (reply, done) = oneshot::channel();
@@ -146,6 +154,8 @@ struct Outcome {
     replies: Vec<oneshot::Sender<Result<(), StorageError>>>,
     flushes: Vec<oneshot::Sender<()>>,
     ended: Vec<TaskId>,
+    /// Deletions waiting for the commit, with whether a finished task was removed.
+    deletions: Vec<(oneshot::Sender<Result<bool, StorageError>>, bool)>,
 }
 
 impl WriterTask {
@@ -176,6 +186,9 @@ impl WriterTask {
                 for reply in outcome.replies {
                     let _ = reply.send(Ok(()));
                 }
+                for (reply, removed) in outcome.deletions {
+                    let _ = reply.send(Ok(removed));
+                }
                 for event in outcome.events {
                     self.metrics
                         .events
@@ -204,6 +217,12 @@ impl WriterTask {
                     .with_label_values(&["batch"])
                     .inc();
                 for reply in outcome.replies {
+                    let _ = reply.send(Err(StorageError::Query {
+                        action: "commit batch",
+                        source: sea_orm::DbErr::Custom(error.to_string()),
+                    }));
+                }
+                for (reply, _) in outcome.deletions {
                     let _ = reply.send(Err(StorageError::Query {
                         action: "commit batch",
                         source: sea_orm::DbErr::Custom(error.to_string()),
@@ -412,6 +431,11 @@ impl WriterTask {
                 outcome.replies.push(reply);
                 insert_memories(txn, &memories).await
             }
+            WriteOp::DeleteTask { task_id, reply } => {
+                let removed = delete_finished_task(txn, task_id).await?;
+                outcome.deletions.push((reply, removed));
+                Ok(())
+            }
             WriteOp::MemoriesUsed(ids) => mark_used(txn, &ids).await,
             WriteOp::PatternSucceeded(id) => mark_succeeded(txn, &id).await,
             WriteOp::Flush(done) => {
@@ -461,8 +485,54 @@ fn collect_waiters(op: WriteOp, outcome: &mut Outcome) {
             outcome.replies.push(reply);
         }
         WriteOp::Flush(done) => outcome.flushes.push(done),
+        WriteOp::DeleteTask { reply, .. } => outcome.deletions.push((reply, false)),
         _ => {}
     }
+}
+
+/// Removes task `task_id` and its events, steps, decisions and model calls when it is finished (its row says
+/// completed, failed or cancelled); memories keep their provenance. Whether it was removed.
+async fn delete_finished_task(
+    txn: &DatabaseTransaction,
+    task_id: TaskId,
+) -> Result<bool, StorageError> {
+    let id = task_id.to_string();
+    let finished = [
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ]
+    .map(|status| status.as_str());
+    let removed = task::Entity::delete_many()
+        .filter(task::Column::Id.eq(id.clone()))
+        .filter(task::Column::Status.is_in(finished))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task"))?;
+    if removed.rows_affected == 0 {
+        return Ok(false);
+    }
+    event::Entity::delete_many()
+        .filter(event::Column::TaskId.eq(id.clone()))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task events"))?;
+    step::Entity::delete_many()
+        .filter(step::Column::TaskId.eq(id.clone()))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task steps"))?;
+    decision::Entity::delete_many()
+        .filter(decision::Column::TaskId.eq(id.clone()))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task decisions"))?;
+    llm_call::Entity::delete_many()
+        .filter(llm_call::Column::TaskId.eq(id))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task model calls"))?;
+    Ok(true)
 }
 
 /// Inserts the queued event rows, in chunks small enough for SQLite's statement limits.

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub task_duration: HistogramVec,
     /// See [`names::TASKS_TOTAL`]; label `outcome`.
     pub tasks_total: IntCounterVec,
+    /// See [`names::TASKS_DELETED`]; label `reason` (`request`).
+    pub tasks_deleted: IntCounterVec,
     /// See [`names::SUPERVISOR_RESTARTS`]; labels `agent`, `reason`.
     pub supervisor_restarts: IntCounterVec,
     /// See [`names::LLM_TOKENS`]; labels `provider`, `model`, `type`.
@@ -375,6 +377,11 @@ impl Metrics {
                 names::TASKS_TOTAL,
                 "Finished tasks by outcome.",
                 &["outcome"],
+            )?,
+            tasks_deleted: r.counter_vec(
+                names::TASKS_DELETED,
+                "Finished tasks removed with their records, by reason.",
+                &["reason"],
             )?,
             supervisor_restarts: r.counter_vec(
                 names::SUPERVISOR_RESTARTS,

@@ -16,6 +16,8 @@ pub const STEP_DURATION: &str = "troupe_step_duration_seconds";
 pub const TASK_DURATION: &str = "troupe_task_duration_seconds";
 /// Finished tasks by outcome.
 pub const TASKS_TOTAL: &str = "troupe_tasks_total";
+/// Finished tasks removed with their records, by reason.
+pub const TASKS_DELETED: &str = "troupe_tasks_deleted_total";
 /// Agent restarts by the supervisor.
 pub const SUPERVISOR_RESTARTS: &str = "troupe_supervisor_restarts_total";
 /// Tokens by provider, model and type (input/output).
