@@ -65,6 +65,55 @@ async fn insert_tasks(db: &DatabaseConnection, rows: Vec<task::ActiveModel>) {
     }
 }
 
+/// Inserts done steps `(idx, agent)` of task `task_id`.
+async fn insert_steps(db: &DatabaseConnection, task_id: &str, steps: &[(i32, &str)]) {
+    for (idx, agent) in steps {
+        step::Entity::insert(step::ActiveModel {
+            task_id: Set(task_id.to_owned()),
+            idx: Set(*idx),
+            agent: Set((*agent).into()),
+            instruction: Set("do it".into()),
+            status: Set("done".into()),
+            output: Set(None),
+            attempts: Set(1),
+            started_at: Set(None),
+            finished_at: Set(None),
+        })
+        .exec(db)
+        .await
+        .unwrap();
+    }
+}
+
+/// Inserts a director's model call `purpose` of task `task_id` with that usage.
+async fn insert_llm_call(
+    db: &DatabaseConnection,
+    task_id: &str,
+    purpose: &str,
+    prompt: &str,
+    (input, output, cost): (i64, i64, f64),
+) {
+    llm_call::Entity::insert(llm_call::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        task_id: Set(task_id.to_owned()),
+        purpose: Set(purpose.into()),
+        agent: Set("director".into()),
+        provider: Set("embedded".into()),
+        model: Set("m".into()),
+        prompt: Set(prompt.into()),
+        output: Set("x".into()),
+        choice: Set(None),
+        prompt_tokens: Set(input),
+        completion_tokens: Set(output),
+        duration_seconds: Set(0.1),
+        created_at: Set(Utc::now()),
+        cost_usd: Set(cost),
+    })
+    .exec(db)
+    .await
+    .unwrap();
+}
+
 fn ids_of(page: &Value) -> Vec<String> {
     page["tasks"]
         .as_array()
@@ -113,42 +162,9 @@ async fn the_task_list_pages_with_before_filters_and_carries_agents_and_usage() 
     insert_tasks(&db, rows).await;
     // The newest special task has steps (code, qa, code) and two model calls.
     let rich = expected.last().unwrap().1.clone();
-    for (idx, agent) in [(1, "code"), (2, "qa"), (3, "code")] {
-        step::Entity::insert(step::ActiveModel {
-            task_id: Set(rich.clone()),
-            idx: Set(idx),
-            agent: Set(agent.into()),
-            instruction: Set("do it".into()),
-            status: Set("done".into()),
-            output: Set(None),
-            attempts: Set(1),
-            started_at: Set(None),
-            finished_at: Set(None),
-        })
-        .exec(&db)
-        .await
-        .unwrap();
-    }
+    insert_steps(&db, &rich, &[(1, "code"), (2, "qa"), (3, "code")]).await;
     for (purpose, input, output, cost) in [("plan", 10, 3, 0.25), ("work.1", 5, 2, 0.5)] {
-        llm_call::Entity::insert(llm_call::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            task_id: Set(rich.clone()),
-            purpose: Set(purpose.into()),
-            agent: Set("director".into()),
-            provider: Set("embedded".into()),
-            model: Set("m".into()),
-            prompt: Set("[]".into()),
-            output: Set("x".into()),
-            choice: Set(None),
-            prompt_tokens: Set(input),
-            completion_tokens: Set(output),
-            duration_seconds: Set(0.1),
-            created_at: Set(Utc::now()),
-            cost_usd: Set(cost),
-        })
-        .exec(&db)
-        .await
-        .unwrap();
+        insert_llm_call(&db, &rich, purpose, "[]", (input, output, cost)).await;
     }
     db.close().await.unwrap();
     expected.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
@@ -832,41 +848,15 @@ async fn the_dashboard_reads_work_on_postgres() {
     )
     .await;
     let rich = ids[3];
-    for (idx, agent) in [(1, "research"), (2, "code")] {
-        step::Entity::insert(step::ActiveModel {
-            task_id: Set(rich.to_string()),
-            idx: Set(idx),
-            agent: Set(agent.into()),
-            instruction: Set("do it".into()),
-            status: Set("done".into()),
-            output: Set(None),
-            attempts: Set(1),
-            started_at: Set(None),
-            finished_at: Set(None),
-        })
-        .exec(&db)
-        .await
-        .unwrap();
-    }
-    llm_call::Entity::insert(llm_call::ActiveModel {
-        id: Set(uuid::Uuid::now_v7().to_string()),
-        task_id: Set(rich.to_string()),
-        purpose: Set("plan".into()),
-        agent: Set("director".into()),
-        provider: Set("embedded".into()),
-        model: Set("m".into()),
-        prompt: Set(r#"[{"role":"user","content":"hi"}]"#.into()),
-        output: Set("x".into()),
-        choice: Set(None),
-        prompt_tokens: Set(12),
-        completion_tokens: Set(4),
-        duration_seconds: Set(0.1),
-        created_at: Set(Utc::now()),
-        cost_usd: Set(0.0),
-    })
-    .exec(&db)
-    .await
-    .unwrap();
+    insert_steps(&db, &rich.to_string(), &[(1, "research"), (2, "code")]).await;
+    insert_llm_call(
+        &db,
+        &rich.to_string(),
+        "plan",
+        r#"[{"role":"user","content":"hi"}]"#,
+        (12, 4, 0.0),
+    )
+    .await;
     let kinds = [
         ("agent.started", Some("research"), json!({ "step": 1 })),
         (
