@@ -285,7 +285,8 @@ pub fn run_step<S: Specialist>(
         }
         step.earlier = earlier_work_from(&deps.memory, task_id).await;
         S::prepare(&deps, task_id, &mut step).await;
-        let request = S::request(&step, &deps.limits);
+        let mut request = S::request(&step, &deps.limits);
+        request.purpose = step.own(request.purpose);
         let called = deps
             .recorder()
             .call(&llm, task_id, agent, request, cancel)

@@ -37,6 +37,9 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
     };
     let max_body = core.settings.server.max_body_bytes;
     let access = web::Data::new(access::Access::new(&core.settings.server));
+    let streams = web::Data::new(events::StreamSlots::new(
+        core.settings.server.max_websockets,
+    ));
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
         App::new()
@@ -46,6 +49,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
             .wrap(TracingLogger::default())
             .app_data(core.clone())
             .app_data(access.clone())
+            .app_data(streams.clone())
             .app_data(
                 web::FormConfig::default()
                     .limit(4096)

@@ -49,6 +49,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// The dashboard's data: the in-process metrics history and links to other tools.
     pub dashboard: DashboardSettings,
+    /// How long finished tasks are kept.
+    pub retention: RetentionSettings,
     /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
     /// [`Settings::load_from`], reported by [`Settings::validate`].
     #[serde(skip)]
@@ -70,6 +72,16 @@ pub struct DashboardSettings {
     pub grafana_url: String,
 }
 
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Finished tasks older than this many days (by when they finished) are removed with their events,
+    /// steps, decisions and model calls; their memories stay. 0 keeps every task.
+    pub days: u32,
+    /// Seconds between two sweeps (the first runs at start-up).
+    pub sweep_seconds: u64,
+}
+
 /// The keys of every secret, as a configuration file would spell them.
 const SECRET_KEYS: [&str; 3] = ["server.auth_token", "llm.api_key", "llm.groq.api_key"];
 
@@ -87,6 +99,9 @@ pub struct ServerSettings {
     pub max_prompt_chars: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// WebSocket streams open at once (a task's events and the all-tasks stream together); one more gets
+    /// 429 with `Retry-After`.
+    pub max_websockets: usize,
     /// The token every request must carry (`Authorization: Bearer` or the dashboard's `troupe_token`
     /// cookie), from `TROUPE__SERVER__AUTH_TOKEN` only; `None` (unset or empty): no authentication, which
     /// `troupe serve` accepts only on a loopback address.
@@ -559,6 +574,12 @@ impl Settings {
                 bounds::MAX_PLAN_STEPS
             ));
         }
+        if self.llm.max_queued_calls == 0 {
+            problems.push("llm.max_queued_calls: must be positive".into());
+        }
+        if self.server.max_websockets == 0 {
+            problems.push("server.max_websockets: must be positive".into());
+        }
         if self.director.max_concurrent_tasks == 0 {
             problems.push("director.max_concurrent_tasks: must be positive".into());
         }
@@ -594,6 +615,12 @@ impl Settings {
             problems.push(format!(
                 "telemetry.otlp_endpoint: '{endpoint}' must be an http:// URL (OTLP over HTTP/protobuf; TLS and gRPC are not built)"
             ));
+        }
+        if self.retention.days > 36_500 {
+            problems.push("retention.days: must be within 0..=36500 (0 keeps every task)".into());
+        }
+        if !(1..=86_400).contains(&self.retention.sweep_seconds) {
+            problems.push("retention.sweep_seconds: must be within 1..=86400".into());
         }
         let dashboard = &self.dashboard;
         if !(1..=3600).contains(&dashboard.sample_seconds) {

@@ -127,6 +127,10 @@ pub struct StepSpec {
     pub recalled: Vec<MemoryHit>,
     /// Which attempt this is, from 1 (dispatches of this step: restarts and revisions included).
     pub attempt: u32,
+    /// Which try of this dispatch (from 1): a try after the agent was restarted (a crash, a panic, a
+    /// timeout) is 2, 3, ...; its model calls get their own purposes (`work.2.a2`), so a retried step never
+    /// collides with what the replaced incarnation recorded.
+    pub retry: u32,
     /// For a code step: which attempt of the Code/QA loop (from 1); for a test step, the attempt tested.
     pub revision: u32,
     /// Which round of QA's verification this belongs to: 1, then 2, ... after each `fail` verdict that
@@ -143,6 +147,18 @@ pub struct StepSpec {
     /// Files of earlier steps in the task's workspace (name, content shortened), read by an agent that
     /// looks (Code, through `list_files`/`read_file`).
     pub earlier_files: Vec<(String, String)>,
+}
+
+impl StepSpec {
+    /// `key` (a model-call purpose or a tool-call id of this step) as this try's own: unchanged on the first
+    /// try, `key.a2`, `key.a3`, ... on a try after the agent was restarted.
+    pub fn own(&self, key: String) -> String {
+        if self.retry > 1 {
+            format!("{key}.a{}", self.retry)
+        } else {
+            key
+        }
+    }
 }
 
 /// Why work goes back to its agent.
@@ -295,4 +311,35 @@ pub struct AgentStatus {
     pub in_flight: i64,
     /// The tasks it works for now (the Director: its running tasks), in id order.
     pub tasks: Vec<TaskId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(retry: u32) -> StepSpec {
+        StepSpec {
+            idx: 2,
+            kind: StepKind::Work,
+            prompt: "p".into(),
+            instruction: "i".into(),
+            earlier: Vec::new(),
+            recalled: Vec::new(),
+            attempt: retry,
+            retry,
+            revision: 1,
+            round: 1,
+            feedback: None,
+            test_file: None,
+            review: Vec::new(),
+            earlier_files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_try_after_a_restart_has_keys_of_its_own() {
+        assert_eq!(spec(1).own("work.2".into()), "work.2");
+        assert_eq!(spec(2).own("work.2".into()), "work.2.a2");
+        assert_eq!(spec(3).own("test.2.r2".into()), "test.2.r2.a3");
+    }
 }

@@ -34,6 +34,7 @@ use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
 mod known_series;
+pub mod retention;
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +190,10 @@ pub struct Core {
     pub history: History,
     /// The sampling task of `history`; dropped (stopped) with the core.
     _sampler: Sampler,
+    /// The retention sweep (`[retention]`), also callable at once.
+    pub retention: retention::Retention,
+    /// Its periodic task; dropped (stopped) with the core.
+    _sweeper: retention::Sweeper,
 }
 
 /// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
@@ -282,6 +287,13 @@ impl Core {
             settings.dashboard.history_samples,
         );
         let sampler = history.start();
+        let retention = retention::Retention::new(
+            settings.retention.clone(),
+            storage.clone(),
+            writer.clone(),
+            metrics.clone(),
+        );
+        let sweeper = retention.clone().start();
         let admitted = settings.director.max_concurrent_tasks + settings.director.max_queued_tasks;
         Core {
             settings,
@@ -297,6 +309,8 @@ impl Core {
             admission: Arc::new(tokio::sync::Semaphore::new(admitted)),
             history,
             _sampler: sampler,
+            retention,
+            _sweeper: sweeper,
         }
     }
 

@@ -12,6 +12,7 @@ mod events;
 mod llm_calls;
 pub mod memories;
 pub mod records;
+mod retention;
 mod stats;
 mod tasks;
 pub mod writer;

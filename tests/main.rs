@@ -7,6 +7,7 @@ mod bad_input;
 mod budget;
 mod cancellation;
 mod dashboard_api;
+mod durability;
 mod helpers;
 mod layers;
 mod memory;

@@ -208,11 +208,11 @@ impl Specialist for Code {
                     tool: "write_file".into(),
                     arguments: json!({ "path": path, "content": content }),
                 };
-                let call_id = format!(
+                let call_id = step.own(format!(
                     "{}.write{}",
                     purpose(step.idx, step.round, step.revision),
                     n + 1
-                );
+                ));
                 deps.tools
                     .invoke(context, &call_id, call)
                     .await
@@ -287,7 +287,7 @@ async fn read_earlier_files(
         agent: AgentKind::Code,
         step: step.idx,
     };
-    let base = purpose(step.idx, step.round, step.revision);
+    let base = step.own(purpose(step.idx, step.round, step.revision));
     let listing = ToolCall {
         tool: "list_files".into(),
         arguments: json!({}),
@@ -360,6 +360,7 @@ mod tests {
             earlier: Vec::new(),
             recalled,
             attempt: 1,
+            retry: 1,
             revision: 1,
             round: 1,
             feedback: None,

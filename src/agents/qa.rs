@@ -161,7 +161,7 @@ impl Specialist for Qa {
                 agent: AgentKind::Qa,
                 step: step.idx,
             };
-            let call_id = test_purpose(step.idx, step.round, step.revision);
+            let call_id = step.own(test_purpose(step.idx, step.round, step.revision));
             let value = deps
                 .tools
                 .invoke(context, &call_id, call)
@@ -263,6 +263,7 @@ mod tests {
             earlier: Vec::new(),
             recalled: Vec::new(),
             attempt: 1,
+            retry: 1,
             revision: 1,
             round: 2,
             feedback: None,

@@ -98,6 +98,9 @@ pub enum ApiError {
     /// Too many tasks are admitted; the client should retry later (429 with `Retry-After`).
     #[error("{0}")]
     TooManyTasks(String),
+    /// Too many WebSocket streams are open; the client should retry later (429 with `Retry-After`).
+    #[error("{0}")]
+    TooManyConnections(String),
     /// A dependency is down.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -130,6 +133,7 @@ impl ApiError {
             ApiError::ForbiddenOrigin { .. } => "forbidden_origin",
             ApiError::Unauthorized => "unauthorized",
             ApiError::TooManyTasks(_) => "too_many_tasks",
+            ApiError::TooManyConnections(_) => "too_many_connections",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -157,7 +161,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyTasks(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyTasks(_) | ApiError::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -171,7 +177,7 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let ApiError::TooManyTasks(_) = self {
+        if let ApiError::TooManyTasks(_) | ApiError::TooManyConnections(_) = self {
             // A task takes seconds at least; a second is the soonest a place can be expected.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }

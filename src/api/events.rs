@@ -27,18 +27,17 @@ const MAX_EVENTS_LIMIT: u64 = 10_000;
 pub struct EventsQuery {
     /// Only events with a greater `seq` (default 0: all).
     pub after: Option<i64>,
-    /// At most this many events (1..=10000); absent: all.
+    /// At most this many events (1..=10000); absent: 10000 (the rest is on the next page).
     pub limit: Option<u64>,
     /// Comma-separated event kinds left out (JSON history only).
     pub exclude: Option<String>,
 }
 
-/// The JSON history's body: `next` only when the request had a `limit`.
+/// The JSON history's body: a page of events, and `next`, the `after` of the next page (null: no more).
 #[derive(serde::Serialize)]
 struct EventPage<'a> {
     events: &'a [Event],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<Option<i64>>,
+    next: Option<i64>,
 }
 
 /// The kinds named in a comma-separated `exclude` (empty entries ignored); an unknown kind is a 400.
@@ -64,6 +63,7 @@ fn excluded_kinds(text: Option<&str>) -> Result<Vec<EventKind>, ApiError> {
 /// `GET /api/v1/tasks/{id}/events[?after=SEQ][&limit=N][&exclude=KIND,...]`.
 pub async fn task_events(
     core: web::Data<Core>,
+    slots: web::Data<StreamSlots>,
     request: HttpRequest,
     body: web::Payload,
     path: web::Path<String>,
@@ -88,20 +88,23 @@ pub async fn task_events(
         return Err(ApiError::TaskNotFound(id));
     }
     if !is_websocket_upgrade(&request) {
+        // Never the whole log at once: without a limit, a page is the largest one allowed, and `next`
+        // says where the rest starts.
+        let limit = query.limit.unwrap_or(MAX_EVENTS_LIMIT);
         let (events, next) = core
             .storage
-            .events_page(id, after, query.limit, &exclude)
+            .events_page(id, after, Some(limit), &exclude)
             .await?;
         // Serialised straight from the events (no intermediate JSON tree: a page can hold 10,000).
         return Ok(HttpResponse::Ok().json(EventPage {
             events: &events,
-            next: query.limit.map(|_| next),
+            next,
         }));
     }
+    let open = OpenStream::admit(&slots, core.metrics.websocket_connections.clone())?;
     let subscription = core.events.subscribe(id, after).await?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
-    let open = OpenStream::new(core.metrics.websocket_connections.clone());
     actix_web::rt::spawn(stream_events(subscription, session, messages, open));
     Ok(response)
 }
@@ -110,16 +113,17 @@ pub async fn task_events(
 /// GET is a 400 saying an upgrade is required.
 pub async fn all_events(
     core: web::Data<Core>,
+    slots: web::Data<StreamSlots>,
     request: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     if !is_websocket_upgrade(&request) {
         return Err(ApiError::UpgradeRequired);
     }
+    let open = OpenStream::admit(&slots, core.metrics.websocket_connections.clone())?;
     let live = core.events.subscribe_all();
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
-    let open = OpenStream::new(core.metrics.websocket_connections.clone());
     actix_web::rt::spawn(stream_all(live, session, messages, open));
     Ok(response)
 }
@@ -132,20 +136,47 @@ fn is_websocket_upgrade(request: &HttpRequest) -> bool {
         .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
 }
 
-/// Forwards events to the socket until the terminal event, the client leaving, or an error.
-/// Counts an open WebSocket stream in `troupe_websocket_connections` for as long as it lives.
-struct OpenStream(prometheus::IntGauge);
+/// The places for open WebSocket streams (`server.max_websockets`), shared by every HTTP worker.
+#[derive(Clone)]
+pub struct StreamSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+impl StreamSlots {
+    /// Room for `limit` streams at once.
+    pub fn new(limit: usize) -> Self {
+        StreamSlots {
+            slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+/// An open WebSocket stream: holds one of the [`StreamSlots`] and counts itself in
+/// `troupe_websocket_connections` for as long as it lives.
+struct OpenStream {
+    gauge: prometheus::IntGauge,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
 
 impl OpenStream {
-    fn new(gauge: prometheus::IntGauge) -> Self {
+    /// Takes a place before the handshake; none left is a 429 (the upgrade is refused, nothing is opened).
+    fn admit(slots: &StreamSlots, gauge: prometheus::IntGauge) -> Result<Self, ApiError> {
+        let slot = Arc::clone(&slots.slots).try_acquire_owned().map_err(|_| {
+            ApiError::TooManyConnections(format!(
+                "{} WebSocket streams are open, the most server.max_websockets allows; retry later",
+                slots.limit
+            ))
+        })?;
         gauge.inc();
-        OpenStream(gauge)
+        Ok(OpenStream { gauge, _slot: slot })
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
     }
 }
 

@@ -202,6 +202,9 @@ pub struct LlmSettings {
     pub worker_command: String,
     /// Longest a model call may take, in seconds.
     pub request_timeout_seconds: u64,
+    /// Calls waiting for the embedded model at once; a call beyond them waits (raced against its task's
+    /// cancellation) until one leaves, so the queue never grows past this.
+    pub max_queued_calls: usize,
     /// Token budgets.
     pub limits: LlmLimits,
     /// The embedded model's sampler chain.

@@ -54,7 +54,7 @@ struct WorkerHealth {
 pub struct EmbeddedProvider {
     model_name: String,
     prices: TokenPrices,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     health: Arc<Mutex<WorkerHealth>>,
 }
 
@@ -119,7 +119,7 @@ impl EmbeddedProvider {
             pid: None,
             restarts: 0,
         }));
-        let (jobs, queue) = mpsc::unbounded_channel();
+        let (jobs, queue) = mpsc::channel(settings.max_queued_calls.max(1));
         let (first_ready, ready) = oneshot::channel();
         let supervisor = WorkerSupervisor {
             launcher,
@@ -159,15 +159,20 @@ impl EmbeddedProvider {
         cancel: CancellationToken,
     ) -> Result<LlmOutput, LlmError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                request,
-                ignore_eos,
-                on_token,
-                cancel,
-                reply,
-            })
-            .map_err(|_| LlmError::Unavailable("model worker supervisor stopped".into()))?;
+        let job = Job {
+            request,
+            ignore_eos,
+            on_token,
+            cancel: cancel.clone(),
+            reply,
+        };
+        // The queue is bounded (`llm.max_queued_calls`): a full one makes the caller wait for a place.
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(LlmError::Cancelled),
+            sent = self.jobs.send(job) => sent
+                .map_err(|_| LlmError::Unavailable("model worker supervisor stopped".into()))?,
+        }
         answer
             .await
             .map_err(|_| LlmError::Unavailable("model worker supervisor stopped".into()))?
@@ -244,7 +249,7 @@ struct Worker {
 /// Owns the worker process: starts, feeds and restarts it.
 struct WorkerSupervisor {
     launcher: Launcher,
-    queue: mpsc::UnboundedReceiver<Job>,
+    queue: mpsc::Receiver<Job>,
     health: Arc<Mutex<WorkerHealth>>,
     metrics: Metrics,
     timeout: Duration,

@@ -56,6 +56,7 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
         metrics.tasks_total.with_label_values(&[status.as_str()]);
     }
     metrics.tasks_deleted.with_label_values(&["request"]);
+    metrics.tasks_deleted.with_label_values(&["retention"]);
     for kind in EventKind::ALL {
         metrics.events.with_label_values(&[kind.as_str()]);
     }

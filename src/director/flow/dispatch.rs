@@ -23,6 +23,7 @@ impl TaskFlow {
             earlier: Vec::new(),
             recalled: Vec::new(),
             attempt: 1,
+            retry: 1,
             revision,
             round: self.round,
             feedback: None,
@@ -44,8 +45,11 @@ impl TaskFlow {
         mut next_attempt: impl FnMut(&mut Self) -> u32,
     ) -> Result<StepOutput, FlowError> {
         let retries = self.deps.settings.step_retries;
+        let mut retry = 0_u32;
         loop {
+            retry = retry.saturating_add(1);
             spec.attempt = next_attempt(self);
+            spec.retry = retry;
             match self.dispatch(agent, spec.clone(), llm).await? {
                 Ok(output) => return Ok(output),
                 Err(DispatchError::Restarted { .. }) if spec.attempt <= retries => {}
@@ -64,12 +68,19 @@ impl TaskFlow {
     }
 
     /// Sends one step to `agent` through the Director and waits for the answer (or the task's cancellation).
+    ///
+    /// The agent gets a token of this try alone (a child of the task's): when the try ends however it ends
+    /// (an answer, a timeout that replaced the agent, a crash, the task's cancellation), the token is
+    /// cancelled, so an incarnation that is still working after its step was given up on (a timed-out
+    /// agent) stops at its next model token and records nothing more for the task.
     async fn dispatch(
         &self,
         agent: AgentKind,
         spec: StepSpec,
         llm: &Arc<TaskModels>,
     ) -> Result<Result<StepOutput, DispatchError>, FlowError> {
+        let this_try = self.cancel.child_token();
+        let _stop_when_done = this_try.clone().drop_guard();
         let dispatch = Envelope::new(
             self.task_id,
             Dispatch {
@@ -77,7 +88,7 @@ impl TaskFlow {
                 run: RunStep {
                     step: spec,
                     llm: Arc::clone(llm),
-                    cancel: self.cancel.clone(),
+                    cancel: this_try,
                 },
             },
         );
