@@ -49,6 +49,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// The dashboard's data: the in-process metrics history and links to other tools.
     pub dashboard: DashboardSettings,
+    /// Leases and resuming the tasks of a process that died.
+    pub durability: DurabilitySettings,
     /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
     /// [`Settings::load_from`], reported by [`Settings::validate`].
     #[serde(skip)]
@@ -68,6 +70,19 @@ pub struct DashboardSettings {
     /// Grafana's root (e.g. `http://localhost:3000`); a task's logs link to Grafana Explore on the Loki
     /// datasource, filtered by the task's trace id. Empty: no link.
     pub grafana_url: String,
+}
+
+/// `[durability]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DurabilitySettings {
+    /// Seconds between two heartbeats of this process's lease.
+    pub heartbeat_seconds: u64,
+    /// A lease whose last heartbeat is older than this many seconds has expired: its process is taken for
+    /// dead and its unfinished tasks may be resumed by another.
+    pub lease_seconds: u64,
+    /// Resume, at start-up, the unfinished tasks of processes whose lease expired; `false` fails them
+    /// instead (`interrupted`, as before leases).
+    pub resume: bool,
 }
 
 /// The keys of every secret, as a configuration file would spell them.
@@ -593,6 +608,16 @@ impl Settings {
         if !endpoint.is_empty() && !endpoint.starts_with("http://") {
             problems.push(format!(
                 "telemetry.otlp_endpoint: '{endpoint}' must be an http:// URL (OTLP over HTTP/protobuf; TLS and gRPC are not built)"
+            ));
+        }
+        let durability = &self.durability;
+        if !(1..=3600).contains(&durability.heartbeat_seconds) {
+            problems.push("durability.heartbeat_seconds: must be within 1..=3600".into());
+        }
+        if durability.lease_seconds < durability.heartbeat_seconds.saturating_mul(2) {
+            problems.push(format!(
+                "durability.lease_seconds: {} must be at least twice durability.heartbeat_seconds ({}), so one late heartbeat does not expire a live process's lease",
+                durability.lease_seconds, durability.heartbeat_seconds
             ));
         }
         let dashboard = &self.dashboard;
