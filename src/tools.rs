@@ -123,8 +123,8 @@ pub fn call_schema(tool: &str, arguments: Value) -> Value {
     })
 }
 
-/// Sandbox runs a resumed task's dead process already made, by task and call id: `{"arguments": <as the
-/// `tool.called` event keeps them>, "result": <the whole result>}`.
+/// Sandbox runs a resumed task's dead process already made, by task and call id: `{"arguments": <the whole
+/// arguments' JSON text>, "result": <the whole result>}`.
 type RecordedRuns = Arc<Mutex<HashMap<TaskId, BTreeMap<String, Value>>>>;
 
 /// Every tool, by name; cheap to clone.
@@ -171,7 +171,7 @@ impl Tools {
     }
 
     /// Answers task `task_id`'s `run_code` calls with these recorded runs (a resumed task: call id ->
-    /// `{"arguments", "result"}`) instead of running them again, while the arguments are the same.
+    /// `{"arguments", "result"}`) instead of running them again, when the arguments are the same.
     pub fn reuse_runs(&self, task_id: TaskId, runs: BTreeMap<String, Value>) {
         if runs.is_empty() {
             return;
@@ -188,8 +188,8 @@ impl Tools {
         }
     }
 
-    /// The recorded result of a resumed task's `run_code` call `call_id` with these arguments (as the event
-    /// keeps them), taken out so that it answers once.
+    /// The recorded result of a resumed task's `run_code` call `call_id` with these arguments (their JSON
+    /// text), taken out so that it answers once.
     fn recorded_run(&self, task_id: TaskId, call_id: &str, arguments: &str) -> Option<Value> {
         let mut recorded = self.recorded.lock().ok()?;
         let runs = recorded.get_mut(&task_id)?;
@@ -235,9 +235,10 @@ impl Tools {
         );
         let started = Instant::now();
         let arguments = call.arguments.clone();
-        let shown_arguments = shorten(&call.arguments.to_string(), EVENT_TEXT_CHARS);
+        let full_arguments = call.arguments.to_string();
+        let shown_arguments = shorten(&full_arguments, EVENT_TEXT_CHARS);
         let reused = (label == "run_code")
-            .then(|| self.recorded_run(context.task_id, call_id, &shown_arguments))
+            .then(|| self.recorded_run(context.task_id, call_id, &full_arguments))
             .flatten();
         let was_reused = reused.is_some();
         let result = async {
@@ -275,13 +276,16 @@ impl Tools {
         if was_reused {
             data["reused"] = json!(true);
         }
+        // A sandbox run's whole arguments and result are kept where the excerpts cut them, so that a task
+        // resumed after a crash can tell the same run and reuse it instead of running it again (bounded by
+        // the tool's input limit and the sandbox's output limits).
+        if label == "run_code" && shown_arguments != full_arguments {
+            data["arguments_full"] = json!(full_arguments);
+        }
         match &result {
             Ok(value) => {
                 let text = value.to_string();
                 let shown = shorten(&text, EVENT_TEXT_CHARS);
-                // A sandbox run's whole result is kept when the excerpt cuts it, so that a task resumed
-                // after a crash reuses the run instead of running it again (bounded by the sandbox's
-                // output limits).
                 if label == "run_code" && shown != text {
                     data["result_full"] = value.clone();
                 }

@@ -452,3 +452,127 @@ async fn a_dead_owners_tasks_are_resumed_or_failed_with_the_reason_on_sqlite() {
     let database = format!("sqlite://{}/troupe.sqlite?mode=rwc", dir.path().display());
     a_dead_owners_tasks_are_resumed_or_failed_with_the_reason(&database).await;
 }
+
+/// Sandbox runs recorded before a crash are not run again: a scripted task (a replay of a seeded recording,
+/// the real sandbox) runs to its end on one app; its records are then cut back to what a process killed in
+/// its code step, right after the stub check, would have left (the log's tail after that run, QA's
+/// verification call and the end removed, the task `running` under a lease that is gone); a second app on
+/// the same database takes it over at start-up. Every model call and every sandbox run of the code step is
+/// answered from the recording, the verification runs, and the task completes.
+#[actix_rt::test]
+async fn recorded_sandbox_runs_and_model_calls_are_reused_when_a_code_step_resumes() {
+    use sea_orm::{ConnectionTrait, Database};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/scripted.sqlite?mode=rwc", dir.path().display());
+    let scripted = |settings: &mut troupe::config::Settings, url: String| {
+        settings.sandbox.enabled = true;
+        settings.database.url = url;
+        settings.director.code_attempts = 3;
+        settings.director.qa_verdict = troupe::config::QaVerdictMode::Decides;
+        settings.memory.enabled = false;
+    };
+    let first_url = url.clone();
+    // This app's own look for orphans comes only after an hour: the take-over is the second app's.
+    let first = spawn_app_with(move |settings| {
+        scripted(settings, first_url);
+        settings.durability.lease_seconds = 3600;
+    })
+    .await;
+    let source = crate::scripts::seed_recording(&url, &crate::scripts::fixed_on_second_attempt()).await;
+    let id = first
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    let original = first.follow(&id, 0, Duration::from_secs(60)).await;
+    assert_eq!(original.last().unwrap()["kind"], "task.completed", "{original:#?}");
+    let runs: Vec<&Value> = original
+        .iter()
+        .filter(|e| e["kind"] == "tool.called" && e["data"]["tool"] == "run_code")
+        .collect();
+    assert_eq!(runs.len(), 3, "two test runs and the stub check");
+    let last_run = runs[2]["seq"].as_i64().unwrap();
+    let task_id: TaskId = id.parse().unwrap();
+
+    // The crash, as the records show it.
+    let storage = open(&url).await;
+    let dead = storage.acquire_lease().await.unwrap();
+    storage.release_lease(&dead.id).await.unwrap();
+    let db = Database::connect(&url).await.unwrap();
+    for statement in [
+        format!("DELETE FROM events WHERE task_id = '{id}' AND seq > {last_run}"),
+        format!("DELETE FROM llm_calls WHERE task_id = '{id}' AND purpose = 'verify'"),
+        format!(
+            "UPDATE steps SET status = 'running', output = NULL WHERE task_id = '{id}' AND idx = 1"
+        ),
+        format!(
+            "UPDATE steps SET status = 'pending', output = NULL, attempts = 0 WHERE task_id = '{id}' AND idx = 2"
+        ),
+        format!(
+            "UPDATE tasks SET status = 'running', result = NULL, finished_at = NULL, owner = '{}' WHERE id = '{id}'",
+            dead.id
+        ),
+    ] {
+        db.execute_unprepared(&statement).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let calls_before: Vec<String> = storage
+        .llm_calls(task_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|call| call.purpose)
+        .collect();
+
+    let second_url = url.clone();
+    let second = spawn_app_with(move |settings| scripted(settings, second_url)).await;
+    let events = wait_for_events(&storage, task_id, Duration::from_secs(60), "the end", ended).await;
+    assert_eq!(events.last().unwrap().kind, EventKind::TaskCompleted, "{events:#?}");
+    assert_no_gap(&events);
+    let resumed = events
+        .iter()
+        .find(|e| e.kind == EventKind::TaskResumed)
+        .expect("task.resumed");
+    assert_eq!(resumed.data["steps_reused"], json!([]));
+    assert_eq!(resumed.data["sandbox_runs_reused"], json!(3));
+    let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed.seq).collect();
+    let rerun: Vec<(&str, bool)> = after
+        .iter()
+        .filter(|e| e.kind == EventKind::ToolCalled && e.data["tool"] == "run_code")
+        .map(|e| {
+            (
+                e.data["call_id"].as_str().unwrap(),
+                e.data["reused"] == json!(true),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rerun,
+        vec![("test.1", true), ("test.1.r2", true), ("test.1.r2.stub", true)]
+    );
+    // No sandbox ran a Python program in the second app: every run was the recorded one.
+    let scrape = second.metrics().await;
+    let python_runs: f64 = scrape
+        .lines()
+        .filter(|line| line.starts_with("troupe_sandbox_runs_total{language=\"python\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(python_runs, 0.0, "{scrape}");
+    // The loop reached the same outcome from the same recorded answers.
+    let attempts: Vec<bool> = after
+        .iter()
+        .filter(|e| e.kind == EventKind::CodeAttempt)
+        .map(|e| e.data["passed"] == json!(true))
+        .collect();
+    assert_eq!(attempts, vec![false, true]);
+    // Only the verification's call was made; the code step's were answered from the recording.
+    let made: Vec<&str> = after
+        .iter()
+        .filter(|e| e.kind == EventKind::LlmFinished)
+        .filter_map(|e| e.data["purpose"].as_str())
+        .collect();
+    assert_eq!(made, vec!["verify"]);
+    assert!(!calls_before.iter().any(|p| p == "verify"));
+    let calls = storage.llm_calls(task_id).await.unwrap();
+    assert_eq!(calls.len(), calls_before.len() + 1);
+    drop(first);
+}

@@ -261,8 +261,8 @@ impl Storage {
     }
 }
 
-/// A `tool.called` event's sandbox run, when it is one that succeeded and its whole result is stored:
-/// (call id, `{"arguments": ..., "result": ...}` with the arguments as the event keeps them).
+/// A `tool.called` event's sandbox run, when it is one that succeeded and its whole arguments and result
+/// are stored: (call id, `{"arguments": <JSON text>, "result": ...}`).
 fn recorded_run(data: &serde_json::Value) -> Option<(String, serde_json::Value)> {
     if data.get("tool")?.as_str()? != "run_code" || data.get("outcome")?.as_str()? != "ok" {
         return None;
@@ -273,7 +273,10 @@ fn recorded_run(data: &serde_json::Value) -> Option<(String, serde_json::Value)>
         // A result that fit the event is its whole JSON text; one that was cut does not parse.
         None => serde_json::from_str(data.get("result")?.as_str()?).ok()?,
     };
-    let arguments = data.get("arguments")?.clone();
+    let arguments = data
+        .get("arguments_full")
+        .or_else(|| data.get("arguments"))?
+        .clone();
     Some((
         call_id,
         serde_json::json!({ "arguments": arguments, "result": result }),
