@@ -108,6 +108,7 @@ pub enum FlowError {
 }
 
 /// A planned step and where it stands.
+#[derive(Debug)]
 struct PlannedStep {
     idx: i32,
     agent: AgentKind,

@@ -311,3 +311,40 @@ impl TaskModels {
         self.models.describe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::domain::TaskId;
+    use crate::llm::Usage;
+
+    #[test]
+    fn a_recorded_purpose_is_answered_from_the_recording_and_counted() {
+        let recorded = LlmOutput {
+            text: "the plan".into(),
+            choice: None,
+            usage: Usage {
+                input_tokens: 5,
+                output_tokens: 3,
+            },
+            generation_seconds: 0.5,
+        };
+        let recording = ReplayProvider::new(
+            TaskId::new(),
+            "m".into(),
+            HashMap::from([("plan".to_owned(), recorded.clone())]),
+        );
+        let live = Arc::new(ReplayProvider::new(
+            TaskId::new(),
+            "live".into(),
+            HashMap::new(),
+        ));
+        let models = TaskModels::uniform(live).with_recording(Arc::new(recording));
+        assert_eq!(models.recorded("plan"), Some(recorded));
+        assert_eq!(models.recorded("work.2"), None, "unrecorded: made live");
+        assert_eq!(models.reused_calls(), 1);
+        assert_eq!(TaskModels::uniform(Arc::new(ReplayProvider::new(TaskId::new(), "x".into(), HashMap::new()))).recorded("plan"), None);
+    }
+}
