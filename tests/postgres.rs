@@ -155,7 +155,8 @@ async fn migrations_and_the_event_log_work_on_postgres() {
 }
 
 #[actix_rt::test]
-async fn tasks_left_by_a_dead_process_are_resumed_or_failed_with_the_reason_at_start_up_on_postgres() {
+async fn tasks_left_by_a_dead_process_are_resumed_or_failed_with_the_reason_at_start_up_on_postgres(
+) {
     let database = TestDatabase::create().await;
     crate::resume::a_dead_owners_tasks_are_resumed_or_failed_with_the_reason(&database.url).await;
     database.drop_now().await;

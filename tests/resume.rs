@@ -209,12 +209,21 @@ async fn kill_9_in_the_second_step_then_restart(database: &str) {
         .submit("List three facts about the river Danube, then summarise them in one sentence")
         .await;
     // The second step has started (committed in the log): its agent works on it now.
-    wait_for_events(&storage, id, Duration::from_secs(240), "step 2 starting", |events| {
-        assert!(!ended(events), "the task ended before its second step could be killed in");
-        events
-            .iter()
-            .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
-    })
+    wait_for_events(
+        &storage,
+        id,
+        Duration::from_secs(240),
+        "step 2 starting",
+        |events| {
+            assert!(
+                !ended(events),
+                "the task ended before its second step could be killed in"
+            );
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
+        },
+    )
     .await;
     first.kill_9();
     let killed_at = Utc::now();
@@ -229,7 +238,10 @@ async fn kill_9_in_the_second_step_then_restart(database: &str) {
         .map(|call| call.purpose)
         .collect();
     assert!(calls_before.iter().any(|p| p == "plan"), "{calls_before:?}");
-    assert!(calls_before.iter().any(|p| p == "work.1"), "{calls_before:?}");
+    assert!(
+        calls_before.iter().any(|p| p == "work.1"),
+        "{calls_before:?}"
+    );
 
     // A new server on the same database: at start-up the old lease is still fresh, so the task is taken
     // over by the periodic look once the lease expires.
@@ -272,7 +284,10 @@ async fn kill_9_in_the_second_step_then_restart(database: &str) {
     for purpose in &calls_before {
         let rows: Vec<_> = calls.iter().filter(|c| &c.purpose == purpose).collect();
         assert_eq!(rows.len(), 1, "{purpose}");
-        assert!(rows[0].created_at <= killed_at, "{purpose} was recorded again");
+        assert!(
+            rows[0].created_at <= killed_at,
+            "{purpose} was recorded again"
+        );
     }
     let step_one = calls.iter().filter(|c| c.purpose.ends_with(".1")).count();
     assert!(step_one >= 2, "assign.1 and work.1 at least: {step_one}");
@@ -303,11 +318,18 @@ async fn troupe_run_beside_a_server_leaves_its_task_alone(database: &str) {
     let id = server
         .submit("Name two uses of copper and explain one of them")
         .await;
-    wait_for_events(&storage, id, Duration::from_secs(120), "the start", |events| {
-        events.iter().any(|e| e.kind == EventKind::TaskStarted)
-    })
+    wait_for_events(
+        &storage,
+        id,
+        Duration::from_secs(120),
+        "the start",
+        |events| events.iter().any(|e| e.kind == EventKind::TaskStarted),
+    )
     .await;
-    let owner = storage.orphaned_tasks("nobody", Duration::from_secs(3)).await.unwrap();
+    let owner = storage
+        .orphaned_tasks("nobody", Duration::from_secs(3))
+        .await
+        .unwrap();
     assert!(
         owner.iter().all(|orphan| orphan.id != id),
         "a live server's task is nobody's orphan"
@@ -479,12 +501,17 @@ async fn recorded_sandbox_runs_and_model_calls_are_reused_when_a_code_step_resum
         settings.durability.lease_seconds = 3600;
     })
     .await;
-    let source = crate::scripts::seed_recording(&url, &crate::scripts::fixed_on_second_attempt()).await;
+    let source =
+        crate::scripts::seed_recording(&url, &crate::scripts::fixed_on_second_attempt()).await;
     let id = first
         .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
         .await;
     let original = first.follow(&id, 0, Duration::from_secs(60)).await;
-    assert_eq!(original.last().unwrap()["kind"], "task.completed", "{original:#?}");
+    assert_eq!(
+        original.last().unwrap()["kind"],
+        "task.completed",
+        "{original:#?}"
+    );
     let runs: Vec<&Value> = original
         .iter()
         .filter(|e| e["kind"] == "tool.called" && e["data"]["tool"] == "run_code")
@@ -525,8 +552,13 @@ async fn recorded_sandbox_runs_and_model_calls_are_reused_when_a_code_step_resum
 
     let second_url = url.clone();
     let second = spawn_app_with(move |settings| scripted(settings, second_url)).await;
-    let events = wait_for_events(&storage, task_id, Duration::from_secs(60), "the end", ended).await;
-    assert_eq!(events.last().unwrap().kind, EventKind::TaskCompleted, "{events:#?}");
+    let events =
+        wait_for_events(&storage, task_id, Duration::from_secs(60), "the end", ended).await;
+    assert_eq!(
+        events.last().unwrap().kind,
+        EventKind::TaskCompleted,
+        "{events:#?}"
+    );
     assert_no_gap(&events);
     let resumed = events
         .iter()
@@ -547,7 +579,11 @@ async fn recorded_sandbox_runs_and_model_calls_are_reused_when_a_code_step_resum
         .collect();
     assert_eq!(
         rerun,
-        vec![("test.1", true), ("test.1.r2", true), ("test.1.r2.stub", true)]
+        vec![
+            ("test.1", true),
+            ("test.1.r2", true),
+            ("test.1.r2.stub", true)
+        ]
     );
     // No sandbox ran a Python program in the second app: every run was the recorded one.
     let scrape = second.metrics().await;

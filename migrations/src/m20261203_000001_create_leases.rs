@@ -17,12 +17,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Leases::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Leases::Id)
-                            .string()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Leases::Id).string().not_null().primary_key())
                     .col(ColumnDef::new(Leases::Pid).big_integer().not_null())
                     .col(ColumnDef::new(Leases::Host).string().not_null())
                     .col(

@@ -421,8 +421,9 @@ impl TaskFlow {
         let Some(resume) = &self.resume else {
             return Ok(Arc::new(models));
         };
-        let recording = ReplayProvider::from_recording(self.task_id, resume.records.recording.clone())
-            .map_err(|error| FlowError::Unresumable(error.to_string()))?;
+        let recording =
+            ReplayProvider::from_recording(self.task_id, resume.records.recording.clone())
+                .map_err(|error| FlowError::Unresumable(error.to_string()))?;
         Ok(Arc::new(models.with_recording(Arc::new(recording))))
     }
 

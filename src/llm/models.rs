@@ -345,6 +345,14 @@ mod tests {
         assert_eq!(models.recorded("plan"), Some(recorded));
         assert_eq!(models.recorded("work.2"), None, "unrecorded: made live");
         assert_eq!(models.reused_calls(), 1);
-        assert_eq!(TaskModels::uniform(Arc::new(ReplayProvider::new(TaskId::new(), "x".into(), HashMap::new()))).recorded("plan"), None);
+        assert_eq!(
+            TaskModels::uniform(Arc::new(ReplayProvider::new(
+                TaskId::new(),
+                "x".into(),
+                HashMap::new()
+            )))
+            .recorded("plan"),
+            None
+        );
     }
 }

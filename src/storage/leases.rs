@@ -187,7 +187,9 @@ impl Storage {
                     status,
                     owner: row.owner,
                 }),
-                _ => tracing::warn!(task = %row.id, status = %row.status, "an unfinished task's row does not parse; left alone"),
+                _ => {
+                    tracing::warn!(task = %row.id, status = %row.status, "an unfinished task's row does not parse; left alone")
+                }
             }
         }
         Ok(orphans)
@@ -296,7 +298,10 @@ mod tests {
     fn a_lease_expires_only_after_its_whole_time() {
         let lease = Duration::from_secs(10);
         assert!(!expired(at(0), at(0), lease));
-        assert!(!expired(at(0), at(10), lease), "exactly the lease time is still alive");
+        assert!(
+            !expired(at(0), at(10), lease),
+            "exactly the lease time is still alive"
+        );
         assert!(expired(at(0), at(11), lease));
         // A heartbeat from the future (a clock ahead of ours) is alive, not expired.
         assert!(!expired(at(30), at(0), lease));
@@ -306,10 +311,7 @@ mod tests {
     fn only_tasks_of_no_one_an_unknown_or_an_expired_lease_are_orphans() {
         let lease = Duration::from_secs(10);
         let now = at(100);
-        let heartbeats = HashMap::from([
-            ("alive".to_owned(), at(95)),
-            ("dead".to_owned(), at(80)),
-        ]);
+        let heartbeats = HashMap::from([("alive".to_owned(), at(95)), ("dead".to_owned(), at(80))]);
         let orphaned = |owner: Option<&str>| is_orphaned(owner, "me", &heartbeats, now, lease);
         assert!(orphaned(None));
         assert!(orphaned(Some("dead")));
@@ -336,8 +338,12 @@ mod tests {
             "tool": "run_code", "call_id": "test.1", "outcome": "ok", "arguments": "{}",
             "result": "{\"outcome\":\"ok\", \"stdout\": \"aaaa…", "result_full": { "outcome": "ok" },
         });
-        assert_eq!(recorded_run(&full).unwrap().1["result"], json!({ "outcome": "ok" }));
-        let failed = json!({ "tool": "run_code", "call_id": "x", "outcome": "error", "arguments": "{}" });
+        assert_eq!(
+            recorded_run(&full).unwrap().1["result"],
+            json!({ "outcome": "ok" })
+        );
+        let failed =
+            json!({ "tool": "run_code", "call_id": "x", "outcome": "error", "arguments": "{}" });
         assert!(recorded_run(&failed).is_none());
         let other = json!({ "tool": "write_file", "call_id": "x", "outcome": "ok", "arguments": "{}", "result": "{}" });
         assert!(recorded_run(&other).is_none());

@@ -37,7 +37,12 @@ pub(super) fn rebuild_steps(
     if steps.is_empty() {
         return Ok(None);
     }
-    if !records.recording.calls.iter().any(|call| call.purpose == "plan") {
+    if !records
+        .recording
+        .calls
+        .iter()
+        .any(|call| call.purpose == "plan")
+    {
         return Err(
             "the plan's steps are stored but its model call (purpose \"plan\") is not".to_owned(),
         );
@@ -185,7 +190,11 @@ impl TaskFlow {
         {
             return;
         }
-        for step in self.steps.iter().filter(|step| step.status == StepStatus::Done) {
+        for step in self
+            .steps
+            .iter()
+            .filter(|step| step.status == StepStatus::Done)
+        {
             let entry = WindowEntry {
                 agent: step.agent,
                 step: step.idx,
