@@ -59,6 +59,9 @@ impl Application {
 
     /// Serves until the server is stopped (Ctrl-C / SIGTERM stop it gracefully).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        // A clean stop releases the lease: the next process takes over what is unfinished at once.
+        self.core.stop().await;
+        served
     }
 }

@@ -51,6 +51,8 @@ pub struct Settings {
     pub dashboard: DashboardSettings,
     /// How long finished tasks are kept.
     pub retention: RetentionSettings,
+    /// Leases and resuming the tasks of a process that died.
+    pub durability: DurabilitySettings,
     /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
     /// [`Settings::load_from`], reported by [`Settings::validate`].
     #[serde(skip)]
@@ -80,6 +82,19 @@ pub struct RetentionSettings {
     pub days: u32,
     /// Seconds between two sweeps (the first runs at start-up).
     pub sweep_seconds: u64,
+}
+
+/// `[durability]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DurabilitySettings {
+    /// Seconds between two heartbeats of this process's lease.
+    pub heartbeat_seconds: u64,
+    /// A lease whose last heartbeat is older than this many seconds has expired: its process is taken for
+    /// dead and its unfinished tasks may be resumed by another.
+    pub lease_seconds: u64,
+    /// Resume, at start-up, the unfinished tasks of processes whose lease expired; `false` fails them
+    /// instead (`interrupted`, as before leases).
+    pub resume: bool,
 }
 
 /// The keys of every secret, as a configuration file would spell them.
@@ -621,6 +636,16 @@ impl Settings {
         }
         if !(1..=86_400).contains(&self.retention.sweep_seconds) {
             problems.push("retention.sweep_seconds: must be within 1..=86400".into());
+        }
+        let durability = &self.durability;
+        if !(1..=3600).contains(&durability.heartbeat_seconds) {
+            problems.push("durability.heartbeat_seconds: must be within 1..=3600".into());
+        }
+        if durability.lease_seconds < durability.heartbeat_seconds.saturating_mul(2) {
+            problems.push(format!(
+                "durability.lease_seconds: {} must be at least twice durability.heartbeat_seconds ({}), so one late heartbeat does not expire a live process's lease",
+                durability.lease_seconds, durability.heartbeat_seconds
+            ));
         }
         let dashboard = &self.dashboard;
         if !(1..=3600).contains(&dashboard.sample_seconds) {

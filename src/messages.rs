@@ -14,11 +14,12 @@ use actix::Message;
 use prometheus::IntGauge;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AgentKind, TaskId, TaskOptions};
+use crate::domain::{AgentKind, TaskId, TaskOptions, TaskStatus};
 use crate::llm::models::TaskModels;
 use crate::llm::LlmError;
 use crate::memory::{MemoryDraft, MemoryHit};
 use crate::sandbox::RunReport;
+use crate::storage::ResumeRecords;
 use crate::telemetry::propagation;
 
 /// A message with its trace context, task and send time.
@@ -279,6 +280,19 @@ pub struct StartTask {
     /// The task's place among the admitted tasks (`director.max_concurrent_tasks` + `max_queued_tasks`),
     /// held until the task ends and then given back (dropped with the message if it never runs).
     pub admission: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Set when the task is taken over from a process that died: what is stored of it, to continue from.
+    pub resume: Option<Resume>,
+}
+
+/// A task taken over from a process whose lease expired, and what is stored of it.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The lease that owned it.
+    pub owner_was: Option<String>,
+    /// Where it stood (`running` or `paused`; a `queued` task is started afresh, not resumed).
+    pub status_was: TaskStatus,
+    /// Its steps, decisions, recorded model calls, sandbox runs and code attempts.
+    pub records: ResumeRecords,
 }
 
 /// API/CLI to Director: cancel a queued or running task.

@@ -33,8 +33,11 @@ use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
+mod durability;
 mod known_series;
 pub mod retention;
+
+pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +197,9 @@ pub struct Core {
     pub retention: retention::Retention,
     /// Its periodic task; dropped (stopped) with the core.
     _sweeper: retention::Sweeper,
+    /// This process's lease, the owner of the tasks it creates (`None` for a core assembled without
+    /// `start`: its tasks are nobody's, and a process that starts on the same database takes them over).
+    lease: Option<LeaseKeeper>,
 }
 
 /// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
@@ -212,25 +218,40 @@ fn model_policy(settings: &Settings, confirmations: &Confirmations) -> Policy {
 }
 
 impl Core {
-    /// Opens and migrates storage, repairs tasks a previous process left unfinished, starts the event-log
-    /// writer, the model and the actors.
+    /// Opens and migrates storage, acquires this process's lease, starts the event-log writer, the model
+    /// and the actors, then takes over the unfinished tasks of processes whose lease expired (resumed from
+    /// their records, see `durability.rs`).
     pub async fn start(settings: Settings) -> Result<Core, StartError> {
         let metrics = Metrics::new()?;
         let storage = Storage::connect(&settings.database).await?;
         storage.migrate().await?;
-        let repaired = storage.fail_interrupted().await?;
-        if !repaired.is_empty() {
-            tracing::warn!(
-                count = repaired.len(),
-                "marked tasks left unfinished by a previous run as failed"
-            );
-        }
+        let lease = LeaseKeeper::start(&storage, &settings.durability).await?;
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let llm = crate::llm::start_models(&settings.llm, &settings.budget, &metrics).await?;
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
-        Ok(Self::assemble(
-            settings, storage, metrics, llm, memory, sandbox,
-        ))
+        let mut core = Self::assemble(settings, storage, metrics, llm, memory, sandbox);
+        core.lease = Some(lease);
+        core.take_over_orphans().await?;
+        if let Some(take_over) = core.take_over() {
+            let watch = take_over.watch();
+            if let Some(keeper) = core.lease.as_mut() {
+                keeper.keep_watch(watch);
+            }
+        }
+        Ok(core)
+    }
+
+    /// This process's lease id, the owner of the tasks it runs (`None` for an assembled core).
+    pub fn lease_id(&self) -> Option<&str> {
+        self.lease.as_ref().map(|keeper| keeper.lease().id.as_str())
+    }
+
+    /// A clean stop: releases the lease, so that the tasks still unfinished here can be taken over at once
+    /// by the next process to start (they are resumed from their records, nothing is lost).
+    pub async fn stop(&self) {
+        if let Some(keeper) = &self.lease {
+            keeper.release().await;
+        }
     }
 
     /// Assembles a core around an already started model (benchmarks and tests that share one).
@@ -311,6 +332,7 @@ impl Core {
             _sampler: sampler,
             retention,
             _sweeper: sweeper,
+            lease: None,
         }
     }
 
@@ -378,6 +400,7 @@ impl Core {
                     trace_id,
                     replay_of: options.replay_of,
                     created_at: queued.at,
+                    owner: self.lease_id().map(str::to_owned),
                 },
                 queued,
             )
@@ -386,8 +409,8 @@ impl Core {
             .metrics
             .mailbox_depth
             .with_label_values(&[AgentKind::Director.as_str()]);
-        // do_send: the task is stored; should the Director be gone (shutdown), the next start marks it
-        // interrupted.
+        // do_send: the task is stored; should the Director be gone (shutdown), the next start takes it over
+        // once this process's lease is released or expired.
         self.director.do_send(
             Envelope::new(
                 id,
@@ -395,6 +418,7 @@ impl Core {
                     prompt: prompt.to_owned(),
                     options,
                     admission: Some(admission),
+                    resume: None,
                 },
             )
             .counted(depth),

@@ -3,12 +3,14 @@
 //!
 //! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`,
 //! `memories.rs`, which also holds the backend-specific SQL of embeddings; `stats.rs`, the dashboard's
-//! aggregates over the event log);
+//! aggregates over the event log; `leases.rs`, the processes' leases, task ownership and what a resumed
+//! task is rebuilt from);
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
 pub mod entities;
 mod events;
+pub mod leases;
 mod llm_calls;
 pub mod memories;
 pub mod records;
@@ -24,6 +26,7 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
+pub use leases::{Lease, OrphanedTask, ResumeRecords};
 pub use llm_calls::{CallRecord, RecordedCall, Recording};
 pub use stats::{Handoff, Scope};
 pub use tasks::{StepRecord, TaskPage, TaskQuery, TaskRecord, TaskSummary, TaskUsage};

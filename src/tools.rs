@@ -14,8 +14,8 @@ pub mod run_code;
 pub mod search_memory;
 pub mod workspace;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -123,6 +123,10 @@ pub fn call_schema(tool: &str, arguments: Value) -> Value {
     })
 }
 
+/// Sandbox runs a resumed task's dead process already made, by task and call id: `{"arguments": <the whole
+/// arguments' JSON text>, "result": <the whole result>}`.
+type RecordedRuns = Arc<Mutex<HashMap<TaskId, BTreeMap<String, Value>>>>;
+
 /// Every tool, by name; cheap to clone.
 #[derive(Clone)]
 pub struct Tools {
@@ -130,6 +134,7 @@ pub struct Tools {
     events: EventLog,
     metrics: Metrics,
     sandbox: Sandbox,
+    recorded: RecordedRuns,
 }
 
 impl Tools {
@@ -161,7 +166,39 @@ impl Tools {
             events,
             metrics,
             sandbox,
+            recorded: RecordedRuns::default(),
         }
+    }
+
+    /// Answers task `task_id`'s `run_code` calls with these recorded runs (a resumed task: call id ->
+    /// `{"arguments", "result"}`) instead of running them again, when the arguments are the same.
+    pub fn reuse_runs(&self, task_id: TaskId, runs: BTreeMap<String, Value>) {
+        if runs.is_empty() {
+            return;
+        }
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.insert(task_id, runs);
+        }
+    }
+
+    /// Forgets task `task_id`'s recorded runs (its flow ended).
+    pub fn forget_runs(&self, task_id: TaskId) {
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.remove(&task_id);
+        }
+    }
+
+    /// The recorded result of a resumed task's `run_code` call `call_id` with these arguments (their JSON
+    /// text), taken out so that it answers once.
+    fn recorded_run(&self, task_id: TaskId, call_id: &str, arguments: &str) -> Option<Value> {
+        let mut recorded = self.recorded.lock().ok()?;
+        let runs = recorded.get_mut(&task_id)?;
+        let same = runs.get(call_id)?.get("arguments")?.as_str()? == arguments;
+        if !same {
+            // The call differs from the recorded one (the model answered differently): it runs.
+            return None;
+        }
+        runs.remove(call_id)?.get("result").cloned()
     }
 
     /// The sandbox `run_code` uses.
@@ -198,7 +235,17 @@ impl Tools {
         );
         let started = Instant::now();
         let arguments = call.arguments.clone();
+        let full_arguments = call.arguments.to_string();
+        let shown_arguments = shorten(&full_arguments, EVENT_TEXT_CHARS);
+        let reused = (label == "run_code")
+            .then(|| self.recorded_run(context.task_id, call_id, &full_arguments))
+            .flatten();
+        let was_reused = reused.is_some();
         let result = async {
+            if let Some(recorded) = reused {
+                // A resumed task's run that its dead process made: the recorded result, not a second run.
+                return Ok(recorded);
+            }
             let tool = tool.ok_or_else(|| ToolError::UnknownTool(shorten(&call.tool, 60)))?;
             if let Some(problem) =
                 schema::problem(&tool.spec().input_schema, &arguments, "arguments")
@@ -222,17 +269,34 @@ impl Tools {
         let mut data = json!({
             "tool": call.tool,
             "call_id": call_id,
-            "arguments": shorten(&call.arguments.to_string(), EVENT_TEXT_CHARS),
+            "arguments": shown_arguments,
             "outcome": outcome,
             "duration_seconds": seconds,
         });
+        if was_reused {
+            data["reused"] = json!(true);
+        }
+        // A sandbox run's whole arguments and result are kept where the excerpts cut them, so that a task
+        // resumed after a crash can tell the same run and reuse it instead of running it again (bounded by
+        // the tool's input limit and the sandbox's output limits).
+        if label == "run_code" && shown_arguments != full_arguments {
+            data["arguments_full"] = json!(full_arguments);
+        }
         match &result {
-            Ok(value) => data["result"] = json!(shorten(&value.to_string(), EVENT_TEXT_CHARS)),
+            Ok(value) => {
+                let text = value.to_string();
+                let shown = shorten(&text, EVENT_TEXT_CHARS);
+                if label == "run_code" && shown != text {
+                    data["result_full"] = value.clone();
+                }
+                data["result"] = json!(shown);
+            }
             Err(error) => {
                 span.record("error.type", error.kind());
                 data["error"] = json!(error.to_string());
             }
         }
+
         self.events.emit(
             context.task_id,
             EventKind::ToolCalled,

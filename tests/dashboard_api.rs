@@ -53,6 +53,7 @@ fn task_row(
         created_at: Set(created_at),
         started_at: Set(Some(created_at + chrono::Duration::milliseconds(100))),
         finished_at: Set(Some(created_at + chrono::Duration::milliseconds(1600))),
+        owner: Set(None),
     }
 }
 

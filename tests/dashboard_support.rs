@@ -168,6 +168,7 @@ pub async fn seed_tasks(writer: &Writer, count: usize) -> anyhow::Result<()> {
                 trace_id: "0".repeat(32),
                 replay_of: None,
                 created_at: at,
+                owner: None,
             };
             async move { writer.create_task(task, queued).await.map(|()| (id, n, at)) }
         });
@@ -241,6 +242,7 @@ pub async fn seed_big_task(writer: &Writer, events: usize) -> anyhow::Result<Tas
                 trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
                 replay_of: None,
                 created_at: start,
+                owner: None,
             },
             queued,
         )

@@ -17,6 +17,7 @@ mod otlp;
 mod postgres;
 mod prometheus_live;
 mod replay;
+mod resume;
 mod routing;
 mod sampling;
 mod sandbox;

@@ -78,6 +78,7 @@ pub async fn store_queued_task(writer: &Writer) -> TaskId {
         trace_id: "0".repeat(32),
         replay_of: None,
         created_at: queued.at,
+        owner: None,
     };
     writer.create_task(task, queued).await.unwrap();
     id
@@ -154,21 +155,9 @@ async fn migrations_and_the_event_log_work_on_postgres() {
 }
 
 #[actix_rt::test]
-async fn tasks_left_running_by_a_dead_process_are_failed_at_start_up_on_postgres() {
+async fn tasks_left_by_a_dead_process_are_resumed_or_failed_with_the_reason_at_start_up_on_postgres(
+) {
     let database = TestDatabase::create().await;
-    let storage = database.storage(2).await;
-    let writer = Writer::spawn(storage.clone(), Hub::new(), Metrics::new().unwrap());
-    let id = store_queued_task(&writer).await;
-
-    assert_eq!(storage.fail_interrupted().await.unwrap(), vec![id]);
-    let task = storage.task(id).await.unwrap().unwrap();
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert!(task.error.unwrap().contains("interrupted"));
-    let events = storage.events_after(id, 0).await.unwrap();
-    assert_eq!(
-        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
-        vec![EventKind::TaskQueued, EventKind::TaskFailed]
-    );
-    assert_eq!(events[1].seq, 2);
+    crate::resume::a_dead_owners_tasks_are_resumed_or_failed_with_the_reason(&database.url).await;
     database.drop_now().await;
 }

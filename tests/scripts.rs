@@ -31,6 +31,7 @@ pub async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]
         trace_id: "0".repeat(32),
         replay_of: None,
         created_at: queued.at,
+        owner: None,
     };
     writer.create_task(task, queued).await.unwrap();
     for (purpose, text, choice) in outputs {

@@ -60,6 +60,9 @@ pub async fn run(
             }
         }
     }
+    // A clean end releases the lease: tasks this process took over at start and did not finish are taken
+    // over again by the next process to start (resumed from their records).
+    core.stop().await;
     Ok(match outcome {
         EventKind::TaskCompleted => ExitCode::SUCCESS,
         EventKind::TaskCancelled => ExitCode::from(130),
@@ -370,6 +373,9 @@ impl LiveView {
                         .and_then(Value::as_f64)
                         .unwrap_or(0.0)
                 ));
+            }
+            EventKind::TaskResumed if event.data.get("after_crash").is_some() => {
+                self.note("resumed after its process stopped")
             }
             EventKind::TaskResumed => self.note(&format!("resumed: {}", text("answer"))),
             EventKind::LlmFallback => self.note(&format!(

@@ -8,13 +8,17 @@
 //! This file holds the flow itself (start, plan, assign, the steps in order, the verdict and the revisions
 //! it asks for); the Code/QA loop (with the vacuous-test check, `flow/stub_check.py`) is in
 //! `flow/code_loop.rs`, sending a step to its agent with the retry policy in `flow/dispatch.rs`, and
-//! the end of the task (result, memories, the terminal commit) in `flow/finish.rs`.
+//! the end of the task (result, memories, the terminal commit) in `flow/finish.rs`, and rebuilding the flow
+//! of a task taken over from a process that died in `flow/resume.rs`.
 
 mod code_loop;
 mod dispatch;
 mod finish;
+mod resume;
 
-use std::collections::BTreeMap;
+pub use resume::resumable;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,7 +37,7 @@ use crate::llm::models::TaskModels;
 use crate::llm::replay::ReplayProvider;
 use crate::llm::{Choice, LlmError, LlmOutput, LlmRequest, ScoredOption};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
-use crate::messages::{Feedback, FeedbackKind, StartTask, StepKind, Verdict};
+use crate::messages::{Feedback, FeedbackKind, Resume, StartTask, StepKind, Verdict};
 use crate::storage::records::{DecisionRecord, LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::StorageError;
 
@@ -75,6 +79,9 @@ pub enum FlowError {
     /// Reading a recording failed.
     #[error("read replay recording: {0}")]
     Storage(#[from] StorageError),
+    /// A task taken over from a dead process cannot be continued from what is stored of it.
+    #[error("cannot resume the task after its process died: {0}")]
+    Unresumable(String),
     /// The Director stopped (the application is shutting down).
     #[error("director stopped")]
     DirectorGone,
@@ -101,6 +108,7 @@ pub enum FlowError {
 }
 
 /// A planned step and where it stands.
+#[derive(Debug)]
 struct PlannedStep {
     idx: i32,
     agent: AgentKind,
@@ -148,6 +156,10 @@ pub struct TaskFlow {
     reviews: BTreeMap<i32, String>,
     /// The routing decision's content-free scores, fetched at the task's first assignment.
     content_free: Option<Result<Vec<ScoredOption>, &'static str>>,
+    /// What is stored of a task taken over from a dead process, until the flow is rebuilt from it.
+    resume: Option<Resume>,
+    /// The steps whose agent decision is already stored (a resumed task that plans again).
+    decided: BTreeSet<i32>,
 }
 
 /// An agent choice after calibration.
@@ -188,6 +200,8 @@ impl TaskFlow {
             round: 1,
             reviews: BTreeMap::new(),
             content_free: None,
+            resume: start.resume,
+            decided: BTreeSet::new(),
         }
     }
 
@@ -195,15 +209,18 @@ impl TaskFlow {
     pub async fn run(mut self) {
         let started = Instant::now();
         let task_id = self.task_id;
-        self.deps
-            .agent
-            .writer
-            .send(WriteOp::MarkRunning(PendingEvent::now(
-                task_id,
-                EventKind::TaskStarted,
-                Some(AgentKind::Director),
-                json!({ "options": self.options }),
-            )));
+        // A resumed task started long ago: its `task.resumed` (from `rebuild`) takes the place of this.
+        if self.resume.is_none() {
+            self.deps
+                .agent
+                .writer
+                .send(WriteOp::MarkRunning(PendingEvent::now(
+                    task_id,
+                    EventKind::TaskStarted,
+                    Some(AgentKind::Director),
+                    json!({ "options": self.options }),
+                )));
+        }
         let span = tracing::info_span!(
             "invoke_agent",
             otel.name = "invoke_agent director",
@@ -214,10 +231,31 @@ impl TaskFlow {
         );
         let outcome = self.work().instrument(span).await;
         self.finish(outcome, started).await;
+        self.deps.agent.tools.forget_runs(task_id);
     }
 
     async fn work(&mut self) -> Result<serde_json::Value, FlowError> {
         let llm = self.provider().await?;
+        let plan = match self.rebuild().await? {
+            Some(plan) => plan,
+            None => self.plan_and_assign(&llm).await?,
+        };
+        let mut verdict = None;
+        for position in 0..self.steps.len() {
+            if self.steps[position].status == StepStatus::Done {
+                // A step a resumed task's dead process finished: its stored output stands.
+                continue;
+            }
+            if let Some(found) = self.run_position(position, &llm, None).await? {
+                verdict = Some(found);
+            }
+        }
+        let verdict = self.settle_verdict(verdict, &llm).await?;
+        Ok(self.result(&plan, verdict, llm.as_ref()))
+    }
+
+    /// Plans the task, assigns each step an agent and stores the steps.
+    async fn plan_and_assign(&mut self, llm: &Arc<TaskModels>) -> Result<Plan, FlowError> {
         let plan = self.plan(llm.as_ref()).await?;
         for (position, instruction) in plan.steps.iter().enumerate() {
             let idx = i32::try_from(position + 1).unwrap_or(i32::MAX);
@@ -249,15 +287,7 @@ impl TaskFlow {
                 .map(|step| (step.idx, step.agent, step.instruction.clone()))
                 .collect(),
         });
-
-        let mut verdict = None;
-        for position in 0..self.steps.len() {
-            if let Some(found) = self.run_position(position, &llm, None).await? {
-                verdict = Some(found);
-            }
-        }
-        let verdict = self.settle_verdict(verdict, &llm).await?;
-        Ok(self.result(&plan, verdict, llm.as_ref()))
+        Ok(plan)
     }
 
     /// Runs step `position` (a code step as the Code/QA loop), with `feedback` when QA's verdict sent it
@@ -384,8 +414,21 @@ impl TaskFlow {
         self.reviews.values().cloned().collect()
     }
 
-    /// The task's model: the default provider, or a replay of the task named by `options.replay_of`.
+    /// The task's model: the default provider, or a replay of the task named by `options.replay_of`; for a
+    /// resumed task, the calls recorded for it are answered from its recording first.
     async fn provider(&self) -> Result<Arc<TaskModels>, FlowError> {
+        let models = self.models().await?;
+        let Some(resume) = &self.resume else {
+            return Ok(Arc::new(models));
+        };
+        let recording =
+            ReplayProvider::from_recording(self.task_id, resume.records.recording.clone())
+                .map_err(|error| FlowError::Unresumable(error.to_string()))?;
+        Ok(Arc::new(models.with_recording(Arc::new(recording))))
+    }
+
+    /// The models the task calls: the default provider, or a replay of `options.replay_of`.
+    async fn models(&self) -> Result<TaskModels, FlowError> {
         let Some(source) = self.options.replay_of else {
             let mut policy = self.deps.model_policy.clone();
             if let Some(budget) = self.options.budget {
@@ -394,10 +437,10 @@ impl TaskFlow {
                     max_cost_usd: budget.max_cost_usd.or(policy.limits.max_cost_usd),
                 };
             }
-            return Ok(Arc::new(TaskModels::new(self.deps.llm.clone(), policy)));
+            return Ok(TaskModels::new(self.deps.llm.clone(), policy));
         };
         if let Some(cached) = self.deps.replays.get(source) {
-            return Ok(Arc::new(TaskModels::uniform(cached)));
+            return Ok(TaskModels::uniform(cached));
         }
         let recording = self.deps.storage.recording(source).await?;
         let provider = ReplayProvider::from_recording(source, recording)?;
@@ -413,7 +456,7 @@ impl TaskFlow {
         if complete {
             self.deps.replays.insert(source, Arc::clone(&provider));
         }
-        Ok(Arc::new(TaskModels::uniform(provider)))
+        Ok(TaskModels::uniform(provider))
     }
 
     async fn plan(&self, llm: &TaskModels) -> Result<Plan, FlowError> {
@@ -513,18 +556,22 @@ impl TaskFlow {
                 "tokens": output.usage.input_tokens + output.usage.output_tokens,
             }),
         );
-        self.deps
-            .agent
-            .writer
-            .send(WriteOp::Decision(DecisionRecord {
-                task_id: self.task_id,
-                step_idx: Some(idx),
-                kind: "assign_agent".to_owned(),
-                options,
-                chosen: agent.as_str().to_owned(),
-                confidence,
-                reasoning: routing.reasoning,
-            }));
+        // A resumed task that plans again makes the same decisions (from its recording); one already stored
+        // is not stored twice.
+        if !self.decided.contains(&idx) {
+            self.deps
+                .agent
+                .writer
+                .send(WriteOp::Decision(DecisionRecord {
+                    task_id: self.task_id,
+                    step_idx: Some(idx),
+                    kind: "assign_agent".to_owned(),
+                    options,
+                    chosen: agent.as_str().to_owned(),
+                    confidence,
+                    reasoning: routing.reasoning,
+                }));
+        }
         Ok(agent)
     }
 

@@ -145,6 +145,15 @@ impl Budget {
         });
     }
 
+    /// Counts a call that was made before (a resumed task's recorded call, answered from the recording):
+    /// what it used is spent again, since the budget of a resumed task starts from nothing.
+    pub fn charge(&self, usage: Usage, cost_usd: f64) {
+        self.with_spent(|spent| {
+            spent.tokens += usage.input_tokens + usage.output_tokens;
+            spent.cost_usd += cost_usd;
+        });
+    }
+
     /// Tokens and US dollars settled so far.
     pub fn spent(&self) -> (u64, f64) {
         self.with_spent(|spent| (spent.tokens, spent.cost_usd))

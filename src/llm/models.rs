@@ -6,6 +6,7 @@
 //! provider is next and tells it what happened (a fallback, a downgrade, a pause).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use serde_json::json;
 
 use super::budget::{Budget, Limits};
 use super::confirm::Confirmations;
-use super::LlmProvider;
+use super::replay::ReplayProvider;
+use super::{LlmOutput, LlmProvider};
 use crate::config::{FallbackMode, OnExceed};
 use crate::domain::AgentKind;
 
@@ -156,6 +158,10 @@ pub struct TaskModels {
     policy: Policy,
     budget: Budget,
     route: Mutex<Route>,
+    /// A resumed task's own recorded calls: a call whose purpose is here is answered from it.
+    recorded: Option<Arc<ReplayProvider>>,
+    /// How many calls the recording answered.
+    reused: AtomicUsize,
 }
 
 impl TaskModels {
@@ -167,7 +173,29 @@ impl TaskModels {
             policy,
             budget,
             route: Mutex::new(Route::default()),
+            recorded: None,
+            reused: AtomicUsize::new(0),
         }
+    }
+
+    /// Calls whose purpose `recording` holds (a resumed task's own calls, made before its process died)
+    /// are answered from it: no model call, no new row. The rest go to the models as usual.
+    pub fn with_recording(mut self, recording: Arc<ReplayProvider>) -> Self {
+        self.recorded = Some(recording);
+        self
+    }
+
+    /// The recorded output of `purpose` for a resumed task, counted as reused; `None` when the call must
+    /// be made.
+    pub fn recorded(&self, purpose: &str) -> Option<LlmOutput> {
+        let output = self.recorded.as_ref()?.output(purpose)?.clone();
+        self.reused.fetch_add(1, Ordering::Relaxed);
+        Some(output)
+    }
+
+    /// How many calls were answered from the task's own recording.
+    pub fn reused_calls(&self) -> usize {
+        self.reused.load(Ordering::Relaxed)
     }
 
     /// Every agent's call goes to `provider` (a replay): no budget, no fallback.
@@ -281,5 +309,50 @@ impl TaskModels {
     /// Each agent's provider and model.
     pub fn describe(&self) -> serde_json::Value {
         self.models.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::domain::TaskId;
+    use crate::llm::Usage;
+
+    #[test]
+    fn a_recorded_purpose_is_answered_from_the_recording_and_counted() {
+        let recorded = LlmOutput {
+            text: "the plan".into(),
+            choice: None,
+            usage: Usage {
+                input_tokens: 5,
+                output_tokens: 3,
+            },
+            generation_seconds: 0.5,
+        };
+        let recording = ReplayProvider::new(
+            TaskId::new(),
+            "m".into(),
+            HashMap::from([("plan".to_owned(), recorded.clone())]),
+        );
+        let live = Arc::new(ReplayProvider::new(
+            TaskId::new(),
+            "live".into(),
+            HashMap::new(),
+        ));
+        let models = TaskModels::uniform(live).with_recording(Arc::new(recording));
+        assert_eq!(models.recorded("plan"), Some(recorded));
+        assert_eq!(models.recorded("work.2"), None, "unrecorded: made live");
+        assert_eq!(models.reused_calls(), 1);
+        assert_eq!(
+            TaskModels::uniform(Arc::new(ReplayProvider::new(
+                TaskId::new(),
+                "x".into(),
+                HashMap::new()
+            )))
+            .recorded("plan"),
+            None
+        );
     }
 }

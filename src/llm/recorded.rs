@@ -2,6 +2,9 @@
 //! One call is a `chat {model}` span, its streamed pieces `llm.token` events, its row in `llm_calls` (for
 //! inspection and replay), an `llm.finished` event, and the token, latency, cost and error metrics.
 //!
+//! A resumed task's calls already recorded for it are answered from its recording ([`TaskModels::recorded`])
+//! before any of that: no model call, no second row.
+//!
 //! It also carries out the task's policy ([`TaskModels`]): the budget is reserved before the call and
 //! settled after it (`budget.exceeded` and a downgrade or a failure when it would be passed), and a provider
 //! failure goes to the fallback (`llm.fallback`), after a person's yes in `confirm` mode (`task.paused`,
@@ -60,6 +63,16 @@ impl Recorder<'_> {
         cancel: CancellationToken,
     ) -> Result<LlmOutput, LlmError> {
         let provider = models.for_agent(agent);
+        if let Some(output) = models.recorded(&request.purpose) {
+            // A resumed task's call that its dead process already made and recorded: answered from the
+            // recording, so no model runs, and no second row or events are written (its own are in the
+            // log). Its usage counts against the task's budget again, which starts from nothing here.
+            let cost = provider
+                .price_per_million_tokens()
+                .cost(output.usage.input_tokens, output.usage.output_tokens);
+            models.budget().charge(output.usage, cost);
+            return Ok(output);
+        }
         let (provider, result) = self
             .within_budget(models, provider, task_id, agent, &request, &cancel)
             .await;

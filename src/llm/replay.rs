@@ -61,6 +61,16 @@ impl ReplayProvider {
         self.recorded.contains_key(purpose)
     }
 
+    /// The output recorded for `purpose`, if any.
+    pub fn output(&self, purpose: &str) -> Option<&LlmOutput> {
+        self.recorded.get(purpose)
+    }
+
+    /// How many calls were recorded.
+    pub fn len(&self) -> usize {
+        self.recorded.len()
+    }
+
     /// Whether no call was recorded.
     pub fn is_empty(&self) -> bool {
         self.recorded.is_empty()

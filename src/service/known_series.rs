@@ -57,6 +57,9 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     }
     metrics.tasks_deleted.with_label_values(&["request"]);
     metrics.tasks_deleted.with_label_values(&["retention"]);
+    for outcome in crate::service::RESUME_OUTCOMES {
+        metrics.tasks_resumed.with_label_values(&[outcome]);
+    }
     for kind in EventKind::ALL {
         metrics.events.with_label_values(&[kind.as_str()]);
     }

@@ -91,6 +91,8 @@ pub struct NewTask {
     pub replay_of: Option<TaskId>,
     /// Accepted at.
     pub created_at: DateTime<Utc>,
+    /// The lease of the process that runs it (`None`: nobody's; a process that starts resumes it).
+    pub owner: Option<String>,
 }
 
 /// A change to one step.

@@ -1,5 +1,4 @@
-//! Reads of the task aggregate: tasks, their steps and their usage; and the start-up repair of tasks left
-//! unfinished by a previous process.
+//! Reads of the task aggregate: tasks, their steps and their usage.
 
 use std::collections::HashMap;
 
@@ -7,15 +6,12 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 use serde::Serialize;
 
-use super::entities::{event, llm_call, step, task};
-use super::events::last_seq;
-use super::records::PendingEvent;
+use super::entities::{llm_call, step, task};
 use super::{Storage, StorageError};
-use crate::domain::{AgentKind, EventKind, StepStatus, TaskId, TaskOptions, TaskStatus};
+use crate::domain::{AgentKind, StepStatus, TaskId, TaskOptions, TaskStatus};
 
 /// A task as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -365,62 +361,6 @@ impl Storage {
                 }
             }),
         )
-    }
-
-    /// Marks every task a previous process left queued or running as failed, with a terminal event, so
-    /// that no task waits forever and every log ends. Returns the ids repaired.
-    pub async fn fail_interrupted(&self) -> Result<Vec<TaskId>, StorageError> {
-        let unfinished = task::Entity::find()
-            .filter(task::Column::Status.is_in([
-                TaskStatus::Queued.as_str(),
-                TaskStatus::Running.as_str(),
-                TaskStatus::Paused.as_str(),
-            ]))
-            .all(&self.db)
-            .await
-            .map_err(StorageError::query("find interrupted tasks"))?;
-        let mut repaired = Vec::with_capacity(unfinished.len());
-        for row in unfinished {
-            let Ok(id) = row.id.parse::<TaskId>() else {
-                continue;
-            };
-            let error = "interrupted: the server stopped while the task was unfinished";
-            let txn = self
-                .db
-                .begin()
-                .await
-                .map_err(StorageError::query("begin repair"))?;
-            let last_seq = last_seq(&txn, id).await?;
-            let pending = PendingEvent::now(
-                id,
-                EventKind::TaskFailed,
-                Some(AgentKind::Director),
-                serde_json::json!({ "error": error }),
-            );
-            event::Entity::insert(super::events::event_row(
-                &pending,
-                last_seq.unwrap_or(0) + 1,
-            ))
-            .exec(&txn)
-            .await
-            .map_err(StorageError::query("append repair event"))?;
-            task::Entity::update_many()
-                .col_expr(
-                    task::Column::Status,
-                    Expr::value(TaskStatus::Failed.as_str()),
-                )
-                .col_expr(task::Column::Error, Expr::value(error))
-                .col_expr(task::Column::FinishedAt, Expr::value(pending.at))
-                .filter(task::Column::Id.eq(row.id.clone()))
-                .exec(&txn)
-                .await
-                .map_err(StorageError::query("mark task interrupted"))?;
-            txn.commit()
-                .await
-                .map_err(StorageError::query("commit repair"))?;
-            repaired.push(id);
-        }
-        Ok(repaired)
     }
 }
 

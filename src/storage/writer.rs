@@ -291,6 +291,7 @@ impl WriterTask {
                     created_at: Set(task.created_at),
                     started_at: Set(None),
                     finished_at: Set(None),
+                    owner: Set(task.owner),
                 })
                 .exec(txn)
                 .await

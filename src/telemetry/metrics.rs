@@ -128,6 +128,8 @@ pub struct Metrics {
     pub tasks_total: IntCounterVec,
     /// See [`names::TASKS_DELETED`]; label `reason` (`request`).
     pub tasks_deleted: IntCounterVec,
+    /// See [`names::TASKS_RESUMED`]; label `outcome` (`resumed`, `requeued`, `unresumable`, `interrupted`).
+    pub tasks_resumed: IntCounterVec,
     /// See [`names::SUPERVISOR_RESTARTS`]; labels `agent`, `reason`.
     pub supervisor_restarts: IntCounterVec,
     /// See [`names::LLM_TOKENS`]; labels `provider`, `model`, `type`.
@@ -382,6 +384,11 @@ impl Metrics {
                 names::TASKS_DELETED,
                 "Finished tasks removed with their records, by reason.",
                 &["reason"],
+            )?,
+            tasks_resumed: r.counter_vec(
+                names::TASKS_RESUMED,
+                "Unfinished tasks of a dead process taken over at start-up, by what became of them.",
+                &["outcome"],
             )?,
             supervisor_restarts: r.counter_vec(
                 names::SUPERVISOR_RESTARTS,

@@ -433,7 +433,7 @@ impl TaskFlow {
 
 /// What QA's verification is told about an accepted code step: what it asked, the functions the code
 /// defines and those its test calls.
-fn review_line(instruction: &str, check: Option<&StubCheck>) -> String {
+pub(super) fn review_line(instruction: &str, check: Option<&StubCheck>) -> String {
     match check {
         Some(check) if check.error.is_none() => format!(
             "Step \"{instruction}\": the code defines {}; its test calls {}.",

@@ -18,6 +18,8 @@ pub const TASK_DURATION: &str = "troupe_task_duration_seconds";
 pub const TASKS_TOTAL: &str = "troupe_tasks_total";
 /// Finished tasks removed with their records, by reason.
 pub const TASKS_DELETED: &str = "troupe_tasks_deleted_total";
+/// Unfinished tasks of a dead process taken over at start-up, by what became of them.
+pub const TASKS_RESUMED: &str = "troupe_tasks_resumed_total";
 /// Agent restarts by the supervisor.
 pub const SUPERVISOR_RESTARTS: &str = "troupe_supervisor_restarts_total";
 /// Tokens by provider, model and type (input/output).
