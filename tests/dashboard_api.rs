@@ -745,6 +745,7 @@ async fn big_reads_with_ten_thousand_tasks_and_events() {
                 trace_id: Set("4bf92f3577b34da6a3ce929d0e0e4736".into()),
                 span_id: Set("00f067aa0ba902b7".into()),
                 data: Set(json!({ "purpose": "work.1", "text": "tok", "p": 0.5 })),
+                seq_end: Set(None),
             }
         })
         .collect();
@@ -889,6 +890,7 @@ async fn the_dashboard_reads_work_on_postgres() {
             trace_id: Set("0".repeat(32)),
             span_id: Set("0".repeat(16)),
             data: Set(data.clone()),
+            seq_end: Set(None),
         })
         .exec(&db)
         .await

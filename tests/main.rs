@@ -23,3 +23,4 @@ mod scripts;
 mod self_correction;
 mod supervision;
 mod task_flow;
+mod writer;

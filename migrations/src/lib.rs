@@ -9,6 +9,7 @@ mod m20261124_000001_create_core_tables;
 mod m20261125_000001_create_memories;
 mod m20261201_000001_add_llm_call_cost;
 mod m20261202_000001_add_dashboard_indexes;
+mod m20261203_000001_add_event_seq_end;
 
 /// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_create_memories::Migration),
             Box::new(m20261201_000001_add_llm_call_cost::Migration),
             Box::new(m20261202_000001_add_dashboard_indexes::Migration),
+            Box::new(m20261203_000001_add_event_seq_end::Migration),
         ]
     }
 }
