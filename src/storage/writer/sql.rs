@@ -175,15 +175,22 @@ async fn update_tasks(txn: &DatabaseTransaction, rows: &[TaskRow]) -> Result<(),
             .filter(|row| row.finished_at.is_some())
             .collect();
         if !finished.is_empty() {
+            // Bound in the order of the text: SQLite's `?` are positional.
             let mut at = Vec::new();
-            let mut results = Vec::new();
-            let mut errors = Vec::new();
             for row in &finished {
                 let id = sql.bind(row.task_id.to_string());
                 let value = sql.bind(row.finished_at);
                 at.push(format!("WHEN id = {id} THEN {value}"));
+            }
+            let mut results = Vec::new();
+            for row in &finished {
+                let id = sql.bind(row.task_id.to_string());
                 let value = sql.bind_json(row.result.clone());
                 results.push(format!("WHEN id = {id} THEN {value}"));
+            }
+            let mut errors = Vec::new();
+            for row in &finished {
+                let id = sql.bind(row.task_id.to_string());
                 let value = sql.bind(row.error.clone());
                 errors.push(format!("WHEN id = {id} THEN {value}"));
             }
