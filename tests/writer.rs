@@ -62,14 +62,12 @@ impl Backend {
     }
 }
 
+/// What the writer published, in order.
+type Published = Arc<Mutex<Vec<Arc<Event>>>>;
+
 /// Every event the writer publishes, kept (and passed on to `hub`).
-fn recording(
-    hub: Hub,
-) -> (
-    impl Fn(Arc<Event>) + Send + 'static,
-    Arc<Mutex<Vec<Arc<Event>>>>,
-) {
-    let seen: Arc<Mutex<Vec<Arc<Event>>>> = Arc::default();
+fn recording(hub: Hub) -> (impl Fn(Arc<Event>) + Send + 'static, Published) {
+    let seen: Published = Arc::default();
     let kept = Arc::clone(&seen);
     let publish = move |event: Arc<Event>| {
         kept.lock().unwrap().push(Arc::clone(&event));
@@ -208,14 +206,15 @@ async fn a_bad_op_fails_only_its_task(backend: Backend) {
 
     assert_eq!(counter(&metrics, "batch"), 1);
     assert_eq!(counter(&metrics, "task"), 1);
-    let published = published.lock().unwrap();
-    let told: Vec<&Arc<Event>> = published
+    let told: Vec<Arc<Event>> = published
+        .lock()
+        .unwrap()
         .iter()
         .filter(|e| e.task_id == bad && e.kind == EventKind::TaskFailed)
+        .cloned()
         .collect();
     assert_eq!(told.len(), 1);
-    assert!(troupe::storage::writer::failed_by_storage(told[0]));
-    drop(published);
+    assert!(troupe::storage::writer::failed_by_storage(&told[0]));
     backend.done().await;
 }
 

@@ -477,14 +477,11 @@ impl Logs {
 
     /// Remembers task `task_id`'s log as it was before `plan` first touched it.
     fn touch(&mut self, task_id: TaskId, plan: &mut Plan) {
-        if !plan.undo.contains_key(&task_id) {
-            plan.undo.insert(
-                task_id,
-                Undo {
-                    next_seq: self.last_seq.get(&task_id).copied(),
-                    run: self.runs.get(&task_id).cloned(),
-                },
-            );
+        if let std::collections::hash_map::Entry::Vacant(entry) = plan.undo.entry(task_id) {
+            entry.insert(Undo {
+                next_seq: self.last_seq.get(&task_id).copied(),
+                run: self.runs.get(&task_id).cloned(),
+            });
         }
     }
 
