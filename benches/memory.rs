@@ -127,6 +127,7 @@ async fn postgres_and_tiers(
     let storage = Storage::connect(&DatabaseSettings {
         url: url.to_owned(),
         max_connections: 4,
+        writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
     })
     .await?;
     storage.migrate().await?;
@@ -177,6 +178,7 @@ async fn postgres_and_tiers(
     let sqlite = Storage::connect(&DatabaseSettings {
         url: format!("sqlite://{}/bench.sqlite?mode=rwc", dir.path().display()),
         max_connections: 4,
+        writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
     })
     .await?;
     sqlite.migrate().await?;

@@ -10,7 +10,10 @@
 //! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` tasks in flight, durable;
 //! - `scrape_us`: rendering `/metrics` (p50/p99 of 200 renders) after more than 10,000 tasks, and its size.
 //!
-//! Modes: `TROUPE_BENCH_TRACING=0` turns span creation off; `TROUPE_BENCH_OTLP=1` also exports every span over
+//! - `store`: the storage writer's commits over the whole run (count, mean duration, per task).
+//!
+//! Modes: `TROUPE_BENCH_DATABASE_URL` runs on that database instead of a fresh SQLite file (e.g. an empty
+//! PostgreSQL database: `postgres://postgres@127.0.0.1:5432/troupe_bench`); `TROUPE_BENCH_TRACING=0` turns span creation off; `TROUPE_BENCH_OTLP=1` also exports every span over
 //! OTLP/HTTP to a receiver in this process (it decodes nothing, it counts requests and bytes). Metrics are on
 //! in every mode: they cannot be turned off. `scripts/bench.sh` runs all three.
 
@@ -40,7 +43,8 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut settings = Settings::load_from(&root.join("config"), Some("test"))?;
     let dir = tempfile::tempdir()?;
-    settings.database.url = format!("sqlite://{}/bench.sqlite?mode=rwc", dir.path().display());
+    settings.database.url = std::env::var("TROUPE_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}/bench.sqlite?mode=rwc", dir.path().display()));
     settings.llm.model = root
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .display()
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         let metrics = Metrics::new()?;
         let storage = Storage::connect(&settings.database).await?;
         storage.migrate().await?;
+        let backend = storage.backend_name();
         let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let sandbox = troupe::sandbox::Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
@@ -156,10 +161,19 @@ fn main() -> anyhow::Result<()> {
                 .sum()
         };
         let hop_us_mean = hop("sum") / hop("count").max(1.0) * 1e6;
+        let commit = |suffix: &str| -> f64 {
+            scrape
+                .lines()
+                .filter(|line| line.starts_with(&format!("troupe_store_commit_duration_seconds_{suffix}")))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let commits = commit("count");
 
         println!(
             "{}",
             json!({
+                "database": backend,
                 "tracing": tracing,
                 "otlp_export": otlp,
                 "exported": exported,
@@ -171,6 +185,11 @@ fn main() -> anyhow::Result<()> {
                 "in_flight": IN_FLIGHT,
                 "throughput_tasks": THROUGHPUT_TASKS,
                 "throughput_tasks_per_s": throughput,
+                "store": {
+                    "commits": commits,
+                    "commit_us_mean": commit("sum") / commits.max(1.0) * 1e6,
+                    "commits_per_task": commits / tasks_before_scrape as f64,
+                },
                 "scrape": {
                     "after_tasks": tasks_before_scrape,
                     "bytes": scrape.len(),
@@ -256,6 +275,10 @@ async fn finish(core: &Core, id: TaskId) -> anyhow::Result<EventKind> {
     let mut subscription = core.events.subscribe(id, 0).await?;
     while let Some(event) = subscription.next().await? {
         if event.kind.is_terminal() {
+            if event.kind == EventKind::TaskFailed {
+                // Say why: a benchmark that stops on a failed task must name the failure.
+                eprintln!("task {id} failed: {}", event.data);
+            }
             return Ok(event.kind);
         }
     }

@@ -219,6 +219,9 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+    /// Ops the storage writer's channel holds (see `storage::writer`): awaited writes wait for room, a
+    /// fire-and-forget write that finds it full is dropped and fails its task.
+    pub writer_queue: usize,
 }
 
 /// `[redis]`
@@ -520,6 +523,9 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be positive".into());
+        }
+        if self.database.writer_queue == 0 {
+            problems.push("database.writer_queue: must be positive".into());
         }
         let redis = self.redis.url.as_str();
         if !(redis.is_empty() || redis.starts_with("redis://")) {

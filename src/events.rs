@@ -6,9 +6,14 @@
 //! channel per task with subscribers, so a subscriber wakes only for its own task's events). So every event a subscriber sees is already
 //! durable, and a subscription that reads the stored history after subscribing to the broadcast can never
 //! miss one (duplicates are dropped by `seq`).
+//!
+//! The hub fans out [`Shared`] events: one allocation per event however many subscribe, and its JSON
+//! serialized once, on first use, then shared by every WebSocket that sends it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytestring::ByteString;
 
 use tokio::sync::broadcast;
 
@@ -16,12 +21,44 @@ use crate::domain::{AgentKind, Event, EventKind, TaskId};
 use crate::storage::writer::{Publish, Writer};
 use crate::storage::{Storage, StorageError};
 
+/// A committed event as the hub hands it out: shared by every subscriber, with its JSON text made once.
+#[derive(Debug)]
+pub struct Shared {
+    event: Arc<Event>,
+    json: OnceLock<ByteString>,
+}
+
+impl Shared {
+    /// Wraps `event`.
+    pub fn new(event: Arc<Event>) -> Arc<Shared> {
+        Arc::new(Shared {
+            event,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event as JSON (the API's shape), serialized on the first call and shared after (a cheap clone).
+    pub fn json(&self) -> ByteString {
+        self.json
+            .get_or_init(|| {
+                // An event is plain data: serializing it cannot fail (an empty text if it ever did).
+                ByteString::from(serde_json::to_string(&*self.event).unwrap_or_default())
+            })
+            .clone()
+    }
+}
+
 /// Live fan-out of committed events: one broadcast channel per task that has subscribers, and one channel of
 /// every task's events except `llm.token` (the dashboard's live overview). Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    channels: Arc<Mutex<HashMap<TaskId, broadcast::Sender<Arc<Event>>>>>,
-    all: broadcast::Sender<Arc<Event>>,
+    channels: Arc<Mutex<HashMap<TaskId, broadcast::Sender<Arc<Shared>>>>>,
+    all: broadcast::Sender<Arc<Shared>>,
 }
 
 impl Default for Hub {
@@ -45,7 +82,8 @@ impl Hub {
     /// Publishes a committed event to its task's subscribers (a terminal event also retires the channel)
     /// and, unless it is an `llm.token`, to the subscribers of every task's events.
     pub fn publish(&self, event: Arc<Event>) {
-        if event.kind != EventKind::LlmToken {
+        let event = Shared::new(event);
+        if event.event.kind != EventKind::LlmToken {
             // No receiver is fine; a receiver that falls behind by more than the capacity is told it lagged.
             let _ = self.all.send(Arc::clone(&event));
         }
@@ -53,10 +91,10 @@ impl Hub {
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sender = if event.kind.is_terminal() {
-            channels.remove(&event.task_id)
+        let sender = if event.event.kind.is_terminal() {
+            channels.remove(&event.event.task_id)
         } else {
-            channels.get(&event.task_id).cloned()
+            channels.get(&event.event.task_id).cloned()
         };
         drop(channels);
         if let Some(sender) = sender {
@@ -69,8 +107,8 @@ impl Hub {
         &self,
         task_id: TaskId,
     ) -> (
-        broadcast::Sender<Arc<Event>>,
-        broadcast::Receiver<Arc<Event>>,
+        broadcast::Sender<Arc<Shared>>,
+        broadcast::Receiver<Arc<Shared>>,
     ) {
         let mut channels = self
             .channels
@@ -85,7 +123,7 @@ impl Hub {
     }
 
     /// Drops the task's channel when `sender`'s channel is still the task's and its last receiver leaves.
-    fn release(&self, task_id: TaskId, sender: &broadcast::Sender<Arc<Event>>) {
+    fn release(&self, task_id: TaskId, sender: &broadcast::Sender<Arc<Shared>>) {
         let mut channels = self
             .channels
             .lock()
@@ -99,7 +137,7 @@ impl Hub {
 
     /// Every task's events from now on as they commit, except `llm.token`; not resumable: a receiver that
     /// falls more than 1024 events behind gets `Lagged` and should start over from stored state.
-    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Shared>> {
         self.all.subscribe()
     }
 
@@ -147,7 +185,7 @@ impl EventLog {
     }
 
     /// Every task's live events except `llm.token` ([`Hub::subscribe_all`]).
-    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<Shared>> {
         self.hub.subscribe_all()
     }
 
@@ -171,7 +209,7 @@ impl EventLog {
             storage: self.storage.clone(),
             finished: false,
         };
-        subscription.backlog = self.storage.events_after(task_id, after).await?.into();
+        subscription.backlog = stored(self.storage.events_after(task_id, after).await?);
         Ok(subscription)
     }
 }
@@ -180,10 +218,10 @@ impl EventLog {
 pub struct Subscription {
     task_id: TaskId,
     last_seq: i64,
-    backlog: VecDeque<Event>,
-    live: broadcast::Receiver<Arc<Event>>,
+    backlog: VecDeque<Arc<Shared>>,
+    live: broadcast::Receiver<Arc<Shared>>,
     /// Keeps the task's channel identifiable (and open) while this subscription lives.
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Shared>>,
     hub: Hub,
     storage: Storage,
     finished: bool,
@@ -198,29 +236,40 @@ impl Drop for Subscription {
 impl Subscription {
     /// The next event, or `None` after the terminal event (or when the log is shutting down).
     pub async fn next(&mut self) -> Result<Option<Event>, StorageError> {
+        Ok(self
+            .next_shared()
+            .await?
+            .map(|shared| shared.event().clone()))
+    }
+
+    /// The next event as the hub shares it (its JSON made once for every subscriber), or `None` after the
+    /// terminal event (or when the log is shutting down).
+    pub async fn next_shared(&mut self) -> Result<Option<Arc<Shared>>, StorageError> {
         loop {
             if self.finished {
                 return Ok(None);
             }
-            if let Some(event) = self.backlog.pop_front() {
+            if let Some(shared) = self.backlog.pop_front() {
+                let event = shared.event();
                 if event.seq <= self.last_seq {
                     continue;
                 }
                 self.last_seq = event.seq;
                 self.finished = event.kind.is_terminal();
-                return Ok(Some(event));
+                return Ok(Some(shared));
             }
             match self.live.recv().await {
-                Ok(event) => {
-                    if event.seq <= self.last_seq {
+                Ok(shared) => {
+                    let seq = shared.event().seq;
+                    if seq <= self.last_seq {
                         continue;
                     }
-                    if event.seq > self.last_seq + 1 {
+                    if seq > self.last_seq + 1 {
                         // Something between is missing from what we saw: take it from storage.
                         self.refill().await?;
                         continue;
                     }
-                    self.backlog.push_back((*event).clone());
+                    self.backlog.push_back(shared);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.refill().await?,
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
@@ -229,13 +278,21 @@ impl Subscription {
     }
 
     async fn refill(&mut self) -> Result<(), StorageError> {
-        let stored = self
+        let events = self
             .storage
             .events_after(self.task_id, self.last_seq)
             .await?;
-        self.backlog = stored.into();
+        self.backlog = stored(events);
         Ok(())
     }
+}
+
+/// Stored events as the hub would share them.
+fn stored(events: Vec<Event>) -> VecDeque<Arc<Shared>> {
+    events
+        .into_iter()
+        .map(|event| Shared::new(Arc::new(event)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -265,7 +322,7 @@ mod tests {
         hub.publish(event(second, 1, EventKind::TaskQueued));
         hub.publish(event(first, 3, EventKind::TaskCompleted));
         let seen: Vec<(TaskId, i64)> = std::iter::from_fn(|| all.try_recv().ok())
-            .map(|event| (event.task_id, event.seq))
+            .map(|shared| (shared.event().task_id, shared.event().seq))
             .collect();
         assert_eq!(seen, [(first, 1), (second, 1), (first, 3)]);
         // No per-task channel was opened for it.

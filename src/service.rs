@@ -25,7 +25,7 @@ use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::sandbox::Sandbox;
 use crate::storage::records::{NewTask, PendingEvent};
-use crate::storage::writer::Writer;
+use crate::storage::writer::{failed_by_storage, Writer};
 use crate::storage::{Storage, StorageError};
 use crate::supervision::RestartPolicy;
 use crate::telemetry::history::{History, Sampler};
@@ -264,7 +264,30 @@ impl Core {
         sandbox: Sandbox,
     ) -> Core {
         let hub = Hub::new();
-        let writer = Writer::spawn(storage.clone(), hub.clone(), metrics.clone());
+        // A task failed by the storage writer (a write of it could not be stored) must stop: the writer
+        // says so with the task's terminal event, and the Director, started below, cancels its flow (whose
+        // own end is then dropped as a late write).
+        let director_cell: Arc<std::sync::OnceLock<Addr<Director>>> = Arc::default();
+        let publish = {
+            let hub = hub.clone();
+            let director_cell = Arc::clone(&director_cell);
+            move |event: Arc<crate::domain::Event>| {
+                if failed_by_storage(&event) {
+                    if let Some(director) = director_cell.get() {
+                        // do_send: the task has ended already; a flow that finished meanwhile answers
+                        // NotRunning, which is fine.
+                        director.do_send(Envelope::new(event.task_id, CancelTask));
+                    }
+                }
+                hub.publish(event);
+            }
+        };
+        let writer = Writer::spawn_with(
+            storage.clone(),
+            publish,
+            metrics.clone(),
+            settings.database.writer_queue,
+        );
         let events = EventLog::new(writer.clone(), hub, storage.clone());
         let memory = Memory::new(
             settings.memory.clone(),
@@ -302,6 +325,8 @@ impl Core {
             replays: ReplayCache::default(),
             calibrations: CalibrationCache::default(),
         });
+        // Set once, before any task is submitted.
+        let _ = director_cell.set(director.clone());
         let history = History::new(
             metrics.registry().clone(),
             std::time::Duration::from_secs(settings.dashboard.sample_seconds),

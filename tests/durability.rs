@@ -26,6 +26,7 @@ async fn finished_task(url: &str, days_ago: i64) -> TaskId {
     let storage = Storage::connect(&DatabaseSettings {
         url: url.to_owned(),
         max_connections: 2,
+        writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
     })
     .await
     .unwrap();

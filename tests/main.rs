@@ -25,3 +25,4 @@ mod scripts;
 mod self_correction;
 mod supervision;
 mod task_flow;
+mod writer;

@@ -42,6 +42,7 @@ async fn sqlite_storage(dir: &tempfile::TempDir) -> Storage {
     let storage = Storage::connect(&DatabaseSettings {
         url: format!("sqlite://{}/memory.sqlite?mode=rwc", dir.path().display()),
         max_connections: 4,
+        writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
     })
     .await
     .unwrap();

@@ -49,6 +49,7 @@ impl TestDatabase {
         let settings = DatabaseSettings {
             url: self.url.clone(),
             max_connections,
+            writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
         };
         let storage = Storage::connect(&settings).await.unwrap();
         storage.migrate().await.unwrap();

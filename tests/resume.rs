@@ -142,6 +142,7 @@ async fn open(database: &str) -> Storage {
     let storage = Storage::connect(&DatabaseSettings {
         url: database.to_owned(),
         max_connections: 2,
+        writer_queue: troupe::storage::writer::DEFAULT_QUEUE,
     })
     .await
     .unwrap();

@@ -10,6 +10,7 @@ mod m20261125_000001_create_memories;
 mod m20261201_000001_add_llm_call_cost;
 mod m20261202_000001_add_dashboard_indexes;
 mod m20261203_000001_create_leases;
+mod m20261203_000002_add_event_seq_end;
 mod m20261203_000003_add_finished_at_index;
 
 /// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_add_llm_call_cost::Migration),
             Box::new(m20261202_000001_add_dashboard_indexes::Migration),
             Box::new(m20261203_000001_create_leases::Migration),
+            Box::new(m20261203_000002_add_event_seq_end::Migration),
             Box::new(m20261203_000003_add_finished_at_index::Migration),
         ]
     }

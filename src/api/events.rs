@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::error::{parse_task_id, ApiError};
 use crate::domain::{Event, EventKind};
-use crate::events::Subscription;
+use crate::events::{Shared, Subscription};
 use crate::service::Core;
 
 /// Most events one page of the JSON history holds.
@@ -188,10 +188,10 @@ async fn stream_events(
 ) {
     let close = loop {
         tokio::select! {
-            next = subscription.next() => match next {
+            next = subscription.next_shared() => match next {
                 Ok(Some(event)) => {
-                    let Ok(text) = serde_json::to_string(&event) else { continue };
-                    if session.text(text).await.is_err() {
+                    // Serialized once by the hub, shared by every subscriber of the task.
+                    if session.text(event.json()).await.is_err() {
                         return; // the client went away
                     }
                 }
@@ -228,7 +228,7 @@ async fn keep_open(
 /// Forwards every task's live events to the socket until the client leaves; a client that falls behind is
 /// closed with 1013 (try again) "lagged": it re-reads what it shows and reconnects.
 async fn stream_all(
-    mut live: broadcast::Receiver<Arc<Event>>,
+    mut live: broadcast::Receiver<Arc<Shared>>,
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
     _open: OpenStream,
@@ -237,8 +237,7 @@ async fn stream_all(
         tokio::select! {
             next = live.recv() => match next {
                 Ok(event) => {
-                    let Ok(text) = serde_json::to_string(&*event) else { continue };
-                    if session.text(text).await.is_err() {
+                    if session.text(event.json()).await.is_err() {
                         return;
                     }
                 }

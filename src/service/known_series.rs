@@ -63,7 +63,9 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     for kind in EventKind::ALL {
         metrics.events.with_label_values(&[kind.as_str()]);
     }
-    metrics.store_write_errors.with_label_values(&["batch"]);
+    for op in ["batch", "task", "queue_full"] {
+        metrics.store_write_errors.with_label_values(&[op]);
+    }
     for (agent, kind) in DECISIONS {
         metrics.decisions.with_label_values(&[agent.as_str(), kind]);
     }

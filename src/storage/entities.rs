@@ -95,6 +95,9 @@ pub mod event {
         pub trace_id: String,
         pub span_id: String,
         pub data: Json,
+        /// The last `seq` of a coalesced `llm.token` row (its pieces span `seq..=seq_end`); NULL for a row
+        /// that is one event.
+        pub seq_end: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -354,6 +354,7 @@ mod tests {
         let settings = crate::config::DatabaseSettings {
             url: format!("sqlite://{}/t.sqlite?mode=rwc", dir.path().display()),
             max_connections: 4,
+            writer_queue: crate::storage::writer::DEFAULT_QUEUE,
         };
         let storage = Storage::connect(&settings).await.unwrap();
         storage.migrate().await.unwrap();

@@ -246,3 +246,25 @@ pub enum WriteOp {
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
 }
+
+impl WriteOp {
+    /// The task this write belongs to (`None`: memories, counters, a flush).
+    pub fn task_id(&self) -> Option<TaskId> {
+        match self {
+            WriteOp::CreateTask { task, .. } => Some(task.id),
+            WriteOp::Event(event) | WriteOp::MarkRunning(event) => Some(event.task_id),
+            WriteOp::SetStatus { event, .. } => Some(event.task_id),
+            WriteOp::DeleteTask { task_id, .. } | WriteOp::InsertSteps { task_id, .. } => {
+                Some(*task_id)
+            }
+            WriteOp::UpdateStep(update) => Some(update.task_id),
+            WriteOp::Decision(record) => Some(record.task_id),
+            WriteOp::LlmCall(record) => Some(record.task_id),
+            WriteOp::FinishTask { end, .. } => Some(end.task_id),
+            WriteOp::InsertMemories { .. }
+            | WriteOp::MemoriesUsed(_)
+            | WriteOp::PatternSucceeded(_)
+            | WriteOp::Flush(_) => None,
+        }
+    }
+}

@@ -1,36 +1,70 @@
-//! The single writer: every database write of a running system, applied in batches.
+//! The single writer: every database write of a running system, applied in set-oriented batches.
 //!
-//! Writers send [`WriteOp`]s (see `records.rs`) down one channel; one task takes whatever has queued up (up to
-//! [`MAX_BATCH`]), applies it in one transaction, and after the commit hands the batch's events to its
-//! [`Publish`] (the event hub) and answers those waiting. Consequences, relied on elsewhere:
+//! Writers send [`WriteOp`]s (see `records.rs`) down one bounded channel; one task takes whatever has
+//! queued up (up to [`MAX_BATCH`] ops), turns it into rows table by table (`writer/plan.rs`), writes each
+//! table with multi-row statements in one transaction (`writer/sql.rs`: tasks, steps, step upserts, model
+//! calls, decisions, memories, events, then one multi-row update of the task rows) and commits once. After
+//! the commit it hands the batch's events to its [`Publish`] (the event hub) and answers those waiting.
+//! While a batch commits the channel fills, and the next batch is whatever queued meanwhile: a group commit,
+//! so under load the cost of a commit (an fsync: SQLite runs WAL with `synchronous=FULL`) is shared by every
+//! op of the batch. Consequences, relied on elsewhere:
 //! - each task's events get `seq` 1, 2, 3, ... in the order they were sent;
 //! - an event is broadcast only once it is durable;
 //! - a task's terminal status and its terminal event commit together (never one without the other);
-//! - under load, batches grow and the cost of a commit is shared by many events.
+//! - events sent after a task's end are dropped, and so is a second end (a late end never overwrites the
+//!   first), so a terminal event is always the last of its log;
+//! - a model call's `llm.token` pieces are stored coalesced ([`MAX_ROW_PIECES`] at most per row; see
+//!   `events.rs`), held back until the call's next other op of the task (its record, `llm.finished`, any
+//!   event), [`MAX_ROW_PIECES`] pieces, 100 ms, or a [`Writer::flush`]; each piece keeps its own `seq` and is
+//!   published on its own, in order, after its row commits. So a call that is recorded has its tokens
+//!   stored.
+//!
+//! **Failure isolation.** A batch that fails to commit is rolled back and applied again op by op, each op
+//! in its own transaction, so every good op commits. The op that fails is reported to its task: the task
+//! ends `failed` with the storage error in its `error` column and a terminal `task.failed` event
+//! (`data.error`, `data.storage: true`), its later ops are dropped, the op's waiter gets the error, and
+//! every other task is unaffected. The event reaches [`Publish`] like any other: the service cancels the
+//! task's flow on it (the flow's own later end is then dropped as a late write). Counted in
+//! `troupe_store_write_errors_total{op}`: `batch` (a batch retried op by op), `task` (a task failed by
+//! storage), `queue_full` (below).
+//!
+//! **Bounded.** The channel holds `database.writer_queue` ops. The async writes that wait for their commit
+//! ([`Writer::create_task`], [`Writer::finish_task`], memories, deletions, flushes) wait for room as well,
+//! so a task's end is never dropped; this never deadlocks, as the writer task itself never sends. The
+//! fire-and-forget [`Writer::send`] (events, steps, decisions, model calls, called from sync code such as a
+//! model's token callback) cannot wait: on a full queue the op is dropped, counted as `queue_full`, and its
+//! task is failed by storage at the next batch (error "storage writer queue full"), so a task never goes on
+//! with a hole in its records; an op of no task (a memory's use counter) is only counted and logged.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+mod plan;
+mod sql;
 
-use chrono::{SubsecRound, Utc};
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait,
-};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
-use super::entities::{decision, event, llm_call, step, task};
-use super::events::{event_row, last_seq};
-use super::memories::{insert_memories, mark_succeeded, mark_used, NewMemory};
+use super::events::last_seq;
+use super::memories::NewMemory;
 use super::records::{NewTask, PendingEvent, TaskEnd, WriteOp};
 use super::{Storage, StorageError};
-use crate::domain::{AgentKind, Event, EventKind, StepStatus, TaskId, TaskStatus};
+use crate::domain::{AgentKind, Event, EventKind, TaskId};
 use crate::telemetry::metrics::Metrics;
+use plan::{Logs, Plan};
+
+pub use super::events::MAX_ROW_PIECES;
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
+/// Ops the writer's channel holds by default (`database.writer_queue`).
+pub const DEFAULT_QUEUE: usize = 65_536;
+
 /// Where the writer hands each committed event (the event hub of `events`, which this layer does not
-/// name): called after the commit, in `seq` order per task.
+/// name): called after the commit, in `seq` order per task. A task failed by storage is told by its
+/// `task.failed` event with `data.storage: true`.
 pub trait Publish: Send + 'static {
     /// Publishes one committed event.
     fn publish(&self, event: Arc<Event>);
@@ -42,35 +76,92 @@ impl<F: Fn(Arc<Event>) + Send + 'static> Publish for F {
     }
 }
 
+/// Whether `event` says its task was failed by the storage writer (not by its flow).
+pub fn failed_by_storage(event: &Event) -> bool {
+    event.kind == EventKind::TaskFailed
+        && event
+            .data
+            .get("storage")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+}
+
 /// Sends writes to the writer task: the one write path for every record of a running system (tasks,
 /// steps, decisions, model calls, memories and events). Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
-    ops: mpsc::UnboundedSender<WriteOp>,
+    ops: mpsc::Sender<WriteOp>,
+    /// Tasks with an op dropped on a full queue, for the writer to fail.
+    overflowed: Arc<Mutex<HashSet<TaskId>>>,
+    metrics: Metrics,
 }
 
 impl Writer {
-    /// Starts the writer task over `storage`; each committed event goes to `publish`.
+    /// Starts the writer task over `storage` with a channel of [`DEFAULT_QUEUE`] ops; each committed event
+    /// goes to `publish`.
     pub fn spawn(storage: Storage, publish: impl Publish, metrics: Metrics) -> Writer {
-        let (ops, queue) = mpsc::unbounded_channel();
+        Self::spawn_with(storage, publish, metrics, DEFAULT_QUEUE)
+    }
+
+    /// Starts the writer task with a channel of `queue` ops (at least 1).
+    pub fn spawn_with(
+        storage: Storage,
+        publish: impl Publish,
+        metrics: Metrics,
+        queue: usize,
+    ) -> Writer {
+        let (ops, receiver) = mpsc::channel(queue.max(1));
+        let overflowed = Arc::new(Mutex::new(HashSet::new()));
         let task = WriterTask {
             storage,
             publish: Box::new(publish),
-            metrics,
-            queue,
-            next_seq: HashMap::new(),
-            closed: HashSet::new(),
-            closed_order: VecDeque::new(),
+            metrics: metrics.clone(),
+            queue: receiver,
+            overflowed: Arc::clone(&overflowed),
+            logs: Logs::default(),
         };
         tokio::spawn(task.run());
-        Writer { ops }
+        Writer {
+            ops,
+            overflowed,
+            metrics,
+        }
     }
 
-    /// Queues a write. A write sent while the application shuts down is dropped (logged).
+    /// Queues a write without waiting. On a full queue the write is dropped and counted, and its task is
+    /// failed by storage (see the module's doc); a write sent while the application shuts down is dropped
+    /// (logged).
     pub fn send(&self, op: WriteOp) {
-        if self.ops.send(op).is_err() {
-            tracing::warn!("storage writer stopped; a write was dropped");
+        match self.ops.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                self.metrics
+                    .store_write_errors
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                match op.task_id() {
+                    Some(task_id) => {
+                        tracing::error!(%task_id, "storage writer queue full: a write was dropped and its task will fail");
+                        self.overflowed
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .insert(task_id);
+                    }
+                    None => tracing::error!("storage writer queue full: a write was dropped"),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::warn!("storage writer stopped; a write was dropped");
+            }
         }
+    }
+
+    /// Queues a write, waiting for room.
+    async fn send_waiting(&self, op: WriteOp) -> Result<(), StorageError> {
+        self.ops
+            .send(op)
+            .await
+            .map_err(|_| StorageError::WriterStopped)
     }
 
     /// Appends an event stamped now, with the current span's trace (fire and forget: it becomes visible once
@@ -94,24 +185,27 @@ impl Writer {
         event: PendingEvent,
     ) -> Result<(), StorageError> {
         let (reply, committed) = oneshot::channel();
-        self.send(WriteOp::CreateTask { task, event, reply });
+        self.send_waiting(WriteOp::CreateTask { task, event, reply })
+            .await?;
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
-    /// Ends a task and waits for the commit.
+    /// Ends a task and waits for the commit (an end after the task has ended is dropped and answered `Ok`).
     pub async fn finish_task(&self, end: TaskEnd) -> Result<(), StorageError> {
         let (reply, committed) = oneshot::channel();
-        self.send(WriteOp::FinishTask {
+        self.send_waiting(WriteOp::FinishTask {
             end,
             reply: Some(reply),
-        });
+        })
+        .await?;
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
     /// Stores memories and waits for the commit.
     pub async fn insert_memories(&self, memories: Vec<NewMemory>) -> Result<(), StorageError> {
         let (reply, committed) = oneshot::channel();
-        self.send(WriteOp::InsertMemories { memories, reply });
+        self.send_waiting(WriteOp::InsertMemories { memories, reply })
+            .await?;
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
@@ -119,14 +213,15 @@ impl Writer {
     /// answered after the commit: false when no finished task has that id.
     pub async fn delete_task(&self, task_id: TaskId) -> Result<bool, StorageError> {
         let (reply, answer) = oneshot::channel();
-        self.send(WriteOp::DeleteTask { task_id, reply });
+        self.send_waiting(WriteOp::DeleteTask { task_id, reply })
+            .await?;
         answer.await.map_err(|_| StorageError::WriterStopped)?
     }
 
-    /// Waits until everything sent so far is committed.
+    /// Waits until everything sent so far is committed (token pieces held back included).
     pub async fn flush(&self) -> Result<(), StorageError> {
         let (reply, done) = oneshot::channel();
-        self.send(WriteOp::Flush(reply));
+        self.send_waiting(WriteOp::Flush(reply)).await?;
         done.await.map_err(|_| StorageError::WriterStopped)
     }
 }
@@ -135,420 +230,319 @@ struct WriterTask {
     storage: Storage,
     publish: Box<dyn Publish>,
     metrics: Metrics,
-    queue: mpsc::UnboundedReceiver<WriteOp>,
-    /// Last `seq` used per task with events in flight; dropped when the task ends.
-    next_seq: HashMap<TaskId, i64>,
-    /// Tasks ended by this writer (the most recent [`CLOSED_MEMORY`]): late events for them are dropped,
-    /// so a terminal event is always the last of its log.
-    closed: HashSet<TaskId>,
-    closed_order: VecDeque<TaskId>,
+    queue: mpsc::Receiver<WriteOp>,
+    overflowed: Arc<Mutex<HashSet<TaskId>>>,
+    logs: Logs,
 }
 
-/// How many ended tasks the writer remembers to drop their late events.
-const CLOSED_MEMORY: usize = 100_000;
-
-/// What a committed batch must do afterwards.
-#[derive(Default)]
-struct Outcome {
-    events: Vec<Event>,
-    replies: Vec<oneshot::Sender<Result<(), StorageError>>>,
-    flushes: Vec<oneshot::Sender<()>>,
-    ended: Vec<TaskId>,
-    /// Deletions waiting for the commit, with whether a finished task was removed.
-    deletions: Vec<(oneshot::Sender<Result<bool, StorageError>>, bool)>,
-}
+/// How an op fared, for its waiter.
+type Fate = Result<(), String>;
 
 impl WriterTask {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = self.queue.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.queue.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+        loop {
+            let due = self.logs.next_due();
+            let received = match due {
+                Some(due) => {
+                    tokio::select! {
+                        op = self.queue.recv() => Some(op),
+                        () = tokio::time::sleep_until(due.into()) => None,
+                    }
                 }
+                None => Some(self.queue.recv().await),
+            };
+            match received {
+                Some(Some(first)) => {
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // Every sender is gone: write what is held back and stop.
+                Some(None) => {
+                    let (reply, _) = oneshot::channel();
+                    batch.push(WriteOp::Flush(reply));
+                    self.apply(&mut batch).await;
+                    return;
+                }
+                // A run of token pieces is due.
+                None => {}
             }
             self.apply(&mut batch).await;
         }
     }
 
+    /// Applies `batch` (drained either way): in one transaction, or op by op when that fails.
     async fn apply(&mut self, batch: &mut Vec<WriteOp>) {
-        let seq_before = self.next_seq.clone();
-        let mut outcome = Outcome::default();
-        let started = std::time::Instant::now();
-        let result = self.write(batch, &mut outcome).await;
+        self.fail_overflowed().await;
+        let db = self.storage.connection();
+        for task_id in self.logs.unknown(batch) {
+            match last_seq(db, task_id).await {
+                Ok(seq) => self.logs.learn(task_id, seq.unwrap_or(0)),
+                Err(error) => tracing::warn!(%task_id, %error, "read the last seq of a task"),
+            }
+        }
+        let mut plan = Plan::default();
+        for op in batch.iter() {
+            self.logs.plan(op, &mut plan);
+        }
+        self.logs.plan_due(Instant::now(), &mut plan);
+        if plan.is_empty() {
+            self.logs.committed(&mut plan);
+            self.publish(plan.published);
+            for op in batch.drain(..) {
+                answer(op, &Ok(()), &HashMap::new());
+            }
+            return;
+        }
+        let started = Instant::now();
+        let result = commit(&self.storage, &plan).await;
         self.metrics
             .store_commit_duration
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) => {
-                for reply in outcome.replies {
-                    let _ = reply.send(Ok(()));
-                }
-                for (reply, removed) in outcome.deletions {
-                    let _ = reply.send(Ok(removed));
-                }
-                for event in outcome.events {
-                    self.metrics
-                        .events
-                        .with_label_values(&[event.kind.as_str()])
-                        .inc();
-                    self.publish.publish(Arc::new(event));
-                }
-                for task_id in outcome.ended {
-                    self.next_seq.remove(&task_id);
-                    if self.closed.insert(task_id) {
-                        self.closed_order.push_back(task_id);
-                    }
-                    if self.closed_order.len() > CLOSED_MEMORY {
-                        if let Some(oldest) = self.closed_order.pop_front() {
-                            self.closed.remove(&oldest);
-                        }
-                    }
+            Ok(deletions) => {
+                self.logs.committed(&mut plan);
+                self.publish(plan.published);
+                for op in batch.drain(..) {
+                    answer(op, &Ok(()), &deletions);
                 }
             }
             Err(error) => {
-                // The whole batch rolled back: forget the sequence numbers it used.
-                self.next_seq = seq_before;
-                tracing::error!(error = %error, source = ?std::error::Error::source(&error), ops = batch.len(), "event-log batch failed to commit");
+                self.logs.rollback(&mut plan);
+                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), ops = batch.len(), rows = plan.rows(), "storage batch failed to commit; applying it op by op");
                 self.metrics
                     .store_write_errors
                     .with_label_values(&["batch"])
                     .inc();
-                for reply in outcome.replies {
-                    let _ = reply.send(Err(StorageError::Query {
-                        action: "commit batch",
-                        source: sea_orm::DbErr::Custom(error.to_string()),
-                    }));
-                }
-                for (reply, _) in outcome.deletions {
-                    let _ = reply.send(Err(StorageError::Query {
-                        action: "commit batch",
-                        source: sea_orm::DbErr::Custom(error.to_string()),
-                    }));
-                }
+                self.apply_one_by_one(batch).await;
             }
         }
-        for flush in outcome.flushes {
-            let _ = flush.send(());
-        }
-    }
-
-    /// Applies `batch` in one transaction, filling `outcome`; drains the batch either way.
-    async fn write(
-        &mut self,
-        batch: &mut Vec<WriteOp>,
-        outcome: &mut Outcome,
-    ) -> Result<(), StorageError> {
-        let db = self.storage.connection();
-        let txn = db
-            .begin()
-            .await
-            .map_err(StorageError::query("begin batch"))?;
-        let mut events: Vec<event::ActiveModel> = Vec::new();
-        let mut failed = None;
-        for op in batch.drain(..) {
-            // Keep draining after a failure so every waiter gets its answer.
-            if failed.is_some() {
-                collect_waiters(op, outcome);
-                continue;
-            }
-            if let Err(error) = self.write_one(&txn, op, &mut events, outcome).await {
-                failed = Some(error);
-            }
-        }
-        if let Some(error) = failed {
-            let _ = txn.rollback().await;
-            return Err(error);
-        }
-        insert_events(&txn, &mut events).await?;
-        txn.commit()
-            .await
-            .map_err(StorageError::query("commit batch"))
-    }
-
-    async fn write_one(
-        &mut self,
-        txn: &DatabaseTransaction,
-        op: WriteOp,
-        events: &mut Vec<event::ActiveModel>,
-        outcome: &mut Outcome,
-    ) -> Result<(), StorageError> {
-        match op {
-            WriteOp::CreateTask { task, event, reply } => {
-                outcome.replies.push(reply);
-                insert_events(txn, events).await?;
-                task::Entity::insert(task::ActiveModel {
-                    id: Set(task.id.to_string()),
-                    prompt: Set(task.prompt),
-                    status: Set(TaskStatus::Queued.as_str().to_owned()),
-                    options: Set(Some(task.options)),
-                    result: Set(None),
-                    error: Set(None),
-                    trace_id: Set(Some(task.trace_id)),
-                    replay_of: Set(task.replay_of.map(|id| id.to_string())),
-                    created_at: Set(task.created_at),
-                    started_at: Set(None),
-                    finished_at: Set(None),
-                    owner: Set(task.owner),
-                })
-                .exec(txn)
-                .await
-                .map_err(StorageError::query("insert task"))?;
-                // No event yet: the task's first one below gets seq 1.
-                self.next_seq.insert(task.id, 0);
-                self.push_event(txn, event, events, outcome).await
-            }
-            WriteOp::Event(event) => self.push_event(txn, event, events, outcome).await,
-            WriteOp::MarkRunning(event) => {
-                task::Entity::update_many()
-                    .col_expr(
-                        task::Column::Status,
-                        Expr::value(TaskStatus::Running.as_str()),
-                    )
-                    .col_expr(task::Column::StartedAt, Expr::value(Some(event.at)))
-                    .filter(task::Column::Id.eq(event.task_id.to_string()))
-                    .exec(txn)
-                    .await
-                    .map_err(StorageError::query("mark task running"))?;
-                self.push_event(txn, event, events, outcome).await
-            }
-            WriteOp::SetStatus { status, event } => {
-                // Only a task still running or paused moves: a task that ended meanwhile keeps its end.
-                task::Entity::update_many()
-                    .col_expr(task::Column::Status, Expr::value(status.as_str()))
-                    .filter(task::Column::Id.eq(event.task_id.to_string()))
-                    .filter(
-                        task::Column::Status
-                            .is_in([TaskStatus::Running.as_str(), TaskStatus::Paused.as_str()]),
-                    )
-                    .exec(txn)
-                    .await
-                    .map_err(StorageError::query("set task status"))?;
-                self.push_event(txn, event, events, outcome).await
-            }
-            WriteOp::InsertSteps { task_id, steps } => {
-                if steps.is_empty() {
-                    return Ok(());
-                }
-                let rows = steps
-                    .into_iter()
-                    .map(|(idx, agent, instruction)| step::ActiveModel {
-                        task_id: Set(task_id.to_string()),
-                        idx: Set(idx),
-                        agent: Set(agent.as_str().to_owned()),
-                        instruction: Set(instruction),
-                        status: Set(StepStatus::Pending.as_str().to_owned()),
-                        output: Set(None),
-                        attempts: Set(0),
-                        started_at: Set(None),
-                        finished_at: Set(None),
-                    });
-                step::Entity::insert_many(rows)
-                    .exec(txn)
-                    .await
-                    .map_err(StorageError::query("insert steps"))?;
-                Ok(())
-            }
-            WriteOp::UpdateStep(update) => {
-                let mut query = step::Entity::update_many()
-                    .col_expr(step::Column::Agent, Expr::value(update.agent.as_str()))
-                    .col_expr(step::Column::Status, Expr::value(update.status.as_str()))
-                    .col_expr(step::Column::Output, Expr::value(update.output))
-                    .col_expr(step::Column::Attempts, Expr::value(update.attempts));
-                if let Some(at) = update.started_at {
-                    query = query.col_expr(step::Column::StartedAt, Expr::value(Some(at)));
-                }
-                if let Some(at) = update.finished_at {
-                    query = query.col_expr(step::Column::FinishedAt, Expr::value(Some(at)));
-                }
-                query
-                    .filter(step::Column::TaskId.eq(update.task_id.to_string()))
-                    .filter(step::Column::Idx.eq(update.idx))
-                    .exec(txn)
-                    .await
-                    .map_err(StorageError::query("update step"))?;
-                Ok(())
-            }
-            WriteOp::Decision(record) => {
-                decision::Entity::insert(decision::ActiveModel {
-                    id: Set(uuid::Uuid::now_v7().to_string()),
-                    task_id: Set(record.task_id.to_string()),
-                    step_idx: Set(record.step_idx),
-                    kind: Set(record.kind),
-                    options: Set(record.options),
-                    chosen: Set(record.chosen),
-                    confidence: Set(record.confidence),
-                    reasoning: Set(record.reasoning),
-                    created_at: Set(Utc::now()),
-                })
-                .exec(txn)
-                .await
-                .map_err(StorageError::query("insert decision"))?;
-                Ok(())
-            }
-            WriteOp::LlmCall(record) => {
-                llm_call::Entity::insert(llm_call::ActiveModel {
-                    id: Set(uuid::Uuid::now_v7().to_string()),
-                    task_id: Set(record.task_id.to_string()),
-                    purpose: Set(record.purpose),
-                    agent: Set(record.agent.as_str().to_owned()),
-                    provider: Set(record.provider),
-                    model: Set(record.model),
-                    prompt: Set(record.prompt),
-                    output: Set(record.output),
-                    choice: Set(record.choice),
-                    prompt_tokens: Set(record.prompt_tokens),
-                    completion_tokens: Set(record.completion_tokens),
-                    duration_seconds: Set(record.duration_seconds),
-                    created_at: Set(Utc::now()),
-                    cost_usd: Set(record.cost_usd),
-                })
-                .exec(txn)
-                .await
-                .map_err(StorageError::query("insert model call"))?;
-                Ok(())
-            }
-            WriteOp::FinishTask { end, reply } => {
-                if let Some(reply) = reply {
-                    outcome.replies.push(reply);
-                }
-                task::Entity::update_many()
-                    .col_expr(task::Column::Status, Expr::value(end.status.as_str()))
-                    .col_expr(task::Column::Result, Expr::value(end.result))
-                    .col_expr(task::Column::Error, Expr::value(end.error))
-                    .col_expr(task::Column::FinishedAt, Expr::value(Some(end.event.at)))
-                    .filter(task::Column::Id.eq(end.task_id.to_string()))
-                    .exec(txn)
-                    .await
-                    .map_err(StorageError::query("finish task"))?;
-                insert_memories(txn, &end.memories).await?;
-                self.push_event(txn, end.event, events, outcome).await?;
-                outcome.ended.push(end.task_id);
-                Ok(())
-            }
-            WriteOp::InsertMemories { memories, reply } => {
-                outcome.replies.push(reply);
-                insert_memories(txn, &memories).await
-            }
-            WriteOp::DeleteTask { task_id, reply } => {
-                let removed = delete_finished_task(txn, task_id).await?;
-                outcome.deletions.push((reply, removed));
-                Ok(())
-            }
-            WriteOp::MemoriesUsed(ids) => mark_used(txn, &ids).await,
-            WriteOp::PatternSucceeded(id) => mark_succeeded(txn, &id).await,
-            WriteOp::Flush(done) => {
-                outcome.flushes.push(done);
-                Ok(())
-            }
-        }
-    }
-
-    /// Gives `pending` its `seq` and queues its row; rows go in with one statement per batch.
-    async fn push_event(
-        &mut self,
-        txn: &DatabaseTransaction,
-        pending: PendingEvent,
-        events: &mut Vec<event::ActiveModel>,
-        outcome: &mut Outcome,
-    ) -> Result<(), StorageError> {
-        if self.closed.contains(&pending.task_id) || outcome.ended.contains(&pending.task_id) {
-            tracing::debug!(task_id = %pending.task_id, kind = %pending.kind, "event after the end of its task dropped");
-            return Ok(());
-        }
-        let seq = match self.next_seq.get(&pending.task_id) {
-            Some(last) => last + 1,
-            None => {
-                // A task this writer has not seen yet (created by another process): continue its log.
-                last_seq(txn, pending.task_id).await?.unwrap_or(0) + 1
-            }
-        };
-        self.next_seq.insert(pending.task_id, seq);
-        // Stored timestamps keep microseconds (PostgreSQL's precision): so must the broadcast copy.
-        let mut pending = pending;
-        pending.at = pending.at.trunc_subsecs(6);
-        events.push(event_row(&pending, seq));
-        outcome.events.push(pending.with_seq(seq));
-        Ok(())
     }
 }
 
-/// Keeps the waiters of an op that will not be applied, so they hear the batch's fate.
-fn collect_waiters(op: WriteOp, outcome: &mut Outcome) {
+/// Writes `plan` in one transaction.
+async fn commit(storage: &Storage, plan: &Plan) -> Result<HashMap<TaskId, bool>, StorageError> {
+    let txn = storage
+        .connection()
+        .begin()
+        .await
+        .map_err(StorageError::query("begin batch"))?;
+    match sql::execute(&txn, plan).await {
+        Ok(deletions) => {
+            txn.commit()
+                .await
+                .map_err(StorageError::query("commit batch"))?;
+            Ok(deletions)
+        }
+        Err(error) => {
+            rollback(txn).await;
+            Err(error)
+        }
+    }
+}
+
+impl WriterTask {
+    /// Applies `batch` op by op, each in its own transaction; an op that fails fails its task.
+    async fn apply_one_by_one(&mut self, batch: &mut Vec<WriteOp>) {
+        for op in batch.drain(..) {
+            let task_id = op.task_id();
+            let is_piece =
+                matches!(&op, WriteOp::Event(pending) if super::events::is_piece(pending));
+            // A task's held-back pieces go alone first, so that a failure is pinned on the right op.
+            match (&op, task_id) {
+                (WriteOp::Flush(_), _) => {
+                    for held in self.logs.held() {
+                        self.write_run_alone(held).await;
+                    }
+                }
+                (WriteOp::DeleteTask { .. }, _) => {}
+                (_, Some(task_id)) if !is_piece && self.logs.holds(task_id) => {
+                    self.write_run_alone(task_id).await;
+                }
+                _ => {}
+            }
+            let mut plan = Plan::default();
+            self.logs.plan(&op, &mut plan);
+            if plan.is_empty() {
+                self.logs.committed(&mut plan);
+                self.publish(plan.published);
+                answer(op, &Ok(()), &HashMap::new());
+                continue;
+            }
+            match commit(&self.storage, &plan).await {
+                Ok(deletions) => {
+                    self.logs.committed(&mut plan);
+                    self.publish(plan.published);
+                    answer(op, &Ok(()), &deletions);
+                }
+                Err(error) => {
+                    self.logs.rollback(&mut plan);
+                    let text = error_chain(&error);
+                    answer(op, &Err(text.clone()), &HashMap::new());
+                    match task_id {
+                        Some(task_id) => self.fail(task_id, &text).await,
+                        None => tracing::error!(error = %text, "a storage write of no task failed"),
+                    }
+                }
+            }
+        }
+        for task_id in self.logs.due(Instant::now()) {
+            self.write_run_alone(task_id).await;
+        }
+    }
+
+    /// Writes task `task_id`'s held-back pieces in their own transaction; failing that fails the task.
+    async fn write_run_alone(&mut self, task_id: TaskId) {
+        let mut plan = Plan::default();
+        self.logs.write_run(task_id, &mut plan);
+        if plan.is_empty() {
+            return;
+        }
+        match commit(&self.storage, &plan).await {
+            Ok(_) => {
+                self.logs.committed(&mut plan);
+                self.publish(plan.published);
+            }
+            Err(error) => {
+                self.logs.rollback(&mut plan);
+                self.fail(task_id, &error_chain(&error)).await;
+            }
+        }
+    }
+
+    /// Ends task `task_id` `failed` for storage error `error`, with its terminal event, in a transaction of
+    /// its own; a task that has no row or has ended already is only closed (nothing more of it is written).
+    async fn fail(&mut self, task_id: TaskId, error: &str) {
+        tracing::error!(%task_id, %error, "a storage write failed: its task fails");
+        self.metrics
+            .store_write_errors
+            .with_label_values(&["task"])
+            .inc();
+        let mut plan = Plan::default();
+        self.logs.plan_failure(task_id, error, &mut plan);
+        let storage = self.storage.clone();
+        let result: Result<bool, StorageError> = async {
+            let txn = storage
+                .connection()
+                .begin()
+                .await
+                .map_err(StorageError::query("begin failure"))?;
+            let Some(row) = plan.task_rows.first() else {
+                rollback(txn).await;
+                return Ok(false);
+            };
+            if !sql::fail_task_row(&txn, row).await? {
+                rollback(txn).await;
+                return Ok(false);
+            }
+            let appended = sql::append_events(&txn, &plan.events).await;
+            match appended {
+                Ok(_) => txn
+                    .commit()
+                    .await
+                    .map_err(StorageError::query("commit failure"))
+                    .map(|()| true),
+                Err(error) => {
+                    rollback(txn).await;
+                    Err(error)
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                self.logs.committed(&mut plan);
+                self.publish(plan.published);
+            }
+            Ok(false) => {
+                self.logs.rollback(&mut plan);
+                self.logs.abandon(task_id);
+            }
+            Err(failure) => {
+                tracing::error!(%task_id, error = %error_chain(&failure), "store the storage failure of a task");
+                self.logs.rollback(&mut plan);
+                self.logs.abandon(task_id);
+            }
+        }
+    }
+
+    /// Fails the tasks that had a write dropped on a full queue.
+    async fn fail_overflowed(&mut self) {
+        let tasks: Vec<TaskId> = {
+            let mut overflowed = self
+                .overflowed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if overflowed.is_empty() {
+                return;
+            }
+            overflowed.drain().collect()
+        };
+        for task_id in tasks {
+            self.fail(
+                task_id,
+                "storage writer queue full (database.writer_queue): a write of the task was dropped",
+            )
+            .await;
+        }
+    }
+
+    fn publish(&self, events: Vec<Event>) {
+        for event in events {
+            self.metrics
+                .events
+                .with_label_values(&[event.kind.as_str()])
+                .inc();
+            self.publish.publish(Arc::new(event));
+        }
+    }
+}
+
+/// Rolls `txn` back (a failed rollback only means the connection is gone: the transaction is void).
+async fn rollback(txn: DatabaseTransaction) {
+    if let Err(error) = txn.rollback().await {
+        tracing::warn!(%error, "roll back a storage transaction");
+    }
+}
+
+/// `error` with its causes, for a task's `error` column.
+fn error_chain(error: &StorageError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Tells `op`'s waiter how it fared.
+fn answer(op: WriteOp, fate: &Fate, deletions: &HashMap<TaskId, bool>) {
+    let failed = |text: &String| StorageError::Query {
+        action: "store write",
+        source: sea_orm::DbErr::Custom(text.clone()),
+    };
     match op {
         WriteOp::CreateTask { reply, .. }
         | WriteOp::InsertMemories { reply, .. }
         | WriteOp::FinishTask {
             reply: Some(reply), ..
         } => {
-            outcome.replies.push(reply);
+            let _ = reply.send(fate.as_ref().map_err(failed).copied());
         }
-        WriteOp::Flush(done) => outcome.flushes.push(done),
-        WriteOp::DeleteTask { reply, .. } => outcome.deletions.push((reply, false)),
+        WriteOp::DeleteTask { task_id, reply } => {
+            let removed = deletions.get(&task_id).copied().unwrap_or(false);
+            let _ = reply.send(fate.as_ref().map_err(failed).map(|_| removed));
+        }
+        WriteOp::Flush(done) => {
+            let _ = done.send(());
+        }
         _ => {}
     }
-}
-
-/// Removes task `task_id` and its events, steps, decisions and model calls when it is finished (its row says
-/// completed, failed or cancelled); memories keep their provenance. Whether it was removed.
-async fn delete_finished_task(
-    txn: &DatabaseTransaction,
-    task_id: TaskId,
-) -> Result<bool, StorageError> {
-    let id = task_id.to_string();
-    let finished = [
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-        TaskStatus::Cancelled,
-    ]
-    .map(|status| status.as_str());
-    let removed = task::Entity::delete_many()
-        .filter(task::Column::Id.eq(id.clone()))
-        .filter(task::Column::Status.is_in(finished))
-        .exec(txn)
-        .await
-        .map_err(StorageError::query("delete task"))?;
-    if removed.rows_affected == 0 {
-        return Ok(false);
-    }
-    event::Entity::delete_many()
-        .filter(event::Column::TaskId.eq(id.clone()))
-        .exec(txn)
-        .await
-        .map_err(StorageError::query("delete task events"))?;
-    step::Entity::delete_many()
-        .filter(step::Column::TaskId.eq(id.clone()))
-        .exec(txn)
-        .await
-        .map_err(StorageError::query("delete task steps"))?;
-    decision::Entity::delete_many()
-        .filter(decision::Column::TaskId.eq(id.clone()))
-        .exec(txn)
-        .await
-        .map_err(StorageError::query("delete task decisions"))?;
-    llm_call::Entity::delete_many()
-        .filter(llm_call::Column::TaskId.eq(id))
-        .exec(txn)
-        .await
-        .map_err(StorageError::query("delete task model calls"))?;
-    Ok(true)
-}
-
-/// Inserts the queued event rows, in chunks small enough for SQLite's statement limits.
-async fn insert_events(
-    txn: &DatabaseTransaction,
-    events: &mut Vec<event::ActiveModel>,
-) -> Result<(), StorageError> {
-    const CHUNK: usize = 256;
-    while !events.is_empty() {
-        let rest = events.split_off(events.len().min(CHUNK));
-        let chunk = std::mem::replace(events, rest);
-        event::Entity::insert_many(chunk)
-            .exec(txn)
-            .await
-            .map_err(StorageError::query("append events"))?;
-    }
-    Ok(())
 }

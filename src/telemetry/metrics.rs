@@ -468,7 +468,7 @@ impl Metrics {
             )?,
             store_write_errors: r.counter_vec(
                 names::STORE_WRITE_ERRORS,
-                "Event-log batches that failed to commit, by operation.",
+                "Storage writer failures: a batch retried op by op, a task failed by storage, a write dropped on a full queue.",
                 &["op"],
             )?,
             store_commit_duration: r.histogram(

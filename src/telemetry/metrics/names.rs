@@ -32,7 +32,7 @@ pub const LLM_ERRORS: &str = "troupe_llm_errors_total";
 pub const DECISIONS: &str = "troupe_decisions_total";
 /// Events appended to task logs, by kind.
 pub const EVENTS: &str = "troupe_events_total";
-/// Event-log batches that failed to commit.
+/// Storage writer failures by `op`: `batch` (retried op by op), `task` (a task failed by storage), `queue_full`.
 pub const STORE_WRITE_ERRORS: &str = "troupe_store_write_errors_total";
 /// Always 1; the label carries the running version.
 pub const BUILD_INFO: &str = "troupe_build_info";
