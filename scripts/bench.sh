@@ -30,6 +30,22 @@ echo "== orchestration with the replay provider: tracing on, tracing on + OTLP e
 orchestration_on=$(cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 orchestration_otlp=$(TROUPE_BENCH_OTLP=1 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
 orchestration_off=$(TROUPE_BENCH_TRACING=0 cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
+echo "== the same flow durable on PostgreSQL (a fresh database on the local server)" >&2
+pg_server=${TROUPE_BENCH_POSTGRES_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+pg_database="troupe_bench_$(date -u +%s)"
+psql "$pg_server" -qc "CREATE DATABASE $pg_database" >&2
+orchestration_pg=$(TROUPE_BENCH_DATABASE_URL="${pg_server%/*}/$pg_database" cargo bench --locked --bench orchestration 2>/dev/null | tail -n 1)
+psql "$pg_server" -qc "DROP DATABASE IF EXISTS $pg_database WITH (FORCE)" >&2
+echo "orchestration on PostgreSQL: $orchestration_pg" >&2
+# The peers (LangGraph with and without its SQLite checkpointer, autogen-core: the same four-step flow on an
+# instant fake model) in the same run, when their harness is at hand (TROUPE_PEERS_DIR, default ../shared/peers).
+peers_dir=${TROUPE_PEERS_DIR:-$root/../shared/peers}
+if [ -f "$peers_dir/run.sh" ]; then
+  echo "== peers, same run: $peers_dir" >&2
+  N=${PEERS_N:-1000} RUNS=${PEERS_RUNS:-1} CREWAI=0 bash "$peers_dir/run.sh" >&2 || echo "peers: the harness failed (see above)" >&2
+else
+  echo "== peers: no harness at $peers_dir (set TROUPE_PEERS_DIR); skipped" >&2
+fi
 
 echo "== memory: embeddings/s, pgvector HNSW search at 10k and 100k (latency, recall@10), per-tier latency" >&2
 memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
@@ -50,9 +66,9 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
   "$(cat "$llama_tools/VERSION" 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" "$openai" "$routing" "$dashboard" <<'PY'
+  "$sandbox_reference" "$openai" "$routing" "$dashboard" "$orchestration_pg" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard = sys.argv[1:]
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard, orchestration_pg = sys.argv[1:]
 troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
@@ -67,7 +83,7 @@ result = {
         "llama_bench_build": tg.get("build_commit", version),
         "ratio": ours / tg["avg_ts"],
     },
-    "orchestration": {"tracing_on": on, "tracing_on_otlp": otlp, "tracing_off": off,
+    "orchestration": {"tracing_on": on, "tracing_on_otlp": otlp, "tracing_off": off, "postgres": json.loads(orchestration_pg),
         "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "openai_provider": openai,

@@ -280,22 +280,26 @@ async fn a_task_never_half_writes_its_memories() {
     };
     assert!(writer.finish_task(end(memories.clone())).await.is_err());
     assert_eq!(storage.memory_count().await.unwrap(), 0);
-    let still = storage.task(task).await.unwrap().unwrap();
-    assert_eq!(
-        still.status,
-        TaskStatus::Queued,
-        "the end did not half-commit"
-    );
+    // The end that could not be stored fails the task with the storage error (its own terminal event),
+    // with none of its memories: nothing half-committed, and nothing left open.
+    let failed = storage.task(task).await.unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed, "{failed:?}");
+    assert!(failed.result.is_none(), "{failed:?}");
+    let events = storage.events_after(task, 0).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, EventKind::TaskFailed);
+    assert_eq!(last.data["storage"], true, "{:?}", last.data);
 
+    // A later end of the same task is a late write: it changes nothing.
     let good = memory
         .prepare(Some(task), vec![fact("first"), fact("second")])
         .await
         .unwrap();
     writer.finish_task(end(good)).await.unwrap();
-    assert_eq!(storage.task_memories(task).await.unwrap().len(), 2);
+    assert_eq!(storage.memory_count().await.unwrap(), 0);
     assert_eq!(
         storage.task(task).await.unwrap().unwrap().status,
-        TaskStatus::Completed
+        TaskStatus::Failed
     );
     database.drop_now().await;
 }
