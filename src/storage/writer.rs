@@ -383,11 +383,13 @@ impl WriterTask {
                 Err(error) => {
                     self.logs.rollback(&mut plan);
                     let text = error_chain(&error);
-                    answer(op, &Err(text.clone()), &HashMap::new());
+                    // The task's failure commits before the op's waiter hears of it, so a waiter that then
+                    // reads the task finds it ended.
                     match task_id {
                         Some(task_id) => self.fail(task_id, &text).await,
                         None => tracing::error!(error = %text, "a storage write of no task failed"),
                     }
+                    answer(op, &Err(text), &HashMap::new());
                 }
             }
         }
