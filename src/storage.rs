@@ -15,6 +15,7 @@ mod llm_calls;
 pub mod memories;
 pub mod records;
 mod retention;
+mod statement;
 mod stats;
 mod tasks;
 pub mod writer;

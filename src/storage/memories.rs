@@ -12,13 +12,14 @@ use std::collections::BinaryHeap;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, Statement, TransactionTrait, Value,
+    QueryOrder, Statement, TransactionTrait,
 };
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::entities::memory;
+use super::statement::Sql;
 use super::{Storage, StorageError};
 use crate::domain::{AgentKind, MemoryKind, TaskId, EMBEDDING_DIMENSIONS};
 
@@ -333,29 +334,7 @@ pub(crate) async fn mark_succeeded<C: ConnectionTrait>(
     Ok(())
 }
 
-/// A statement under construction: placeholders in the backend's syntax and their values.
-struct Sql {
-    backend: DatabaseBackend,
-    values: Vec<Value>,
-}
-
 impl Sql {
-    fn new(backend: DatabaseBackend) -> Self {
-        Sql {
-            backend,
-            values: Vec::new(),
-        }
-    }
-
-    /// Adds a value; returns its placeholder.
-    fn bind(&mut self, value: impl Into<Value>) -> String {
-        self.values.push(value.into());
-        match self.backend {
-            DatabaseBackend::Postgres => format!("${}", self.values.len()),
-            _ => "?".to_owned(),
-        }
-    }
-
     /// The WHERE clause of `filter` (empty when it allows everything).
     fn conditions(&mut self, filter: &SearchFilter) -> String {
         let mut clauses = Vec::new();

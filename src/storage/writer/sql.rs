@@ -11,6 +11,7 @@ use sea_orm::{
 
 use super::super::entities::{decision, event, llm_call, step, task};
 use super::super::memories::{insert_memories, mark_succeeded, mark_used};
+use super::super::statement::Sql;
 use super::super::StorageError;
 use super::plan::{Plan, TaskRow};
 use crate::domain::{TaskId, TaskStatus};
@@ -223,29 +224,7 @@ async fn update_tasks(txn: &DatabaseTransaction, rows: &[TaskRow]) -> Result<(),
     Ok(())
 }
 
-/// A statement under construction: placeholders in the backend's syntax and their values.
-struct Sql {
-    backend: DbBackend,
-    values: Vec<Value>,
-}
-
 impl Sql {
-    fn new(backend: DbBackend) -> Self {
-        Sql {
-            backend,
-            values: Vec::new(),
-        }
-    }
-
-    /// Adds a value; returns its placeholder.
-    fn bind(&mut self, value: impl Into<Value>) -> String {
-        self.values.push(value.into());
-        match self.backend {
-            DbBackend::Postgres => format!("${}", self.values.len()),
-            _ => "?".to_owned(),
-        }
-    }
-
     /// Adds a JSON value for a `json` column (PostgreSQL types the parameter `jsonb`: cast back).
     fn bind_json(&mut self, value: Option<serde_json::Value>) -> String {
         let placeholder = self.bind(Value::Json(value.map(Box::new)));
