@@ -7,7 +7,10 @@
 //! - `durable_us`: per task, from `submit` to the terminal event received by a subscriber, i.e. every event
 //!   committed to SQLite (WAL, synchronous=FULL), p50/p99, one task at a time;
 //! - `hop_us_mean`: mean mailbox hop (send to handler start) from `troupe_message_latency_seconds`;
-//! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` tasks in flight, durable;
+//! - `throughput_tasks_per_s`: tasks completed per second with `IN_FLIGHT` clients each submitting a task,
+//!   following it to its end and submitting the next, durable;
+//! - `rss_kib`: this process's resident set before and after the throughput run (`TROUPE_BENCH_TASKS`
+//!   tasks, 10,000 by default): flat memory means the two stay close however many tasks ran;
 //! - `scrape_us`: rendering `/metrics` (p50/p99 of 200 renders) after more than 10,000 tasks, and its size.
 //!
 //! - `store`: the storage writer's commits over the whole run (count, mean duration, per task).
@@ -35,6 +38,8 @@ use troupe::telemetry::metrics::Metrics;
 
 const SEQUENTIAL: usize = 300;
 const IN_FLIGHT: usize = 64;
+/// Tasks in the throughput run unless `TROUPE_BENCH_TASKS` says otherwise (`scripts/bench.sh` runs 100,000
+/// once, for the memory figure).
 const THROUGHPUT_TASKS: usize = 10_000;
 const SCRAPES: usize = 200;
 
@@ -77,7 +82,14 @@ fn main() -> anyhow::Result<()> {
         let llm = Arc::new(EmbeddedProvider::start(&settings.llm, metrics.clone()).await?);
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let sandbox = troupe::sandbox::Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
-        let core = Core::assemble(settings, storage, metrics, Models::single(llm), memory, sandbox);
+        let core = std::rc::Rc::new(Core::assemble(
+            settings,
+            storage,
+            metrics,
+            Models::single(llm),
+            memory,
+            sandbox,
+        ));
 
         let prompt = "Write a Python function that adds two numbers";
         let recorded = core.submit(prompt, TaskOptions::default()).await?;
@@ -109,32 +121,43 @@ fn main() -> anyhow::Result<()> {
             }
         }
 
+        // IN_FLIGHT clients, each submitting a task and following it to its end, then the next: the
+        // submissions are concurrent too, as they are from many clients, so their commits group as well.
+        let throughput_tasks = std::env::var("TROUPE_BENCH_TASKS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(THROUGHPUT_TASKS);
+        let rss_before_kib = rss_kib();
         let started = Instant::now();
-        let mut pending = tokio::task::JoinSet::new();
-        let mut submitted = 0;
-        let mut completed = 0;
-        while completed < THROUGHPUT_TASKS {
-            while submitted < THROUGHPUT_TASKS && pending.len() < IN_FLIGHT {
-                let id = core.submit(prompt, replay.clone()).await?;
-                let events = core.events.clone();
-                pending.spawn_local(async move {
-                    let mut subscription = events.subscribe(id, 0).await?;
+        let claimed = std::rc::Rc::new(std::cell::Cell::new(0_usize));
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let core = std::rc::Rc::clone(&core);
+            let claimed = std::rc::Rc::clone(&claimed);
+            let replay = replay.clone();
+            clients.spawn_local(async move {
+                while claimed.get() < throughput_tasks {
+                    claimed.set(claimed.get() + 1);
+                    let id = core.submit(prompt, replay.clone()).await?;
+                    let mut subscription = core.events.subscribe(id, 0).await?;
+                    let mut end = None;
                     while let Some(event) = subscription.next().await? {
                         if event.kind.is_terminal() {
-                            return Ok::<_, anyhow::Error>(event.kind);
+                            end = Some(event.kind);
+                            break;
                         }
                     }
-                    anyhow::bail!("stream ended without a terminal event")
-                });
-                submitted += 1;
-            }
-            if let Some(result) = pending.join_next().await {
-                let end = result??;
-                anyhow::ensure!(end == EventKind::TaskCompleted, "a replayed task ended {end}");
-                completed += 1;
-            }
+                    let end = end.ok_or_else(|| anyhow::anyhow!("stream ended without a terminal event"))?;
+                    anyhow::ensure!(end == EventKind::TaskCompleted, "a replayed task ended {end}");
+                }
+                Ok::<_, anyhow::Error>(())
+            });
         }
-        let throughput = THROUGHPUT_TASKS as f64 / started.elapsed().as_secs_f64();
+        while let Some(result) = clients.join_next().await {
+            result??;
+        }
+        let throughput = throughput_tasks as f64 / started.elapsed().as_secs_f64();
+        let rss_after_kib = rss_kib();
 
         let scrape = core.metrics.render()?;
         let mut scrape_us = Vec::with_capacity(SCRAPES);
@@ -144,7 +167,7 @@ fn main() -> anyhow::Result<()> {
             scrape_us.push(started.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(text);
         }
-        let tasks_before_scrape = 1 + 20 + SEQUENTIAL + THROUGHPUT_TASKS;
+        let tasks_before_scrape = 1 + 20 + SEQUENTIAL + throughput_tasks;
         troupe::telemetry::flush();
         let exported = sink.as_ref().map(|sink| {
             json!({
@@ -183,7 +206,8 @@ fn main() -> anyhow::Result<()> {
                 "durable_us": { "p50": percentile(&mut durable_us, 0.50), "p99": percentile(&mut durable_us, 0.99) },
                 "hop_us_mean": hop_us_mean,
                 "in_flight": IN_FLIGHT,
-                "throughput_tasks": THROUGHPUT_TASKS,
+                "throughput_tasks": throughput_tasks,
+                "rss_kib": { "before_throughput": rss_before_kib, "after_throughput": rss_after_kib },
                 "throughput_tasks_per_s": throughput,
                 "store": {
                     "commits": commits,
@@ -271,6 +295,20 @@ impl OtlpSink {
 }
 
 /// Waits for task `id`'s terminal event.
+/// This process's resident set size in KiB (`VmRSS` of `/proc/self/status`), 0 where it cannot be read.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 async fn finish(core: &Core, id: TaskId) -> anyhow::Result<EventKind> {
     let mut subscription = core.events.subscribe(id, 0).await?;
     while let Some(event) = subscription.next().await? {

@@ -111,6 +111,10 @@ impl Storage {
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(10))
+                    // 32 MiB of page cache per connection instead of SQLite's 2 MB: the writer's inserts
+                    // walk the events table's and indexes' pages, and with the default cache every batch
+                    // read most of them back from the OS (`pread`, 4% of a durable run's profile).
+                    .pragma("cache_size", "-32768")
             });
         let db = Database::connect(options)
             .await

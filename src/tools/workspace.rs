@@ -49,71 +49,89 @@ impl Workspaces {
             )));
         }
         let dir = self.dir(task_id);
-        let fail =
-            |what: &str, e: std::io::Error| ToolError::Failed(format!("{what} '{name}': {e}"));
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| fail("create the workspace for", e))?;
-        if !path.exists() && self.names(task_id).await?.len() >= MAX_FILES {
-            return Err(ToolError::InvalidInput(format!(
-                "the workspace already holds {MAX_FILES} files"
-            )));
-        }
-        let partial = dir.join(format!(".{name}.partial"));
-        tokio::fs::write(&partial, content)
-            .await
-            .map_err(|e| fail("write", e))?;
-        tokio::fs::rename(&partial, &path)
-            .await
-            .map_err(|e| fail("write", e))
+        let (name, content) = (name.to_owned(), content.to_owned());
+        blocking(move || write_file(&dir, &path, &name, &content)).await
     }
 
     /// Reads `name` from the task's workspace.
     pub async fn read(&self, task_id: TaskId, name: &str) -> Result<String, ToolError> {
         let path = self.path(task_id, name)?;
-        let meta = tokio::fs::symlink_metadata(&path)
-            .await
-            .map_err(|_| ToolError::Failed(format!("'{name}' is not in the task's workspace")))?;
-        if !meta.is_file() {
-            return Err(ToolError::Failed(format!("'{name}' is not a plain file")));
-        }
-        if meta.len() > MAX_FILE_BYTES as u64 {
-            return Err(ToolError::Failed(format!(
-                "'{name}' holds {} bytes; the tool reads at most {MAX_FILE_BYTES}",
-                meta.len()
-            )));
-        }
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| ToolError::Failed(format!("read '{name}': {e}")))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        let name = name.to_owned();
+        blocking(move || read_file(&path, &name)).await
     }
 
     /// The names of the task's files, sorted (none when it has no workspace yet).
     pub async fn names(&self, task_id: TaskId) -> Result<Vec<String>, ToolError> {
-        list(&self.dir(task_id)).await
+        let dir = self.dir(task_id);
+        blocking(move || list(&dir)).await
     }
 
     /// Every file of the task's workspace, for a sandbox run.
     pub async fn files(&self, task_id: TaskId) -> Result<Vec<WorkspaceFile>, ToolError> {
-        let mut files = Vec::new();
-        for name in self.names(task_id).await? {
-            let content = self.read(task_id, &name).await?;
-            files.push(WorkspaceFile { name, content });
-        }
-        Ok(files)
+        let dir = self.dir(task_id);
+        blocking(move || {
+            list(&dir)?
+                .into_iter()
+                .map(|name| {
+                    let content = read_file(&dir.join(&name), &name)?;
+                    Ok(WorkspaceFile { name, content })
+                })
+                .collect()
+        })
+        .await
     }
 }
 
-async fn list(dir: &Path) -> Result<Vec<String>, ToolError> {
-    let mut entries = match tokio::fs::read_dir(dir).await {
+/// Runs one whole file operation on the blocking pool: one hand-off per tool call, however many system
+/// calls it makes (`tokio::fs` would hand off each one, and a hand-off costs more than a small file's
+/// syscalls).
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, ToolError> + Send + 'static,
+) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| ToolError::Failed(format!("the file operation did not finish: {e}")))?
+}
+
+fn write_file(dir: &Path, path: &Path, name: &str, content: &str) -> Result<(), ToolError> {
+    let fail = |what: &str, e: std::io::Error| ToolError::Failed(format!("{what} '{name}': {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail("create the workspace for", e))?;
+    if !path.exists() && list(dir)?.len() >= MAX_FILES {
+        return Err(ToolError::InvalidInput(format!(
+            "the workspace already holds {MAX_FILES} files"
+        )));
+    }
+    let partial = dir.join(format!(".{name}.partial"));
+    std::fs::write(&partial, content).map_err(|e| fail("write", e))?;
+    std::fs::rename(&partial, path).map_err(|e| fail("write", e))
+}
+
+fn read_file(path: &Path, name: &str) -> Result<String, ToolError> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|_| ToolError::Failed(format!("'{name}' is not in the task's workspace")))?;
+    if !meta.is_file() {
+        return Err(ToolError::Failed(format!("'{name}' is not a plain file")));
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(ToolError::Failed(format!(
+            "'{name}' holds {} bytes; the tool reads at most {MAX_FILE_BYTES}",
+            meta.len()
+        )));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| ToolError::Failed(format!("read '{name}': {e}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn list(dir: &Path) -> Result<Vec<String>, ToolError> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(ToolError::Failed(format!("list the workspace: {error}"))),
     };
     let mut names = Vec::new();
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let plain = entry.file_type().await.is_ok_and(|kind| kind.is_file());
+    for entry in entries.flatten() {
+        let plain = entry.file_type().is_ok_and(|kind| kind.is_file());
         if let Some(name) = entry.file_name().to_str() {
             if plain && check_file_name(name).is_ok() {
                 names.push(name.to_owned());
