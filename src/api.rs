@@ -6,9 +6,11 @@
 
 pub mod access;
 pub mod agents;
+pub mod compare;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod fork;
 pub mod health;
 pub mod http_metrics;
 pub mod llm_calls;
@@ -84,6 +86,11 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     )
                     .service(
                         resource("/tasks/{id}/confirm").route(web::post().to(tasks::confirm_task)),
+                    )
+                    .service(resource("/tasks/{id}/fork").route(web::post().to(fork::fork_task)))
+                    .service(
+                        resource("/tasks/{a}/compare/{b}")
+                            .route(web::get().to(compare::compare_tasks)),
                     )
                     .service(
                         resource("/tasks/{id}/events").route(web::get().to(events::task_events)),

@@ -29,7 +29,6 @@ use crate::config::DirectorSettings;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
 use crate::llm::models::{Models, Policy, TaskModels};
 use crate::llm::replay::ReplayProvider;
-use crate::llm::LlmProvider;
 use crate::messages::{
     AgentError, AgentStatus, CancelTask, Envelope, GetAgents, NotRunning, RunStep, StartTask,
     StepOutput,
@@ -108,11 +107,9 @@ impl ReplayCache {
     const CAPACITY: usize = 64;
 
     /// The cached provider replaying `source`.
-    pub fn get(&self, source: TaskId) -> Option<Arc<dyn LlmProvider>> {
+    pub fn get(&self, source: TaskId) -> Option<Arc<ReplayProvider>> {
         let cache = self.0.lock().ok()?;
-        cache
-            .get(&source)
-            .map(|provider| Arc::clone(provider) as Arc<dyn LlmProvider>)
+        cache.get(&source).map(Arc::clone)
     }
 
     /// Keeps `provider` for later replays of `source`.

@@ -1,7 +1,7 @@
 //! The vocabulary every layer shares, and nothing else: ids and lifecycle states ([`TaskId`],
 //! [`TaskStatus`], [`StepStatus`]), the agents' names ([`AgentKind`]), the event log's entries
-//! ([`EventKind`], [`Event`]), the memory kinds, the text helpers, the grammar bounds and the JSON-schema check
-//! that tool arguments and model outputs are held to ([`schema`]).
+//! ([`EventKind`], [`Event`]), replays and forks ([`replay`]), the memory kinds, the text helpers, the
+//! grammar bounds and the JSON-schema check that tool arguments and model outputs are held to ([`schema`]).
 //!
 //! The bottom layer: it names no other module of the crate (see `ARCHITECTURE.md`, "Layers").
 
@@ -9,6 +9,7 @@ pub mod agent;
 pub mod event;
 pub mod limits;
 pub mod memory;
+pub mod replay;
 pub mod schema;
 pub mod task;
 pub mod text;
@@ -16,6 +17,7 @@ pub mod text;
 pub use agent::{AgentKind, UnknownAgent};
 pub use event::{Event, EventKind, UnknownEventKind};
 pub use memory::{MemoryKind, UnknownKind, EMBEDDING_DIMENSIONS};
+pub use replay::{DecisionKind, DecisionOverride, ForkOf, OnDivergence};
 pub use task::{
     StepStatus, TaskBudget, TaskId, TaskOptions, TaskStatus, UnknownStatus, UnknownStepStatus,
 };

@@ -4,7 +4,8 @@
 //!   an abort inside llama.cpp (a `GGML_ASSERT` on some grammar states) kills the worker, never the server.
 //! - [`openai`]: any OpenAI-compatible server (llama.cpp's `llama-server`, Ollama, vLLM) and Groq, through
 //!   async-openai; [`start_provider`] builds the provider of a [`ModelEndpoint`](crate::config::ModelEndpoint).
-//! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks.
+//! - [`replay`]: the recorded outputs of an earlier task, for deterministic replay and benchmarks;
+//!   [`divergence`]: what a call asked, recorded so that a replay can tell when it asks something else.
 //! - [`recorded`]: the recorded, traced, metered call every caller makes ([`recorded::Recorder::call`]).
 //! - [`models`]: which provider serves which agent, for the process and for one task; [`budget`] and
 //!   [`confirm`]: a task's spending limit and the person's yes a cloud fallback may wait for.
@@ -14,6 +15,7 @@
 
 pub mod budget;
 pub mod confirm;
+pub mod divergence;
 pub mod embedded;
 pub mod models;
 pub mod openai;
@@ -221,6 +223,17 @@ pub enum LlmError {
         /// The call's purpose key.
         purpose: String,
     },
+    /// A replay's call asks something else than the recorded call (or one never recorded), and the task
+    /// stops there (`options.on_divergence = "stop"`).
+    #[error("replay of task {source_task} diverged: {detail}")]
+    ReplayDiverged {
+        /// The task being replayed.
+        source_task: String,
+        /// The call's purpose key.
+        purpose: String,
+        /// What differed, with excerpts.
+        detail: String,
+    },
     /// The worker spoke something that is not the protocol.
     #[error("model worker protocol: {0}")]
     Protocol(String),
@@ -277,6 +290,11 @@ impl LlmError {
             LlmError::InvalidRequest(text()),
             LlmError::Model(text()),
             LlmError::ReplayMissing { purpose: text() },
+            LlmError::ReplayDiverged {
+                source_task: text(),
+                purpose: text(),
+                detail: text(),
+            },
             LlmError::Protocol(text()),
             LlmError::BudgetExceeded(text()),
             LlmError::FallbackRefused {
@@ -308,6 +326,7 @@ impl LlmError {
             LlmError::InvalidRequest(_) => "invalid_request",
             LlmError::Model(_) => "model",
             LlmError::ReplayMissing { .. } => "replay_missing",
+            LlmError::ReplayDiverged { .. } => "replay_diverged",
             LlmError::Protocol(_) => "protocol",
             LlmError::BudgetExceeded(_) => "budget_exceeded",
             LlmError::FallbackRefused { .. } => "fallback_refused",
@@ -338,6 +357,7 @@ impl LlmError {
             | LlmError::Grammar(_)
             | LlmError::InvalidRequest(_)
             | LlmError::ReplayMissing { .. }
+            | LlmError::ReplayDiverged { .. }
             | LlmError::BudgetExceeded(_)
             | LlmError::FallbackRefused { .. } => false,
         }
@@ -430,6 +450,12 @@ pub trait LlmProvider: Send + Sync {
     /// replays cost nothing; paid remote providers will report their configured prices.
     fn price_per_million_tokens(&self) -> TokenPrices {
         TokenPrices::default()
+    }
+    /// What, besides the request, decides this provider's answers (provider, model and, where it has them,
+    /// sampling settings), as JSON: recorded with every call, so that a replay whose live model is
+    /// configured otherwise says it diverges (`llm::divergence`). The default names provider and model.
+    fn model_config(&self) -> serde_json::Value {
+        serde_json::json!({ "provider": self.provider_name(), "model": self.model_name() })
     }
 }
 

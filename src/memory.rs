@@ -11,8 +11,11 @@ pub mod embedding;
 pub mod learning;
 pub mod short_term;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 
 use serde_json::json;
 use tracing::Instrument;
@@ -101,6 +104,8 @@ pub struct Memory {
 }
 
 struct Inner {
+    /// Tasks that see memory as it was at an earlier moment (replays and forks), by task.
+    views: std::sync::Mutex<HashMap<TaskId, DateTime<Utc>>>,
     settings: MemorySettings,
     embedder: Option<Arc<Embedder>>,
     short_term: ShortTerm,
@@ -187,6 +192,7 @@ impl Memory {
     ) -> Self {
         Memory {
             inner: Arc::new(Inner {
+                views: std::sync::Mutex::default(),
                 settings,
                 embedder: parts.embedder,
                 short_term: parts.short_term,
@@ -194,6 +200,33 @@ impl Memory {
                 writer,
                 metrics,
             }),
+        }
+    }
+
+    /// From now until [`Memory::clear_view`], task `task_id` sees long-term memory as it was at `as_of`:
+    /// its recalls and pattern look-ups consider only memories stored before then, and count as no use.
+    /// A replay or fork sets its source's start, so that it is shown what its source was shown and asks
+    /// the recorded questions.
+    pub fn set_view(&self, task_id: TaskId, as_of: DateTime<Utc>) {
+        match self.inner.views.lock() {
+            Ok(mut views) => views.insert(task_id, as_of),
+            Err(poisoned) => poisoned.into_inner().insert(task_id, as_of),
+        };
+    }
+
+    /// Task `task_id` sees memory as it is again (its end).
+    pub fn clear_view(&self, task_id: TaskId) {
+        match self.inner.views.lock() {
+            Ok(mut views) => views.remove(&task_id),
+            Err(poisoned) => poisoned.into_inner().remove(&task_id),
+        };
+    }
+
+    /// The moment task `task_id` sees memory as of, if it was given one.
+    pub fn view(&self, task_id: TaskId) -> Option<DateTime<Utc>> {
+        match self.inner.views.lock() {
+            Ok(views) => views.get(&task_id).copied(),
+            Err(poisoned) => poisoned.into_inner().get(&task_id).copied(),
         }
     }
 
@@ -353,7 +386,12 @@ impl Memory {
             return Vec::new();
         }
         let settings = &self.inner.settings;
-        let result = self.search(&spec.query, &spec.filter, k).await;
+        let view = self.view(task_id);
+        let mut filter = spec.filter.clone();
+        if view.is_some() {
+            filter.created_before = view;
+        }
+        let result = self.search(&spec.query, &filter, k).await;
         let (hits, error) = match result {
             Ok(hits) => (hits, None),
             Err(error) => {
@@ -367,14 +405,15 @@ impl Memory {
             .filter(|hit| hit.score >= min_score)
             .cloned()
             .collect();
-        for hit in &used {
+        // A re-run's reads repeat its source's: they are not new uses.
+        for hit in used.iter().filter(|_| view.is_none()) {
             self.inner
                 .metrics
                 .memory_reuses
                 .with_label_values(&[hit.memory.kind.as_str()])
                 .inc();
         }
-        if !used.is_empty() {
+        if !used.is_empty() && view.is_none() {
             self.inner.writer.send(WriteOp::MemoriesUsed(
                 used.iter().map(|hit| hit.memory.id.clone()).collect(),
             ));
@@ -406,6 +445,7 @@ impl Memory {
                 "k": k,
                 "min_score": min_score,
                 "backend": self.inner.storage.backend_name(),
+                "as_of": view,
                 "hits": listed,
                 "used": used.len(),
                 "error": error,

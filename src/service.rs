@@ -33,11 +33,15 @@ use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
+pub mod compare;
 mod durability;
+mod fork;
 mod known_series;
 pub mod retention;
 
+pub use compare::CompareError;
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
+pub use fork::ForkRequest;
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,17 @@ pub enum SubmitError {
     /// `options.replay_of` names no task.
     #[error("task {0} (options.replay_of) does not exist")]
     ReplaySourceNotFound(TaskId),
+    /// `options.fork_of.task` names no task.
+    #[error("task {0} (the fork's source) does not exist")]
+    ForkSourceNotFound(TaskId),
+    /// The fork's source has not finished: its recording is not complete.
+    #[error("task {id} is {status}; only a finished task can be forked")]
+    ForkSourceUnfinished {
+        /// The source.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
     /// As many tasks as may run and wait are admitted and unfinished; nothing was stored.
     #[error("{admitted} tasks are running or waiting, the most allowed (director.max_concurrent_tasks + director.max_queued_tasks); try again when one has finished")]
     Busy {
@@ -400,6 +415,7 @@ impl Core {
                 return Err(SubmitError::ReplaySourceNotFound(source));
             }
         }
+        self.check_rerun(prompt, &options).await?;
         // A place among the admitted tasks before anything is stored: a refused submission leaves no row.
         let admission = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -410,6 +426,7 @@ impl Core {
         let id = TaskId::new();
         let (trace_id, _) = propagation::ids(&propagation::current());
         let options_json = serde_json::to_value(&options).unwrap_or_else(|_| json!({}));
+
         let queued = PendingEvent::now(
             id,
             EventKind::TaskQueued,
@@ -430,6 +447,13 @@ impl Core {
                 queued,
             )
             .await?;
+        if let Some(fork) = &options.fork_of {
+            let overridden = fork
+                .decision_override
+                .as_ref()
+                .map_or("none", |decision| decision.decision.as_str());
+            self.metrics.forks.with_label_values(&[overridden]).inc();
+        }
         let depth = self
             .metrics
             .mailbox_depth

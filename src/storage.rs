@@ -8,6 +8,7 @@
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
+mod decisions;
 pub mod entities;
 mod events;
 pub mod leases;
@@ -27,6 +28,7 @@ use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
+pub use decisions::StoredDecision;
 pub use leases::{Lease, OrphanedTask, ResumeRecords};
 pub use llm_calls::{CallRecord, RecordedCall, Recording};
 pub use stats::{Handoff, Scope};

@@ -109,6 +109,8 @@ async fn insert_llm_call(
         duration_seconds: Set(0.1),
         created_at: Set(Utc::now()),
         cost_usd: Set(cost),
+        request: Set(None),
+        request_digest: Set(None),
     })
     .exec(db)
     .await

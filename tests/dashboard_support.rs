@@ -361,6 +361,8 @@ pub async fn seed_big_task(writer: &Writer, events: usize) -> anyhow::Result<Tas
                 completion_tokens: tokens_per_call as i64,
                 cost_usd: 0.0,
                 duration_seconds: seconds,
+                request: None,
+                request_digest: None,
             }));
             writer.send(WriteOp::Event(event(
                 id,

@@ -81,6 +81,19 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
+/// A client of an application that already serves on 127.0.0.1:`port` (a test that assembles its own
+/// core); `dir` (its database and workspaces) lives as long as the client.
+pub fn client_for(port: u16, dir: tempfile::TempDir) -> TestApp {
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+        _dir: dir,
+    }
+}
+
 /// Starts the application with the test settings.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

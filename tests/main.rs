@@ -8,6 +8,7 @@ mod budget;
 mod cancellation;
 mod dashboard_api;
 mod durability;
+mod fork;
 mod helpers;
 mod layers;
 mod memory;

@@ -23,6 +23,12 @@ async fn a_replayed_task_makes_the_same_plan_and_decisions() {
     let replay = app.submit_with(json!({ "prompt": "Write a Python function that returns the largest of three numbers", "options": { "replay_of": original } })).await;
     let second = app.follow(&replay, 0, Duration::from_secs(30)).await;
     assert_eq!(second.last().unwrap()["kind"], "task.completed");
+    // It asked what the original asked (its plan sees memory as the original did, without the
+    // original's own summary), so nothing diverged.
+    assert!(
+        of_kind(&second, "replay.diverged").is_empty(),
+        "{second:#?}"
+    );
 
     assert_eq!(
         of_kind(&first, "plan.created")[0]["data"],

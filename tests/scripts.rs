@@ -48,6 +48,8 @@ pub async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]
             completion_tokens: 1,
             cost_usd: 0.0,
             duration_seconds: 0.0,
+            request: None,
+            request_digest: None,
         }));
     }
     // The end commits after the calls (the writer keeps order), so the recording is complete on return.

@@ -90,6 +90,8 @@ fn call(task_id: TaskId, purpose: &str) -> WriteOp {
         completion_tokens: 2,
         cost_usd: 0.0,
         duration_seconds: 0.01,
+        request: None,
+        request_digest: None,
     })
 }
 

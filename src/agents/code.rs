@@ -232,6 +232,7 @@ impl Specialist for Code {
             filter: SearchFilter {
                 kinds: vec![MemoryKind::Snippet],
                 agent: Some(AgentKind::Code),
+                ..SearchFilter::default()
             },
         })
     }

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::domain::{TaskId, TaskStatus};
-use crate::service::{CancelError, ConfirmError, DeleteError, SubmitError};
+use crate::service::{CancelError, CompareError, ConfirmError, DeleteError, SubmitError};
 use crate::storage::StorageError;
 
 /// An API failure.
@@ -60,6 +60,14 @@ pub enum ApiError {
     #[error("task {id} is {status}; only a finished task can be deleted (cancel it first)")]
     TaskUnfinished {
         /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
+    /// A fork's source has not finished, so its recording is not complete.
+    #[error("task {id} is {status}; only a finished task can be forked")]
+    SourceUnfinished {
+        /// The source.
         id: TaskId,
         /// Its status.
         status: TaskStatus,
@@ -125,6 +133,7 @@ impl ApiError {
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
             ApiError::TaskUnfinished { .. } => "task_unfinished",
+            ApiError::SourceUnfinished { .. } => "source_unfinished",
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
@@ -157,6 +166,7 @@ impl ResponseError for ApiError {
             ApiError::TaskNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TaskFinished { .. }
             | ApiError::TaskUnfinished { .. }
+            | ApiError::SourceUnfinished { .. }
             | ApiError::NotAwaitingConfirmation { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
@@ -219,7 +229,12 @@ impl From<SubmitError> for ApiError {
             SubmitError::EmptyPrompt => ApiError::EmptyPrompt,
             SubmitError::PromptTooLarge { chars, max } => ApiError::PromptTooLarge { chars, max },
             SubmitError::InvalidOption(message) => ApiError::InvalidOption(message),
-            SubmitError::ReplaySourceNotFound(id) => ApiError::TaskNotFound(id),
+            SubmitError::ReplaySourceNotFound(id) | SubmitError::ForkSourceNotFound(id) => {
+                ApiError::TaskNotFound(id)
+            }
+            SubmitError::ForkSourceUnfinished { id, status } => {
+                ApiError::SourceUnfinished { id, status }
+            }
             error @ SubmitError::Busy { .. } => ApiError::TooManyTasks(error.to_string()),
             SubmitError::Storage(error) => ApiError::from(error),
         }
@@ -245,6 +260,15 @@ impl From<DeleteError> for ApiError {
             DeleteError::NotFound(id) => ApiError::TaskNotFound(id),
             DeleteError::Unfinished { id, status } => ApiError::TaskUnfinished { id, status },
             DeleteError::Storage(error) => ApiError::from(error),
+        }
+    }
+}
+
+impl From<CompareError> for ApiError {
+    fn from(error: CompareError) -> Self {
+        match error {
+            CompareError::NotFound(id) => ApiError::TaskNotFound(id),
+            CompareError::Storage(error) => ApiError::from(error),
         }
     }
 }

@@ -39,6 +39,7 @@ pub async fn list_llm_calls(
                 "duration_seconds": call.duration_seconds,
                 "created_at": call.created_at,
                 "choice": call.choice,
+                "request_digest": call.request_digest,
             })
         })
         .collect();

@@ -123,7 +123,11 @@ pub async fn search(
     if !core.memory.enabled() {
         return Err(ApiError::from(crate::memory::MemoryError::Disabled));
     }
-    let filter = SearchFilter { kinds, agent };
+    let filter = SearchFilter {
+        kinds,
+        agent,
+        ..SearchFilter::default()
+    };
     let hits = core.memory.search(text, &filter, k).await?;
     Ok(HttpResponse::Ok().json(json!({
         "query": text,

@@ -388,6 +388,20 @@ impl LiveView {
                 text("limit"),
                 text("action")
             )),
+            EventKind::ReplayDiverged => self.note(&format!(
+                "! replay diverged at {} ({}); {}",
+                text("purpose"),
+                text("part"),
+                match text("action").as_str() {
+                    "live" => "live from here",
+                    _ => "stopping",
+                }
+            )),
+            EventKind::TaskForked => self.note(&format!(
+                "fork of {} from step {}",
+                text("source"),
+                data.get("from_step").and_then(Value::as_i64).unwrap_or(0)
+            )),
             EventKind::TaskCompleted => self.note("task completed"),
             EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
             EventKind::TaskCancelled => self.note("task cancelled"),

@@ -8,12 +8,14 @@
 //! This file holds the flow itself (start, plan, assign, the steps in order, the verdict and the revisions
 //! it asks for); the Code/QA loop (with the vacuous-test check, `flow/stub_check.py`) is in
 //! `flow/code_loop.rs`, sending a step to its agent with the retry policy in `flow/dispatch.rs`, and
-//! the end of the task (result, memories, the terminal commit) in `flow/finish.rs`, and rebuilding the flow
-//! of a task taken over from a process that died in `flow/resume.rs`.
+//! the end of the task (result, memories, the terminal commit) in `flow/finish.rs`, rebuilding the flow
+//! of a task taken over from a process that died in `flow/resume.rs`, and what replays and forks change
+//! (their models, their view of memory, a decision override) in `flow/fork.rs`.
 
 mod code_loop;
 mod dispatch;
 mod finish;
+mod fork;
 mod resume;
 
 pub use resume::resumable;
@@ -31,8 +33,11 @@ use super::calibration::{self, CalibrationKey};
 use super::plan::{self, Plan};
 use super::{Director, DirectorDeps, DispatchError};
 use crate::config::QaVerdictMode;
-use crate::domain::{excerpt, AgentKind, EventKind, MemoryKind, StepStatus, TaskId, TaskOptions};
+use crate::domain::{
+    excerpt, AgentKind, DecisionKind, EventKind, MemoryKind, StepStatus, TaskId, TaskOptions,
+};
 use crate::llm::budget::Limits;
+use crate::llm::divergence::RequestPrint;
 use crate::llm::models::TaskModels;
 use crate::llm::replay::ReplayProvider;
 use crate::llm::{Choice, LlmError, LlmOutput, LlmRequest, ScoredOption};
@@ -232,9 +237,11 @@ impl TaskFlow {
         let outcome = self.work().instrument(span).await;
         self.finish(outcome, started).await;
         self.deps.agent.tools.forget_runs(task_id);
+        self.leave_rerun();
     }
 
     async fn work(&mut self) -> Result<serde_json::Value, FlowError> {
+        self.enter_rerun().await;
         let llm = self.provider().await?;
         let plan = match self.rebuild().await? {
             Some(plan) => plan,
@@ -427,36 +434,18 @@ impl TaskFlow {
         Ok(Arc::new(models.with_recording(Arc::new(recording))))
     }
 
-    /// The models the task calls: the default provider, or a replay of `options.replay_of`.
+    /// The models the task calls: the default provider under the task's budget, with a replay's or fork's
+    /// source recording answering first (`flow/fork.rs`).
     async fn models(&self) -> Result<TaskModels, FlowError> {
-        let Some(source) = self.options.replay_of else {
-            let mut policy = self.deps.model_policy.clone();
-            if let Some(budget) = self.options.budget {
-                policy.limits = Limits {
-                    max_tokens: budget.max_tokens.or(policy.limits.max_tokens),
-                    max_cost_usd: budget.max_cost_usd.or(policy.limits.max_cost_usd),
-                };
-            }
-            return Ok(TaskModels::new(self.deps.llm.clone(), policy));
-        };
-        if let Some(cached) = self.deps.replays.get(source) {
-            return Ok(TaskModels::uniform(cached));
+        let mut policy = self.deps.model_policy.clone();
+        if let Some(budget) = self.options.budget {
+            policy.limits = Limits {
+                max_tokens: budget.max_tokens.or(policy.limits.max_tokens),
+                max_cost_usd: budget.max_cost_usd.or(policy.limits.max_cost_usd),
+            };
         }
-        let recording = self.deps.storage.recording(source).await?;
-        let provider = ReplayProvider::from_recording(source, recording)?;
-        if provider.is_empty() {
-            return Err(FlowError::Replay(format!(
-                "task {source} has no recorded model calls"
-            )));
-        }
-        // A recording that holds the final verification belongs to a task that got to its end: it will not
-        // change, so later replays of it can skip the read.
-        let complete = provider.has("verify");
-        let provider = Arc::new(provider);
-        if complete {
-            self.deps.replays.insert(source, Arc::clone(&provider));
-        }
-        Ok(TaskModels::uniform(provider))
+        self.with_rerun(TaskModels::new(self.deps.llm.clone(), policy))
+            .await
     }
 
     async fn plan(&self, llm: &TaskModels) -> Result<Plan, FlowError> {
@@ -517,7 +506,16 @@ impl TaskFlow {
         // A server without logprobs gives a choice without probabilities: the decision says so and shows no
         // confidence rather than an invented one.
         let scored = choice.scored;
-        let routing = self.route(llm, choice).await?;
+        let mut routing = self.route(llm, choice).await?;
+        // A person's choice (a fork's override) takes the place of the model's; the decision says so.
+        let overridden = self.overridden(DecisionKind::AssignAgent, idx, &routing.chosen);
+        if let Some(imposed) = &overridden {
+            routing.reasoning = format!(
+                "overridden: {} instead of the model's {} ({})",
+                imposed.chosen, routing.chosen, routing.reasoning
+            );
+            routing.chosen = imposed.chosen.clone();
+        }
         let agent: AgentKind = routing.chosen.parse().map_err(|_| {
             FlowError::Plan(plan::MalformedPlan(format!(
                 "step {idx} assigned to unknown agent '{}'",
@@ -554,6 +552,8 @@ impl TaskFlow {
                 "calibration": routing.calibration,
                 "reasoning": routing.reasoning,
                 "tokens": output.usage.input_tokens + output.usage.output_tokens,
+                "overridden": overridden.is_some(),
+                "override": overridden.map(|imposed| imposed.detail),
             }),
         );
         // A resumed task that plans again makes the same decisions (from its recording); one already stored
@@ -657,7 +657,8 @@ impl TaskFlow {
             template: plan::assign_template(),
             options: options.to_vec(),
         };
-        let replay = self.options.replay_of.is_some();
+        // A replay or fork answers the call from its source's recording (or says it diverges).
+        let replay = self.options.is_rerun();
         let cached = if replay {
             None
         } else {
@@ -666,7 +667,7 @@ impl TaskFlow {
         let fresh = cached.is_none();
         let output = match cached {
             Some(output) => {
-                self.record_cached_calibration(&key, &output);
+                self.record_cached_calibration(&key, provider.model_config(), &output);
                 output
             }
             None => {
@@ -697,8 +698,15 @@ impl TaskFlow {
 
     /// Records a cached content-free output as this task's `assign.calibration` call: no model ran (0
     /// tokens, 0 seconds, no cost; the provider is marked cached), but the task's recording is complete.
-    fn record_cached_calibration(&self, key: &CalibrationKey, output: &LlmOutput) {
+    fn record_cached_calibration(
+        &self,
+        key: &CalibrationKey,
+        model: serde_json::Value,
+        output: &LlmOutput,
+    ) {
         let request = plan::calibration_request(&self.deps.agent.limits);
+        // What was asked, as if the model had been called: a replay of this task compares against it.
+        let print = RequestPrint::of(&request, model);
         self.deps.agent.writer.send(WriteOp::LlmCall(LlmCallRecord {
             task_id: self.task_id,
             purpose: request.purpose,
@@ -715,6 +723,8 @@ impl TaskFlow {
             completion_tokens: 0,
             cost_usd: 0.0,
             duration_seconds: 0.0,
+            request: Some(print.asked_json()),
+            request_digest: Some(print.digest()),
         }));
     }
 

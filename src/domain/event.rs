@@ -73,6 +73,15 @@ pub enum EventKind {
     /// A model call would take the task over its budget: `data.limit`, `data.used`, `data.action`.
     #[serde(rename = "budget.exceeded")]
     BudgetExceeded,
+    /// A replay's (or fork's) model call asked something else than the recorded call of the same purpose
+    /// (or one never recorded): `data.purpose`, `data.part` (what differed), `data.position`,
+    /// `data.recorded`, `data.requested` (excerpts), `data.action` (`stop` or `live`).
+    #[serde(rename = "replay.diverged")]
+    ReplayDiverged,
+    /// The task is a fork of a finished one: `data.source`, `data.from_step`, `data.override`,
+    /// `data.prompt_changed`.
+    #[serde(rename = "task.forked")]
+    TaskForked,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -86,7 +95,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -106,6 +115,8 @@ impl EventKind {
         EventKind::TaskResumed,
         EventKind::LlmFallback,
         EventKind::BudgetExceeded,
+        EventKind::ReplayDiverged,
+        EventKind::TaskForked,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -133,6 +144,8 @@ impl EventKind {
             EventKind::TaskResumed => "task.resumed",
             EventKind::LlmFallback => "llm.fallback",
             EventKind::BudgetExceeded => "budget.exceeded",
+            EventKind::ReplayDiverged => "replay.diverged",
+            EventKind::TaskForked => "task.forked",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -8,6 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::replay::{ForkOf, OnDivergence};
+
 /// A task's id: a UUIDv7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -191,6 +193,33 @@ pub struct TaskOptions {
     /// What this task may spend on models, over the configured `[budget]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<TaskBudget>,
+    /// A fork of this finished task from one of its steps (`POST /api/v1/tasks/{id}/fork`): the model
+    /// calls before the step are answered from the source's recording, the rest are live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork_of: Option<ForkOf>,
+    /// What a replay or fork does when a call's request differs from the recorded one (default: `stop` for
+    /// a replay, `live` for a fork).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_divergence: Option<OnDivergence>,
+}
+
+impl TaskOptions {
+    /// The task whose recording this one re-runs (a replay's or a fork's source), if any.
+    pub fn rerun_of(&self) -> Option<TaskId> {
+        self.replay_of
+            .or_else(|| self.fork_of.as_ref().map(|fork| fork.task))
+    }
+
+    /// Whether this task re-runs a recording (a replay or a fork): it leaves no memories and learns nothing.
+    pub fn is_rerun(&self) -> bool {
+        self.rerun_of().is_some()
+    }
+
+    /// What a divergence from the recording does for this task (see [`OnDivergence::default_for`]).
+    pub fn divergence_action(&self) -> OnDivergence {
+        self.on_divergence
+            .unwrap_or_else(|| OnDivergence::default_for(self.fork_of.is_some()))
+    }
 }
 
 /// A task's spending limits; a limit left out is the configured one.

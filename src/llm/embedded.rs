@@ -53,6 +53,8 @@ struct WorkerHealth {
 /// llama.cpp in a supervised child process.
 pub struct EmbeddedProvider {
     model_name: String,
+    /// The model and sampling settings, for [`LlmProvider::model_config`].
+    config: serde_json::Value,
     prices: TokenPrices,
     jobs: mpsc::Sender<Job>,
     health: Arc<Mutex<WorkerHealth>>,
@@ -114,6 +116,20 @@ impl EmbeddedProvider {
                 settings.sampling.dry_penalty_last_n.to_string(),
             ],
         };
+        let sampling = &settings.sampling;
+        let config = serde_json::json!({
+            "provider": "llama.cpp",
+            "model": model_name,
+            "context_size": settings.context_size,
+            "seed": settings.seed,
+            "temperature": settings.temperature,
+            "repeat_penalty": sampling.repeat_penalty,
+            "repeat_last_n": sampling.repeat_last_n,
+            "dry_multiplier": sampling.dry_multiplier,
+            "dry_base": sampling.dry_base,
+            "dry_allowed_length": sampling.dry_allowed_length,
+            "dry_penalty_last_n": sampling.dry_penalty_last_n,
+        });
         let health = Arc::new(Mutex::new(WorkerHealth {
             state: WorkerState::Starting,
             pid: None,
@@ -134,6 +150,7 @@ impl EmbeddedProvider {
             Ok(Ok(())) => Ok(EmbeddedProvider {
                 prices: settings.price_of(&model_name).into(),
                 model_name,
+                config,
                 jobs,
                 health,
             }),
@@ -187,6 +204,10 @@ impl LlmProvider for EmbeddedProvider {
 
     fn model_name(&self) -> &str {
         &self.model_name
+    }
+
+    fn model_config(&self) -> serde_json::Value {
+        self.config.clone()
     }
 
     async fn complete(

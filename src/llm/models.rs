@@ -1,12 +1,13 @@
 //! Which model serves which agent: [`Models`], the providers of the process (the primary, per-agent overrides
 //! from `[llm.agents.<agent>]`, the opt-in cloud fallback and the budget's downgrade model), and
-//! [`TaskModels`], what one task calls: those under the task's budget and fallback policy, or a replay.
+//! [`TaskModels`], what one task calls: those under the task's budget and fallback policy, with a replay's
+//! or fork's source recording answering first ([`Replay`]).
 //!
 //! The policy itself is carried out by the recorded call (`llm::recorded`), which asks [`TaskModels`] which
-//! provider is next and tells it what happened (a fallback, a downgrade, a pause).
+//! provider is next and tells it what happened (a fallback, a downgrade, a pause, a divergence).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,10 +15,12 @@ use serde_json::json;
 
 use super::budget::{Budget, Limits};
 use super::confirm::Confirmations;
+use super::divergence::{compare, Divergence, RequestPrint};
 use super::replay::ReplayProvider;
 use super::{LlmOutput, LlmProvider};
 use crate::config::{FallbackMode, OnExceed};
-use crate::domain::AgentKind;
+use crate::domain::replay::replayed_in_fork;
+use crate::domain::{AgentKind, OnDivergence, TaskId};
 
 /// A provider and its model, as events and `GET /api/v1/agents` show them.
 pub fn named(provider: &Arc<dyn LlmProvider>) -> serde_json::Value {
@@ -152,6 +155,57 @@ struct Route {
     paused: Duration,
 }
 
+/// Which of a re-run's calls its source's recording answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayScope {
+    /// Every call (a replay, `options.replay_of`).
+    Whole,
+    /// The calls before this step (a fork, `options.fork_of`; see `domain::replay::replayed_in_fork`).
+    BeforeStep(i32),
+}
+
+/// A re-run's source: its recording answers the calls in scope whose request is the recorded one; the
+/// first that is not (or was never recorded) is a divergence.
+pub struct Replay {
+    source: Arc<ReplayProvider>,
+    scope: ReplayScope,
+    on_divergence: OnDivergence,
+    /// Set at the first divergence of a `live` re-run: every later call is live.
+    diverged: AtomicBool,
+}
+
+impl Replay {
+    /// Calls in `scope` are answered from `source`, a divergence does `on_divergence`.
+    pub fn new(
+        source: Arc<ReplayProvider>,
+        scope: ReplayScope,
+        on_divergence: OnDivergence,
+    ) -> Self {
+        Replay {
+            source,
+            scope,
+            on_divergence,
+            diverged: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Where a re-run's call is answered from.
+pub enum Replayed {
+    /// From the recording, by `provider`; `model` is the configuration that produced the recorded output
+    /// (recorded with the new row, so that a replay of this task compares against it).
+    Recorded {
+        /// The source's recording.
+        provider: Arc<ReplayProvider>,
+        /// The recorded call's model configuration.
+        model: serde_json::Value,
+    },
+    /// The request is not the recorded one (or none was recorded): what differs.
+    Diverged(Divergence),
+    /// Live, by the task's own models: not a re-run, outside the fork's scope, or after a divergence.
+    Live,
+}
+
 /// The models one task calls, under its budget and fallback policy.
 pub struct TaskModels {
     models: Models,
@@ -162,6 +216,8 @@ pub struct TaskModels {
     recorded: Option<Arc<ReplayProvider>>,
     /// How many calls the recording answered.
     reused: AtomicUsize,
+    /// A replay's or fork's source, answering the calls in its scope.
+    replay: Option<Replay>,
 }
 
 impl TaskModels {
@@ -175,6 +231,7 @@ impl TaskModels {
             route: Mutex::new(Route::default()),
             recorded: None,
             reused: AtomicUsize::new(0),
+            replay: None,
         }
     }
 
@@ -196,6 +253,81 @@ impl TaskModels {
     /// How many calls were answered from the task's own recording.
     pub fn reused_calls(&self) -> usize {
         self.reused.load(Ordering::Relaxed)
+    }
+
+    /// The calls in `replay`'s scope are answered from its source's recording while they ask what was
+    /// recorded (see [`TaskModels::replayed`]); the rest go to the models as usual.
+    pub fn with_replay(mut self, replay: Replay) -> Self {
+        self.replay = Some(replay);
+        self
+    }
+
+    /// Where the call `purpose`, asking `print`, is answered from. A call in the re-run's scope whose
+    /// request equals the recorded one is answered from the recording; one whose request differs, or that
+    /// was never recorded, is a divergence. A recording made before requests were recorded is answered by
+    /// purpose alone, as before (an unrecorded call then fails with `ReplayMissing`).
+    pub fn replayed(&self, purpose: &str, print: &RequestPrint) -> Replayed {
+        let Some(replay) = &self.replay else {
+            return Replayed::Live;
+        };
+        if replay.diverged.load(Ordering::Relaxed) {
+            return Replayed::Live;
+        }
+        if let ReplayScope::BeforeStep(step) = replay.scope {
+            if !replayed_in_fork(purpose, step) {
+                return Replayed::Live;
+            }
+        }
+        let recorded = |model: serde_json::Value| Replayed::Recorded {
+            provider: Arc::clone(&replay.source),
+            model,
+        };
+        if !replay.source.checks_requests() {
+            return recorded(print.model.clone());
+        }
+        match replay.source.request(purpose) {
+            Some(asked) => match compare(purpose, asked, print) {
+                Some(divergence) => Replayed::Diverged(divergence),
+                None => recorded(asked.model.clone()),
+            },
+            None if replay.source.has(purpose) => recorded(print.model.clone()),
+            None => Replayed::Diverged(Divergence::unrecorded(purpose)),
+        }
+    }
+
+    /// A divergence happened: returns what the task does about it. With `live`, this and every later
+    /// call are made live.
+    pub fn diverge(&self) -> OnDivergence {
+        let Some(replay) = &self.replay else {
+            return OnDivergence::Live;
+        };
+        if replay.on_divergence == OnDivergence::Live {
+            replay.diverged.store(true, Ordering::Relaxed);
+        }
+        replay.on_divergence
+    }
+
+    /// The task whose recording a replay or fork answers from.
+    pub fn replay_source(&self) -> Option<TaskId> {
+        self.replay.as_ref().map(|replay| replay.source.source())
+    }
+
+    /// Whether every call is still answered from a recording (a replay that has not diverged).
+    fn replaying_all(&self) -> bool {
+        self.replay.as_ref().is_some_and(|replay| {
+            replay.scope == ReplayScope::Whole && !replay.diverged.load(Ordering::Relaxed)
+        })
+    }
+
+    /// The provider that answers `agent`'s calls, as the result names it: the replay while a replay has
+    /// not diverged, else [`TaskModels::for_agent`].
+    pub fn answering(&self, agent: AgentKind) -> Arc<dyn LlmProvider> {
+        match &self.replay {
+            Some(replay) if self.replaying_all() => {
+                Arc::clone(&replay.source) as Arc<dyn LlmProvider>
+            }
+            _ => self.for_agent(agent),
+        }
     }
 
     /// Every agent's call goes to `provider` (a replay): no budget, no fallback.
@@ -306,9 +438,14 @@ impl TaskModels {
         })
     }
 
-    /// Each agent's provider and model.
+    /// Each agent's provider and model (the replay's, while a replay has not diverged).
     pub fn describe(&self) -> serde_json::Value {
-        self.models.describe()
+        match &self.replay {
+            Some(replay) if self.replaying_all() => {
+                Models::single(Arc::clone(&replay.source) as Arc<dyn LlmProvider>).describe()
+            }
+            _ => self.models.describe(),
+        }
     }
 }
 
@@ -318,7 +455,130 @@ mod tests {
 
     use super::*;
     use crate::domain::TaskId;
-    use crate::llm::Usage;
+    use crate::llm::divergence::DivergedPart;
+    use crate::llm::{ChatMessage, LlmRequest, OutputSpec, Usage};
+    use crate::storage::{RecordedCall, Recording};
+
+    fn asking(purpose: &str, text: &str) -> (LlmRequest, RequestPrint) {
+        let request = LlmRequest {
+            purpose: purpose.into(),
+            messages: vec![ChatMessage::user(text)],
+            max_tokens: 8,
+            output: OutputSpec::Text,
+        };
+        let print = RequestPrint::of(
+            &request,
+            serde_json::json!({ "provider": "x", "model": "m" }),
+        );
+        (request, print)
+    }
+
+    /// A recording of `plan` and `work.1` (with their requests when `with_requests`).
+    fn recording(with_requests: bool) -> Arc<ReplayProvider> {
+        let calls = ["plan", "work.1"]
+            .iter()
+            .map(|purpose| {
+                let (request, print) = asking(purpose, "the task");
+                RecordedCall {
+                    purpose: (*purpose).to_owned(),
+                    prompt: serde_json::to_string(&request.messages).unwrap(),
+                    request: with_requests.then(|| print.asked_json()),
+                    request_digest: with_requests.then(|| print.digest()),
+                    output: format!("recorded {purpose}"),
+                    choice: None,
+                    prompt_tokens: 1,
+                    completion_tokens: 1,
+                    duration_seconds: 0.0,
+                }
+            })
+            .collect();
+        let recording = Recording {
+            model: "m".into(),
+            calls,
+        };
+        Arc::new(ReplayProvider::from_recording(TaskId::new(), recording).unwrap())
+    }
+
+    fn live() -> Arc<ReplayProvider> {
+        Arc::new(ReplayProvider::new(
+            TaskId::new(),
+            "live".into(),
+            HashMap::new(),
+        ))
+    }
+
+    fn replaying(scope: ReplayScope, action: OnDivergence, with_requests: bool) -> TaskModels {
+        TaskModels::uniform(live()).with_replay(Replay::new(
+            recording(with_requests),
+            scope,
+            action,
+        ))
+    }
+
+    #[test]
+    fn a_replay_answers_the_same_request_and_names_what_differs() {
+        let models = replaying(ReplayScope::Whole, OnDivergence::Stop, true);
+        let (_, same) = asking("plan", "the task");
+        let (_, other) = asking("plan", "another task");
+        assert!(matches!(
+            models.replayed("plan", &same),
+            Replayed::Recorded { .. }
+        ));
+        match models.replayed("plan", &other) {
+            Replayed::Diverged(divergence) => {
+                assert_eq!(divergence.part, DivergedPart::Prompt);
+                assert_eq!(divergence.position, Some(0));
+            }
+            _ => panic!("another prompt did not diverge"),
+        }
+        match models.replayed("verify", &same) {
+            Replayed::Diverged(divergence) => assert_eq!(divergence.part, DivergedPart::Unrecorded),
+            _ => panic!("an unrecorded call did not diverge"),
+        }
+        // `stop` keeps checking: the task fails at the first divergence anyway.
+        assert_eq!(models.diverge(), OnDivergence::Stop);
+        assert!(matches!(
+            models.replayed("work.1", &asking("work.1", "the task").1),
+            Replayed::Recorded { .. }
+        ));
+        assert_eq!(models.answering(AgentKind::Code).provider_name(), "replay");
+    }
+
+    #[test]
+    fn after_a_live_divergence_every_call_is_live() {
+        let models = replaying(ReplayScope::Whole, OnDivergence::Live, true);
+        assert_eq!(models.diverge(), OnDivergence::Live);
+        let (_, same) = asking("work.1", "the task");
+        assert!(matches!(models.replayed("work.1", &same), Replayed::Live));
+        assert!(models.replay_source().is_some());
+    }
+
+    #[test]
+    fn a_fork_replays_only_what_comes_before_its_step() {
+        let models = replaying(ReplayScope::BeforeStep(1), OnDivergence::Live, true);
+        let (_, plan) = asking("plan", "the task");
+        let (_, work) = asking("work.1", "the task");
+        assert!(matches!(
+            models.replayed("plan", &plan),
+            Replayed::Recorded { .. }
+        ));
+        assert!(matches!(models.replayed("work.1", &work), Replayed::Live));
+    }
+
+    #[test]
+    fn a_recording_without_requests_is_replayed_by_purpose() {
+        let models = replaying(ReplayScope::Whole, OnDivergence::Stop, false);
+        let (_, other) = asking("plan", "another task");
+        assert!(matches!(
+            models.replayed("plan", &other),
+            Replayed::Recorded { .. }
+        ));
+        // The provider answers a gap with `ReplayMissing`, as it always did.
+        assert!(matches!(
+            models.replayed("verify", &other),
+            Replayed::Recorded { .. }
+        ));
+    }
 
     #[test]
     fn a_recorded_purpose_is_answered_from_the_recording_and_counted() {

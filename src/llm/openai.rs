@@ -667,6 +667,17 @@ impl LlmProvider for OpenAiProvider {
         &self.model
     }
 
+    fn model_config(&self) -> serde_json::Value {
+        // The server's address is left out: it may carry credentials, and the same model served elsewhere
+        // answers the same.
+        serde_json::json!({
+            "provider": self.name,
+            "model": self.model,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        })
+    }
+
     async fn complete(
         &self,
         request: LlmRequest,

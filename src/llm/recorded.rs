@@ -5,6 +5,12 @@
 //! A resumed task's calls already recorded for it are answered from its recording ([`TaskModels::recorded`])
 //! before any of that: no model call, no second row.
 //!
+//! A replay's or fork's calls in scope are answered from the source's recording ([`TaskModels::replayed`])
+//! while they ask what the recorded call asked (recorded as a call of this task, provider `replay`); one
+//! that asks something else, or was never recorded, is a divergence: a `replay.diverged` event, a span
+//! event and `troupe_replay_divergences_total`, then the task stops (`LlmError::ReplayDiverged`) or the
+//! call and every later one are made live.
+//!
 //! It also carries out the task's policy ([`TaskModels`]): the budget is reserved before the call and
 //! settled after it (`budget.exceeded` and a downgrade or a failure when it would be passed), and a provider
 //! failure goes to the fallback (`llm.fallback`), after a person's yes in `confirm` mode (`task.paused`,
@@ -19,9 +25,10 @@ use tracing::Instrument;
 
 use super::budget::estimate_tokens;
 use super::confirm::Answer;
-use super::models::{named, TaskModels};
+use super::divergence::{Divergence, RequestPrint};
+use super::models::{named, Replayed, TaskModels};
 use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
-use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
+use crate::domain::{AgentKind, EventKind, OnDivergence, TaskId, TaskStatus};
 use crate::storage::records::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::writer::Writer;
 use crate::telemetry::metrics::Metrics;
@@ -72,6 +79,41 @@ impl Recorder<'_> {
                 .cost(output.usage.input_tokens, output.usage.output_tokens);
             models.budget().charge(output.usage, cost);
             return Ok(output);
+        }
+        let print = RequestPrint::of(&request, provider.model_config());
+        match models.replayed(&request.purpose, &print) {
+            Replayed::Live => {}
+            Replayed::Recorded {
+                provider: recording,
+                model,
+            } => {
+                // No model runs and nothing is spent; the call is still this task's, recorded like any
+                // other, so that the task is self-contained and can be replayed in turn.
+                return self
+                    .attempt(
+                        recording.as_ref(),
+                        task_id,
+                        agent,
+                        request,
+                        cancel,
+                        Some(model),
+                    )
+                    .await;
+            }
+            Replayed::Diverged(divergence) => {
+                let action = models.diverge();
+                self.diverged(models, task_id, agent, &divergence, action);
+                if action == OnDivergence::Stop {
+                    return Err(LlmError::ReplayDiverged {
+                        source_task: models
+                            .replay_source()
+                            .map(|id| id.to_string())
+                            .unwrap_or_default(),
+                        purpose: divergence.purpose.clone(),
+                        detail: divergence.describe(),
+                    });
+                }
+            }
         }
         let (provider, result) = self
             .within_budget(models, provider, task_id, agent, &request, &cancel)
@@ -126,6 +168,36 @@ impl Recorder<'_> {
             .within_budget(models, fallback, task_id, agent, &request, &cancel)
             .await;
         result
+    }
+
+    /// Announces a divergence of a replay from its recording: a span event on the caller's span, the
+    /// `replay.diverged` event (what differed, the excerpts, what the task does) and the metric.
+    fn diverged(
+        self,
+        models: &TaskModels,
+        task_id: TaskId,
+        agent: AgentKind,
+        divergence: &Divergence,
+        action: OnDivergence,
+    ) {
+        let source = models.replay_source();
+        tracing::info!(
+            troupe.replay.source = source.map(|id| id.to_string()),
+            troupe.llm.purpose = %divergence.purpose,
+            troupe.replay.part = divergence.part.as_str(),
+            troupe.replay.action = action.as_str(),
+            "replay diverged"
+        );
+        self.metrics
+            .replay_divergences
+            .with_label_values(&[action.as_str()])
+            .inc();
+        let mut data = serde_json::to_value(divergence).unwrap_or_else(|_| json!({}));
+        data["source"] = json!(source);
+        data["action"] = json!(action);
+        data["detail"] = json!(divergence.describe());
+        self.writer
+            .emit(task_id, EventKind::ReplayDiverged, Some(agent), data);
     }
 
     /// Reserves the call's most against the task's budget (downgrading the task or refusing the call when
@@ -206,6 +278,7 @@ impl Recorder<'_> {
                 agent,
                 request.clone(),
                 cancel.clone(),
+                None,
             )
             .await;
         let used = result.as_ref().ok().map(|output| {
@@ -274,9 +347,10 @@ impl Recorder<'_> {
     }
 
     /// Makes one call to `llm` on behalf of `agent` for `task_id`: a `chat {model}` span with the GenAI
-    /// attributes, every streamed piece an `llm.token` event, the call stored (prompt, output, usage, cost,
-    /// duration) for inspection and replay, an `llm.finished` event, and the token, cost and latency
-    /// metrics.
+    /// attributes, every streamed piece an `llm.token` event, the call stored (prompt, what else was asked
+    /// and its digest, output, usage, cost, duration) for inspection and replay, an `llm.finished` event,
+    /// and the token, cost and latency metrics. `recorded_model` is the model configuration a replayed
+    /// output came from (else `llm`'s own is recorded).
     async fn attempt(
         self,
         llm: &dyn LlmProvider,
@@ -284,6 +358,7 @@ impl Recorder<'_> {
         agent: AgentKind,
         request: LlmRequest,
         cancel: CancellationToken,
+        recorded_model: Option<serde_json::Value>,
     ) -> Result<LlmOutput, LlmError> {
         let provider = llm.provider_name();
         let model = llm.model_name().to_owned();
@@ -305,6 +380,10 @@ impl Recorder<'_> {
         async move {
             let purpose = request.purpose.clone();
             let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
+            let print = RequestPrint::of(
+                &request,
+                recorded_model.unwrap_or_else(|| llm.model_config()),
+            );
             // Token pieces arrive on the provider's task: capture this span's ids now.
             let (trace_id, span_id) = propagation::ids(&propagation::current());
             let writer = self.writer.clone();
@@ -382,6 +461,8 @@ impl Recorder<'_> {
                             .unwrap_or(i64::MAX),
                         cost_usd,
                         duration_seconds: elapsed,
+                        request: Some(print.asked_json()),
+                        request_digest: Some(print.digest()),
                     }));
                     self.writer.emit(
                         task_id,

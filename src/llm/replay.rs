@@ -1,13 +1,16 @@
 //! The replay provider: answers each call with the output recorded for the same call (same `purpose`) of an
-//! earlier task. Used to replay a task deterministically (`options.replay_of`), to debug, and to benchmark
-//! the orchestration without model time. A call that was never recorded fails with
-//! [`LlmError::ReplayMissing`]; nothing is invented.
+//! earlier task. Used to replay a task deterministically (`options.replay_of`), to fork it, to debug, and
+//! to benchmark the orchestration without model time. A call that was never recorded fails with
+//! [`LlmError::ReplayMissing`]; nothing is invented. It also holds what each recorded call asked
+//! ([`ReplayProvider::request`]), which a replay compares its own requests with before it is answered
+//! (`llm::models`); the provider itself answers by purpose.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use super::divergence::RequestPrint;
 use super::{Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, Usage};
 use crate::domain::TaskId;
 use crate::storage::{Recording, StorageError};
@@ -17,6 +20,8 @@ pub struct ReplayProvider {
     source: TaskId,
     model_name: String,
     recorded: HashMap<String, LlmOutput>,
+    /// What each call asked, for the calls recorded with their request (since issue 16).
+    requests: HashMap<String, RequestPrint>,
 }
 
 impl ReplayProvider {
@@ -26,6 +31,7 @@ impl ReplayProvider {
             source,
             model_name,
             recorded,
+            requests: HashMap::new(),
         }
     }
 
@@ -33,7 +39,16 @@ impl ReplayProvider {
     /// corrupt row.
     pub fn from_recording(source: TaskId, recording: Recording) -> Result<Self, StorageError> {
         let mut recorded = HashMap::with_capacity(recording.calls.len());
+        let mut requests = HashMap::new();
         for call in recording.calls {
+            if let Some(request) = &call.request {
+                let print = RequestPrint::from_stored(&call.purpose, &call.prompt, request)
+                    .map_err(|e| StorageError::Corrupt {
+                        what: "model call",
+                        detail: e.to_string(),
+                    })?;
+                requests.insert(call.purpose.clone(), print);
+            }
             let choice = call
                 .choice
                 .map(serde_json::from_value::<Choice>)
@@ -53,7 +68,20 @@ impl ReplayProvider {
             };
             recorded.insert(call.purpose, output);
         }
-        Ok(Self::new(source, recording.model, recorded))
+        let mut provider = Self::new(source, recording.model, recorded);
+        provider.requests = requests;
+        Ok(provider)
+    }
+
+    /// What the recorded call `purpose` asked, where it was recorded with its request.
+    pub fn request(&self, purpose: &str) -> Option<&RequestPrint> {
+        self.requests.get(purpose)
+    }
+
+    /// Whether the recording holds its calls' requests, so that a replay can check its own against them.
+    /// A recording made before requests were recorded is replayed by purpose alone, as it always was.
+    pub fn checks_requests(&self) -> bool {
+        !self.requests.is_empty()
     }
 
     /// Whether a call with this purpose was recorded.
@@ -165,6 +193,39 @@ mod tests {
             .unwrap();
         assert_eq!(output.text, "recorded");
         assert_eq!(*streamed.lock().unwrap(), "recorded");
+    }
+
+    #[test]
+    fn a_recording_keeps_what_each_call_asked() {
+        use crate::storage::{RecordedCall, Recording};
+        let asked = request("plan");
+        let print = RequestPrint::of(&asked, serde_json::json!({ "provider": "p", "model": "m" }));
+        let call = |purpose: &str, request: Option<String>| RecordedCall {
+            purpose: purpose.into(),
+            prompt: serde_json::to_string(&asked.messages).unwrap(),
+            request,
+            request_digest: None,
+            output: "out".into(),
+            choice: None,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            duration_seconds: 0.0,
+        };
+        let recording = Recording {
+            model: "m".into(),
+            calls: vec![call("plan", Some(print.asked_json())), call("work.1", None)],
+        };
+        let provider = ReplayProvider::from_recording(TaskId::new(), recording).unwrap();
+        assert!(provider.checks_requests());
+        assert_eq!(provider.request("plan"), Some(&print));
+        assert_eq!(provider.request("work.1"), None);
+        assert!(provider.has("work.1"));
+
+        let corrupt = Recording {
+            model: "m".into(),
+            calls: vec![call("plan", Some("{not json".into()))],
+        };
+        assert!(ReplayProvider::from_recording(TaskId::new(), corrupt).is_err());
     }
 
     #[tokio::test]

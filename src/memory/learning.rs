@@ -11,7 +11,7 @@
 use serde_json::json;
 
 use super::{Memory, MemoryDraft, MemoryError, MemoryHit, SearchFilter};
-use crate::domain::{shorten, AgentKind, MemoryKind};
+use crate::domain::{shorten, AgentKind, MemoryKind, TaskId};
 use crate::storage::records::WriteOp;
 
 /// Longest signature kept, in characters.
@@ -162,11 +162,33 @@ impl Memory {
         error_output: &str,
         k: usize,
     ) -> Result<Vec<PatternMatch>, MemoryError> {
+        self.find_patterns(None, error_output, k).await
+    }
+
+    /// [`Memory::patterns_for`] a failure of task `task_id`: a replay or fork sees the patterns its source
+    /// saw (its view, [`Memory::set_view`]), and its matches count as no use.
+    pub async fn patterns_for_task(
+        &self,
+        task_id: TaskId,
+        error_output: &str,
+        k: usize,
+    ) -> Result<Vec<PatternMatch>, MemoryError> {
+        self.find_patterns(Some(task_id), error_output, k).await
+    }
+
+    async fn find_patterns(
+        &self,
+        task_id: Option<TaskId>,
+        error_output: &str,
+        k: usize,
+    ) -> Result<Vec<PatternMatch>, MemoryError> {
         let Some(signature) = signature(error_output) else {
             return Ok(Vec::new());
         };
+        let view = task_id.and_then(|id| self.view(id));
         let filter = SearchFilter {
             kinds: vec![MemoryKind::Pattern],
+            created_before: view,
             ..SearchFilter::default()
         };
         let hits = self.search(&signature, &filter, k).await?;
@@ -176,7 +198,7 @@ impl Memory {
             .filter(|hit| hit.score >= threshold)
             .filter_map(pattern_match)
             .collect();
-        if !matches.is_empty() {
+        if !matches.is_empty() && view.is_none() {
             self.metrics()
                 .memory_reuses
                 .with_label_values(&[MemoryKind::Pattern.as_str()])

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::{AgentKind, EventKind, MemoryKind, TaskStatus};
+use crate::domain::{AgentKind, DecisionKind, EventKind, MemoryKind, OnDivergence, TaskStatus};
 use crate::llm::models::Models;
 use crate::llm::LlmError;
 use crate::sandbox::{Language, Outcome, ViolationKind};
@@ -82,6 +82,15 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     for outcome in QA_REVISION_OUTCOMES {
         metrics.qa_revisions.with_label_values(&[outcome]);
     }
+    for action in OnDivergence::ALL {
+        metrics
+            .replay_divergences
+            .with_label_values(&[action.as_str()]);
+    }
+    metrics.forks.with_label_values(&["none"]);
+    metrics
+        .forks
+        .with_label_values(&[DecisionKind::AssignAgent.as_str()]);
     for language in Language::ALL {
         let outcomes = Outcome::ALL.map(Outcome::as_str);
         for outcome in outcomes.into_iter().chain(["refused"]) {

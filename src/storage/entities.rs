@@ -153,6 +153,10 @@ pub mod llm_call {
         pub duration_seconds: f64,
         pub created_at: DateTimeUtc,
         pub cost_usd: f64,
+        /// What was asked beside the messages (JSON: max_tokens, output, model); null before issue 16.
+        pub request: Option<String>,
+        /// SHA-256 (hex) of the whole request; null before issue 16.
+        pub request_digest: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -22,6 +22,12 @@ pub struct Recording {
 pub struct RecordedCall {
     /// Its purpose key (unique per task).
     pub purpose: String,
+    /// The messages sent, as stored (JSON text).
+    pub prompt: String,
+    /// What was asked beside the messages (JSON text), where recorded.
+    pub request: Option<String>,
+    /// SHA-256 (hex) of the whole request, where recorded.
+    pub request_digest: Option<String>,
     /// The output text.
     pub output: String,
     /// The scored choice (JSON), for choices.
@@ -61,6 +67,9 @@ pub struct CallRecord {
     pub duration_seconds: f64,
     /// When it was recorded (as it finished).
     pub created_at: DateTime<Utc>,
+    /// SHA-256 (hex) of the whole request (messages, `max_tokens`, output spec, model configuration),
+    /// where recorded: two calls with the same digest asked the same.
+    pub request_digest: Option<String>,
 }
 
 impl Storage {
@@ -91,6 +100,7 @@ impl Storage {
                     cost_usd: row.cost_usd,
                     duration_seconds: row.duration_seconds,
                     created_at: row.created_at,
+                    request_digest: row.request_digest,
                 })
             })
             .collect()
@@ -123,6 +133,9 @@ impl Storage {
             .into_iter()
             .map(|row| RecordedCall {
                 purpose: row.purpose,
+                prompt: row.prompt,
+                request: row.request,
+                request_digest: row.request_digest,
                 output: row.output,
                 choice: row.choice,
                 prompt_tokens: row.prompt_tokens,

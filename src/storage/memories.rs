@@ -95,6 +95,9 @@ pub struct SearchFilter {
     pub kinds: Vec<MemoryKind>,
     /// Only those written by this agent.
     pub agent: Option<AgentKind>,
+    /// Only those stored before this moment: what a replay or fork sees of memory is what its source saw
+    /// (see `Memory::set_view`).
+    pub created_before: Option<DateTime<Utc>>,
 }
 
 /// Cosine similarity of two unit vectors (their dot product).
@@ -349,6 +352,11 @@ impl Sql {
         if let Some(agent) = filter.agent {
             let placeholder = self.bind(agent.as_str());
             clauses.push(format!("agent = {placeholder}"));
+        }
+        if let Some(before) = filter.created_before {
+            // Bound as the rows were written (the same encoding), so SQLite's text comparison orders them.
+            let placeholder = self.bind(before);
+            clauses.push(format!("created_at < {placeholder}"));
         }
         if clauses.is_empty() {
             String::new()

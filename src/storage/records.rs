@@ -162,6 +162,11 @@ pub struct LlmCallRecord {
     pub cost_usd: f64,
     /// Duration.
     pub duration_seconds: f64,
+    /// What was asked beside the messages (JSON text: `max_tokens`, `output`, `model`), which a replay
+    /// compares its own request with; `None` when unknown.
+    pub request: Option<String>,
+    /// SHA-256 (hex) of the whole request, messages included; `None` when unknown.
+    pub request_digest: Option<String>,
 }
 
 /// A task's end.

@@ -212,6 +212,10 @@ pub struct Metrics {
     pub code_attempts: IntCounterVec,
     /// See [`names::QA_REVISIONS`]; label `outcome`.
     pub qa_revisions: IntCounterVec,
+    /// See [`names::REPLAY_DIVERGENCES`]; label `on_divergence` (`stop`, `live`).
+    pub replay_divergences: IntCounterVec,
+    /// See [`names::FORKS`]; label `override` (`none`, `assign_agent`).
+    pub forks: IntCounterVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -599,6 +603,16 @@ impl Metrics {
                 names::QA_REVISIONS,
                 "QA `fail` verdicts by what followed: passed (the revised work passed re-verification), failed (still fail: the task failed), advisory (not acted on, director.qa_verdict = advisory).",
                 &["outcome"],
+            )?,
+            replay_divergences: r.counter_vec(
+                names::REPLAY_DIVERGENCES,
+                "Replay and fork model calls whose request differed from the recorded one, or that were never recorded, by what the task did: stop (failed with what differed) or live (that call and every later one made live).",
+                &["on_divergence"],
+            )?,
+            forks: r.counter_vec(
+                names::FORKS,
+                "Forks of finished tasks accepted (POST /api/v1/tasks/{id}/fork), by the decision they override: none or assign_agent.",
+                &["override"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

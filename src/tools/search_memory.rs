@@ -69,7 +69,10 @@ impl Tool for SearchMemory {
         let spec = RecallSpec {
             purpose: "search_memory tool",
             query,
-            filter: SearchFilter { kinds, agent: None },
+            filter: SearchFilter {
+                kinds,
+                ..SearchFilter::default()
+            },
         };
         let hits = self
             .memory

@@ -125,7 +125,9 @@ impl TaskFlow {
         }
         let attempts = self.deps.settings.code_attempts.max(1);
         let memory = self.deps.agent.memory.clone();
-        let learn = memory.enabled() && self.options.replay_of.is_none();
+        // A replay or fork learns nothing and scores nothing (it repeats its source), but looks up the fixes
+        // its source was offered (through its view of memory), so that Code is asked what was recorded.
+        let learn = memory.enabled() && !self.options.is_rerun();
         let mut offered: Vec<String> = Vec::new();
         let mut known_fixes: Vec<String> = Vec::new();
         let mut last: Option<Rejected> = None;
@@ -189,7 +191,9 @@ impl TaskFlow {
             };
             let fixes_offered = offered.len();
             for id in offered.drain(..) {
-                memory.pattern_outcome(&id, passed);
+                if learn {
+                    memory.pattern_outcome(&id, passed);
+                }
             }
             let attempt = Attempt {
                 idx,
@@ -232,9 +236,12 @@ impl TaskFlow {
             } else {
                 FeedbackKind::TestFailed
             };
-            let known = if learn && revision < attempts && kind == FeedbackKind::TestFailed {
+            let known = if memory.enabled()
+                && revision < attempts
+                && kind == FeedbackKind::TestFailed
+            {
                 memory
-                    .patterns_for(&failure, KNOWN_FIXES)
+                    .patterns_for_task(self.task_id, &failure, KNOWN_FIXES)
                     .await
                     .unwrap_or_else(|error| {
                         tracing::warn!(task_id = %self.task_id, %error, "looking up learned fixes failed");

@@ -121,18 +121,18 @@ impl TaskFlow {
             "steps": work,
             "verdict": verdict,
             "tests": self.tests,
-            "provider": llm.for_agent(AgentKind::Code).provider_name(),
-            "model": llm.for_agent(AgentKind::Code).model_name(),
+            "provider": llm.answering(AgentKind::Code).provider_name(),
+            "model": llm.answering(AgentKind::Code).model_name(),
             "models": llm.describe(),
         })
     }
 
     /// The memories a completed task leaves: what its steps asked to keep and the Director's summary of
-    /// the task, embedded in one batch. None for replays (they would repeat the original's) or when memory
-    /// is off; an embedding failure is logged and keeps none (all or nothing).
+    /// the task, embedded in one batch. None for replays and forks (they would repeat the original's) or
+    /// when memory is off; an embedding failure is logged and keeps none (all or nothing).
     async fn memories(&mut self, result: &serde_json::Value) -> Vec<NewMemory> {
         let memory = &self.deps.agent.memory;
-        if !memory.enabled() || self.options.replay_of.is_some() {
+        if !memory.enabled() || self.options.is_rerun() {
             return Vec::new();
         }
         let answer = result

@@ -264,6 +264,9 @@ mod tests {
                     .iter()
                     .map(|purpose| RecordedCall {
                         purpose: (*purpose).to_owned(),
+                        prompt: "[]".into(),
+                        request: None,
+                        request_digest: None,
                         output: String::new(),
                         choice: None,
                         prompt_tokens: 0,

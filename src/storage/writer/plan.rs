@@ -317,6 +317,8 @@ impl Logs {
                 duration_seconds: Set(record.duration_seconds),
                 created_at: Set(Utc::now()),
                 cost_usd: Set(record.cost_usd),
+                request: Set(record.request.clone()),
+                request_digest: Set(record.request_digest.clone()),
             }),
             WriteOp::FinishTask { end, .. } => {
                 if self.is_closed(end.task_id, plan) {

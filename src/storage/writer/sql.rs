@@ -27,7 +27,7 @@ pub(super) async fn execute(
     insert_rows(txn, &plan.tasks, 12, "insert tasks").await?;
     insert_rows(txn, &plan.steps, 9, "insert steps").await?;
     upsert_steps(txn, plan).await?;
-    insert_rows(txn, &plan.llm_calls, 14, "insert model calls").await?;
+    insert_rows(txn, &plan.llm_calls, 16, "insert model calls").await?;
     insert_rows(txn, &plan.decisions, 9, "insert decisions").await?;
     if !plan.memories.is_empty() {
         insert_memories(txn, &plan.memories).await?;

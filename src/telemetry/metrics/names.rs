@@ -107,3 +107,8 @@ pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 /// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
 pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
+/// Replay and fork model calls whose request differed from the recorded one (or was never recorded), by
+/// what the task did (stop, live).
+pub const REPLAY_DIVERGENCES: &str = "troupe_replay_divergences_total";
+/// Forks of finished tasks accepted, by the decision they override (none, assign_agent).
+pub const FORKS: &str = "troupe_forks_total";
