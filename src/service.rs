@@ -36,8 +36,10 @@ use crate::tools::{Tools, Workspaces};
 mod durability;
 mod known_series;
 pub mod retention;
+pub mod tool_replay;
 
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
+pub use tool_replay::{Replayed, ToolReplayError};
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]

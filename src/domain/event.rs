@@ -51,6 +51,11 @@ pub enum EventKind {
     /// An agent called a tool: which, with what, how it went, how long it took.
     #[serde(rename = "tool.called")]
     ToolCalled,
+    /// A person replayed a recorded tool call of an unfinished task (`POST .../tool-calls/{call_id}/replay`):
+    /// `data.call_id`, `data.seq` (the recorded `tool.called`), `data.tool`, `data.same`,
+    /// `data.differences`. A finished task's log is closed, so a replay of its calls is not logged there.
+    #[serde(rename = "tool.replayed")]
+    ToolReplayed,
     /// The sandbox contained something a run tried (network, filesystem, fork bomb, memory, runaway, output).
     #[serde(rename = "sandbox.violation")]
     SandboxViolation,
@@ -86,7 +91,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -99,6 +104,7 @@ impl EventKind {
         EventKind::QaVerdict,
         EventKind::MemoryRead,
         EventKind::ToolCalled,
+        EventKind::ToolReplayed,
         EventKind::SandboxViolation,
         EventKind::CodeAttempt,
         EventKind::QaRevision,
@@ -126,6 +132,7 @@ impl EventKind {
             EventKind::QaVerdict => "qa.verdict",
             EventKind::MemoryRead => "memory.read",
             EventKind::ToolCalled => "tool.called",
+            EventKind::ToolReplayed => "tool.replayed",
             EventKind::SandboxViolation => "sandbox.violation",
             EventKind::CodeAttempt => "code.attempt",
             EventKind::QaRevision => "qa.revision",
