@@ -231,7 +231,11 @@ impl TokenInfo {
                     Some(Alternative {
                         p: valid(alternative.p)?,
                         text: if alternative.text.chars().count() > MAX_ALTERNATIVE_CHARS {
-                            alternative.text.chars().take(MAX_ALTERNATIVE_CHARS).collect()
+                            alternative
+                                .text
+                                .chars()
+                                .take(MAX_ALTERNATIVE_CHARS)
+                                .collect()
                         } else {
                             alternative.text
                         },
@@ -588,7 +592,10 @@ mod tests {
         assert_eq!(info.p, None);
         let top = info.top.unwrap();
         let texts: Vec<&str> = top.iter().map(|a| a.text.as_str()).collect();
-        assert_eq!(texts, ["b", &"c".repeat(MAX_ALTERNATIVE_CHARS), "a", "e", "g"]);
+        assert_eq!(
+            texts,
+            ["b", &"c".repeat(MAX_ALTERNATIVE_CHARS), "a", "e", "g"]
+        );
         assert_eq!(TokenInfo::unknown().bounded(), TokenInfo::unknown());
         let some = TokenInfo {
             p: Some(0.5),

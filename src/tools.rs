@@ -222,7 +222,9 @@ impl Tools {
 
     /// `name` as a bounded metric or span label: the tool's own name, or `unknown` for a name no tool has.
     pub fn label(&self, name: &str) -> &'static str {
-        self.tools.get(name).map_or("unknown", |tool| tool.spec().name)
+        self.tools
+            .get(name)
+            .map_or("unknown", |tool| tool.spec().name)
     }
 
     /// The sandbox `run_code` uses.

@@ -280,9 +280,14 @@ pub fn check_token_view(token: &Value) -> bool {
         "not sorted: {token}"
     );
     assert!(probabilities.iter().sum::<f64>() <= 1.0 + 1e-6, "{token}");
-    let p = token["p"].as_f64().unwrap_or_else(|| panic!("no p: {token}"));
+    let p = token["p"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no p: {token}"));
     assert!(p > 0.0 && p <= 1.0, "{token}");
-    match top.iter().find(|alternative| alternative["text"] == token["text"]) {
+    match top
+        .iter()
+        .find(|alternative| alternative["text"] == token["text"])
+    {
         Some(own) => {
             let own = own["p"].as_f64().unwrap();
             assert!((own - p).abs() <= 1e-9, "{token}");

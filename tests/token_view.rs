@@ -122,7 +122,10 @@ async fn tokens_are_served_with_their_model_call(url: Option<String>) {
         .map(|call| call["purpose"].as_str().unwrap())
         .collect();
     // The plan (JSON under a grammar), an assignment (a choice), the work (text) and the verification.
-    assert!(purposes.contains(&"plan") && purposes.contains(&"assign.1"), "{purposes:?}");
+    assert!(
+        purposes.contains(&"plan") && purposes.contains(&"assign.1"),
+        "{purposes:?}"
+    );
     let mut served = 0;
     let mut own_found = 0;
     for call in calls {
@@ -143,7 +146,10 @@ async fn tokens_are_served_with_their_model_call(url: Option<String>) {
                 .find(|event| event["seq"] == token["seq"])
                 .unwrap_or_else(|| panic!("no event for {token}"));
             assert_eq!(event["data"]["text"], token["text"]);
-            assert_eq!(event["data"].get("top").unwrap_or(&Value::Null), &token["top"]);
+            assert_eq!(
+                event["data"].get("top").unwrap_or(&Value::Null),
+                &token["top"]
+            );
             served += 1;
         }
         let (status, own) = app.get(call["tokens_url"].as_str().unwrap()).await;
@@ -160,7 +166,10 @@ async fn tokens_are_served_with_their_model_call(url: Option<String>) {
         .await;
     assert_eq!(status, 200, "{body}");
     for call in body["calls"].as_array().unwrap() {
-        assert!(call["tokens"].is_null() && call["tokens_url"].is_string(), "{call}");
+        assert!(
+            call["tokens"].is_null() && call["tokens_url"].is_string(),
+            "{call}"
+        );
         assert_eq!(call["tokens_truncated"], false);
     }
     let (status, body) = app

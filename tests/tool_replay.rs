@@ -124,7 +124,10 @@ async fn a_replayed_run_uses_the_files_it_ran_with(place: Place) {
     let run = &first["replayed"]["result"];
     assert_eq!(first["replayed"]["outcome"], "ok");
     assert_eq!(run["exit_code"], 1, "{first}");
-    assert!(run["stderr"].as_str().unwrap().contains("AssertionError"), "{first}");
+    assert!(
+        run["stderr"].as_str().unwrap().contains("AssertionError"),
+        "{first}"
+    );
     assert_eq!(first["recorded"]["result"]["exit_code"], 1);
     assert_eq!(first["arguments"]["file"], "step1_test.py");
     assert_eq!(first["logged"], false, "a finished task's log is closed");
@@ -194,7 +197,8 @@ fn two_steps() -> Vec<Output> {
         "reasoning": "it is code"
     });
     let run = |file: &str| {
-        json!({ "tool": "run_code", "arguments": { "language": "python", "file": file } }).to_string()
+        json!({ "tool": "run_code", "arguments": { "language": "python", "file": file } })
+            .to_string()
     };
     vec![
         (
@@ -415,9 +419,7 @@ async fn replays_of_an_unfinished_task_are_logged_and_bad_ones_refused(place: Pl
     // The unfinished task's log gets the replay (a person looked at a call of a task in progress).
     let deadline = Instant::now() + Duration::from_secs(10);
     let event = loop {
-        let (_, events) = app
-            .get(&format!("/api/v1/tasks/{id}/events"))
-            .await;
+        let (_, events) = app.get(&format!("/api/v1/tasks/{id}/events")).await;
         let found = events["events"]
             .as_array()
             .unwrap()
@@ -427,7 +429,10 @@ async fn replays_of_an_unfinished_task_are_logged_and_bad_ones_refused(place: Pl
         if let Some(event) = found {
             break event;
         }
-        assert!(Instant::now() < deadline, "no tool.replayed event: {events}");
+        assert!(
+            Instant::now() < deadline,
+            "no tool.replayed event: {events}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(event["data"]["call_id"], "r1");

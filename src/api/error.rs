@@ -204,8 +204,9 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let ApiError::TooManyTasks(_) | ApiError::TooManyConnections(_) | ApiError::SandboxBusy(_) =
-            self
+        if let ApiError::TooManyTasks(_)
+        | ApiError::TooManyConnections(_)
+        | ApiError::SandboxBusy(_) = self
         {
             // A task or a run takes seconds at least; a second is the soonest a place can be expected.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));

@@ -56,7 +56,13 @@ mod tests {
 
     #[test]
     fn call_ids_are_plain_and_bounded() {
-        for good in ["test.1", "work.1.r2.write1", "test.1.r2.stub", "work.2.a2", "x"] {
+        for good in [
+            "test.1",
+            "work.1.r2.write1",
+            "test.1.r2.stub",
+            "work.2.a2",
+            "x",
+        ] {
             assert!(check_call_id(good).is_ok(), "{good}");
         }
         let long = "a".repeat(MAX_CALL_ID_CHARS + 1);

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenInfo, TokenSink, Usage,
-};
+use super::{Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenInfo, TokenSink, Usage};
 use crate::domain::TaskId;
 use crate::storage::{Recording, StorageError};
 

@@ -100,7 +100,9 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
             metrics.tool_calls.with_label_values(&[spec.name, outcome]);
         }
         for outcome in crate::service::tool_replay::REPLAY_OUTCOMES {
-            metrics.tool_replays.with_label_values(&[spec.name, outcome]);
+            metrics
+                .tool_replays
+                .with_label_values(&[spec.name, outcome]);
         }
     }
     if settings.memory.enabled {

@@ -290,9 +290,10 @@ fn is_alternatives(value: &serde_json::Value) -> bool {
             && alternatives.iter().all(|alternative| {
                 alternative.as_object().is_some_and(|alternative| {
                     alternative.len() == 2
-                        && alternative.get("text").and_then(|t| t.as_str()).is_some_and(|text| {
-                            text.chars().count() <= MAX_ALTERNATIVE_CHARS
-                        })
+                        && alternative
+                            .get("text")
+                            .and_then(|t| t.as_str())
+                            .is_some_and(|text| text.chars().count() <= MAX_ALTERNATIVE_CHARS)
                         && alternative.get("p").is_some_and(|p| p.is_number())
                 })
             })

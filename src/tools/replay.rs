@@ -337,7 +337,11 @@ pub fn differences(tool: &str, recorded: &Outcome, replayed: &Outcome) -> Vec<Di
     if recorded.outcome != replayed.outcome {
         let error = |outcome: &Outcome| outcome.error.as_ref().map_or(Value::Null, |e| json!(e));
         return [
-            difference("outcome", &json!(recorded.outcome), &json!(replayed.outcome)),
+            difference(
+                "outcome",
+                &json!(recorded.outcome),
+                &json!(replayed.outcome),
+            ),
             difference("error", &error(recorded), &error(replayed)),
         ]
         .into_iter()
@@ -384,7 +388,8 @@ pub fn differences(tool: &str, recorded: &Outcome, replayed: &Outcome) -> Vec<Di
     }
     match (then.as_object(), now.as_object()) {
         (Some(then), Some(now)) => {
-            let fields: std::collections::BTreeSet<&String> = then.keys().chain(now.keys()).collect();
+            let fields: std::collections::BTreeSet<&String> =
+                then.keys().chain(now.keys()).collect();
             fields
                 .into_iter()
                 .filter_map(|field| {
@@ -491,13 +496,17 @@ mod tests {
         let calls = vec![write(2, "big.py", &long)];
         match workspace_at(&calls, 3) {
             Err(ReplayError::NotReplayable(why)) => {
-                assert!(why.contains("cannot be rebuilt") && why.contains("w2"), "{why}")
+                assert!(
+                    why.contains("cannot be rebuilt") && why.contains("w2"),
+                    "{why}"
+                )
             }
             other => panic!("{other:?}"),
         }
         // Kept whole (`arguments_full`, as `Tools::invoke` now writes for write_file): rebuilt.
         let mut whole = write(2, "big.py", &long);
-        whole.data["arguments_full"] = json!(json!({ "path": "big.py", "content": long }).to_string());
+        whole.data["arguments_full"] =
+            json!(json!({ "path": "big.py", "content": long }).to_string());
         assert_eq!(workspace_at(&[whole], 3).unwrap()[0].content, long);
         // A malformed event says which.
         assert!(matches!(
@@ -508,8 +517,17 @@ mod tests {
 
     #[test]
     fn runs_differ_by_what_the_judge_sees_not_by_their_timings() {
-        assert!(differences("run_code", &ok(report("1\n", 0, 0.1)), &ok(report("1\n", 0, 0.9))).is_empty());
-        let found = differences("run_code", &ok(report("1\n", 0, 0.1)), &ok(report("2\n", 1, 0.1)));
+        assert!(differences(
+            "run_code",
+            &ok(report("1\n", 0, 0.1)),
+            &ok(report("1\n", 0, 0.9))
+        )
+        .is_empty());
+        let found = differences(
+            "run_code",
+            &ok(report("1\n", 0, 0.1)),
+            &ok(report("2\n", 1, 0.1)),
+        );
         let fields: Vec<&str> = found.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["passed", "outcome", "exit_code", "stdout"]);
         assert_eq!(found[0].recorded, json!(true));
@@ -526,10 +544,16 @@ mod tests {
     fn other_results_differ_field_by_field_and_errors_by_message() {
         let listed = |files: Value| ok(json!({ "files": files }));
         assert!(differences("list_files", &listed(json!(["a"])), &listed(json!(["a"]))).is_empty());
-        let found = differences("list_files", &listed(json!(["a"])), &listed(json!(["a", "b"])));
+        let found = differences(
+            "list_files",
+            &listed(json!(["a"])),
+            &listed(json!(["a", "b"])),
+        );
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].field, "files");
-        let failed = Outcome::of(&Err(ToolError::Failed("'a' is not in the task's workspace".into())));
+        let failed = Outcome::of(&Err(ToolError::Failed(
+            "'a' is not in the task's workspace".into(),
+        )));
         let found = differences("read_file", &ok(json!({ "content": "x" })), &failed);
         let fields: Vec<&str> = found.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["outcome", "error"]);
@@ -547,7 +571,12 @@ mod tests {
         };
         assert!(differences("read_file", &cut, &ok(whole)).is_empty());
         assert_eq!(
-            differences("read_file", &cut, &ok(json!({ "path": "a", "content": "z" })))[0].field,
+            differences(
+                "read_file",
+                &cut,
+                &ok(json!({ "path": "a", "content": "z" }))
+            )[0]
+            .field,
             "result"
         );
     }

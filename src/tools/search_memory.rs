@@ -71,7 +71,10 @@ impl Tool for SearchMemory {
             .await
             .map_err(|e| ToolError::Failed(format!("search memory: {e}")))?;
         let min_score = self.memory.settings().min_score;
-        let used: Vec<_> = hits.into_iter().filter(|hit| hit.score >= min_score).collect();
+        let used: Vec<_> = hits
+            .into_iter()
+            .filter(|hit| hit.score >= min_score)
+            .collect();
         Ok(json!({ "hits": used }))
     }
 }
