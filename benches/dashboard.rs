@@ -174,7 +174,8 @@ async fn server_times(
     let routes = [
         format!("/api/v1/tasks/{id}"),
         format!("/api/v1/tasks/{id}/events?exclude=llm.token&limit=2000"),
-        format!("/api/v1/tasks/{id}/llm-calls"),
+        // As the page asks for the calls: without their tokens (it reads one call's at a time).
+        format!("/api/v1/tasks/{id}/llm-calls?tokens=false"),
         format!("/api/v1/tasks/{id}/llm-calls/work.1.call0/tokens"),
         format!("/api/v1/tasks/{id}/events"),
     ];

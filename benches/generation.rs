@@ -1,7 +1,9 @@
 //! Embedded generation speed: tokens per second of free generation (64 tokens past a short prompt, greedy,
 //! end-of-generation ignored so every run makes exactly 64), measured inside the model worker the way
 //! llama.cpp's `llama-bench` measures `tg64`, plus the end-to-end rate including the pipe to the server.
-//! Threads from `TROUPE_BENCH_THREADS` (default 2). Prints one JSON object.
+//! Threads from `TROUPE_BENCH_THREADS` (default 2). `TROUPE_BENCH_WORKER` names another `troupe` binary to
+//! run as the model worker (an earlier build, to compare two builds' workers in one session). Prints one
+//! JSON object.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,7 +28,9 @@ fn main() -> anyhow::Result<()> {
         .join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
         .display()
         .to_string();
-    settings.llm.worker_command = env!("CARGO_BIN_EXE_troupe").into();
+    settings.llm.worker_command = std::env::var("TROUPE_BENCH_WORKER")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_troupe").to_owned());
+    let settings_worker = settings.llm.worker_command.clone();
     settings.llm.threads = threads;
     actix_rt::System::new().block_on(async move {
         let provider = EmbeddedProvider::start(&settings.llm, Metrics::new()?).await?;
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{}",
             json!({
+                "worker": settings_worker,
                 "threads": threads,
                 "tokens": TOKENS,
                 "runs": RUNS,

@@ -17,6 +17,7 @@ pub mod llm_calls;
 pub mod memory;
 pub mod stats;
 pub mod tasks;
+pub mod tool_calls;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -105,6 +106,10 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(
                         resource("/tasks/{id}/llm-calls/{purpose}/tokens")
                             .route(web::get().to(llm_calls::call_tokens)),
+                    )
+                    .service(
+                        resource("/tasks/{id}/tool-calls/{call_id}/replay")
+                            .route(web::post().to(tool_calls::replay_tool_call)),
                     )
                     .service(resource("/events").route(web::get().to(events::all_events)))
                     .service(resource("/stats").route(web::get().to(stats::get_stats)))

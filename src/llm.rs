@@ -188,9 +188,77 @@ impl LlmOutput {
     }
 }
 
-/// Receives streamed text pieces as the model produces them, each with its probability given what came
-/// before where the provider knows it (the product of its tokens' probabilities; `None`: unknown).
-pub type TokenSink = Arc<dyn Fn(&str, Option<f64>) + Send + Sync>;
+pub use crate::domain::limits::{MAX_ALTERNATIVE_CHARS, TOP_ALTERNATIVES};
+
+/// A token the model could have produced at a position, with its probability there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alternative {
+    /// The token's text (lossy UTF-8 for a token that is part of a character; special tokens by name).
+    pub text: String,
+    /// Its probability at that position, in [0, 1].
+    pub p: f64,
+}
+
+/// What the provider knows of one streamed piece besides its text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The piece's probability given what came before (the product of its tokens' probabilities); `None`:
+    /// the provider gave none (replay, Groq, text the worker forced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// The most probable tokens at the position of the piece's first token, most probable first, at most
+    /// [`TOP_ALTERNATIVES`]: the model's own distribution (softmax of the raw logits over the whole
+    /// vocabulary, before grammar, penalties or temperature; a server's `top_logprobs`), so under a grammar
+    /// it may hold tokens the grammar did not allow. The sampled token is among them when it ranks in the
+    /// top five (for a one-token piece its entry's `p` is the piece's `p`). `None`: the provider gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<Alternative>>,
+}
+
+impl TokenInfo {
+    /// A piece the provider knows nothing more of.
+    pub fn unknown() -> Self {
+        TokenInfo::default()
+    }
+
+    /// The same within bounds, whoever produced it: probabilities that are not numbers in [0, 1] are
+    /// dropped (never guessed), at most [`TOP_ALTERNATIVES`] alternatives of at most
+    /// [`MAX_ALTERNATIVE_CHARS`] characters each are kept, most probable first.
+    pub fn bounded(self) -> Self {
+        let valid = |p: f64| (0.0..=1.0).contains(&p).then_some(p);
+        let top = self.top.map(|alternatives| {
+            let mut kept: Vec<Alternative> = alternatives
+                .into_iter()
+                .filter_map(|alternative| {
+                    Some(Alternative {
+                        p: valid(alternative.p)?,
+                        text: if alternative.text.chars().count() > MAX_ALTERNATIVE_CHARS {
+                            alternative
+                                .text
+                                .chars()
+                                .take(MAX_ALTERNATIVE_CHARS)
+                                .collect()
+                        } else {
+                            alternative.text
+                        },
+                    })
+                })
+                .collect();
+            // Stable: equal probabilities keep the provider's order.
+            kept.sort_by(|a, b| b.p.total_cmp(&a.p));
+            kept.truncate(TOP_ALTERNATIVES);
+            kept
+        });
+        TokenInfo {
+            p: self.p.and_then(valid),
+            top,
+        }
+    }
+}
+
+/// Receives streamed text pieces as the model produces them, each with what the provider knows of it
+/// ([`TokenInfo`]: its probability and the top alternatives, where known).
+pub type TokenSink = Arc<dyn Fn(&str, TokenInfo) + Send + Sync>;
 
 /// A model call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -526,6 +594,40 @@ mod tests {
     fn softmax_is_stable_for_large_logits() {
         let probabilities = softmax(&[1000.0, 1000.0]);
         assert!((probabilities[0] - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn token_info_is_bounded_and_sorted_without_inventing_anything() {
+        let alternative = |text: &str, p: f64| Alternative {
+            text: text.into(),
+            p,
+        };
+        let info = TokenInfo {
+            p: Some(f64::NAN),
+            top: Some(vec![
+                alternative("a", 0.1),
+                alternative("b", 0.4),
+                alternative(&"c".repeat(100), 0.2),
+                alternative("d", 1.5),
+                alternative("e", 0.05),
+                alternative("f", 0.01),
+                alternative("g", 0.02),
+            ]),
+        }
+        .bounded();
+        assert_eq!(info.p, None);
+        let top = info.top.unwrap();
+        let texts: Vec<&str> = top.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["b", &"c".repeat(MAX_ALTERNATIVE_CHARS), "a", "e", "g"]
+        );
+        assert_eq!(TokenInfo::unknown().bounded(), TokenInfo::unknown());
+        let some = TokenInfo {
+            p: Some(0.5),
+            top: Some(Vec::new()),
+        };
+        assert_eq!(some.clone().bounded(), some);
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Sandbox {
     /// Runs `exit 0` in the shell; any other result is why the sandbox must refuse.
     async fn probe(&self) -> Option<SandboxError> {
         match self
-            .execute(RunRequest::snippet(Language::Shell, "exit 0"))
+            .execute(RunRequest::snippet(Language::Shell, "exit 0"), None)
             .await
         {
             Ok(report) if report.outcome == Outcome::Ok => None,
@@ -172,6 +172,24 @@ impl Sandbox {
     /// Runs `request` in the jail: a `sandbox_run` span with the outcome and resource figures, counted in
     /// the sandbox metrics. Waits for a free slot when `parallel_runs` runs are going.
     pub async fn run(&self, request: RunRequest) -> Result<RunReport, SandboxError> {
+        self.run_within(request, None).await
+    }
+
+    /// [`Sandbox::run`], waiting at most `slot_wait` for a free slot: [`SandboxError::Busy`] after that (for
+    /// a person's replay, which should not queue behind the tasks' runs for long).
+    pub async fn run_waiting(
+        &self,
+        request: RunRequest,
+        slot_wait: std::time::Duration,
+    ) -> Result<RunReport, SandboxError> {
+        self.run_within(request, Some(slot_wait)).await
+    }
+
+    async fn run_within(
+        &self,
+        request: RunRequest,
+        slot_wait: Option<std::time::Duration>,
+    ) -> Result<RunReport, SandboxError> {
         self.check_ready()?;
         let language = request.language;
         let span = tracing::info_span!(
@@ -186,7 +204,8 @@ impl Sandbox {
             troupe.sandbox.violations = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let result = tracing::Instrument::instrument(self.execute(request), span.clone()).await;
+        let result =
+            tracing::Instrument::instrument(self.execute(request, slot_wait), span.clone()).await;
         let metrics = &self.inner.metrics;
         match &result {
             Ok(report) => {
@@ -242,15 +261,23 @@ impl Sandbox {
         result
     }
 
-    /// The run itself, without span or metrics (the start-up probe uses it before the sandbox is ready).
-    async fn execute(&self, request: RunRequest) -> Result<RunReport, SandboxError> {
+    /// The run itself, without span or metrics (the start-up probe uses it before the sandbox is ready),
+    /// waiting for a slot at most `slot_wait` when given.
+    async fn execute(
+        &self,
+        request: RunRequest,
+        slot_wait: Option<std::time::Duration>,
+    ) -> Result<RunReport, SandboxError> {
         validate(&request, &self.inner.settings)?;
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| SandboxError::Io("the sandbox is shutting down".into()))?;
+        let acquire = self.inner.permits.acquire();
+        let permit = match slot_wait {
+            None => acquire.await,
+            Some(wait) => tokio::time::timeout(wait, acquire)
+                .await
+                .map_err(|_| SandboxError::Busy(wait.as_secs()))?,
+        };
+        let _permit =
+            permit.map_err(|_| SandboxError::Io("the sandbox is shutting down".into()))?;
         let slot = UidSlot::take(&self.inner);
         let inner = Arc::clone(&self.inner);
         let uid = slot.uid;

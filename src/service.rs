@@ -38,10 +38,12 @@ mod durability;
 mod fork;
 mod known_series;
 pub mod retention;
+pub mod tool_replay;
 
 pub use compare::CompareError;
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 pub use fork::ForkRequest;
+pub use tool_replay::{Replayed, ToolReplayError};
 
 /// The system could not start.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,11 @@
 //!
 //! Tools: `run_code` (the sandbox), `search_memory` (semantic memory), `read_file`, `write_file` and
 //! `list_files` (the task's workspace folder, nothing outside it).
+//!
+//! A recorded call can be run again ([`replay`]): with the same arguments, in a workspace rebuilt as it was
+//! at that call, with no effect on the task.
 
+pub mod replay;
 pub mod run_code;
 pub mod search_memory;
 pub mod workspace;
@@ -87,6 +91,10 @@ pub enum ToolError {
     /// The tool ran and failed (the sandbox refused, a file is missing, memory failed).
     #[error("{0}")]
     Failed(String),
+    /// The tool could not run: what it needs is off or stayed busy (only from [`Tool::replay`], whose
+    /// caller must not mistake it for the tool's own result).
+    #[error("{0}")]
+    Unavailable(crate::sandbox::SandboxError),
 }
 
 impl ToolError {
@@ -96,6 +104,7 @@ impl ToolError {
             ToolError::UnknownTool(_) => "unknown_tool",
             ToolError::InvalidInput(_) => "invalid_input",
             ToolError::Failed(_) => "failed",
+            ToolError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -107,6 +116,16 @@ pub trait Tool: Send + Sync {
     fn spec(&self) -> ToolSpec;
     /// Runs the tool with arguments already checked against the schema.
     async fn call(&self, context: ToolContext, arguments: Value) -> Result<Value, ToolError>;
+    /// Runs the tool again for a replay of a recorded call (arguments already checked), in `workspace` (a
+    /// fresh copy of the task's workspace as it was at that call) instead of the task's own, with no effect
+    /// on the task: no events, no memory bookkeeping. A resource that is off or stays busy is
+    /// [`ToolError::Unavailable`], never a result.
+    async fn replay(
+        &self,
+        context: ToolContext,
+        workspace: &Workspaces,
+        arguments: Value,
+    ) -> Result<Value, ToolError>;
 }
 
 /// The JSON schema of a call to `tool` whose arguments fit `arguments` (a tool's input schema, or a
@@ -201,6 +220,13 @@ impl Tools {
         runs.remove(call_id)?.get("result").cloned()
     }
 
+    /// `name` as a bounded metric or span label: the tool's own name, or `unknown` for a name no tool has.
+    pub fn label(&self, name: &str) -> &'static str {
+        self.tools
+            .get(name)
+            .map_or("unknown", |tool| tool.spec().name)
+    }
+
     /// The sandbox `run_code` uses.
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
@@ -278,8 +304,9 @@ impl Tools {
         }
         // A sandbox run's whole arguments and result are kept where the excerpts cut them, so that a task
         // resumed after a crash can tell the same run and reuse it instead of running it again (bounded by
-        // the tool's input limit and the sandbox's output limits).
-        if label == "run_code" && shown_arguments != full_arguments {
+        // the tool's input limit and the sandbox's output limits); a written file's whole arguments too, so
+        // that a replay can rebuild the workspace as it was at any later call (bounded by the file limit).
+        if matches!(label, "run_code" | "write_file") && shown_arguments != full_arguments {
             data["arguments_full"] = json!(full_arguments);
         }
         match &result {

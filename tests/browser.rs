@@ -379,6 +379,14 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
         "return [...document.querySelectorAll('#stream span[title]')].some(s => s.title.startsWith('p = '));",
     )
     .await;
+    // And the five likeliest tokens at each sampled one, in its tooltip.
+    until(
+        &client,
+        Duration::from_secs(20),
+        "a token with its alternatives",
+        "return [...document.querySelectorAll('#stream span[title]')].some(s => /\\nalternatives: .+ 0\\.\\d{3}/.test(s.title));",
+    )
+    .await;
     screenshot(&client, "real-task-tokens").await;
     client.close().await.unwrap();
 }

@@ -267,3 +267,45 @@ pub fn kinds(events: &[Value]) -> Vec<String> {
         .map(|event| event["kind"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Checks one token of the token view, `{text, p, top}` as the API serves it: `top` holds 1 to 5
+/// alternatives, each with a probability in (0, 1], sorted most probable first, summing to at most 1; where
+/// the piece's own text is among them, its entry's probability is the piece's `p` (a one-token piece).
+/// Returns whether the piece's text was found among its alternatives.
+pub fn check_token_view(token: &Value) -> bool {
+    let top = token["top"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no alternatives: {token}"));
+    assert!(!top.is_empty() && top.len() <= 5, "{token}");
+    let probabilities: Vec<f64> = top
+        .iter()
+        .map(|alternative| {
+            assert!(alternative["text"].is_string(), "{token}");
+            alternative["p"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(
+        probabilities.iter().all(|p| *p > 0.0 && *p <= 1.0),
+        "{token}"
+    );
+    assert!(
+        probabilities.windows(2).all(|pair| pair[0] >= pair[1]),
+        "not sorted: {token}"
+    );
+    assert!(probabilities.iter().sum::<f64>() <= 1.0 + 1e-6, "{token}");
+    let p = token["p"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no p: {token}"));
+    assert!(p > 0.0 && p <= 1.0, "{token}");
+    match top
+        .iter()
+        .find(|alternative| alternative["text"] == token["text"])
+    {
+        Some(own) => {
+            let own = own["p"].as_f64().unwrap();
+            assert!((own - p).abs() <= 1e-9, "{token}");
+            true
+        }
+        None => false,
+    }
+}

@@ -26,4 +26,6 @@ mod scripts;
 mod self_correction;
 mod supervision;
 mod task_flow;
+mod token_view;
+mod tool_replay;
 mod writer;

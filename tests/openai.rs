@@ -29,7 +29,7 @@ use troupe::config::{
 use troupe::director::plan::{assign_request, parse_plan, plan_request};
 use troupe::llm::openai::OpenAiProvider;
 use troupe::llm::{
-    ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OutputSpec, TokenSink,
+    ChatMessage, LlmError, LlmOutput, LlmProvider, LlmRequest, OutputSpec, TokenInfo, TokenSink,
 };
 use troupe::telemetry::metrics::Metrics;
 
@@ -214,12 +214,15 @@ async fn text_streams_in_pieces_with_usage() {
 }
 
 #[actix_rt::test]
-async fn streamed_pieces_carry_their_probability_from_the_servers_logprobs() {
+async fn streamed_pieces_carry_their_probability_and_alternatives_from_the_servers_logprobs() {
+    // This llama.cpp's server (tools/server: `populate_token_probs`, `to_json_oaicompat_chat`) puts each
+    // streamed token's `logprobs.content` with `top_logprobs` (softmax of the raw logits over the whole
+    // vocabulary, like the embedded provider's) on the chunk of that token, text and schema output alike.
     let (provider, _) = local_provider(StructuredOutput::ResponseFormat);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let kept = seen.clone();
-    let sink: TokenSink = Arc::new(move |piece: &str, p: Option<f64>| {
-        kept.lock().unwrap().push((piece.to_owned(), p));
+    let sink: TokenSink = Arc::new(move |piece: &str, info: TokenInfo| {
+        kept.lock().unwrap().push((piece.to_owned(), info));
     });
     for request in [
         text_request(16),
@@ -237,10 +240,25 @@ async fn streamed_pieces_carry_their_probability_from_the_servers_logprobs() {
             .unwrap();
         let pieces = seen.lock().unwrap().clone();
         assert!(!pieces.is_empty());
-        for (piece, p) in &pieces {
-            let p = p.unwrap_or_else(|| panic!("piece {piece:?} has no probability: {pieces:?}"));
+        let mut own_found = 0;
+        for (piece, info) in &pieces {
+            let p = info
+                .p
+                .unwrap_or_else(|| panic!("piece {piece:?} has no probability: {pieces:?}"));
             assert!(p > 0.0 && p <= 1.0, "{piece:?}: {p}");
+            let mut token = serde_json::to_value(info).unwrap();
+            token["text"] = json!(piece);
+            if helpers::check_token_view(&token) {
+                own_found += 1;
+            }
         }
+        // Greedy: the sampled token is the likeliest, so it is among its own alternatives (almost always:
+        // a piece whose text the server re-spells, or that is two tokens, is not found by its text).
+        assert!(
+            own_found * 2 > pieces.len(),
+            "{own_found} of {} pieces among their alternatives: {pieces:?}",
+            pieces.len()
+        );
     }
 }
 
@@ -375,6 +393,22 @@ async fn a_task_over_the_api_runs_on_the_openai_provider() {
             .sum();
         // Scored (the model's probabilities, summing to 1) or unscored (all 0); never anything between.
         assert!((sum - 1.0).abs() < 1e-6 || sum == 0.0, "{decision}");
+    }
+    // The token view over the API: every streamed piece with its probability and alternatives, served
+    // with its model call and by the call's tokens route alike.
+    let (_, calls) = app.get(&format!("/api/v1/tasks/{id}/llm-calls")).await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert!(!calls.is_empty(), "{kinds:?}");
+    for call in calls {
+        let tokens = call["tokens"].as_array().unwrap();
+        assert!(!tokens.is_empty(), "{call}");
+        for token in tokens {
+            helpers::check_token_view(token);
+        }
+        let url = call["tokens_url"].as_str().unwrap();
+        let (status, own) = app.get(url).await;
+        assert_eq!(status, 200, "{own}");
+        assert_eq!(&own["tokens"], &call["tokens"]);
     }
     let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
     match task["status"].as_str().unwrap() {
@@ -779,6 +813,30 @@ async fn groq_choices_are_unscored_without_logprobs() {
 }
 
 #[actix_rt::test]
+async fn groq_pieces_carry_no_probability_and_no_alternatives() {
+    let groq = fake_groq(vec![Reply::Stream(vec!["Hel", "lo"])]).await;
+    let (provider, _) = groq_provider(&groq, 0);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let sink: TokenSink = Arc::new(move |piece: &str, info: TokenInfo| {
+        kept.lock().unwrap().push((piece.to_owned(), info));
+    });
+    provider
+        .complete(text_request(16), sink, CancellationToken::new())
+        .await
+        .unwrap();
+    // Groq sends `"logprobs": null`: nothing is invented.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            ("Hel".to_owned(), TokenInfo::unknown()),
+            ("lo".to_owned(), TokenInfo::unknown())
+        ]
+    );
+    assert!(groq.bodies.lock().unwrap()[0].get("top_logprobs").is_none());
+}
+
+#[actix_rt::test]
 async fn groq_an_answer_off_its_schema_is_asked_again_then_fails_typed() {
     let groq = fake_groq(vec![Reply::Stream(vec!["{\"steps\": []}"])]).await;
     let (provider, _) = groq_provider(&groq, 0);
@@ -873,6 +931,19 @@ async fn a_failing_primary_falls_back_to_groq_at_once_in_auto_mode() {
         assert!(call["data"]["cost_usd"].as_f64().unwrap() > 0.0, "{call}");
     }
     assert_eq!(groq.requests.load(Ordering::SeqCst), finished.len());
+    // Its tokens over the API: no probability, no alternatives (null), with each model call.
+    let (_, calls) = app.get(&format!("/api/v1/tasks/{id}/llm-calls")).await;
+    let calls = calls["calls"].as_array().unwrap();
+    assert!(!calls.is_empty());
+    let mut tokens = 0;
+    for call in calls {
+        assert_eq!(call["tokens_truncated"], false, "{call}");
+        for token in call["tokens"].as_array().unwrap() {
+            assert!(token["p"].is_null() && token["top"].is_null(), "{token}");
+            tokens += 1;
+        }
+    }
+    assert!(tokens > 0, "{calls:?}");
     // Priced at Groq's shipped list: $0.05 in and $0.08 out per million tokens.
     let (_, task) = app.get(&format!("/api/v1/tasks/{id}")).await;
     let usage = &task["usage"];

@@ -340,6 +340,72 @@ async fn a_long_answer_is_a_handful_of_rows_on_postgres() {
     a_long_answer_is_a_handful_of_rows(Backend::postgres().await).await;
 }
 
+/// A piece with alternatives: `{purpose, text, p, top}`, `top` of `alternatives` entries.
+fn piece_with_top(task_id: TaskId, n: usize, alternatives: usize) -> WriteOp {
+    let top: Vec<serde_json::Value> = (0..alternatives)
+        .map(|k| json!({ "text": format!("a{k}"), "p": 0.5 / (k + 1) as f64 }))
+        .collect();
+    WriteOp::Event(PendingEvent::now(
+        task_id,
+        EventKind::LlmToken,
+        Some(AgentKind::Code),
+        json!({ "purpose": "work.1", "text": format!("t{n} "), "p": 0.5, "top": top }),
+    ))
+}
+
+/// Pieces with their top five alternatives (or none) are coalesced like any piece and read back exactly;
+/// a piece whose `top` is beyond the bound (six alternatives) is stored as a row of its own.
+async fn alternatives_are_coalesced_within_bounds(backend: Backend) {
+    let storage = backend.storage().await;
+    let writer = Writer::spawn(storage.clone(), Hub::new(), Metrics::new().unwrap());
+    let id = store_queued_task(&writer).await;
+    writer.send(started(id));
+    let mut sent = Vec::new();
+    for n in 0..100 {
+        let op = match n {
+            50 => piece_with_top(id, n, 6),
+            n if n % 3 == 0 => piece(id, "work.1", n),
+            n => piece_with_top(id, n, 5),
+        };
+        if let WriteOp::Event(pending) = &op {
+            sent.push(pending.data.clone());
+        }
+        writer.send(op);
+    }
+    finish(&writer, id).await.unwrap().unwrap();
+
+    let db = Database::connect(backend.url()).await.unwrap();
+    let rows = event::Entity::find()
+        .filter(event::Column::TaskId.eq(id.to_string()))
+        .count(&db)
+        .await
+        .unwrap();
+    // queued, started, pieces 0..=49 (one row), 50 alone, 51..=99 (one row), completed.
+    assert_eq!(rows, 2 + 3 + 1, "rows of the task's log");
+    db.close().await.unwrap();
+    let pieces = storage.token_pieces(id, "work.1").await.unwrap();
+    let data: Vec<serde_json::Value> = pieces.into_iter().map(|(_, data)| data).collect();
+    assert_eq!(data, sent);
+    let events = storage.events_after(id, 0).await.unwrap();
+    let from_events: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::LlmToken)
+        .map(|e| e.data.clone())
+        .collect();
+    assert_eq!(from_events, sent);
+    backend.done().await;
+}
+
+#[actix_rt::test]
+async fn alternatives_are_coalesced_within_bounds_on_sqlite() {
+    alternatives_are_coalesced_within_bounds(Backend::sqlite().await).await;
+}
+
+#[actix_rt::test]
+async fn alternatives_are_coalesced_within_bounds_on_postgres() {
+    alternatives_are_coalesced_within_bounds(Backend::postgres().await).await;
+}
+
 #[actix_rt::test]
 async fn pieces_held_back_are_written_and_published_within_a_moment() {
     let backend = Backend::sqlite().await;

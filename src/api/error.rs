@@ -7,7 +7,9 @@ use actix_web::HttpResponse;
 use serde_json::json;
 
 use crate::domain::{TaskId, TaskStatus};
-use crate::service::{CancelError, CompareError, ConfirmError, DeleteError, SubmitError};
+use crate::service::{
+    CancelError, CompareError, ConfirmError, DeleteError, SubmitError, ToolReplayError,
+};
 use crate::storage::StorageError;
 
 /// An API failure.
@@ -42,6 +44,22 @@ pub enum ApiError {
     /// A path id is not a UUID.
     #[error("'{0}' is not a task id (a UUID)")]
     InvalidId(String),
+    /// A path's tool-call id is not one Troupe gives.
+    #[error("'{0}' is not a tool-call id (1..=128 letters, digits, '.', '_', '-', ':')")]
+    InvalidCallId(String),
+    /// The task has no recorded tool call of this id.
+    #[error("{0}")]
+    ToolCallNotFound(String),
+    /// The recorded tool call cannot be replayed as it was recorded.
+    #[error("{0}")]
+    NotReplayable(String),
+    /// The sandbox a replay needs is off or cannot run code on this server (not the client's fault, and
+    /// no retry helps until the server is configured otherwise).
+    #[error("{0}")]
+    SandboxUnavailable(String),
+    /// Every sandbox slot stayed busy; retry shortly (503 with `Retry-After`).
+    #[error("{0}")]
+    SandboxBusy(String),
     /// The query string is invalid.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -130,6 +148,11 @@ impl ApiError {
             ApiError::InvalidOption(_) => "invalid_option",
             ApiError::InvalidId(_) => "invalid_id",
             ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::InvalidCallId(_) => "invalid_call_id",
+            ApiError::ToolCallNotFound(_) => "tool_call_not_found",
+            ApiError::NotReplayable(_) => "not_replayable",
+            ApiError::SandboxUnavailable(_) => "sandbox_unavailable",
+            ApiError::SandboxBusy(_) => "sandbox_busy",
             ApiError::TaskNotFound(_) => "task_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
             ApiError::TaskUnfinished { .. } => "task_unfinished",
@@ -158,23 +181,29 @@ impl ResponseError for ApiError {
             | ApiError::InvalidOption(_)
             | ApiError::InvalidId(_)
             | ApiError::InvalidQuery(_)
+            | ApiError::InvalidCallId(_)
             | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::TaskNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TaskNotFound(_) | ApiError::ToolCallNotFound(_) | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::TaskFinished { .. }
             | ApiError::TaskUnfinished { .. }
             | ApiError::SourceUnfinished { .. }
-            | ApiError::NotAwaitingConfirmation { .. } => StatusCode::CONFLICT,
+            | ApiError::NotAwaitingConfirmation { .. }
+            | ApiError::NotReplayable(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooManyTasks(_) | ApiError::TooManyConnections(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_)
+            | ApiError::SandboxUnavailable(_)
+            | ApiError::SandboxBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,8 +216,11 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
         }
-        if let ApiError::TooManyTasks(_) | ApiError::TooManyConnections(_) = self {
-            // A task takes seconds at least; a second is the soonest a place can be expected.
+        if let ApiError::TooManyTasks(_)
+        | ApiError::TooManyConnections(_)
+        | ApiError::SandboxBusy(_) = self
+        {
+            // A task or a run takes seconds at least; a second is the soonest a place can be expected.
             response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
         }
         response.json(json!({
@@ -281,6 +313,21 @@ impl From<ConfirmError> for ApiError {
                 ApiError::NotAwaitingConfirmation { id, status }
             }
             ConfirmError::Storage(error) => ApiError::from(error),
+        }
+    }
+}
+
+impl From<ToolReplayError> for ApiError {
+    fn from(error: ToolReplayError) -> Self {
+        let message = error.to_string();
+        match error {
+            ToolReplayError::TaskNotFound(id) => ApiError::TaskNotFound(id),
+            ToolReplayError::CallNotFound { .. } => ApiError::ToolCallNotFound(message),
+            ToolReplayError::NotReplayable { .. } => ApiError::NotReplayable(message),
+            ToolReplayError::SandboxUnavailable(_) => ApiError::SandboxUnavailable(message),
+            ToolReplayError::SandboxBusy(_) => ApiError::SandboxBusy(message),
+            ToolReplayError::Internal(_) => ApiError::Internal(message),
+            ToolReplayError::Storage(error) => ApiError::from(error),
         }
     }
 }

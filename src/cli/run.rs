@@ -325,6 +325,15 @@ impl LiveView {
                     self.spinner(agent).set_message(message);
                 }
             }
+            EventKind::ToolReplayed => {
+                let same = data.get("same").and_then(Value::as_bool) == Some(true);
+                self.note(&format!(
+                    "replayed tool call {} ({}): {}",
+                    text("call_id"),
+                    text("tool"),
+                    if same { "same" } else { "different" }
+                ));
+            }
             EventKind::SandboxViolation => {
                 self.note(&format!(
                     "! sandbox contained {} ({})",

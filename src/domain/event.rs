@@ -51,6 +51,11 @@ pub enum EventKind {
     /// An agent called a tool: which, with what, how it went, how long it took.
     #[serde(rename = "tool.called")]
     ToolCalled,
+    /// A person replayed a recorded tool call of an unfinished task (`POST .../tool-calls/{call_id}/replay`):
+    /// `data.call_id`, `data.seq` (the recorded `tool.called`), `data.tool`, `data.same`,
+    /// `data.differences`. A finished task's log is closed, so a replay of its calls is not logged there.
+    #[serde(rename = "tool.replayed")]
+    ToolReplayed,
     /// The sandbox contained something a run tried (network, filesystem, fork bomb, memory, runaway, output).
     #[serde(rename = "sandbox.violation")]
     SandboxViolation,
@@ -95,7 +100,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 24] = [
+    pub const ALL: [EventKind; 25] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -108,6 +113,7 @@ impl EventKind {
         EventKind::QaVerdict,
         EventKind::MemoryRead,
         EventKind::ToolCalled,
+        EventKind::ToolReplayed,
         EventKind::SandboxViolation,
         EventKind::CodeAttempt,
         EventKind::QaRevision,
@@ -137,6 +143,7 @@ impl EventKind {
             EventKind::QaVerdict => "qa.verdict",
             EventKind::MemoryRead => "memory.read",
             EventKind::ToolCalled => "tool.called",
+            EventKind::ToolReplayed => "tool.replayed",
             EventKind::SandboxViolation => "sandbox.violation",
             EventKind::CodeAttempt => "code.attempt",
             EventKind::QaRevision => "qa.revision",

@@ -1,5 +1,6 @@
 //! The bounds that the structured outputs' grammars enforce and that configuration and request validation
-//! check against, in one place: a budget or a limit checked here can never disagree with the grammar.
+//! check against, in one place: a budget or a limit checked here can never disagree with the grammar. Also
+//! the token view's bounds, shared by the providers that produce alternatives and the storage that keeps them.
 
 /// Most steps a plan may have: the plan grammar's bound, and the ceiling of `director.max_steps` and of a
 /// task's `options.max_steps`.
@@ -19,3 +20,9 @@ pub fn plan_token_bound(max_steps: u32) -> u32 {
 
 /// The most tokens a verdict can take: `llm.limits.verdict_tokens` must cover it.
 pub const VERDICT_TOKEN_BOUND: u32 = MAX_FEEDBACK_CHARS + 24;
+
+/// Most alternatives kept for one streamed piece of model output (the token view's top five).
+pub const TOP_ALTERNATIVES: usize = 5;
+
+/// Longest alternative text kept, in characters (a token is short; a server's claim is bounded).
+pub const MAX_ALTERNATIVE_CHARS: usize = 48;

@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenPrices, TokenSink, WorkerStatus};
+use super::{
+    LlmError, LlmOutput, LlmProvider, LlmRequest, TokenInfo, TokenPrices, TokenSink, WorkerStatus,
+};
 use crate::config::LlmSettings;
 use crate::domain::excerpt;
 use crate::telemetry::metrics::Metrics;
@@ -453,7 +455,9 @@ impl WorkerSupervisor {
                         }
                     };
                     match serde_json::from_str::<FromWorker>(&line) {
-                        Ok(FromWorker::Token { id: token_id, text, p }) if token_id == id => (job.on_token)(&text, p),
+                        Ok(FromWorker::Token { id: token_id, text, p, top }) if token_id == id => {
+                            (job.on_token)(&text, TokenInfo { p, top }.bounded());
+                        }
                         Ok(FromWorker::Done { id: done_id, output, .. }) if done_id == id => {
                             let _ = job.reply.send(Ok(output));
                             return CallEnd::Healthy;

@@ -38,8 +38,8 @@ use self::choice::{choice_keys, read_choice, score_options};
 use self::transport::{HttpFailure, Transport};
 use self::wire::{ChatChunk, ChatRequest, ErrorBody, StreamOptions, TokenLogprob, WireMessage};
 use super::{
-    ChatMessage, Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, OutputSpec, Role,
-    ScoredOption, TokenPrices, TokenSink, Usage,
+    Alternative, ChatMessage, Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, OutputSpec,
+    Role, ScoredOption, TokenInfo, TokenPrices, TokenSink, Usage, TOP_ALTERNATIVES,
 };
 use crate::config::{LlmSettings, ModelEndpoint, ProviderKind, Secret, StructuredOutput};
 use crate::domain::{excerpt, redact_url, schema};
@@ -91,7 +91,8 @@ pub struct OpenAiProvider {
 enum Logprobs {
     /// Nothing.
     Off,
-    /// The sampled tokens' (a streamed piece's probability, `p` of its `llm.token` event).
+    /// The sampled tokens' with [`TOP_ALTERNATIVES`] alternatives each (a streamed piece's probability and
+    /// alternatives, `p` and `top` of its `llm.token` event).
     Sampled,
     /// With `top_logprobs` alternatives per token (to score a choice's options).
     WithAlternatives,
@@ -105,6 +106,30 @@ fn piece_probability(tokens: &[TokenLogprob]) -> Option<f64> {
     }
     let sum: f64 = tokens.iter().map(|token| token.logprob).sum();
     (!sum.is_nan()).then(|| sum.exp().clamp(0.0, 1.0))
+}
+
+/// What a chunk's log-probabilities say of its piece: its probability ([`piece_probability`]) and the
+/// alternatives at its first token (the server's `top_logprobs` there, as probabilities, bounded). `top` is
+/// `None` when the server sent none (Groq, or a server that ignores `top_logprobs`): nothing is invented.
+fn piece_info(tokens: &[TokenLogprob]) -> TokenInfo {
+    let top = tokens
+        .first()
+        .filter(|token| !token.top_logprobs.is_empty())
+        .map(|token| {
+            token
+                .top_logprobs
+                .iter()
+                .map(|alternative| Alternative {
+                    text: alternative.token.clone(),
+                    p: alternative.logprob.exp(),
+                })
+                .collect()
+        });
+    TokenInfo {
+        p: piece_probability(tokens),
+        top,
+    }
+    .bounded()
 }
 
 /// One streamed answer.
@@ -200,8 +225,9 @@ impl OpenAiProvider {
         match &request.output {
             OutputSpec::Text => {
                 let messages = wire_messages(&request.messages, None);
-                let body = self.body(messages, request.max_tokens, None, self.sampled_logprobs());
-                let streamed = self.stream(&body, on_token).await?;
+                let logprobs = self.sampled_logprobs();
+                let body = self.body(messages, request.max_tokens, None, logprobs);
+                let streamed = self.stream(&body, logprobs, on_token).await?;
                 Ok(LlmOutput {
                     text: streamed.text,
                     choice: None,
@@ -343,7 +369,7 @@ impl OpenAiProvider {
         let mut seconds = 0.0;
         for attempt in 0..2 {
             let body = self.body(messages.clone(), max_tokens, Some(schema), logprobs);
-            let streamed = self.stream(&body, on_token).await?;
+            let streamed = self.stream(&body, logprobs, on_token).await?;
             usage.input_tokens += streamed.usage.input_tokens;
             usage.output_tokens += streamed.usage.output_tokens;
             seconds += streamed.generation_seconds;
@@ -421,17 +447,24 @@ impl OpenAiProvider {
             logprobs: (logprobs != Logprobs::Off).then_some(true),
             top_logprobs: match logprobs {
                 Logprobs::Off => None,
-                // One alternative: enough for servers (llama-server) that report only with `n_probs > 0`.
-                Logprobs::Sampled => Some(1),
+                // The token view's alternatives (llama-server also reports the sampled token's only when
+                // asked for at least one).
+                Logprobs::Sampled => u32::try_from(TOP_ALTERNATIVES).ok(),
                 Logprobs::WithAlternatives => Some(self.top_logprobs),
             },
         }
     }
 
-    /// Streams one answer: every content piece to `on_token`, the usage from the last chunk (or, where the
-    /// server sends none, the number of pieces as output tokens), the time from the first piece to the end.
-    async fn stream(&self, body: &ChatRequest, on_token: &TokenSink) -> Result<Streamed, LlmError> {
-        let sampled_only = body.logprobs.is_some() && body.top_logprobs == Some(1);
+    /// Streams one answer: every content piece to `on_token` with its probability and alternatives where
+    /// the server gives them, the usage from the last chunk (or, where the server sends none, the number of
+    /// pieces as output tokens), the time from the first piece to the end. `logprobs` is what `body` asks.
+    async fn stream(
+        &self,
+        body: &ChatRequest,
+        logprobs: Logprobs,
+        on_token: &TokenSink,
+    ) -> Result<Streamed, LlmError> {
+        let sampled_only = logprobs == Logprobs::Sampled;
         let mut stream = match self.open(body).await {
             // A server that refuses log-probabilities still answers without them (tokens without `p`).
             Err(LlmError::Http { status: 400, .. }) if sampled_only => {
@@ -484,7 +517,7 @@ impl OpenAiProvider {
                 if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
                     first_piece.get_or_insert_with(Instant::now);
                     pieces += 1;
-                    on_token(&content, piece_probability(&tokens));
+                    on_token(&content, piece_info(&tokens));
                     streamed.text.push_str(&content);
                     if streamed.text.len() > MAX_ANSWER_BYTES {
                         return Err(LlmError::Malformed(format!(
@@ -838,6 +871,47 @@ mod tests {
         assert!(read_json(&schema, "{\"steps\": [")
             .unwrap_err()
             .contains("not JSON"));
+    }
+
+    #[test]
+    fn a_piece_carries_the_servers_alternatives_at_its_first_token_or_none() {
+        use super::wire::TopLogprob;
+        let token = |text: &str, logprob: f64, top: &[(&str, f64)]| TokenLogprob {
+            token: text.into(),
+            logprob,
+            top_logprobs: top
+                .iter()
+                .map(|(token, logprob)| TopLogprob {
+                    token: (*token).into(),
+                    logprob: *logprob,
+                })
+                .collect(),
+        };
+        let tokens = [
+            token(
+                " sea",
+                -0.5,
+                &[
+                    (" ocean", -0.4),
+                    (" sea", -0.5),
+                    (" lake", -2.0),
+                    (" river", -3.0),
+                    (" pond", -4.0),
+                    (" bay", -5.0),
+                ],
+            ),
+            token("s", -0.1, &[("s", -0.1)]),
+        ];
+        let info = piece_info(&tokens);
+        assert!((info.p.unwrap() - (-0.6_f64).exp()).abs() < 1e-12);
+        let top = info.top.unwrap();
+        let texts: Vec<&str> = top.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(texts, [" ocean", " sea", " lake", " river", " pond"]);
+        assert!((top[1].p - (-0.5_f64).exp()).abs() < 1e-12);
+        // No log-probabilities (Groq), or none of the alternatives: nothing invented.
+        assert_eq!(piece_info(&[]), TokenInfo::unknown());
+        let bare = piece_info(&[token("x", -1.0, &[])]);
+        assert!(bare.p.is_some() && bare.top.is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LlmOutput, LlmRequest};
+use super::{Alternative, LlmOutput, LlmRequest};
 
 /// Server to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +47,10 @@ pub enum FromWorker {
         /// probabilities (softmax of the raw logits). Absent for text the worker forced (a choice's option).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         p: Option<f64>,
+        /// The most probable tokens at the piece's first token (see [`TokenInfo::top`](super::TokenInfo)).
+        /// Absent for forced text, and from a worker of an older build.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top: Option<Vec<Alternative>>,
     },
     /// Call `id` finished.
     Done {

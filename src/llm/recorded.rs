@@ -27,7 +27,7 @@ use super::budget::estimate_tokens;
 use super::confirm::Answer;
 use super::divergence::{Divergence, RequestPrint};
 use super::models::{named, Replayed, TaskModels};
-use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink};
+use super::{LlmError, LlmOutput, LlmProvider, LlmRequest, TokenInfo, TokenSink};
 use crate::domain::{AgentKind, EventKind, OnDivergence, TaskId, TaskStatus};
 use crate::storage::records::{LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::writer::Writer;
@@ -37,6 +37,27 @@ use crate::telemetry::propagation;
 /// A count as a span attribute value: OpenTelemetry attributes are signed 64-bit integers.
 fn as_int(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// The data of a streamed piece's `llm.token` event: `{purpose, text, p?, top?}`, `top` as `[{text, p}]`
+/// (what the storage coalesces; see `storage::events`). Absent fields: the provider gave none.
+fn token_data(purpose: &str, text: &str, info: TokenInfo) -> serde_json::Value {
+    let info = info.bounded();
+    let mut data = serde_json::Map::with_capacity(4);
+    data.insert("purpose".into(), purpose.into());
+    data.insert("text".into(), text.into());
+    if let Some(p) = info.p {
+        data.insert("p".into(), p.into());
+    }
+    if let Some(top) = info.top {
+        data.insert(
+            "top".into(),
+            top.into_iter()
+                .map(|alternative| json!({ "text": alternative.text, "p": alternative.p }))
+                .collect(),
+        );
+    }
+    serde_json::Value::Object(data)
 }
 
 /// Where a model call's records go: the writer (the call's row, its `llm.token` and `llm.finished`
@@ -394,7 +415,7 @@ impl Recorder<'_> {
                 .llm_time_to_first_token
                 .with_label_values(&[provider, &model]);
             let seen_first = std::sync::atomic::AtomicBool::new(false);
-            let on_token: TokenSink = Arc::new(move |text: &str, p: Option<f64>| {
+            let on_token: TokenSink = Arc::new(move |text: &str, info: TokenInfo| {
                 if !seen_first.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     first_token.observe(started.elapsed().as_secs_f64());
                 }
@@ -405,10 +426,7 @@ impl Recorder<'_> {
                     agent: Some(agent),
                     trace_id: trace_id.clone(),
                     span_id: span_id.clone(),
-                    data: match p {
-                        Some(p) => json!({ "purpose": token_purpose, "text": text, "p": p }),
-                        None => json!({ "purpose": token_purpose, "text": text }),
-                    },
+                    data: token_data(&token_purpose, text, info),
                 }));
             });
             let result = llm.complete(request, on_token, cancel).await;
@@ -491,5 +509,37 @@ impl Recorder<'_> {
         }
         .instrument(span)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Alternative;
+
+    #[test]
+    fn a_pieces_event_data_has_only_what_the_provider_knew() {
+        assert_eq!(
+            token_data("plan", "{", TokenInfo::unknown()),
+            json!({ "purpose": "plan", "text": "{" })
+        );
+        let info = TokenInfo {
+            p: Some(0.75),
+            top: Some(vec![
+                Alternative {
+                    text: "{".into(),
+                    p: 0.75,
+                },
+                Alternative {
+                    text: "[".into(),
+                    p: 0.2,
+                },
+            ]),
+        };
+        assert_eq!(
+            token_data("plan", "{", info),
+            json!({ "purpose": "plan", "text": "{", "p": 0.75,
+                    "top": [{ "text": "{", "p": 0.75 }, { "text": "[", "p": 0.2 }] })
+        );
     }
 }

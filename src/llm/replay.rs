@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::divergence::RequestPrint;
-use super::{Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenSink, Usage};
+use super::{Choice, LlmError, LlmOutput, LlmProvider, LlmRequest, TokenInfo, TokenSink, Usage};
 use crate::domain::TaskId;
 use crate::storage::{Recording, StorageError};
 
@@ -136,8 +136,8 @@ impl LlmProvider for ReplayProvider {
                 .ok_or(LlmError::ReplayMissing {
                     purpose: request.purpose,
                 })?;
-        // A replay knows no probabilities (the recording keeps text only).
-        on_token(&output.text, None);
+        // A replay knows no probabilities or alternatives (the recording keeps text only).
+        on_token(&output.text, TokenInfo::unknown());
         Ok(output)
     }
 

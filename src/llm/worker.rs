@@ -24,7 +24,10 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::protocol::{FromWorker, ToWorker};
-use super::{softmax, Choice, LlmOutput, LlmRequest, OutputSpec, Role, ScoredOption, Usage};
+use super::{
+    softmax, Alternative, Choice, LlmOutput, LlmRequest, OutputSpec, Role, ScoredOption, TokenInfo,
+    Usage, TOP_ALTERNATIVES,
+};
 use crate::config::SamplingSettings;
 
 /// Grammar for the free-text reason after a choice: any characters but quotes, backslashes and line
@@ -228,7 +231,7 @@ impl Engine<'_> {
             input_tokens: tokens.len() as u64,
             output_tokens: 0,
         };
-        let mut emit = |text: &str, p: Option<f64>| -> Result<(), Failure> {
+        let mut emit = |text: &str, info: TokenInfo| -> Result<(), Failure> {
             if text.is_empty() {
                 return Ok(());
             }
@@ -237,7 +240,8 @@ impl Engine<'_> {
                 &FromWorker::Token {
                     id,
                     text: text.to_owned(),
-                    p,
+                    p: info.p,
+                    top: info.top,
                 },
             )
             .map_err(|e| Failure::new("model", e.to_string()))
@@ -289,8 +293,9 @@ impl Engine<'_> {
                 let forced = format!("{chosen}{suffix}");
                 let forced_tokens = vocab.tokenize(forced.as_bytes(), false, false);
                 self.feed(&mut cursor, &forced_tokens)?;
-                // Forced text was not sampled: it has no probability of its own (the choice has the options').
-                emit(&format!("{prefix}{forced}"), None)?;
+                // Forced text was not sampled: it has no probability or alternatives of its own (the choice
+                // has the options').
+                emit(&format!("{prefix}{forced}"), TokenInfo::unknown())?;
                 let mut sampler = self.sampler(Some(REASON_GRAMMAR))?;
                 let generated = self.sample_loop(
                     &mut cursor,
@@ -472,12 +477,14 @@ impl Engine<'_> {
         id: u64,
         cancelled: &AtomicU64,
         usage: &mut Usage,
-        emit: &mut impl FnMut(&str, Option<f64>) -> Result<(), Failure>,
+        emit: &mut impl FnMut(&str, TokenInfo) -> Result<(), Failure>,
     ) -> Result<String, Failure> {
         let mut text = String::new();
         let mut pending = Vec::new();
-        // The probability of the tokens whose bytes are pending (a character split over tokens is one piece).
+        // The probability of the tokens whose bytes are pending (a character split over tokens is one piece),
+        // and the alternatives at the first of them (where the piece began).
         let mut pending_p = 1.0_f64;
+        let mut pending_top: Option<Vec<Alternative>> = None;
         for _ in 0..max_tokens {
             if cancelled.load(Ordering::SeqCst) == id {
                 return Err(Failure::new("cancelled", "cancelled by the caller"));
@@ -489,13 +496,36 @@ impl Engine<'_> {
                 break;
             }
             usage.output_tokens += 1;
-            if let Some(p) = token_probability(self.context.get_logits_ith(last), token) {
-                pending_p *= p;
+            if let Some(view) = position_view(self.context.get_logits_ith(last), token) {
+                pending_p *= view.p;
+                if pending_top.is_none() {
+                    pending_top = Some(
+                        view.top
+                            .iter()
+                            .map(|&(alternative, p)| Alternative {
+                                // Special tokens by name (`<|im_end|>`): an end the model considered.
+                                text: String::from_utf8_lossy(&vocab.token_to_piece(
+                                    alternative,
+                                    true,
+                                    None,
+                                ))
+                                .into_owned(),
+                                p,
+                            })
+                            .collect(),
+                    );
+                }
             }
             pending.extend(vocab.token_to_piece(token, false, None));
             let piece = take_utf8(&mut pending);
             if !piece.is_empty() {
-                emit(&piece, Some(pending_p))?;
+                emit(
+                    &piece,
+                    TokenInfo {
+                        p: Some(pending_p),
+                        top: pending_top.take(),
+                    },
+                )?;
                 pending_p = 1.0;
             }
             text.push_str(&piece);
@@ -506,14 +536,58 @@ impl Engine<'_> {
     }
 }
 
-/// The model's probability of `token` at this position: the softmax of the raw logits (before the grammar,
-/// penalties or temperature of the sampler chain), at the sampled token. `None` outside the vocabulary.
-fn token_probability(logits: &[f32], token: LlamaToken) -> Option<f64> {
+/// The model's own view of one sampled position, from the softmax of the raw logits over the whole
+/// vocabulary (before the grammar, penalties or temperature of the sampler chain).
+#[derive(Debug, Clone, PartialEq)]
+struct PositionView {
+    /// The sampled token's probability.
+    p: f64,
+    /// The [`TOP_ALTERNATIVES`] most probable tokens with their probabilities, most probable first (ties
+    /// in vocabulary order); the sampled token's entry, when it is among them, has exactly `p`.
+    top: Vec<(LlamaToken, f64)>,
+}
+
+/// The sampled `token`'s probability and the most probable tokens at this position. Two passes over the
+/// logits, as the probability alone takes (the maximum, then the sum of the exponentials): the top few are
+/// kept during the first with one comparison per logit, so the alternatives cost no measurable speed.
+/// `None` when `token` is outside the vocabulary or the logits are not finite.
+fn position_view(logits: &[f32], token: LlamaToken) -> Option<PositionView> {
     let chosen = f64::from(*logits.get(usize::try_from(token.0).ok()?)?);
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut max = f32::NEG_INFINITY;
+    // (logit, index), best first; `kept` of them are filled.
+    let mut best = [(f32::NEG_INFINITY, 0_usize); TOP_ALTERNATIVES];
+    let mut kept = 0;
+    for (index, &logit) in logits.iter().enumerate() {
+        if logit > max {
+            max = logit;
+        }
+        if kept < TOP_ALTERNATIVES || logit > best[kept - 1].0 {
+            let mut at = kept.min(TOP_ALTERNATIVES - 1);
+            while at > 0 && logit > best[at - 1].0 {
+                best[at] = best[at - 1];
+                at -= 1;
+            }
+            best[at] = (logit, index);
+            kept = (kept + 1).min(TOP_ALTERNATIVES);
+        }
+    }
     let max = f64::from(max);
     let total: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
-    (total > 0.0 && total.is_finite()).then(|| ((chosen - max).exp() / total).clamp(0.0, 1.0))
+    if !total.is_finite() || total <= 0.0 {
+        return None;
+    }
+    let probability = |logit: f64| ((logit - max).exp() / total).clamp(0.0, 1.0);
+    let top = best[..kept]
+        .iter()
+        .filter_map(|&(logit, index)| {
+            let id = i32::try_from(index).ok()?;
+            Some((LlamaToken(id), probability(f64::from(logit))))
+        })
+        .collect();
+    Some(PositionView {
+        p: probability(chosen),
+        top,
+    })
 }
 
 /// Takes the longest valid UTF-8 prefix out of `bytes`, leaving an incomplete trailing character for the
@@ -557,13 +631,48 @@ mod tests {
     #[test]
     fn a_token_probability_is_the_softmax_of_the_raw_logits_at_it() {
         let logits = [1.0_f32, 3.0, 0.5, 1000.0];
-        let p = token_probability(&logits, LlamaToken(3)).unwrap();
+        let p = position_view(&logits, LlamaToken(3)).unwrap().p;
         assert!((p - 1.0).abs() < 1e-9, "{p}");
         let logits = [0.0_f32, 0.0, f32::ln(2.0)];
-        let p = token_probability(&logits, LlamaToken(2)).unwrap();
+        let p = position_view(&logits, LlamaToken(2)).unwrap().p;
         assert!((p - 0.5).abs() < 1e-6, "{p}");
-        assert!(token_probability(&logits, LlamaToken(7)).is_none());
-        assert!(token_probability(&logits, LlamaToken(-1)).is_none());
+        assert!(position_view(&logits, LlamaToken(7)).is_none());
+        assert!(position_view(&logits, LlamaToken(-1)).is_none());
+    }
+
+    #[test]
+    fn the_top_alternatives_are_the_most_probable_of_the_whole_vocabulary() {
+        // Ten tokens; the best five are 7, 2, 9, 4, 0 in that order, and the sampled one (5) is not among them.
+        let logits = [1.0_f32, -3.0, 4.0, -1.0, 2.0, 0.5, -2.0, 6.0, 0.0, 3.0];
+        let view = position_view(&logits, LlamaToken(5)).unwrap();
+        let ids: Vec<i32> = view.top.iter().map(|(token, _)| token.0).collect();
+        assert_eq!(ids, [7, 2, 9, 4, 0]);
+        let all = softmax(&logits);
+        for (token, p) in &view.top {
+            let expected = all[usize::try_from(token.0).unwrap()];
+            assert!((p - expected).abs() < 1e-12, "{token:?}: {p} vs {expected}");
+        }
+        assert!(view.top.windows(2).all(|pair| pair[0].1 >= pair[1].1));
+        assert!(view.top.iter().map(|(_, p)| p).sum::<f64>() < 1.0);
+        assert!((view.p - all[5]).abs() < 1e-12);
+
+        // The sampled token among them has exactly its own probability there.
+        let view = position_view(&logits, LlamaToken(2)).unwrap();
+        let entry = view.top.iter().find(|(token, _)| token.0 == 2).unwrap();
+        assert_eq!(entry.1, view.p);
+
+        // A vocabulary smaller than five gives all of it; ties keep vocabulary order.
+        let view = position_view(&[0.0, 0.0, 0.0], LlamaToken(1)).unwrap();
+        let ids: Vec<i32> = view.top.iter().map(|(token, _)| token.0).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        let sum: f64 = view.top.iter().map(|(_, p)| p).sum();
+        assert!((sum - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn logits_that_are_not_finite_give_no_view() {
+        assert!(position_view(&[f32::NAN, 1.0], LlamaToken(1)).is_none());
+        assert!(position_view(&[f32::INFINITY, 1.0], LlamaToken(1)).is_none());
     }
 
     #[test]

@@ -159,6 +159,11 @@ pub enum SandboxError {
     /// Starting or watching the process failed.
     #[error("run: {0}")]
     Io(String),
+    /// Every run slot stayed taken for as long as the caller would wait ([`Sandbox::run_waiting`]).
+    ///
+    /// [`Sandbox::run_waiting`]: super::Sandbox::run_waiting
+    #[error("every sandbox slot stayed busy for {0} s; try again shortly")]
+    Busy(u64),
 }
 
 /// Checks file names, the entry and the total size.

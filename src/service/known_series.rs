@@ -108,6 +108,11 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
         for outcome in ["ok", "error"] {
             metrics.tool_calls.with_label_values(&[spec.name, outcome]);
         }
+        for outcome in crate::service::tool_replay::REPLAY_OUTCOMES {
+            metrics
+                .tool_replays
+                .with_label_values(&[spec.name, outcome]);
+        }
     }
     if settings.memory.enabled {
         for kind in MemoryKind::ALL {

@@ -1,11 +1,12 @@
 //! The event log's rows: reads, the rows of new events, and a task's last `seq`.
 //!
 //! Most rows are one event. The streamed pieces of a model call are stored coalesced ([`TokenRow`]): one
-//! `llm.token` row spans `seq..=seq_end` and its `data` is `{purpose, pieces: [{text, p?, offset_us?}, ...]}`
-//! (`offset_us`: microseconds after the row's `at`). Every read here expands such a row back into the
-//! `llm.token` events it holds, each `{purpose, text, p?}` with its own `seq` and `at`, exactly as they were
-//! broadcast; rows written before coalescing (and any token the writer could not coalesce) are one event
-//! each and read as they are.
+//! `llm.token` row spans `seq..=seq_end` and its `data` is `{purpose, pieces: [{text, p?, top?,
+//! offset_us?}, ...]}` (`top`: at most [`TOP_ALTERNATIVES`] `{text, p}`; `offset_us`: microseconds
+//! after the row's `at`), so a row holds a bounded amount. Every read here expands such a row back into the
+//! `llm.token` events it holds, each `{purpose, text, p?, top?}` with its own `seq` and `at`, exactly as they
+//! were broadcast; rows written before coalescing (and any token the writer could not coalesce) are one
+//! event each and read as they are.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -18,6 +19,7 @@ use sea_orm::{
 use super::entities::event;
 use super::records::PendingEvent;
 use super::{Storage, StorageError};
+use crate::domain::limits::{MAX_ALTERNATIVE_CHARS, TOP_ALTERNATIVES};
 use crate::domain::{AgentKind, Event, EventKind, TaskId};
 
 /// Most pieces one coalesced token row holds: a reader looking for `seq > after` starts its scan this far
@@ -75,8 +77,8 @@ impl Storage {
     }
 
     /// The `llm.token` events of task `id`'s model call `purpose`, in order, as `(seq, data)` only (`data`
-    /// as broadcast: `{purpose, text, p?}`): the fewest columns, and the purpose picked in SQL (a task can
-    /// stream thousands of tokens over many calls).
+    /// as broadcast: `{purpose, text, p?, top?}`): the fewest columns, and the purpose picked in SQL (a task
+    /// can stream thousands of tokens over many calls).
     pub async fn token_pieces(
         &self,
         id: TaskId,
@@ -101,22 +103,57 @@ impl Storage {
             .await
             .map_err(StorageError::query("read token events"))?;
         let mut pieces = Vec::with_capacity(rows.len());
-        for (seq, seq_end, data) in rows {
-            match seq_end {
-                Some(seq_end) => {
-                    let row = TokenRow::parse(seq, seq_end, &data)?;
-                    pieces.extend(
-                        row.pieces
-                            .iter()
-                            .enumerate()
-                            .map(|(n, piece)| (seq + n as i64, row.event_data(piece))),
-                    );
-                }
-                None => pieces.push((seq, data)),
-            }
+        for row in rows {
+            expand_pieces(row, &mut pieces)?;
         }
         Ok(pieces)
     }
+
+    /// Task `id`'s events of kind `kind` with `seq` below `before` (all when `None`), in order. Not for
+    /// `llm.token` (whose rows are coalesced: [`Storage::token_pieces`]).
+    pub async fn events_of_kind(
+        &self,
+        id: TaskId,
+        kind: EventKind,
+        before: Option<i64>,
+    ) -> Result<Vec<Event>, StorageError> {
+        let mut select = event::Entity::find()
+            .filter(event::Column::TaskId.eq(id.to_string()))
+            .filter(event::Column::Kind.eq(kind.as_str()))
+            .order_by_asc(event::Column::Seq);
+        if let Some(before) = before {
+            select = select.filter(event::Column::Seq.lt(before));
+        }
+        let rows = select
+            .all(&self.db)
+            .await
+            .map_err(StorageError::query("read events of a kind"))?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            expand_row(id, row, i64::MIN, &mut events)?;
+        }
+        Ok(events)
+    }
+}
+
+/// Appends the pieces of a token row `(seq, seq_end, data)` to `pieces` as `(seq, data)`.
+fn expand_pieces(
+    (seq, seq_end, data): (i64, Option<i64>, serde_json::Value),
+    pieces: &mut Vec<(i64, serde_json::Value)>,
+) -> Result<(), StorageError> {
+    match seq_end {
+        Some(seq_end) => {
+            let row = TokenRow::parse(seq, seq_end, &data)?;
+            pieces.extend(
+                row.pieces
+                    .iter()
+                    .enumerate()
+                    .map(|(n, piece)| (seq + n as i64, row.event_data(piece))),
+            );
+        }
+        None => pieces.push((seq, data)),
+    }
+    Ok(())
 }
 
 /// Rows holding an event with `seq > after`: a row that starts after it, or a coalesced row that reaches
@@ -172,6 +209,7 @@ struct TokenRow<'a> {
 struct Piece<'a> {
     text: &'a serde_json::Value,
     p: Option<&'a serde_json::Value>,
+    top: Option<&'a serde_json::Value>,
     offset_us: i64,
 }
 
@@ -197,6 +235,7 @@ impl<'a> TokenRow<'a> {
                         .get("text")
                         .ok_or_else(|| corrupt("a piece has no text"))?,
                     p: piece.get("p"),
+                    top: piece.get("top"),
                     offset_us: piece
                         .get("offset_us")
                         .and_then(|offset| offset.as_i64())
@@ -209,18 +248,23 @@ impl<'a> TokenRow<'a> {
 
     /// A piece's event data as it was broadcast.
     fn event_data(&self, piece: &Piece<'_>) -> serde_json::Value {
-        let mut data = serde_json::Map::with_capacity(3);
+        let mut data = serde_json::Map::with_capacity(4);
         data.insert("purpose".into(), self.purpose.clone());
         data.insert("text".into(), piece.text.clone());
         if let Some(p) = piece.p {
             data.insert("p".into(), p.clone());
         }
+        if let Some(top) = piece.top {
+            data.insert("top".into(), top.clone());
+        }
         serde_json::Value::Object(data)
     }
 }
 
-/// Whether `pending` is a streamed piece: an `llm.token` event whose data is exactly `{purpose, text, p?}`
-/// (strings, and a number for `p`). Pieces are stored coalesced; any other shape is stored as its own row.
+/// Whether `pending` is a streamed piece: an `llm.token` event whose data is exactly `{purpose, text, p?,
+/// top?}` (strings, a number for `p`, and for `top` at most [`TOP_ALTERNATIVES`] objects `{text, p}`
+/// with texts of at most [`MAX_ALTERNATIVE_CHARS`]). Pieces are stored coalesced; any other shape is stored
+/// as its own row, so a coalesced row stays bounded.
 pub(super) fn is_piece(pending: &PendingEvent) -> bool {
     if pending.kind != EventKind::LlmToken {
         return false;
@@ -231,9 +275,29 @@ pub(super) fn is_piece(pending: &PendingEvent) -> bool {
     data.get("purpose")
         .is_some_and(|purpose| purpose.is_string())
         && data.get("text").is_some_and(|text| text.is_string())
-        && data.iter().all(|(key, value)| {
-            key == "purpose" || key == "text" || (key == "p" && value.is_number())
+        && data.iter().all(|(key, value)| match key.as_str() {
+            "purpose" | "text" => true,
+            "p" => value.is_number(),
+            "top" => is_alternatives(value),
+            _ => false,
         })
+}
+
+/// Whether `value` is a bounded list of alternatives `[{text, p}]`.
+fn is_alternatives(value: &serde_json::Value) -> bool {
+    value.as_array().is_some_and(|alternatives| {
+        alternatives.len() <= TOP_ALTERNATIVES
+            && alternatives.iter().all(|alternative| {
+                alternative.as_object().is_some_and(|alternative| {
+                    alternative.len() == 2
+                        && alternative
+                            .get("text")
+                            .and_then(|t| t.as_str())
+                            .is_some_and(|text| text.chars().count() <= MAX_ALTERNATIVE_CHARS)
+                        && alternative.get("p").is_some_and(|p| p.is_number())
+                })
+            })
+    })
 }
 
 /// The stored row of consecutive token events `pieces` (one task, one purpose, agent, trace and span; `seq`
@@ -244,12 +308,15 @@ pub(super) fn token_row(pieces: &[Event]) -> Option<event::ActiveModel> {
     let stored: Vec<serde_json::Value> = pieces
         .iter()
         .map(|piece| {
-            let mut stored = serde_json::Map::with_capacity(3);
+            let mut stored = serde_json::Map::with_capacity(4);
             if let Some(text) = piece.data.get("text") {
                 stored.insert("text".into(), text.clone());
             }
             if let Some(p) = piece.data.get("p") {
                 stored.insert("p".into(), p.clone());
+            }
+            if let Some(top) = piece.data.get("top") {
+                stored.insert("top".into(), top.clone());
             }
             let offset = offset_us(first.at, piece.at);
             if offset != 0 {

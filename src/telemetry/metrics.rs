@@ -208,6 +208,8 @@ pub struct Metrics {
     pub tool_calls: IntCounterVec,
     /// See [`names::TOOL_CALL_DURATION`]; label `tool`.
     pub tool_call_duration: HistogramVec,
+    /// See [`names::TOOL_REPLAYS`]; labels `tool`, `outcome`.
+    pub tool_replays: IntCounterVec,
     /// See [`names::CODE_ATTEMPTS`]; labels `attempt`, `outcome`.
     pub code_attempts: IntCounterVec,
     /// See [`names::QA_REVISIONS`]; label `outcome`.
@@ -593,6 +595,11 @@ impl Metrics {
                 "Tool call duration by tool.",
                 &["tool"],
                 DURATION_BUCKETS,
+            )?,
+            tool_replays: r.counter_vec(
+                names::TOOL_REPLAYS,
+                "Replays of recorded tool calls by tool and outcome (same, different: what the recorded and replayed call gave compared; error: it could not be replayed).",
+                &["tool", "outcome"],
             )?,
             code_attempts: r.counter_vec(
                 names::CODE_ATTEMPTS,

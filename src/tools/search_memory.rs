@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{Tool, ToolContext, ToolError, ToolSpec};
+use super::{Tool, ToolContext, ToolError, ToolSpec, Workspaces};
 use crate::domain::MemoryKind;
 use crate::memory::{Memory, RecallSpec, SearchFilter};
 
@@ -47,6 +47,41 @@ impl Tool for SearchMemory {
     }
 
     async fn call(&self, context: ToolContext, arguments: Value) -> Result<Value, ToolError> {
+        let (spec, k) = self.search_of(&arguments)?;
+        let hits = self
+            .memory
+            .recall_k(context.task_id, context.agent, context.step, &spec, k)
+            .await;
+        Ok(json!({ "hits": hits }))
+    }
+
+    async fn replay(
+        &self,
+        _context: ToolContext,
+        _workspace: &Workspaces,
+        arguments: Value,
+    ) -> Result<Value, ToolError> {
+        // The same search now (memories may have come and gone since: that is what a replay shows), with
+        // the same cut at `memory.min_score`, but as a plain search: no `memory.read` event in the task's
+        // log and no reuse counted, since the replay is no recall of the task's.
+        let (spec, k) = self.search_of(&arguments)?;
+        let hits = self
+            .memory
+            .search(&spec.query, &spec.filter, k)
+            .await
+            .map_err(|e| ToolError::Failed(format!("search memory: {e}")))?;
+        let min_score = self.memory.settings().min_score;
+        let used: Vec<_> = hits
+            .into_iter()
+            .filter(|hit| hit.score >= min_score)
+            .collect();
+        Ok(json!({ "hits": used }))
+    }
+}
+
+impl SearchMemory {
+    /// The search a call asks for (arguments checked against the schema) and how many hits it retrieves.
+    fn search_of(&self, arguments: &Value) -> Result<(RecallSpec, usize), ToolError> {
         if !self.memory.enabled() {
             return Err(ToolError::Failed(
                 "memory is disabled (memory.enabled = false)".into(),
@@ -74,10 +109,6 @@ impl Tool for SearchMemory {
                 ..SearchFilter::default()
             },
         };
-        let hits = self
-            .memory
-            .recall_k(context.task_id, context.agent, context.step, &spec, k)
-            .await;
-        Ok(json!({ "hits": hits }))
+        Ok((spec, k))
     }
 }

@@ -66,6 +66,11 @@ impl Workspaces {
         blocking(move || list(&dir)).await
     }
 
+    /// The root folder the task folders are in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Every file of the task's workspace, for a sandbox run.
     pub async fn files(&self, task_id: TaskId) -> Result<Vec<WorkspaceFile>, ToolError> {
         let dir = self.dir(task_id);
@@ -169,6 +174,15 @@ impl Tool for ReadFile {
         let content = self.0.read(context.task_id, name).await?;
         Ok(json!({ "path": name, "content": content }))
     }
+
+    async fn replay(
+        &self,
+        context: ToolContext,
+        workspace: &Workspaces,
+        arguments: Value,
+    ) -> Result<Value, ToolError> {
+        ReadFile(workspace.clone()).call(context, arguments).await
+    }
 }
 
 /// `write_file`: writes a whole file in the task's workspace.
@@ -198,6 +212,15 @@ impl Tool for WriteFile {
         self.0.write(context.task_id, name, content).await?;
         Ok(json!({ "path": name, "bytes": content.len() }))
     }
+
+    async fn replay(
+        &self,
+        context: ToolContext,
+        workspace: &Workspaces,
+        arguments: Value,
+    ) -> Result<Value, ToolError> {
+        WriteFile(workspace.clone()).call(context, arguments).await
+    }
 }
 
 /// `list_files`: the task workspace's files.
@@ -215,6 +238,15 @@ impl Tool for ListFiles {
 
     async fn call(&self, context: ToolContext, _arguments: Value) -> Result<Value, ToolError> {
         Ok(json!({ "files": self.0.names(context.task_id).await? }))
+    }
+
+    async fn replay(
+        &self,
+        context: ToolContext,
+        workspace: &Workspaces,
+        arguments: Value,
+    ) -> Result<Value, ToolError> {
+        ListFiles(workspace.clone()).call(context, arguments).await
     }
 }
 

@@ -472,7 +472,8 @@ function fitText(text, pixels) {
 
 async function loadCalls() {
   try {
-    state.calls = (await api(`/api/v1/tasks/${taskId}/llm-calls`)).calls || [];
+    // Without their tokens: the panel reads one call's tokens at a time (`loadTokens`).
+    state.calls = (await api(`/api/v1/tasks/${taskId}/llm-calls?tokens=false`)).calls || [];
   } catch (error) {
     if (error.status !== 404 || error.code === "task_not_found") throw error;
     // A server without the route: the calls as llm.finished events tell them.
@@ -591,6 +592,14 @@ function tokenClass(p) {
   return "p4";
 }
 
+/** A token's tooltip: its probability and, where the provider gave them, the five likeliest tokens there. */
+function tokenTitle(p, top) {
+  const own = Number.isFinite(p) ? `p = ${p.toFixed(3)}` : "p unknown";
+  if (!Array.isArray(top) || !top.length) return own;
+  const alternatives = top.map((alternative) => `${JSON.stringify(alternative.text)} ${Number(alternative.p).toFixed(3)}`);
+  return `${own}\nalternatives: ${alternatives.join(", ")}`;
+}
+
 /** Appends tokens in one pass (a fragment), skipping those already shown. */
 function appendTokens(view, tokens) {
   const fragment = document.createDocumentFragment();
@@ -599,7 +608,7 @@ function appendTokens(view, tokens) {
     view.lastSeq = token.seq;
     view.count += 1;
     const p = token.p;
-    fragment.append(h("span", { class: tokenClass(p), title: Number.isFinite(p) ? `p = ${p.toFixed(3)}` : "p unknown", text: token.text }));
+    fragment.append(h("span", { class: tokenClass(p), title: tokenTitle(p, token.top), text: token.text }));
   }
   if (view.node.querySelector(".note, .loading")) view.node.replaceChildren();
   const atBottom = view.node.scrollTop + view.node.clientHeight >= view.node.scrollHeight - 20;
@@ -949,7 +958,7 @@ function onLive(event) {
     }
     const view = state.view;
     if (view && view.purpose === purpose && currentPanel() === "tokens") {
-      const token = { seq: event.seq, text: event.data.text, p: event.data.p };
+      const token = { seq: event.seq, text: event.data.text, p: event.data.p, top: event.data.top };
       if (view.loaded) appendTokens(view, [token]);
       else view.pending.push(token);
     }

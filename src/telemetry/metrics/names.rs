@@ -103,6 +103,8 @@ pub const SANDBOX_UP: &str = "troupe_sandbox_up";
 pub const TOOL_CALLS: &str = "troupe_tool_calls_total";
 /// Tool call duration by tool.
 pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
+/// Replays of recorded tool calls by tool and outcome (same, different, error).
+pub const TOOL_REPLAYS: &str = "troupe_tool_replays_total";
 /// Code attempts of the Code/QA loop by attempt number and outcome (passed, failed).
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 /// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
