@@ -77,7 +77,7 @@ impl LlmProvider for Script {
                     purpose: request.purpose.clone(),
                 })?;
         let output = answers[(n - 1).min(answers.len() - 1)].clone();
-        on_token(&output.text, None);
+        on_token(&output.text, troupe::llm::TokenInfo::unknown());
         Ok(output)
     }
 
