@@ -388,6 +388,23 @@ impl LiveView {
                 text("limit"),
                 text("action")
             )),
+            EventKind::BreakpointSet | EventKind::BreakpointRemoved => {
+                let breakpoint = &data["breakpoint"];
+                let field = |key: &str| breakpoint.get(key).and_then(Value::as_str).unwrap_or("");
+                self.note(&format!(
+                    "breakpoint {} on {}{}",
+                    if event.kind == EventKind::BreakpointSet {
+                        "set"
+                    } else {
+                        "removed"
+                    },
+                    field("on"),
+                    match field("when") {
+                        "" => String::new(),
+                        when => format!(" when {when}"),
+                    }
+                ));
+            }
             EventKind::TaskCompleted => self.note("task completed"),
             EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
             EventKind::TaskCancelled => self.note("task cancelled"),

@@ -73,6 +73,12 @@ pub enum EventKind {
     /// A model call would take the task over its budget: `data.limit`, `data.used`, `data.action`.
     #[serde(rename = "budget.exceeded")]
     BudgetExceeded,
+    /// A breakpoint was attached to the task: `data.breakpoint` (the stored breakpoint).
+    #[serde(rename = "breakpoint.set")]
+    BreakpointSet,
+    /// A breakpoint attached to the task was removed: `data.breakpoint`.
+    #[serde(rename = "breakpoint.removed")]
+    BreakpointRemoved,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -86,7 +92,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -106,6 +112,8 @@ impl EventKind {
         EventKind::TaskResumed,
         EventKind::LlmFallback,
         EventKind::BudgetExceeded,
+        EventKind::BreakpointSet,
+        EventKind::BreakpointRemoved,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -133,6 +141,8 @@ impl EventKind {
             EventKind::TaskResumed => "task.resumed",
             EventKind::LlmFallback => "llm.fallback",
             EventKind::BudgetExceeded => "budget.exceeded",
+            EventKind::BreakpointSet => "breakpoint.set",
+            EventKind::BreakpointRemoved => "breakpoint.removed",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::{AgentKind, EventKind, MemoryKind, TaskStatus};
+use crate::domain::{AgentKind, BreakOn, EventKind, MemoryKind, TaskStatus};
 use crate::llm::models::Models;
 use crate::llm::LlmError;
 use crate::sandbox::{Language, Outcome, ViolationKind};
@@ -81,6 +81,9 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     }
     for outcome in QA_REVISION_OUTCOMES {
         metrics.qa_revisions.with_label_values(&[outcome]);
+    }
+    for on in BreakOn::ALL {
+        metrics.breakpoint_hits.with_label_values(&[on.as_str()]);
     }
     for language in Language::ALL {
         let outcomes = Outcome::ALL.map(Outcome::as_str);

@@ -212,6 +212,10 @@ pub struct Metrics {
     pub code_attempts: IntCounterVec,
     /// See [`names::QA_REVISIONS`]; label `outcome`.
     pub qa_revisions: IntCounterVec,
+    /// See [`names::BREAKPOINTS`].
+    pub breakpoints: IntGauge,
+    /// See [`names::BREAKPOINT_HITS`]; label `on`.
+    pub breakpoint_hits: IntCounterVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -599,6 +603,15 @@ impl Metrics {
                 names::QA_REVISIONS,
                 "QA `fail` verdicts by what followed: passed (the revised work passed re-verification), failed (still fail: the task failed), advisory (not acted on, director.qa_verdict = advisory).",
                 &["outcome"],
+            )?,
+            breakpoints: r.gauge(
+                names::BREAKPOINTS,
+                "Breakpoints set (every task's and the task-attached ones), as this process's registry holds them.",
+            )?,
+            breakpoint_hits: r.counter_vec(
+                names::BREAKPOINT_HITS,
+                "Breakpoints that matched and paused a task, by kind of point (decision, tool, step, llm).",
+                &["on"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

@@ -107,3 +107,7 @@ pub const TOOL_CALL_DURATION: &str = "troupe_tool_call_duration_seconds";
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 /// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
 pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
+/// Breakpoints set (in this process's registry: every task's and the task-attached ones).
+pub const BREAKPOINTS: &str = "troupe_breakpoints";
+/// Breakpoints that matched a point and paused a task, by kind of point (decision, tool, step, llm).
+pub const BREAKPOINT_HITS: &str = "troupe_breakpoint_hits_total";
