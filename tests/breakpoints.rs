@@ -70,12 +70,20 @@ async fn breakpoints_are_set_listed_shown_removed_and_in_force_in_the_core() {
     let unsure: Value = response.json().await.unwrap();
     let id = unsure["id"].as_str().unwrap().to_owned();
     assert_eq!(
-        response.headers().get("location").unwrap().to_str().unwrap(),
+        response
+            .headers()
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         format!("/api/v1/breakpoints/{id}")
     );
     assert_eq!(unsure["on"], "decision");
     assert_eq!(unsure["kind"], "assign_agent");
-    assert_eq!(unsure["when"], "confidence < 0.6", "stored in canonical form");
+    assert_eq!(
+        unsure["when"], "confidence < 0.6",
+        "stored in canonical form"
+    );
     for key in ["agent", "tool", "step", "purpose", "task_id"] {
         assert_eq!(unsure[key], Value::Null, "{key}: {unsure}");
     }
@@ -86,7 +94,10 @@ async fn breakpoints_are_set_listed_shown_removed_and_in_force_in_the_core() {
     )
     .await;
 
-    assert_eq!(listed(&app).await, vec![unsure.clone(), second_attempt.clone()]);
+    assert_eq!(
+        listed(&app).await,
+        vec![unsure.clone(), second_attempt.clone()]
+    );
     let (status, shown) = app.get(&format!("/api/v1/breakpoints/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(shown, unsure);
@@ -104,7 +115,9 @@ async fn breakpoints_are_set_listed_shown_removed_and_in_force_in_the_core() {
         .is_none());
     let retry = PausePoint::tool(AgentKind::Qa, "run_code").with("attempt", json!(2));
     assert_eq!(
-        core.breakpoints.matching(task, &retry).map(|b| b.id.to_string()),
+        core.breakpoints
+            .matching(task, &retry)
+            .map(|b| b.id.to_string()),
         second_attempt["id"].as_str().map(str::to_owned)
     );
     core.breakpoints.record_hit(&matched);
@@ -134,7 +147,10 @@ async fn breakpoints_are_set_listed_shown_removed_and_in_force_in_the_core() {
     );
     assert_eq!(listed(&app).await, vec![second_attempt]);
     assert!(core.breakpoints.matching(task, &low).is_none());
-    assert_eq!(metric_value(&app.metrics().await, "troupe_breakpoints"), 1.0);
+    assert_eq!(
+        metric_value(&app.metrics().await, "troupe_breakpoints"),
+        1.0
+    );
 
     let (_, doc) = app.get("/api/v1/openapi.json").await;
     for (route, methods) in [
@@ -235,7 +251,10 @@ async fn every_kind_of_bad_breakpoint_gets_a_4xx_naming_the_problem_and_stores_n
         assert_eq!(got, status, "{body} -> {answer}");
         assert_eq!(answer["error"]["code"], code, "{body} -> {answer}");
         let text = answer["error"]["message"].as_str().unwrap();
-        assert!(text.contains(&message), "{body}: '{text}' lacks '{message}'");
+        assert!(
+            text.contains(&message),
+            "{body}: '{text}' lacks '{message}'"
+        );
     }
 
     // Not JSON, not declared JSON.
@@ -264,10 +283,26 @@ async fn every_kind_of_bad_breakpoint_gets_a_4xx_naming_the_problem_and_stores_n
     let missing = BreakpointId::new();
     for (path, status, code) in [
         ("/api/v1/breakpoints/abc".to_owned(), 400, "invalid_id"),
-        (format!("/api/v1/breakpoints/{missing}"), 404, "breakpoint_not_found"),
-        ("/api/v1/breakpoints?task_id=abc".to_owned(), 400, "invalid_query"),
-        (format!("/api/v1/breakpoints?task_id={unknown_task}"), 404, "task_not_found"),
-        ("/api/v1/breakpoints?colour=red".to_owned(), 400, "invalid_query"),
+        (
+            format!("/api/v1/breakpoints/{missing}"),
+            404,
+            "breakpoint_not_found",
+        ),
+        (
+            "/api/v1/breakpoints?task_id=abc".to_owned(),
+            400,
+            "invalid_query",
+        ),
+        (
+            format!("/api/v1/breakpoints?task_id={unknown_task}"),
+            404,
+            "task_not_found",
+        ),
+        (
+            "/api/v1/breakpoints?colour=red".to_owned(),
+            400,
+            "invalid_query",
+        ),
     ] {
         let (got, body) = app.get(&path).await;
         assert_eq!(got, status, "{path}: {body}");
@@ -280,7 +315,10 @@ async fn every_kind_of_bad_breakpoint_gets_a_4xx_naming_the_problem_and_stores_n
         "'abc' is not a breakpoint id (a UUID)"
     );
     let (status, body) = delete(&app, &format!("/api/v1/breakpoints/{missing}")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("breakpoint_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("breakpoint_not_found"))
+    );
     let mut response = app
         .client
         .put(format!("{}/api/v1/breakpoints", app.address))
@@ -292,7 +330,10 @@ async fn every_kind_of_bad_breakpoint_gets_a_4xx_naming_the_problem_and_stores_n
     assert_eq!(body["error"]["code"], "method_not_allowed");
 
     assert!(listed(&app).await.is_empty(), "nothing was stored");
-    assert_eq!(metric_value(&app.metrics().await, "troupe_breakpoints"), 0.0);
+    assert_eq!(
+        metric_value(&app.metrics().await, "troupe_breakpoints"),
+        0.0
+    );
 }
 
 /// Waits (bounded) until task `id` has finished; returns its status.
@@ -319,7 +360,11 @@ async fn breakpoints_survive_a_restart(url: String) {
     )
     .await;
     let task = first.submit("Name three prime numbers").await;
-    let attached = set(&first, json!({ "on": "llm", "purpose": "work", "task_id": task })).await;
+    let attached = set(
+        &first,
+        json!({ "on": "llm", "purpose": "work", "task_id": task }),
+    )
+    .await;
     assert_eq!(attached["task_id"], task);
     let (status, body) = first.post(&format!("/api/v1/tasks/{task}/cancel")).await;
     assert!(status == 202 || status == 409, "{status} {body}");
@@ -335,9 +380,16 @@ async fn breakpoints_survive_a_restart(url: String) {
     assert_eq!(set_events[0]["data"]["breakpoint"], attached);
     // A finished task takes no more.
     let (status, body) = first
-        .post_json("/api/v1/breakpoints", &json!({ "on": "step", "task_id": task }))
+        .post_json(
+            "/api/v1/breakpoints",
+            &json!({ "on": "step", "task_id": task }),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("task_finished")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("task_finished")),
+        "{body}"
+    );
 
     let second = {
         let url = url.clone();
@@ -348,21 +400,32 @@ async fn breakpoints_survive_a_restart(url: String) {
         vec![every_decision.clone(), unsure.clone(), attached.clone()],
         "the same breakpoints, in the same order, after a restart"
     );
-    let (status, only) = second.get(&format!("/api/v1/breakpoints?task_id={task}")).await;
+    let (status, only) = second
+        .get(&format!("/api/v1/breakpoints?task_id={task}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(only["breakpoints"], json!([attached]));
-    assert_eq!(metric_value(&second.metrics().await, "troupe_breakpoints"), 3.0);
+    assert_eq!(
+        metric_value(&second.metrics().await, "troupe_breakpoints"),
+        3.0
+    );
 
     // The task's deletion takes its breakpoint along; removing one by id is stored too.
     let (status, body) = delete(&second, &format!("/api/v1/tasks/{task}")).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = second
-        .get(&format!("/api/v1/breakpoints/{}", attached["id"].as_str().unwrap()))
+        .get(&format!(
+            "/api/v1/breakpoints/{}",
+            attached["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(status, 404);
     let (status, _) = delete(
         &second,
-        &format!("/api/v1/breakpoints/{}", every_decision["id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/breakpoints/{}",
+            every_decision["id"].as_str().unwrap()
+        ),
     )
     .await;
     assert_eq!(status, 204);
@@ -418,12 +481,7 @@ async fn retention_takes_breakpoints_along(url: String) {
                 status: TaskStatus::Completed,
                 result: Some(json!({ "answer": "done" })),
                 error: None,
-                event: PendingEvent::now(
-                    id,
-                    EventKind::TaskCompleted,
-                    None,
-                    json!({}),
-                ),
+                event: PendingEvent::now(id, EventKind::TaskCompleted, None, json!({})),
                 memories: Vec::new(),
             })
             .await
@@ -457,7 +515,11 @@ async fn retention_takes_breakpoints_along(url: String) {
     }
     assert_eq!(storage.breakpoint(old_breakpoint.id).await.unwrap(), None);
     assert_eq!(
-        storage.breakpoint(recent_breakpoint.id).await.unwrap().map(|b| b.id),
+        storage
+            .breakpoint(recent_breakpoint.id)
+            .await
+            .unwrap()
+            .map(|b| b.id),
         Some(recent_breakpoint.id)
     );
     let (status, _) = app.get(&format!("/api/v1/tasks/{recent}")).await;
@@ -521,12 +583,23 @@ async fn the_debug_break_cli_adds_lists_and_removes_breakpoints_on_a_running_ser
 
     let (code, out, err) = cli(
         &server,
-        &["add", "--on", "decision", "--kind", "assign_agent", "--when", "confidence<0.6"],
+        &[
+            "add",
+            "--on",
+            "decision",
+            "--kind",
+            "assign_agent",
+            "--when",
+            "confidence<0.6",
+        ],
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let id = out.trim().to_owned();
-    assert!(id.parse::<BreakpointId>().is_ok(), "add prints the id: {out}");
+    assert!(
+        id.parse::<BreakpointId>().is_ok(),
+        "add prints the id: {out}"
+    );
     let (status, stored) = app.get(&format!("/api/v1/breakpoints/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(stored["when"], "confidence < 0.6");
@@ -534,27 +607,45 @@ async fn the_debug_break_cli_adds_lists_and_removes_breakpoints_on_a_running_ser
 
     let (code, out, err) = cli(
         &server,
-        &["add", "--on", "tool", "--tool", "run_code", "--agent", "qa", "--step", "3", "--json"],
+        &[
+            "add", "--on", "tool", "--tool", "run_code", "--agent", "qa", "--step", "3", "--json",
+        ],
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let tool: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((tool["tool"].as_str(), tool["step"].as_i64()), (Some("run_code"), Some(3)));
+    assert_eq!(
+        (tool["tool"].as_str(), tool["step"].as_i64()),
+        (Some("run_code"), Some(3))
+    );
 
     let (code, out, err) = cli(&server, &["list"]).await;
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
-    assert!(lines[0].starts_with("ID") && lines[0].ends_with("WHEN"), "{out}");
-    assert!(lines[1].starts_with(&id) && lines[1].ends_with("confidence < 0.6"), "{out}");
-    assert!(lines[2].contains("run_code") && lines[2].contains(" qa "), "{out}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].ends_with("WHEN"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&id) && lines[1].ends_with("confidence < 0.6"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("run_code") && lines[2].contains(" qa "),
+        "{out}"
+    );
     // Aligned: every column starts where its heading does.
     let on_column = lines[0].find("ON").unwrap();
     assert_eq!(&lines[1][on_column..on_column + 8], "decision", "{out}");
     assert_eq!(&lines[2][on_column..on_column + 4], "tool", "{out}");
 
     // The server's refusals, printed plainly, exit 1.
-    let (code, out, err) = cli(&server, &["add", "--on", "decision", "--when", "confidence 0.6"]).await;
+    let (code, out, err) = cli(
+        &server,
+        &["add", "--on", "decision", "--when", "confidence 0.6"],
+    )
+    .await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.is_empty(), "{out}");
     assert!(
@@ -570,7 +661,10 @@ async fn the_debug_break_cli_adds_lists_and_removes_breakpoints_on_a_running_ser
     assert_eq!(code, 0, "{out}{err}");
     let (code, _, err) = cli(&server, &["rm", &id]).await;
     assert_eq!(code, 1);
-    assert!(err.contains(&format!("breakpoint {id} does not exist")), "{err}");
+    assert!(
+        err.contains(&format!("breakpoint {id} does not exist")),
+        "{err}"
+    );
     let (code, _, err) = cli(&server, &["rm", "not-an-id"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("'not-an-id' is not a breakpoint id"), "{err}");
@@ -581,10 +675,16 @@ async fn the_debug_break_cli_adds_lists_and_removes_breakpoints_on_a_running_ser
     let unknown = TaskId::new();
     let (code, out, err) = cli(&server, &["list", "--task", &unknown.to_string()]).await;
     assert_eq!(code, 1, "an unknown task is refused: {out}");
-    assert!(out.is_empty() && err.contains(&format!("task {unknown} does not exist")), "{err}");
+    assert!(
+        out.is_empty() && err.contains(&format!("task {unknown} does not exist")),
+        "{err}"
+    );
 
     // No server there: an error, exit 2.
     let (code, _, err) = cli("http://127.0.0.1:9", &["list"]).await;
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("reach the Troupe server at http://127.0.0.1:9"), "{err}");
+    assert!(
+        err.contains("reach the Troupe server at http://127.0.0.1:9"),
+        "{err}"
+    );
 }

@@ -62,7 +62,12 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .drop_table(Table::drop().table(Breakpoints::Table).if_exists().to_owned())
+            .drop_table(
+                Table::drop()
+                    .table(Breakpoints::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await
     }
 }

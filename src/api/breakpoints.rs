@@ -47,7 +47,9 @@ impl CreateBreakpoint {
             .as_deref()
             .map(Condition::parse)
             .transpose()
-            .map_err(|error| ApiError::InvalidBreakpoint(BreakpointError::from(error).to_string()))?;
+            .map_err(|error| {
+                ApiError::InvalidBreakpoint(BreakpointError::from(error).to_string())
+            })?;
         Ok(BreakpointSpec {
             on: self.on,
             agent: self.agent,
@@ -69,10 +71,7 @@ pub async fn create_breakpoint(
     let spec = body.into_inner().into_spec()?;
     let breakpoint = core.breakpoints.add(spec).await?;
     Ok(HttpResponse::Created()
-        .insert_header((
-            "Location",
-            format!("/api/v1/breakpoints/{}", breakpoint.id),
-        ))
+        .insert_header(("Location", format!("/api/v1/breakpoints/{}", breakpoint.id)))
         .json(breakpoint))
 }
 

@@ -123,7 +123,10 @@ async fn breakpoints(client: &Client, action: Break) -> anyhow::Result<ExitCode>
                     body[key] = value;
                 }
             }
-            let breakpoint = match client.send(Method::Post, "/api/v1/breakpoints", Some(&body)).await? {
+            let breakpoint = match client
+                .send(Method::Post, "/api/v1/breakpoints", Some(&body))
+                .await?
+            {
                 Ok(breakpoint) => breakpoint,
                 Err(code) => return Ok(code),
             };

@@ -91,7 +91,12 @@ pub enum BreakOn {
 
 impl BreakOn {
     /// Every kind of point.
-    pub const ALL: [BreakOn; 4] = [BreakOn::Decision, BreakOn::Tool, BreakOn::Step, BreakOn::Llm];
+    pub const ALL: [BreakOn; 4] = [
+        BreakOn::Decision,
+        BreakOn::Tool,
+        BreakOn::Step,
+        BreakOn::Llm,
+    ];
 
     /// The stable name.
     pub fn as_str(self) -> &'static str {
@@ -238,12 +243,14 @@ impl BreakpointSpec {
         }
         let kind = match &self.kind {
             None => None,
-            Some(name) => Some(DecisionKind::named(name).ok_or_else(|| {
-                BreakpointError::UnknownKind {
-                    kind: shorten(name, 40),
-                    known: known_kinds(),
-                }
-            })?),
+            Some(name) => {
+                Some(
+                    DecisionKind::named(name).ok_or_else(|| BreakpointError::UnknownKind {
+                        kind: shorten(name, 40),
+                        known: known_kinds(),
+                    })?,
+                )
+            }
         };
         if let Some(tool) = &self.tool {
             if !tools.contains(&tool.as_str()) {
@@ -279,7 +286,11 @@ impl BreakpointSpec {
         Ok(())
     }
 
-    fn check_agent(&self, agent: AgentKind, kind: Option<DecisionKind>) -> Result<(), BreakpointError> {
+    fn check_agent(
+        &self,
+        agent: AgentKind,
+        kind: Option<DecisionKind>,
+    ) -> Result<(), BreakpointError> {
         match self.on {
             BreakOn::Decision => {
                 if let Some(kind) = kind {

@@ -15,8 +15,8 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::domain::{
-    Breakpoint, BreakpointError, BreakpointId, BreakpointSpec, EventKind, PausePoint,
-    TaskId, TaskStatus,
+    Breakpoint, BreakpointError, BreakpointId, BreakpointSpec, EventKind, PausePoint, TaskId,
+    TaskStatus,
 };
 use crate::storage::writer::Writer;
 use crate::storage::{Storage, StorageError};
@@ -144,7 +144,10 @@ impl Breakpoints {
         let result = self.add_inner(spec).instrument(span.clone()).await;
         match &result {
             Ok(breakpoint) => {
-                span.record("troupe.breakpoint.id", tracing::field::display(breakpoint.id));
+                span.record(
+                    "troupe.breakpoint.id",
+                    tracing::field::display(breakpoint.id),
+                );
             }
             Err(error) => {
                 span.record("error.type", error_type(error));
@@ -382,7 +385,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (breakpoints, storage, writer, metrics) = registry(&dir).await;
         let unsure = breakpoints
-            .add(spec(json!({ "on": "decision", "kind": "assign_agent", "when": "confidence < 0.6" })))
+            .add(spec(
+                json!({ "on": "decision", "kind": "assign_agent", "when": "confidence < 0.6" }),
+            ))
             .await
             .unwrap();
         let every = breakpoints
@@ -395,9 +400,18 @@ mod tests {
             .at_step(1)
             .with("confidence", json!(0.3));
         let high = low.clone().with("confidence", json!(0.9));
-        assert_eq!(breakpoints.matching(task, &low).map(|b| b.id), Some(unsure.id));
-        assert_eq!(breakpoints.matching(task, &high).map(|b| b.id), Some(every.id));
-        assert_eq!(breakpoints.matching(task, &PausePoint::step(AgentKind::Code, 1)), None);
+        assert_eq!(
+            breakpoints.matching(task, &low).map(|b| b.id),
+            Some(unsure.id)
+        );
+        assert_eq!(
+            breakpoints.matching(task, &high).map(|b| b.id),
+            Some(every.id)
+        );
+        assert_eq!(
+            breakpoints.matching(task, &PausePoint::step(AgentKind::Code, 1)),
+            None
+        );
 
         breakpoints.record_hit(&unsure);
         assert_eq!(
@@ -409,13 +423,21 @@ mod tests {
         );
 
         // Stored: a registry loaded from the database has both, in the same order and equal.
-        let again = Breakpoints::new(storage.clone(), writer.clone(), Metrics::new().unwrap(), TOOLS.to_vec());
+        let again = Breakpoints::new(
+            storage.clone(),
+            writer.clone(),
+            Metrics::new().unwrap(),
+            TOOLS.to_vec(),
+        );
         assert_eq!(again.load().await.unwrap(), 2);
         assert_eq!(again.list(), vec![unsure.clone(), every.clone()]);
 
         let removed = breakpoints.remove(unsure.id).await.unwrap();
         assert_eq!(removed, unsure);
-        assert_eq!(breakpoints.matching(task, &low).map(|b| b.id), Some(every.id));
+        assert_eq!(
+            breakpoints.matching(task, &low).map(|b| b.id),
+            Some(every.id)
+        );
         assert!(matches!(
             breakpoints.remove(unsure.id).await,
             Err(BreakpointsError::NotFound(id)) if id == unsure.id
@@ -434,13 +456,22 @@ mod tests {
             .add(spec(json!({ "on": "tool", "tool": "rm_rf" })))
             .await
             .unwrap_err();
-        assert!(matches!(invalid, BreakpointsError::Invalid(BreakpointError::UnknownTool { .. })), "{invalid}");
+        assert!(
+            matches!(
+                invalid,
+                BreakpointsError::Invalid(BreakpointError::UnknownTool { .. })
+            ),
+            "{invalid}"
+        );
         let missing = TaskId::new();
         let error = breakpoints
             .add(spec(json!({ "on": "step", "task_id": missing })))
             .await
             .unwrap_err();
-        assert_eq!(error.to_string(), format!("task {missing} (task_id) does not exist"));
+        assert_eq!(
+            error.to_string(),
+            format!("task {missing} (task_id) does not exist")
+        );
 
         // A finished task takes none; a queued one does, and its deletion takes the breakpoint with it.
         let queued = PendingEvent::now(missing, EventKind::TaskQueued, None, json!({}));
@@ -480,7 +511,16 @@ mod tests {
             .add(spec(json!({ "on": "step", "task_id": task })))
             .await
             .unwrap_err();
-        assert!(matches!(finished, BreakpointsError::TaskFinished { status: TaskStatus::Cancelled, .. }), "{finished}");
+        assert!(
+            matches!(
+                finished,
+                BreakpointsError::TaskFinished {
+                    status: TaskStatus::Cancelled,
+                    ..
+                }
+            ),
+            "{finished}"
+        );
         // The log has the breakpoint.set event before the end, nothing after.
         let kinds: Vec<EventKind> = storage
             .events_after(task, 0)
@@ -491,7 +531,11 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            vec![EventKind::TaskQueued, EventKind::BreakpointSet, EventKind::TaskCancelled]
+            vec![
+                EventKind::TaskQueued,
+                EventKind::BreakpointSet,
+                EventKind::TaskCancelled
+            ]
         );
 
         assert!(writer.delete_task(task).await.unwrap());

@@ -6,7 +6,9 @@ use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
 
 use super::entities::breakpoint;
 use super::{Storage, StorageError};
-use crate::domain::{AgentKind, BreakOn, Breakpoint, BreakpointId, BreakpointSpec, Condition, TaskId};
+use crate::domain::{
+    AgentKind, BreakOn, Breakpoint, BreakpointId, BreakpointSpec, Condition, TaskId,
+};
 
 impl Storage {
     /// Every stored breakpoint, oldest first. A row that does not parse (edited by hand, or written by a
@@ -75,7 +77,10 @@ fn from_row(row: breakpoint::Model) -> Result<Breakpoint, StorageError> {
         .id
         .parse::<BreakpointId>()
         .map_err(|e| corrupt(format!("id: {e}")))?;
-    let on = row.on.parse::<BreakOn>().map_err(|e| corrupt(format!("{e}")))?;
+    let on = row
+        .on
+        .parse::<BreakOn>()
+        .map_err(|e| corrupt(format!("{e}")))?;
     let agent = row
         .agent
         .as_deref()

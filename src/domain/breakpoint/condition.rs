@@ -138,7 +138,9 @@ impl Field {
             "purpose" => Field::Purpose,
             "kind" => Field::Kind,
             _ => {
-                let path = name.strip_prefix("arguments.").filter(|path| !path.is_empty())?;
+                let path = name
+                    .strip_prefix("arguments.")
+                    .filter(|path| !path.is_empty())?;
                 return Some(Field::Argument(
                     path.split('.').map(str::to_owned).collect(),
                 ));
@@ -339,7 +341,9 @@ enum Operand<'a> {
 impl<'a> Operand<'a> {
     fn of(value: &'a serde_json::Value) -> Operand<'a> {
         match value {
-            serde_json::Value::Number(number) => number.as_f64().map_or(Operand::Other, Operand::Number),
+            serde_json::Value::Number(number) => {
+                number.as_f64().map_or(Operand::Other, Operand::Number)
+            }
             serde_json::Value::String(text) => Operand::Text(text),
             serde_json::Value::Bool(value) => Operand::Bool(*value),
             _ => Operand::Other,

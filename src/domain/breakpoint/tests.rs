@@ -166,11 +166,26 @@ fn a_spec_from_json_rejects_unknown_fields_and_bad_conditions() {
 
 #[test]
 fn a_breakpoint_is_one_flat_json_object_that_reads_back() {
-    let stored = breakpoint(json!({ "on": "decision", "kind": "assign_agent", "when": "confidence<0.6" }));
+    let stored =
+        breakpoint(json!({ "on": "decision", "kind": "assign_agent", "when": "confidence<0.6" }));
     let value = serde_json::to_value(&stored).unwrap();
-    let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut expected = vec![
-        "id", "on", "agent", "kind", "tool", "step", "purpose", "when", "task_id", "created_at",
+        "id",
+        "on",
+        "agent",
+        "kind",
+        "tool",
+        "step",
+        "purpose",
+        "when",
+        "task_id",
+        "created_at",
     ];
     expected.sort_unstable();
     let mut sorted = keys.clone();
@@ -194,7 +209,8 @@ fn matching_needs_the_point_kind_every_given_field_and_the_condition() {
     assert!(any_decision.matches(task, &low));
     assert!(!any_decision.matches(task, &PausePoint::step(AgentKind::Code, 2)));
 
-    let unsure = breakpoint(json!({ "on": "decision", "kind": "assign_agent", "when": "confidence < 0.6" }));
+    let unsure =
+        breakpoint(json!({ "on": "decision", "kind": "assign_agent", "when": "confidence < 0.6" }));
     assert!(unsure.matches(task, &low));
     assert!(!unsure.matches(task, &high));
     assert!(!unsure.matches(task, &PausePoint::decision(AgentKind::Qa, "verdict")));
@@ -211,10 +227,16 @@ fn matching_needs_the_point_kind_every_given_field_and_the_condition() {
     assert!(attached.matches(task, &low));
     assert!(!attached.matches(other, &low));
 
-    let run_code = breakpoint(json!({ "on": "tool", "tool": "run_code", "when": "arguments.entry == 'a.py'" }));
-    let call = PausePoint::tool(AgentKind::Qa, "run_code").with("arguments", json!({ "entry": "a.py" }));
+    let run_code = breakpoint(
+        json!({ "on": "tool", "tool": "run_code", "when": "arguments.entry == 'a.py'" }),
+    );
+    let call =
+        PausePoint::tool(AgentKind::Qa, "run_code").with("arguments", json!({ "entry": "a.py" }));
     assert!(run_code.matches(task, &call));
-    assert!(!run_code.matches(task, &call.clone().with("arguments", json!({ "entry": "b.py" }))));
+    assert!(!run_code.matches(
+        task,
+        &call.clone().with("arguments", json!({ "entry": "b.py" }))
+    ));
     assert!(!run_code.matches(task, &PausePoint::tool(AgentKind::Code, "write_file")));
 
     let work = breakpoint(json!({ "on": "llm", "purpose": "work" }));
@@ -229,8 +251,20 @@ fn matching_needs_the_point_kind_every_given_field_and_the_condition() {
     assert!(!work.matches(task, &no_purpose));
 
     let code_steps = breakpoint(json!({ "on": "step", "agent": "code", "when": "attempt > 1" }));
-    assert!(code_steps.matches(task, &PausePoint::step(AgentKind::Code, 2).with("attempt", json!(2))));
-    assert!(!code_steps.matches(task, &PausePoint::step(AgentKind::Code, 2).with("attempt", json!(1))));
-    assert!(!code_steps.matches(task, &PausePoint::step(AgentKind::Code, 2)), "no attempt: false");
-    assert!(!code_steps.matches(task, &PausePoint::step(AgentKind::Qa, 2).with("attempt", json!(2))));
+    assert!(code_steps.matches(
+        task,
+        &PausePoint::step(AgentKind::Code, 2).with("attempt", json!(2))
+    ));
+    assert!(!code_steps.matches(
+        task,
+        &PausePoint::step(AgentKind::Code, 2).with("attempt", json!(1))
+    ));
+    assert!(
+        !code_steps.matches(task, &PausePoint::step(AgentKind::Code, 2)),
+        "no attempt: false"
+    );
+    assert!(!code_steps.matches(
+        task,
+        &PausePoint::step(AgentKind::Qa, 2).with("attempt", json!(2))
+    ));
 }

@@ -125,9 +125,17 @@ fn tokenize(text: &str) -> Result<Vec<Spanned>, ConditionError> {
                     ('=', true) => Token::Op(Op::Eq),
                     ('!', true) => Token::Op(Op::Ne),
                     ('=', false) => {
-                        return Err(error(column, "'=' is not an operator: use '==' to compare".into()))
+                        return Err(error(
+                            column,
+                            "'=' is not an operator: use '==' to compare".into(),
+                        ))
                     }
-                    _ => return Err(error(column, "'!' is not an operator: use '!=' to compare".into())),
+                    _ => {
+                        return Err(error(
+                            column,
+                            "'!' is not an operator: use '!=' to compare".into(),
+                        ))
+                    }
                 }
             }
             '"' | '\'' => {
@@ -192,7 +200,10 @@ fn tokenize(text: &str) -> Result<Vec<Spanned>, ConditionError> {
                 match written.parse::<f64>() {
                     Ok(number) if well_formed && number.is_finite() => Token::Number(number),
                     Ok(_) if well_formed => {
-                        return Err(error(column, format!("the number {written} is out of range")))
+                        return Err(error(
+                            column,
+                            format!("the number {written} is out of range"),
+                        ))
                     }
                     _ => return Err(error(column, format!("'{written}' is not a number"))),
                 }
@@ -419,7 +430,10 @@ fn check_types(
         (FieldType::Number, other) => {
             return Err(ConditionError {
                 column: literal_column,
-                message: format!("'{field}' is a number and cannot be compared with {}", other.type_name()),
+                message: format!(
+                    "'{field}' is a number and cannot be compared with {}",
+                    other.type_name()
+                ),
             })
         }
         (FieldType::Text, other) => {
@@ -443,4 +457,3 @@ fn check_types(
     }
     Ok(())
 }
-

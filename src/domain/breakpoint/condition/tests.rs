@@ -26,22 +26,41 @@ fn comparisons_parse_and_show_in_canonical_form() {
         ("chosen != \"qa\"", "chosen != \"qa\""),
         ("arguments.flag == true", "arguments.flag == true"),
         ("arguments.a.b >= -1.5e2", "arguments.a.b >= -150"),
-        ("arguments.text == 'say \\'hi\\' \\\\ \"x\"'", "arguments.text == \"say 'hi' \\\\ \\\"x\\\"\""),
+        (
+            "arguments.text == 'say \\'hi\\' \\\\ \"x\"'",
+            "arguments.text == \"say 'hi' \\\\ \\\"x\\\"\"",
+        ),
     ] {
         let condition = Condition::parse(text).unwrap();
         assert_eq!(condition.to_string(), canonical, "{text}");
-        assert_eq!(Condition::parse(canonical).unwrap(), condition, "{canonical}");
+        assert_eq!(
+            Condition::parse(canonical).unwrap(),
+            condition,
+            "{canonical}"
+        );
     }
 }
 
 #[test]
 fn and_binds_tighter_than_or_and_parentheses_survive_only_where_needed() {
     for (text, canonical) in [
-        ("step == 1 or step == 2 and attempt > 1", "step == 1 or step == 2 and attempt > 1"),
-        ("(step == 1 or step == 2) and attempt > 1", "(step == 1 or step == 2) and attempt > 1"),
+        (
+            "step == 1 or step == 2 and attempt > 1",
+            "step == 1 or step == 2 and attempt > 1",
+        ),
+        (
+            "(step == 1 or step == 2) and attempt > 1",
+            "(step == 1 or step == 2) and attempt > 1",
+        ),
         ("((step == 1))", "step == 1"),
-        ("(step == 1 and round == 1) and attempt > 1", "step == 1 and round == 1 and attempt > 1"),
-        ("step == 1 or (round == 2 or attempt == 3)", "step == 1 or round == 2 or attempt == 3"),
+        (
+            "(step == 1 and round == 1) and attempt > 1",
+            "step == 1 and round == 1 and attempt > 1",
+        ),
+        (
+            "step == 1 or (round == 2 or attempt == 3)",
+            "step == 1 or round == 2 or attempt == 3",
+        ),
         (
             "(step == 1 or round == 2) and (attempt == 3 or revision == 1)",
             "(step == 1 or round == 2) and (attempt == 3 or revision == 1)",
@@ -59,9 +78,11 @@ fn and_binds_tighter_than_or_and_parentheses_survive_only_where_needed() {
     assert!(Condition::parse("step == 1 or step == 2 and attempt > 1")
         .unwrap()
         .holds(&point));
-    assert!(!Condition::parse("(step == 1 or step == 2) and attempt > 1")
-        .unwrap()
-        .holds(&point));
+    assert!(
+        !Condition::parse("(step == 1 or step == 2) and attempt > 1")
+            .unwrap()
+            .holds(&point)
+    );
 }
 
 #[test]
@@ -78,13 +99,22 @@ fn parse_errors_say_what_and_where() {
     assert!(error("conf < 1").ends_with("at column 1"));
     assert_eq!(error(""), "the condition is empty at column 1");
     assert_eq!(error("   "), "the condition is empty at column 4");
-    assert_eq!(error("step = 2"), "'=' is not an operator: use '==' to compare at column 6");
-    assert_eq!(error("step ! 2"), "'!' is not an operator: use '!=' to compare at column 6");
+    assert_eq!(
+        error("step = 2"),
+        "'=' is not an operator: use '==' to compare at column 6"
+    );
+    assert_eq!(
+        error("step ! 2"),
+        "'!' is not an operator: use '!=' to compare at column 6"
+    );
     assert_eq!(
         error("(step == 2"),
         "expected ')' to close the '(' at column 1, found the end of the condition at column 11"
     );
-    assert_eq!(error("step == 2)"), "unexpected ')' with no '(' before it at column 10");
+    assert_eq!(
+        error("step == 2)"),
+        "unexpected ')' with no '(' before it at column 10"
+    );
     assert_eq!(
         error("step == 2 step == 3"),
         "expected 'and', 'or' or the end of the condition after '2', found 'step' at column 11"
@@ -101,8 +131,14 @@ fn parse_errors_say_what_and_where() {
         error("chosen == 'a\\nb'"),
         "unknown escape '\\n' in a string (only \\\\, \\\" and \\' are escapes) at column 13"
     );
-    assert_eq!(error("step == 1.2.3"), "'1.2.3' is not a number at column 9");
-    assert_eq!(error("step == 1e999"), "the number 1e999 is out of range at column 9");
+    assert_eq!(
+        error("step == 1.2.3"),
+        "'1.2.3' is not a number at column 9"
+    );
+    assert_eq!(
+        error("step == 1e999"),
+        "the number 1e999 is out of range at column 9"
+    );
     assert_eq!(error("step == -inf"), "'-inf' is not a number at column 9");
     assert_eq!(error("step # 2"), "unexpected character '#' at column 6");
     assert_eq!(
@@ -142,15 +178,37 @@ fn comparisons_of_unlike_types_are_refused_when_parsed() {
 #[test]
 fn conditions_are_bounded() {
     let long = format!("step == {}", "1".repeat(MAX_CONDITION_CHARS));
-    assert!(error(&long).contains("at most 256 are allowed"), "{}", error(&long));
-    let deep = format!("{}step == 1{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
-    assert_eq!(error(&deep), "parentheses are nested more than 8 deep at column 9");
-    let fine = format!("{}step == 1{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+    assert!(
+        error(&long).contains("at most 256 are allowed"),
+        "{}",
+        error(&long)
+    );
+    let deep = format!(
+        "{}step == 1{}",
+        "(".repeat(MAX_DEPTH + 1),
+        ")".repeat(MAX_DEPTH + 1)
+    );
+    assert_eq!(
+        error(&deep),
+        "parentheses are nested more than 8 deep at column 9"
+    );
+    let fine = format!(
+        "{}step == 1{}",
+        "(".repeat(MAX_DEPTH),
+        ")".repeat(MAX_DEPTH)
+    );
     assert!(Condition::parse(&fine).is_ok());
     let many = vec!["step == 1"; MAX_COMPARISONS + 1].join(" or ");
-    assert!(error(&many).starts_with("more than 16 comparisons"), "{}", error(&many));
+    assert!(
+        error(&many).starts_with("more than 16 comparisons"),
+        "{}",
+        error(&many)
+    );
     let enough = vec!["step == 1"; MAX_COMPARISONS].join(" or ");
-    assert_eq!(Condition::parse(&enough).unwrap().comparisons().len(), MAX_COMPARISONS);
+    assert_eq!(
+        Condition::parse(&enough).unwrap().comparisons().len(),
+        MAX_COMPARISONS
+    );
 }
 
 #[test]
@@ -163,7 +221,10 @@ fn conditions_evaluate_against_a_point() {
     assert!(holds("confidence <= 0.4", &low) && holds("confidence >= 0.4", &low));
     assert!(holds("confidence > 0.6 or step == 2", &low));
     assert!(!holds("confidence > 0.6 and step == 2", &low));
-    assert!(holds("chosen == 'code' and agent == 'director' and kind == 'assign_agent'", &low));
+    assert!(holds(
+        "chosen == 'code' and agent == 'director' and kind == 'assign_agent'",
+        &low
+    ));
     assert!(holds("chosen != 'qa'", &low));
     assert!(!holds("step != 2", &low));
     // A field the point does not have: false whatever the operator.
@@ -172,8 +233,8 @@ fn conditions_evaluate_against_a_point() {
     assert!(!holds("tool == 'run_code'", &low));
     assert!(!holds("tool != 'run_code'", &low));
     // A value of another type than the literal: false too.
-    let odd = PausePoint::decision(AgentKind::Director, "assign_agent")
-        .with("confidence", json!("high"));
+    let odd =
+        PausePoint::decision(AgentKind::Director, "assign_agent").with("confidence", json!("high"));
     assert!(!holds("confidence < 0.6", &odd) && !holds("confidence != 0.6", &odd));
 
     let call = PausePoint::tool(AgentKind::Qa, "run_code").at_step(3).with(
