@@ -1,5 +1,5 @@
 //! A breakpoint's condition (`when`): comparisons `<field> <op> <literal>` joined by `and` / `or`, with
-//! parentheses, parsed from text ([`Condition::parse`]), shown back as its canonical text ([`Display`]) and
+//! parentheses, parsed from text ([`Condition::parse`]), shown back as its canonical text (`Display`) and
 //! evaluated against a [`PausePoint`] ([`Condition::holds`]).
 //!
 //! The grammar, `and` binding tighter than `or`:
@@ -52,7 +52,7 @@ pub const FIELD_NAMES: [&str; 11] = [
     "kind",
 ];
 
-/// A parsed condition. Its text form ([`Display`], and what it serializes as) is canonical: parsing it
+/// A parsed condition. Its text form (`Display`, and what it serializes as) is canonical: parsing it
 /// again gives the same condition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Condition {
@@ -164,7 +164,7 @@ impl Field {
         }
     }
 
-    /// The field's name as a condition writes it; `arguments` for every argument (see [`Display`] for
+    /// The field's name as a condition writes it; `arguments` for every argument (see `Display` for
     /// the whole path).
     pub fn name(&self) -> &'static str {
         match self {
