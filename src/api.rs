@@ -7,6 +7,7 @@
 pub mod access;
 pub mod agents;
 pub mod compare;
+pub mod breakpoints;
 pub mod dashboard;
 pub mod error;
 pub mod events;
@@ -110,6 +111,16 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(
                         resource("/tasks/{id}/tool-calls/{call_id}/replay")
                             .route(web::post().to(tool_calls::replay_tool_call)),
+                    )
+                    .service(
+                        resource("/breakpoints")
+                            .route(web::post().to(breakpoints::create_breakpoint))
+                            .route(web::get().to(breakpoints::list_breakpoints)),
+                    )
+                    .service(
+                        resource("/breakpoints/{id}")
+                            .route(web::get().to(breakpoints::get_breakpoint))
+                            .route(web::delete().to(breakpoints::delete_breakpoint)),
                     )
                     .service(resource("/events").route(web::get().to(events::all_events)))
                     .service(resource("/stats").route(web::get().to(stats::get_stats)))

@@ -1,5 +1,6 @@
 //! The `troupe` command line: argument parsing and one file per subcommand under `cli/`.
 
+pub mod debug;
 pub mod memory;
 pub mod migrate;
 pub mod model_worker;
@@ -65,6 +66,8 @@ pub enum Command {
         #[command(subcommand)]
         action: SandboxCommand,
     },
+    /// Debug mode against a running server: breakpoints (`debug break add|list|rm`).
+    Debug(debug::DebugArgs),
     /// Host the embedded model for a server (started by Troupe itself; speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
     ModelWorker {

@@ -65,7 +65,10 @@ fn main() -> ExitCode {
     let mut settings = settings;
     if matches!(
         cli.command,
-        Command::Run { verbose: false, .. } | Command::Memory { .. } | Command::Sandbox { .. }
+        Command::Run { verbose: false, .. }
+            | Command::Memory { .. }
+            | Command::Sandbox { .. }
+            | Command::Debug(_)
     ) {
         // The live view (or the hits) is the output; log lines would tear it.
         settings.telemetry.log_level = "warn".to_owned();
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Memory { action } => cli::memory::memory(settings, action).await,
             Command::Sandbox { action } => cli::sandbox::sandbox(settings, action).await,
+            Command::Debug(args) => cli::debug::debug(settings, args).await,
             Command::ModelWorker { .. } => Ok(ExitCode::SUCCESS),
         }
     });

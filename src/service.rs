@@ -34,6 +34,7 @@ use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
 pub mod compare;
+pub mod breakpoints;
 mod durability;
 mod fork;
 mod known_series;
@@ -41,6 +42,7 @@ pub mod retention;
 pub mod tool_replay;
 
 pub use compare::CompareError;
+pub use breakpoints::{Breakpoints, BreakpointsError};
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 pub use fork::ForkRequest;
 pub use tool_replay::{Replayed, ToolReplayError};
@@ -204,6 +206,9 @@ pub struct Core {
     pub tools: Tools,
     /// Tasks waiting for a person's yes (a cloud fallback in `confirm` mode).
     pub confirmations: Confirmations,
+    /// The debug mode's breakpoints in force (loaded at start, changed through it); the pause engine asks
+    /// it at every point a task could pause at.
+    pub breakpoints: Breakpoints,
     /// One permit per task admitted and not yet ended: `director.max_concurrent_tasks` + `max_queued_tasks`.
     admission: Arc<tokio::sync::Semaphore>,
     /// The in-process history of a few metrics (the dashboard's charts), sampled while the core lives.
@@ -248,6 +253,8 @@ impl Core {
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
         let mut core = Self::assemble(settings, storage, metrics, llm, memory, sandbox);
         core.lease = Some(lease);
+        // Before any task is taken over: a resumed task pauses at the breakpoints set before the restart.
+        core.breakpoints.load().await?;
         core.take_over_orphans().await?;
         if let Some(take_over) = core.take_over() {
             let watch = take_over.watch();
@@ -350,11 +357,18 @@ impl Core {
             settings.dashboard.history_samples,
         );
         let sampler = history.start();
+        let breakpoints = Breakpoints::new(
+            storage.clone(),
+            writer.clone(),
+            metrics.clone(),
+            tools.specs().iter().map(|spec| spec.name).collect(),
+        );
         let retention = retention::Retention::new(
             settings.retention.clone(),
             storage.clone(),
             writer.clone(),
             metrics.clone(),
+            breakpoints.clone(),
         );
         let sweeper = retention.clone().start();
         let admitted = settings.director.max_concurrent_tasks + settings.director.max_queued_tasks;
@@ -369,6 +383,7 @@ impl Core {
             memory,
             tools,
             confirmations,
+            breakpoints,
             admission: Arc::new(tokio::sync::Semaphore::new(admitted)),
             history,
             _sampler: sampler,
@@ -477,8 +492,9 @@ impl Core {
         Ok(id)
     }
 
-    /// Removes a finished task with its events, steps, decisions and model calls, in one commit; its
-    /// memories stay, with their provenance. Counted in `troupe_tasks_deleted_total{reason="request"}`.
+    /// Removes a finished task with its events, steps, decisions, model calls and breakpoints, in one
+    /// commit; its memories stay, with their provenance. Counted in
+    /// `troupe_tasks_deleted_total{reason="request"}`.
     pub async fn delete(&self, id: TaskId) -> Result<(), DeleteError> {
         let task = self
             .storage
@@ -496,6 +512,7 @@ impl Core {
         if !self.writer.delete_task(id).await? {
             return Err(DeleteError::NotFound(id));
         }
+        self.breakpoints.forget_task(id).await;
         self.metrics
             .tasks_deleted
             .with_label_values(&["request"])

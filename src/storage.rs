@@ -4,11 +4,12 @@
 //! Reads are methods on [`Storage`], one file per aggregate (`tasks.rs`, `events.rs`, `llm_calls.rs`,
 //! `memories.rs`, which also holds the backend-specific SQL of embeddings; `stats.rs`, the dashboard's
 //! aggregates over the event log; `leases.rs`, the processes' leases, task ownership and what a resumed
-//! task is rebuilt from);
+//! task is rebuilt from; `breakpoints.rs`, the debug mode's breakpoints);
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
 mod decisions;
+mod breakpoints;
 pub mod entities;
 mod events;
 pub mod leases;

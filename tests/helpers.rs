@@ -100,6 +100,18 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// A client for an application a test started itself on `port`, keeping `dir` (its files) alive.
+    pub fn at(port: u16, dir: tempfile::TempDir) -> TestApp {
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
+            _dir: dir,
+        }
+    }
+
     /// `POST /api/v1/tasks` with a JSON body; returns status and body.
     pub async fn post_task(&self, body: &Value) -> (u16, Value) {
         self.post_json("/api/v1/tasks", body).await

@@ -4,6 +4,7 @@
 
 mod access;
 mod bad_input;
+mod breakpoints;
 mod budget;
 mod cancellation;
 mod dashboard_api;

@@ -12,6 +12,7 @@ mod m20261202_000001_add_dashboard_indexes;
 mod m20261203_000001_create_leases;
 mod m20261203_000002_add_event_seq_end;
 mod m20261203_000003_add_finished_at_index;
+mod m20261204_000001_create_breakpoints;
 mod m20261204_000002_add_llm_call_request;
 
 /// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_create_leases::Migration),
             Box::new(m20261203_000002_add_event_seq_end::Migration),
             Box::new(m20261203_000003_add_finished_at_index::Migration),
+            Box::new(m20261204_000001_create_breakpoints::Migration),
             Box::new(m20261204_000002_add_llm_call_request::Migration),
         ]
     }

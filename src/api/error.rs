@@ -6,9 +6,10 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde_json::json;
 
-use crate::domain::{TaskId, TaskStatus};
+use crate::domain::{BreakpointId, TaskId, TaskStatus};
 use crate::service::{
-    CancelError, CompareError, ConfirmError, DeleteError, SubmitError, ToolReplayError,
+    BreakpointsError, CancelError, CompareError, ConfirmError, DeleteError, SubmitError,
+    ToolReplayError,
 };
 use crate::storage::StorageError;
 
@@ -98,6 +99,19 @@ pub enum ApiError {
         /// Its status.
         status: TaskStatus,
     },
+    /// A breakpoint's body parses but asks for something that cannot be (an unknown kind or tool, a bad
+    /// condition, fields that do not apply).
+    #[error("invalid breakpoint: {0}")]
+    InvalidBreakpoint(String),
+    /// A path segment is not a breakpoint id.
+    #[error("'{0}' is not a breakpoint id (a UUID)")]
+    InvalidBreakpointId(String),
+    /// No such breakpoint.
+    #[error("breakpoint {0} does not exist")]
+    BreakpointNotFound(BreakpointId),
+    /// As many breakpoints as allowed are set.
+    #[error("{0}")]
+    TooManyBreakpoints(String),
     /// The route serves only WebSocket upgrades.
     #[error("this route serves a WebSocket: send an upgrade request (Upgrade: websocket)")]
     UpgradeRequired,
@@ -158,6 +172,10 @@ impl ApiError {
             ApiError::TaskUnfinished { .. } => "task_unfinished",
             ApiError::SourceUnfinished { .. } => "source_unfinished",
             ApiError::NotAwaitingConfirmation { .. } => "not_awaiting_confirmation",
+            ApiError::InvalidBreakpoint(_) => "invalid_breakpoint",
+            ApiError::InvalidBreakpointId(_) => "invalid_id",
+            ApiError::BreakpointNotFound(_) => "breakpoint_not_found",
+            ApiError::TooManyBreakpoints(_) => "too_many_breakpoints",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -182,19 +200,25 @@ impl ResponseError for ApiError {
             | ApiError::InvalidId(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidCallId(_)
+            | ApiError::InvalidBreakpoint(_)
+            | ApiError::InvalidBreakpointId(_)
             | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::TaskNotFound(_) | ApiError::ToolCallNotFound(_) | ApiError::NotFound => {
+            ApiError::TaskNotFound(_)
+            | ApiError::ToolCallNotFound(_)
+            | ApiError::BreakpointNotFound(_)
+            | ApiError::NotFound => {
                 StatusCode::NOT_FOUND
             }
             ApiError::TaskFinished { .. }
             | ApiError::TaskUnfinished { .. }
             | ApiError::SourceUnfinished { .. }
             | ApiError::NotAwaitingConfirmation { .. }
-            | ApiError::NotReplayable(_) => StatusCode::CONFLICT,
+            | ApiError::NotReplayable(_)
+            | ApiError::TooManyBreakpoints(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -332,6 +356,21 @@ impl From<ToolReplayError> for ApiError {
     }
 }
 
+impl From<BreakpointsError> for ApiError {
+    fn from(error: BreakpointsError) -> Self {
+        match error {
+            BreakpointsError::Invalid(problem) => ApiError::InvalidBreakpoint(problem.to_string()),
+            BreakpointsError::TaskNotFound(id) => ApiError::TaskNotFound(id),
+            BreakpointsError::TaskFinished { id, status } => ApiError::TaskFinished { id, status },
+            BreakpointsError::NotFound(id) => ApiError::BreakpointNotFound(id),
+            error @ BreakpointsError::TooMany { .. } => {
+                ApiError::TooManyBreakpoints(error.to_string())
+            }
+            BreakpointsError::Storage(error) => ApiError::from(error),
+        }
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         let mut cause = error.to_string();
@@ -356,6 +395,12 @@ impl From<StorageError> for ApiError {
 pub fn parse_task_id(text: &str) -> Result<TaskId, ApiError> {
     text.parse()
         .map_err(|_| ApiError::InvalidId(text.chars().take(64).collect()))
+}
+
+/// Parses a breakpoint id from a path segment.
+pub fn parse_breakpoint_id(text: &str) -> Result<BreakpointId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::InvalidBreakpointId(text.chars().take(64).collect()))
 }
 
 impl From<crate::memory::MemoryError> for ApiError {

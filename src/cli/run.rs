@@ -411,6 +411,23 @@ impl LiveView {
                 text("source"),
                 data.get("from_step").and_then(Value::as_i64).unwrap_or(0)
             )),
+            EventKind::BreakpointSet | EventKind::BreakpointRemoved => {
+                let breakpoint = &data["breakpoint"];
+                let field = |key: &str| breakpoint.get(key).and_then(Value::as_str).unwrap_or("");
+                self.note(&format!(
+                    "breakpoint {} on {}{}",
+                    if event.kind == EventKind::BreakpointSet {
+                        "set"
+                    } else {
+                        "removed"
+                    },
+                    field("on"),
+                    match field("when") {
+                        "" => String::new(),
+                        when => format!(" when {when}"),
+                    }
+                ));
+            }
             EventKind::TaskCompleted => self.note("task completed"),
             EventKind::TaskFailed => self.note(&format!("task failed: {}", text("error"))),
             EventKind::TaskCancelled => self.note("task cancelled"),

@@ -19,9 +19,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The host a browser on this machine reaches the server by: the bind address, or loopback when it binds
-/// every address.
-fn browser_host(server: &ServerSettings) -> String {
+/// The host a browser (or a client) on this machine reaches the server by: the bind address, or loopback
+/// when it binds every address.
+pub(crate) fn browser_host(server: &ServerSettings) -> String {
     match server.bind_ip() {
         Some(ip) if ip.is_unspecified() => "127.0.0.1".into(),
         Some(IpAddr::V6(ip)) => format!("[{ip}]"),

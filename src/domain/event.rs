@@ -87,6 +87,12 @@ pub enum EventKind {
     /// `data.prompt_changed`.
     #[serde(rename = "task.forked")]
     TaskForked,
+    /// A breakpoint was attached to the task: `data.breakpoint` (the stored breakpoint).
+    #[serde(rename = "breakpoint.set")]
+    BreakpointSet,
+    /// A breakpoint attached to the task was removed: `data.breakpoint`.
+    #[serde(rename = "breakpoint.removed")]
+    BreakpointRemoved,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -100,7 +106,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 27] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -123,6 +129,8 @@ impl EventKind {
         EventKind::BudgetExceeded,
         EventKind::ReplayDiverged,
         EventKind::TaskForked,
+        EventKind::BreakpointSet,
+        EventKind::BreakpointRemoved,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -153,6 +161,8 @@ impl EventKind {
             EventKind::BudgetExceeded => "budget.exceeded",
             EventKind::ReplayDiverged => "replay.diverged",
             EventKind::TaskForked => "task.forked",
+            EventKind::BreakpointSet => "breakpoint.set",
+            EventKind::BreakpointRemoved => "breakpoint.removed",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::domain::{AgentKind, DecisionKind, EventKind, MemoryKind, OnDivergence, TaskStatus};
+use crate::domain::{
+    AgentKind, BreakOn, DecisionKind, EventKind, MemoryKind, OnDivergence, TaskStatus,
+};
 use crate::llm::models::Models;
 use crate::llm::LlmError;
 use crate::sandbox::{Language, Outcome, ViolationKind};
@@ -91,6 +93,9 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     metrics
         .forks
         .with_label_values(&[DecisionKind::AssignAgent.as_str()]);
+    for on in BreakOn::ALL {
+        metrics.breakpoint_hits.with_label_values(&[on.as_str()]);
+    }
     for language in Language::ALL {
         let outcomes = Outcome::ALL.map(Outcome::as_str);
         for outcome in outcomes.into_iter().chain(["refused"]) {

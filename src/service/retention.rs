@@ -1,6 +1,6 @@
 //! The retention sweep: every `retention.sweep_seconds` (the first at start-up), finished tasks that ended
 //! more than `retention.days` days ago are removed through the writer (the same one-commit delete as
-//! `DELETE /api/v1/tasks/{id}`: events, steps, decisions and model calls go, memories stay), a bounded number
+//! `DELETE /api/v1/tasks/{id}`: events, steps, decisions, model calls and breakpoints go, memories stay), a bounded number
 //! per sweep so that a first sweep over a large backlog does not hold the writer; counted in
 //! `troupe_tasks_deleted_total{reason="retention"}`.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use super::breakpoints::Breakpoints;
 use crate::config::RetentionSettings;
 use crate::storage::writer::Writer;
 use crate::storage::{Storage, StorageError};
@@ -36,21 +37,25 @@ pub struct Retention {
     storage: Storage,
     writer: Writer,
     metrics: Metrics,
+    breakpoints: Breakpoints,
 }
 
 impl Retention {
-    /// The sweep over `storage` with `settings`, deleting through `writer`.
+    /// The sweep over `storage` with `settings`, deleting through `writer`; a removed task's breakpoints
+    /// go out of force in `breakpoints` too.
     pub fn new(
         settings: RetentionSettings,
         storage: Storage,
         writer: Writer,
         metrics: Metrics,
+        breakpoints: Breakpoints,
     ) -> Self {
         Retention {
             settings,
             storage,
             writer,
             metrics,
+            breakpoints,
         }
     }
 
@@ -100,10 +105,14 @@ impl Retention {
                 break;
             }
             let read = ids.len();
-            let deletions = ids.into_iter().map(|id| self.writer.delete_task(id));
+            let deletions = ids.iter().map(|id| self.writer.delete_task(*id));
             let mut gone = 0;
-            for deleted in futures_util::future::join_all(deletions).await {
+            for (id, deleted) in ids
+                .iter()
+                .zip(futures_util::future::join_all(deletions).await)
+            {
                 if deleted? {
+                    self.breakpoints.forget_task(*id).await;
                     gone += 1;
                 }
             }

@@ -165,6 +165,33 @@ pub mod llm_call {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// `breakpoints`: debug-mode breakpoints, kept until removed (`task_id` NULL: every task).
+pub mod breakpoint {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "breakpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub on: String,
+        pub agent: Option<String>,
+        pub kind: Option<String>,
+        pub tool: Option<String>,
+        pub step: Option<i32>,
+        pub purpose: Option<String>,
+        /// The condition's canonical text.
+        pub when: Option<String>,
+        pub task_id: Option<String>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// `memories`: facts, task summaries, snippets and patterns with provenance. The embedding column
 /// (`vector(384)` on PostgreSQL, a BLOB on SQLite) is not part of the entity: `storage/memories.rs` writes and
 /// searches it with backend-specific SQL.

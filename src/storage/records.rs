@@ -7,7 +7,9 @@ use tokio::sync::oneshot;
 
 use super::memories::NewMemory;
 use super::StorageError;
-use crate::domain::{AgentKind, Event, EventKind, StepStatus, TaskId, TaskStatus};
+use crate::domain::{
+    AgentKind, Breakpoint, BreakpointId, Event, EventKind, StepStatus, TaskId, TaskStatus,
+};
 use crate::telemetry::propagation;
 
 /// An event before the writer gives it its `seq`.
@@ -209,8 +211,8 @@ pub enum WriteOp {
         /// `task.paused` or `task.resumed`.
         event: PendingEvent,
     },
-    /// Remove a finished task with its events, steps, decisions and model calls (its memories stay, with
-    /// their provenance); answered after the commit with whether a finished task was removed.
+    /// Remove a finished task with its events, steps, decisions, model calls and breakpoints (its memories
+    /// stay, with their provenance); answered after the commit with whether a finished task was removed.
     DeleteTask {
         /// The task.
         task_id: TaskId,
@@ -244,6 +246,20 @@ pub enum WriteOp {
         /// Commit result.
         reply: oneshot::Sender<Result<(), StorageError>>,
     },
+    /// Insert a breakpoint; answered after the commit.
+    InsertBreakpoint {
+        /// The breakpoint.
+        breakpoint: Breakpoint,
+        /// Commit result.
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Remove a breakpoint; answered after the commit with whether it existed.
+    DeleteBreakpoint {
+        /// The breakpoint.
+        id: BreakpointId,
+        /// Commit result: true when a breakpoint was removed.
+        reply: oneshot::Sender<Result<bool, StorageError>>,
+    },
     /// Count one use of each of these memories (by id).
     MemoriesUsed(Vec<String>),
     /// Count one success of this pattern (by id).
@@ -253,7 +269,8 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    /// The task this write belongs to (`None`: memories, counters, a flush).
+    /// The task this write belongs to (`None`: memories, breakpoints, counters, a flush). A breakpoint is
+    /// nobody's write even when attached to a task: failing to store it must not fail the task.
     pub fn task_id(&self) -> Option<TaskId> {
         match self {
             WriteOp::CreateTask { task, .. } => Some(task.id),
@@ -267,6 +284,8 @@ impl WriteOp {
             WriteOp::LlmCall(record) => Some(record.task_id),
             WriteOp::FinishTask { end, .. } => Some(end.task_id),
             WriteOp::InsertMemories { .. }
+            | WriteOp::InsertBreakpoint { .. }
+            | WriteOp::DeleteBreakpoint { .. }
             | WriteOp::MemoriesUsed(_)
             | WriteOp::PatternSucceeded(_)
             | WriteOp::Flush(_) => None,

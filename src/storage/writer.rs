@@ -2,8 +2,9 @@
 //!
 //! Writers send [`WriteOp`]s (see `records.rs`) down one bounded channel; one task takes whatever has
 //! queued up (up to [`MAX_BATCH`] ops), turns it into rows table by table (`writer/plan.rs`), writes each
-//! table with multi-row statements in one transaction (`writer/sql.rs`: tasks, steps, step upserts, model
-//! calls, decisions, memories, events, then one multi-row update of the task rows) and commits once. After
+//! table with multi-row statements in one transaction (`writer/sql.rs`: tasks, breakpoints, steps, step
+//! upserts, model calls, decisions, memories, events, then one multi-row update of the task rows, then the
+//! deletions) and commits once. After
 //! the commit it hands the batch's events to its [`Publish`] (the event hub) and answers those waiting.
 //! While a batch commits the channel fills, and the next batch is whatever queued meanwhile: a group commit,
 //! so under load the cost of a commit (an fsync: SQLite runs WAL with `synchronous=FULL`) is shared by every
@@ -29,8 +30,8 @@
 //! storage), `queue_full` (below).
 //!
 //! **Bounded.** The channel holds `database.writer_queue` ops. The async writes that wait for their commit
-//! ([`Writer::create_task`], [`Writer::finish_task`], memories, deletions, flushes) wait for room as well,
-//! so a task's end is never dropped; this never deadlocks, as the writer task itself never sends. The
+//! ([`Writer::create_task`], [`Writer::finish_task`], memories, breakpoints, deletions, flushes) wait for
+//! room as well, so a task's end is never dropped; this never deadlocks, as the writer task itself never sends. The
 //! fire-and-forget [`Writer::send`] (events, steps, decisions, model calls, called from sync code such as a
 //! model's token callback) cannot wait: on a full queue the op is dropped, counted as `queue_full`, and its
 //! task is failed by storage at the next batch (error "storage writer queue full"), so a task never goes on
@@ -39,7 +40,7 @@
 mod plan;
 mod sql;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -50,9 +51,10 @@ use super::events::last_seq;
 use super::memories::NewMemory;
 use super::records::{NewTask, PendingEvent, TaskEnd, WriteOp};
 use super::{Storage, StorageError};
-use crate::domain::{AgentKind, Event, EventKind, TaskId};
+use crate::domain::{AgentKind, Breakpoint, BreakpointId, Event, EventKind, TaskId};
 use crate::telemetry::metrics::Metrics;
 use plan::{Logs, Plan};
+use sql::Deletions;
 
 pub use super::events::MAX_ROW_PIECES;
 
@@ -209,11 +211,28 @@ impl Writer {
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
-    /// Removes finished task `task_id` with its events, steps, decisions and model calls (memories stay);
+    /// Removes finished task `task_id` with its events, steps, decisions, model calls and breakpoints
+    /// (memories stay);
     /// answered after the commit: false when no finished task has that id.
     pub async fn delete_task(&self, task_id: TaskId) -> Result<bool, StorageError> {
         let (reply, answer) = oneshot::channel();
         self.send_waiting(WriteOp::DeleteTask { task_id, reply })
+            .await?;
+        answer.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Stores breakpoint `breakpoint` and waits for the commit.
+    pub async fn insert_breakpoint(&self, breakpoint: Breakpoint) -> Result<(), StorageError> {
+        let (reply, committed) = oneshot::channel();
+        self.send_waiting(WriteOp::InsertBreakpoint { breakpoint, reply })
+            .await?;
+        committed.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Removes breakpoint `id`; answered after the commit: false when no breakpoint has that id.
+    pub async fn delete_breakpoint(&self, id: BreakpointId) -> Result<bool, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_waiting(WriteOp::DeleteBreakpoint { id, reply })
             .await?;
         answer.await.map_err(|_| StorageError::WriterStopped)?
     }
@@ -295,7 +314,7 @@ impl WriterTask {
             self.logs.committed(&mut plan);
             self.publish(plan.published);
             for op in batch.drain(..) {
-                answer(op, &Ok(()), &HashMap::new());
+                answer(op, &Ok(()), &Deletions::default());
             }
             return;
         }
@@ -326,7 +345,7 @@ impl WriterTask {
 }
 
 /// Writes `plan` in one transaction.
-async fn commit(storage: &Storage, plan: &Plan) -> Result<HashMap<TaskId, bool>, StorageError> {
+async fn commit(storage: &Storage, plan: &Plan) -> Result<Deletions, StorageError> {
     let txn = storage
         .connection()
         .begin()
@@ -371,7 +390,7 @@ impl WriterTask {
             if plan.is_empty() {
                 self.logs.committed(&mut plan);
                 self.publish(plan.published);
-                answer(op, &Ok(()), &HashMap::new());
+                answer(op, &Ok(()), &Deletions::default());
                 continue;
             }
             match commit(&self.storage, &plan).await {
@@ -389,7 +408,7 @@ impl WriterTask {
                         Some(task_id) => self.fail(task_id, &text).await,
                         None => tracing::error!(error = %text, "a storage write of no task failed"),
                     }
-                    answer(op, &Err(text), &HashMap::new());
+                    answer(op, &Err(text), &Deletions::default());
                 }
             }
         }
@@ -525,7 +544,7 @@ fn error_chain(error: &StorageError) -> String {
 }
 
 /// Tells `op`'s waiter how it fared.
-fn answer(op: WriteOp, fate: &Fate, deletions: &HashMap<TaskId, bool>) {
+fn answer(op: WriteOp, fate: &Fate, deletions: &Deletions) {
     let failed = |text: &String| StorageError::Query {
         action: "store write",
         source: sea_orm::DbErr::Custom(text.clone()),
@@ -533,13 +552,18 @@ fn answer(op: WriteOp, fate: &Fate, deletions: &HashMap<TaskId, bool>) {
     match op {
         WriteOp::CreateTask { reply, .. }
         | WriteOp::InsertMemories { reply, .. }
+        | WriteOp::InsertBreakpoint { reply, .. }
         | WriteOp::FinishTask {
             reply: Some(reply), ..
         } => {
             let _ = reply.send(fate.as_ref().map_err(failed).copied());
         }
         WriteOp::DeleteTask { task_id, reply } => {
-            let removed = deletions.get(&task_id).copied().unwrap_or(false);
+            let removed = deletions.tasks.get(&task_id).copied().unwrap_or(false);
+            let _ = reply.send(fate.as_ref().map_err(failed).map(|_| removed));
+        }
+        WriteOp::DeleteBreakpoint { id, reply } => {
+            let removed = deletions.breakpoints.get(&id).copied().unwrap_or(false);
             let _ = reply.send(fate.as_ref().map_err(failed).map(|_| removed));
         }
         WriteOp::Flush(done) => {

@@ -218,6 +218,10 @@ pub struct Metrics {
     pub replay_divergences: IntCounterVec,
     /// See [`names::FORKS`]; label `override` (`none`, `assign_agent`).
     pub forks: IntCounterVec,
+    /// See [`names::BREAKPOINTS`].
+    pub breakpoints: IntGauge,
+    /// See [`names::BREAKPOINT_HITS`]; label `on`.
+    pub breakpoint_hits: IntCounterVec,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -620,6 +624,15 @@ impl Metrics {
                 names::FORKS,
                 "Forks of finished tasks accepted (POST /api/v1/tasks/{id}/fork), by the decision they override: none or assign_agent.",
                 &["override"],
+            )?,
+            breakpoints: r.gauge(
+                names::BREAKPOINTS,
+                "Breakpoints set (every task's and the task-attached ones), as this process's registry holds them.",
+            )?,
+            breakpoint_hits: r.counter_vec(
+                names::BREAKPOINT_HITS,
+                "Breakpoints that matched and paused a task, by kind of point (decision, tool, step, llm).",
+                &["on"],
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::ActiveValue::Set;
 
-use super::super::entities::{decision, event, llm_call, step, task};
+use super::super::breakpoints;
+use super::super::entities::{breakpoint, decision, event, llm_call, step, task};
 use super::super::events::{is_piece, token_row, MAX_ROW_PIECES};
 use super::super::memories::NewMemory;
 use super::super::records::{PendingEvent, StepUpdate, WriteOp};
-use crate::domain::{Event, EventKind, StepStatus, TaskId, TaskStatus};
+use crate::domain::{BreakpointId, Event, EventKind, StepStatus, TaskId, TaskStatus};
 
 /// How long a model call's pieces are held back at most before their row is written.
 pub(super) const TOKEN_HOLD: Duration = Duration::from_millis(100);
@@ -100,6 +101,8 @@ pub(super) struct Plan {
     pub memories_used: Vec<Vec<String>>,
     pub patterns: Vec<String>,
     pub deletes: Vec<TaskId>,
+    pub breakpoints: Vec<breakpoint::ActiveModel>,
+    pub breakpoint_deletes: Vec<BreakpointId>,
     /// Committed events to publish, in `seq` order per task.
     pub published: Vec<Event>,
     /// Tasks whose end is in this plan.
@@ -123,6 +126,8 @@ impl Plan {
             && self.memories_used.is_empty()
             && self.patterns.is_empty()
             && self.deletes.is_empty()
+            && self.breakpoints.is_empty()
+            && self.breakpoint_deletes.is_empty()
     }
 
     /// Rows written, for the logs.
@@ -136,6 +141,8 @@ impl Plan {
             + self.events.len()
             + self.task_rows.len()
             + self.deletes.len()
+            + self.breakpoints.len()
+            + self.breakpoint_deletes.len()
     }
 
     fn task_row(&mut self, task_id: TaskId) -> &mut TaskRow {
@@ -340,6 +347,10 @@ impl Logs {
                 plan.memories.extend(memories.iter().cloned());
             }
             WriteOp::DeleteTask { task_id, .. } => plan.deletes.push(*task_id),
+            WriteOp::InsertBreakpoint { breakpoint, .. } => {
+                plan.breakpoints.push(breakpoints::row(breakpoint));
+            }
+            WriteOp::DeleteBreakpoint { id, .. } => plan.breakpoint_deletes.push(*id),
             WriteOp::MemoriesUsed(ids) => plan.memories_used.push(ids.clone()),
             WriteOp::PatternSucceeded(id) => plan.patterns.push(id.clone()),
             WriteOp::Flush(_) => {

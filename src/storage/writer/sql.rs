@@ -9,22 +9,40 @@ use sea_orm::{
     QueryFilter, Statement, Value,
 };
 
-use super::super::entities::{decision, event, llm_call, step, task};
+use super::super::breakpoints;
+use super::super::entities::{breakpoint, decision, event, llm_call, step, task};
 use super::super::memories::{insert_memories, mark_succeeded, mark_used};
 use super::super::statement::Sql;
 use super::super::StorageError;
 use super::plan::{Plan, TaskRow};
-use crate::domain::{TaskId, TaskStatus};
+use crate::domain::{BreakpointId, TaskId, TaskStatus};
 
 /// Most parameters bound in one statement: well under SQLite's 32,766 (and PostgreSQL's 65,535).
 const MAX_PARAMETERS: usize = 16_384;
 
-/// Writes `plan` in `txn`. Returns, per deleted task, whether a finished task was removed.
+/// What a plan's deletions removed, for their waiters.
+#[derive(Debug, Default)]
+pub(super) struct Deletions {
+    /// Per deleted task: whether a finished task was removed.
+    pub tasks: HashMap<TaskId, bool>,
+    /// Per deleted breakpoint: whether it existed.
+    pub breakpoints: HashMap<BreakpointId, bool>,
+}
+
+/// Writes `plan` in `txn`. Returns what its deletions removed.
 pub(super) async fn execute(
     txn: &DatabaseTransaction,
     plan: &Plan,
-) -> Result<HashMap<TaskId, bool>, StorageError> {
+) -> Result<Deletions, StorageError> {
     insert_rows(txn, &plan.tasks, 12, "insert tasks").await?;
+    // After the tasks: a breakpoint may be attached to a task created in the same batch.
+    insert_rows(
+        txn,
+        &plan.breakpoints,
+        breakpoints::COLUMNS,
+        "insert breakpoints",
+    )
+    .await?;
     insert_rows(txn, &plan.steps, 9, "insert steps").await?;
     upsert_steps(txn, plan).await?;
     insert_rows(txn, &plan.llm_calls, 16, "insert model calls").await?;
@@ -40,10 +58,17 @@ pub(super) async fn execute(
     for id in &plan.patterns {
         mark_succeeded(txn, id).await?;
     }
-    let mut deletions = HashMap::new();
+    let mut deletions = Deletions::default();
     for task_id in &plan.deletes {
         let removed = delete_finished_task(txn, *task_id).await?;
-        deletions.insert(*task_id, removed);
+        deletions.tasks.insert(*task_id, removed);
+    }
+    for id in &plan.breakpoint_deletes {
+        let removed = breakpoint::Entity::delete_by_id(id.to_string())
+            .exec(txn)
+            .await
+            .map_err(StorageError::query("delete breakpoint"))?;
+        deletions.breakpoints.insert(*id, removed.rows_affected > 0);
     }
     Ok(deletions)
 }
@@ -235,8 +260,8 @@ impl Sql {
     }
 }
 
-/// Removes task `task_id` and its events, steps, decisions and model calls when it is finished (its row says
-/// completed, failed or cancelled); memories keep their provenance. Whether it was removed.
+/// Removes task `task_id` and its events, steps, decisions, model calls and breakpoints when it is finished
+/// (its row says completed, failed or cancelled); memories keep their provenance. Whether it was removed.
 async fn delete_finished_task(
     txn: &DatabaseTransaction,
     task_id: TaskId,
@@ -274,10 +299,17 @@ async fn delete_finished_task(
         .await
         .map_err(StorageError::query("delete task decisions"))?;
     llm_call::Entity::delete_many()
-        .filter(llm_call::Column::TaskId.eq(id))
+        .filter(llm_call::Column::TaskId.eq(id.clone()))
         .exec(txn)
         .await
         .map_err(StorageError::query("delete task model calls"))?;
+    // The foreign key cascades too; removed explicitly so that the rule holds whatever the backend's
+    // foreign-key enforcement.
+    breakpoint::Entity::delete_many()
+        .filter(breakpoint::Column::TaskId.eq(id))
+        .exec(txn)
+        .await
+        .map_err(StorageError::query("delete task breakpoints"))?;
     Ok(true)
 }
 

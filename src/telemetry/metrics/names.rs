@@ -114,3 +114,7 @@ pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
 pub const REPLAY_DIVERGENCES: &str = "troupe_replay_divergences_total";
 /// Forks of finished tasks accepted, by the decision they override (none, assign_agent).
 pub const FORKS: &str = "troupe_forks_total";
+/// Breakpoints set (in this process's registry: every task's and the task-attached ones).
+pub const BREAKPOINTS: &str = "troupe_breakpoints";
+/// Breakpoints that matched a point and paused a task, by kind of point (decision, tool, step, llm).
+pub const BREAKPOINT_HITS: &str = "troupe_breakpoint_hits_total";
