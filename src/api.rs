@@ -6,8 +6,8 @@
 
 pub mod access;
 pub mod agents;
-pub mod compare;
 pub mod breakpoints;
+pub mod compare;
 pub mod dashboard;
 pub mod error;
 pub mod events;

@@ -33,16 +33,16 @@ use crate::telemetry::metrics::{Metrics, MetricsError};
 use crate::telemetry::propagation;
 use crate::tools::{Tools, Workspaces};
 
-pub mod compare;
 pub mod breakpoints;
+pub mod compare;
 mod durability;
 mod fork;
 mod known_series;
 pub mod retention;
 pub mod tool_replay;
 
-pub use compare::CompareError;
 pub use breakpoints::{Breakpoints, BreakpointsError};
+pub use compare::CompareError;
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 pub use fork::ForkRequest;
 pub use tool_replay::{Replayed, ToolReplayError};

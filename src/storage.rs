@@ -8,8 +8,8 @@
 //! every write goes through the single batching [`writer`], so that a task's records and its events commit
 //! together and SQLite never sees two writers.
 
-mod decisions;
 mod breakpoints;
+mod decisions;
 pub mod entities;
 mod events;
 pub mod leases;

@@ -210,9 +210,7 @@ impl ResponseError for ApiError {
             ApiError::TaskNotFound(_)
             | ApiError::ToolCallNotFound(_)
             | ApiError::BreakpointNotFound(_)
-            | ApiError::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::TaskFinished { .. }
             | ApiError::TaskUnfinished { .. }
             | ApiError::SourceUnfinished { .. }
