@@ -208,9 +208,10 @@ async fn a_timed_out_step_is_stopped_on_the_old_incarnation_and_its_retry_record
         .iter()
         .filter(|e| e["kind"] == "agent.restarted" && e["data"]["reason"] == "timeout")
         .collect();
-    assert_eq!(
-        timeouts.len(),
-        2,
+    // Both tries of the step that fails time out; on a fast machine an earlier step may time out once and
+    // pass on its retry.
+    assert!(
+        timeouts.len() >= 2,
         "both tries of the step time out: {kinds:?}"
     );
     assert_eq!(kinds.last().unwrap(), "task.failed", "{kinds:?}");
@@ -232,11 +233,22 @@ async fn a_timed_out_step_is_stopped_on_the_old_incarnation_and_its_retry_record
         .iter()
         .map(|call| call["purpose"].as_str().unwrap())
         .collect();
-    let step = task["steps"][0]["idx"].as_i64().unwrap();
-    assert!(
-        !purposes
+    // The step whose tries all timed out, from the task's error ("step N on <agent>: ..."): an earlier step
+    // the model finished within the second is recorded as it should be; nothing of this one may be.
+    let error = task["error"].as_str().unwrap();
+    let step: i64 = error
+        .strip_prefix("step ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the error names its step: {error}"));
+    let own = |purpose: &&str| {
+        [format!("work.{step}"), format!("test.{step}")]
             .iter()
-            .any(|purpose| purpose.starts_with("work.") || purpose.starts_with("verify")),
+            .any(|prefix| purpose == prefix || purpose.starts_with(&format!("{prefix}.")))
+            || purpose.starts_with("verify")
+    };
+    assert!(
+        !purposes.iter().any(own),
         "a stopped incarnation recorded a call for step {step}: {purposes:?}"
     );
     let scrape = app.metrics().await;

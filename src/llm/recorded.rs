@@ -429,7 +429,15 @@ impl Recorder<'_> {
                     data: token_data(&token_purpose, text, info),
                 }));
             });
+            let stopped = cancel.clone();
             let result = llm.complete(request, on_token, cancel).await;
+            // A call that ended as its try was given up on (a timed-out step's old incarnation, a cancelled
+            // task) is not recorded, even when its last token came before the cancellation did: its try is
+            // over, and a retry records its own call.
+            let result = match result {
+                Ok(_) if stopped.is_cancelled() => Err(LlmError::Cancelled),
+                other => other,
+            };
             let elapsed = started.elapsed().as_secs_f64();
             self.metrics
                 .llm_request_duration
