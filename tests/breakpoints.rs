@@ -24,19 +24,6 @@ use troupe::telemetry::metrics::Metrics;
 use crate::helpers::{metric_value, root, spawn_app_with, test_settings, TestApp};
 use crate::postgres::{store_queued_task, TestDatabase};
 
-/// `DELETE path`; status and JSON body (null when empty).
-async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
-    let mut response = app
-        .client
-        .delete(format!("{}{path}", app.address))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
 /// Sets a breakpoint (asserting 201) and returns it.
 async fn set(app: &TestApp, body: Value) -> Value {
     let (status, breakpoint) = app.post_json("/api/v1/breakpoints", &body).await;
@@ -133,13 +120,13 @@ async fn breakpoints_are_set_listed_shown_removed_and_in_force_in_the_core() {
         "every kind of point exported at 0"
     );
 
-    let (status, body) = delete(&app, &format!("/api/v1/breakpoints/{id}")).await;
+    let (status, body) = app.delete(&format!("/api/v1/breakpoints/{id}")).await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(body, Value::Null, "204 has no body");
     let (status, body) = app.get(&format!("/api/v1/breakpoints/{id}")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "breakpoint_not_found");
-    let (status, body) = delete(&app, &format!("/api/v1/breakpoints/{id}")).await;
+    let (status, body) = app.delete(&format!("/api/v1/breakpoints/{id}")).await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(
         body["error"]["message"],
@@ -314,7 +301,7 @@ async fn every_kind_of_bad_breakpoint_gets_a_4xx_naming_the_problem_and_stores_n
         body["error"]["message"],
         "'abc' is not a breakpoint id (a UUID)"
     );
-    let (status, body) = delete(&app, &format!("/api/v1/breakpoints/{missing}")).await;
+    let (status, body) = app.delete(&format!("/api/v1/breakpoints/{missing}")).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("breakpoint_not_found"))
@@ -411,7 +398,7 @@ async fn breakpoints_survive_a_restart(url: String) {
     );
 
     // The task's deletion takes its breakpoint along; removing one by id is stored too.
-    let (status, body) = delete(&second, &format!("/api/v1/tasks/{task}")).await;
+    let (status, body) = second.delete(&format!("/api/v1/tasks/{task}")).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = second
         .get(&format!(
@@ -420,14 +407,12 @@ async fn breakpoints_survive_a_restart(url: String) {
         ))
         .await;
     assert_eq!(status, 404);
-    let (status, _) = delete(
-        &second,
-        &format!(
+    let (status, _) = second
+        .delete(&format!(
             "/api/v1/breakpoints/{}",
             every_decision["id"].as_str().unwrap()
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(status, 204);
     assert_eq!(listed(&second).await, vec![unsure.clone()]);
 

@@ -164,6 +164,19 @@ impl TestApp {
         (status, body)
     }
 
+    /// `DELETE path`; returns status and JSON body (null when empty).
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let mut response = self
+            .client
+            .delete(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// `POST path` without a body; returns status and JSON body.
     pub async fn post(&self, path: &str) -> (u16, Value) {
         let mut response = self
