@@ -24,6 +24,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::config::LlmLimits;
+use crate::debug;
 use crate::domain::{shorten, AgentKind, EventKind, TaskId, TaskStatus};
 use crate::events::EventLog;
 use crate::llm::recorded::Recorder;
@@ -287,6 +288,17 @@ pub fn run_step<S: Specialist>(
         S::prepare(&deps, task_id, &mut step).await;
         let mut request = S::request(&step, &deps.limits);
         request.purpose = step.own(request.purpose);
+        // Debug mode: the task may pause before the model is called (`on = "llm"`).
+        let at_call = || debug::llm_point(agent, Some(step.idx), &request);
+        if deps
+            .tools
+            .debugger()
+            .at(task_id, at_call, &cancel)
+            .await
+            .is_err()
+        {
+            return Err(AgentError::Cancelled);
+        }
         let called = deps
             .recorder()
             .call(&llm, task_id, agent, request, cancel)

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod breakpoints;
 pub mod compare;
 pub mod dashboard;
+pub mod debug;
 pub mod error;
 pub mod events;
 pub mod fork;
@@ -96,6 +97,10 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     )
                     .service(
                         resource("/tasks/{id}/events").route(web::get().to(events::task_events)),
+                    )
+                    .service(resource("/tasks/{id}/state").route(web::get().to(debug::task_state)))
+                    .service(
+                        resource("/tasks/{id}/resume").route(web::post().to(debug::resume_task)),
                     )
                     .service(
                         resource("/tasks/{id}/memory").route(web::get().to(memory::task_memory)),

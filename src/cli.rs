@@ -1,5 +1,6 @@
 //! The `troupe` command line: argument parsing and one file per subcommand under `cli/`.
 
+pub mod ask;
 pub mod debug;
 pub mod memory;
 pub mod migrate;
@@ -42,6 +43,10 @@ pub enum Command {
         /// Replay the recorded model outputs of this earlier task instead of calling the model.
         #[arg(long)]
         replay_of: Option<TaskId>,
+        /// Pause at every point of this kind (decision, tool, step, llm; repeatable) and ask on stdin
+        /// what to do: continue, step, abort or override.
+        #[arg(long = "break", value_name = "ON")]
+        break_on: Vec<crate::domain::BreakOn>,
         /// Show log lines (at telemetry.log_level) beside the live view; by default only warnings.
         #[arg(long, short)]
         verbose: bool,
@@ -66,7 +71,8 @@ pub enum Command {
         #[command(subcommand)]
         action: SandboxCommand,
     },
-    /// Debug mode against a running server: breakpoints (`debug break add|list|rm`).
+    /// Debug mode against a running server: breakpoints (`debug break add|list|rm`), a paused task's state
+    /// (`debug state`) and actions at its pause (`debug resume`).
     Debug(debug::DebugArgs),
     /// Host the embedded model for a server (started by Troupe itself; speaks JSON lines on stdin/stdout).
     #[command(hide = true)]

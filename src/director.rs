@@ -27,7 +27,7 @@ use crate::agents::research::ResearchAgent;
 use crate::agents::AgentDeps;
 use crate::config::DirectorSettings;
 use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
-use crate::llm::models::{Models, Policy, TaskModels};
+use crate::llm::models::{Models, Policy};
 use crate::llm::replay::ReplayProvider;
 use crate::messages::{
     AgentError, AgentStatus, CancelTask, Envelope, GetAgents, NotRunning, RunStep, StartTask,
@@ -308,6 +308,8 @@ impl Handler<Envelope<CancelTask>> for Director {
         let task_id = envelope.task_id;
         if let Some(cancel) = self.running.get(&task_id) {
             cancel.cancel();
+            // A task paused where no cancellation token is held (a tool call) is released too.
+            self.deps.agent.tools.debugger().release(task_id);
             return Ok(());
         }
         let Some(position) = self
@@ -387,7 +389,9 @@ impl Handler<Envelope<Dispatch>> for Director {
         }
         .counted(depth);
         let timeout = Duration::from_secs(self.deps.settings.step_timeout_seconds);
-        let reply = answer_within(recipient.send(step), timeout, models);
+        let debugger = self.deps.agent.tools.debugger().clone();
+        let paused = move || models.paused_for() + debugger.paused_for(task_id);
+        let reply = answer_within(recipient.send(step), timeout, paused);
         Box::pin(
             reply
                 .into_actor(self)
@@ -424,12 +428,13 @@ impl Handler<Envelope<Dispatch>> for Director {
     }
 }
 
-/// Waits for a step's answer at most `timeout`, not counting the time the task spends paused (waiting for a
-/// person's yes), so that a confirmation that takes longer than the step timeout does not restart the agent.
+/// Waits for a step's answer at most `timeout`, not counting the time the task spends paused (`paused`: so
+/// far, waiting for a person's yes to a cloud fallback or at a breakpoint), so that a pause that takes longer
+/// than the step timeout does not restart the agent.
 async fn answer_within<F, T>(
     reply: F,
     timeout: Duration,
-    models: Arc<TaskModels>,
+    paused: impl Fn() -> Duration,
 ) -> Result<T, MailboxError>
 where
     F: std::future::Future<Output = Result<T, MailboxError>>,
@@ -437,11 +442,11 @@ where
     let started = tokio::time::Instant::now();
     tokio::pin!(reply);
     loop {
-        let deadline = started + timeout + models.paused_for();
+        let deadline = started + timeout + paused();
         match tokio::time::timeout_at(deadline, &mut reply).await {
             Ok(result) => return result,
             // A pause that began or went on meanwhile moved the deadline: wait again.
-            Err(_) if started + timeout + models.paused_for() > tokio::time::Instant::now() => {}
+            Err(_) if started + timeout + paused() > tokio::time::Instant::now() => {}
             Err(_) => return Err(MailboxError::Timeout),
         }
     }

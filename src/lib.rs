@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod debug;
 pub mod director;
 pub mod domain;
 pub mod events;

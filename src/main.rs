@@ -87,6 +87,7 @@ fn main() -> ExitCode {
                 json,
                 max_steps,
                 replay_of,
+                break_on,
                 ..
             } => {
                 cli::run::run(
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
                         replay_of,
                         ..TaskOptions::default()
                     },
+                    &break_on,
                     json,
                 )
                 .await

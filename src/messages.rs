@@ -257,6 +257,17 @@ pub enum AgentError {
     Cancelled,
 }
 
+impl From<crate::tools::ToolError> for AgentError {
+    /// A tool call that did not run because the task was cancelled (or aborted while paused before it) is
+    /// the step's cancellation; any other tool error is the tool's failure.
+    fn from(error: crate::tools::ToolError) -> Self {
+        match error {
+            crate::tools::ToolError::Cancelled => AgentError::Cancelled,
+            other => AgentError::Tool(other.to_string()),
+        }
+    }
+}
+
 /// Director to specialist: work one step with this model, stop when `cancel` fires.
 #[derive(Message)]
 #[rtype(result = "Result<StepOutput, AgentError>")]

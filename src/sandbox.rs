@@ -75,7 +75,15 @@ impl Sandbox {
         let bwrap = find_program(&settings.bwrap);
         let shim = process::executable_memory_file("troupe-shim", SHIM);
         let claims = if root && settings.enabled && bwrap.is_some() {
-            claim_uids(&settings)
+            // The claim may wait a moment for ids being let go (it sleeps between tries).
+            let wanted = settings.clone();
+            tokio::task::spawn_blocking(move || claim_uids(&wanted))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(SandboxError::Unavailable(format!(
+                        "the user-id claim's thread failed: {e}"
+                    )))
+                })
         } else {
             Ok(UidClaims::default())
         };

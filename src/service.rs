@@ -12,10 +12,13 @@ use serde_json::json;
 
 use crate::agents::{AgentDeps, Chaos, Working};
 use crate::config::Settings;
+use crate::debug::Debugger;
 use crate::director::calibration::CalibrationCache;
 use crate::director::{Director, DirectorDeps, ReplayCache};
 use crate::domain::limits::MAX_PLAN_STEPS;
-use crate::domain::{AgentKind, EventKind, TaskId, TaskOptions, TaskStatus};
+use crate::domain::{
+    AgentKind, BreakOn, BreakpointSpec, EventKind, TaskId, TaskOptions, TaskStatus,
+};
 use crate::events::{EventLog, Hub};
 use crate::llm::budget::Limits;
 use crate::llm::confirm::Confirmations;
@@ -24,7 +27,7 @@ use crate::llm::LlmError;
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::sandbox::Sandbox;
-use crate::storage::records::{NewTask, PendingEvent};
+use crate::storage::records::{NewTask, PendingEvent, TaskEnd};
 use crate::storage::writer::{failed_by_storage, Writer};
 use crate::storage::{Storage, StorageError};
 use crate::supervision::RestartPolicy;
@@ -35,6 +38,7 @@ use crate::tools::{Tools, Workspaces};
 
 pub mod breakpoints;
 pub mod compare;
+mod debugging;
 mod durability;
 mod fork;
 mod known_series;
@@ -43,6 +47,7 @@ pub mod tool_replay;
 
 pub use breakpoints::{Breakpoints, BreakpointsError};
 pub use compare::CompareError;
+pub use debugging::{ResumeError, TaskState};
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 pub use fork::ForkRequest;
 pub use tool_replay::{Replayed, ToolReplayError};
@@ -119,6 +124,9 @@ pub enum SubmitError {
         /// Running plus waiting places.
         admitted: usize,
     },
+    /// A breakpoint asked for with the task could not be set (the task was not started).
+    #[error(transparent)]
+    Breakpoint(BreakpointsError),
     /// Storing the task failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -320,12 +328,14 @@ impl Core {
             writer.clone(),
             metrics.clone(),
         );
+        let debugger = Debugger::new(writer.clone(), metrics.clone());
         let tools = Tools::new(
             sandbox,
             memory.clone(),
             Workspaces::new(settings.sandbox.workspaces.clone()),
             events.clone(),
             metrics.clone(),
+            debugger,
         );
         known_series::export(&metrics, &settings, &llm, &tools);
         let agent = AgentDeps {
@@ -363,6 +373,7 @@ impl Core {
             metrics.clone(),
             tools.specs().iter().map(|spec| spec.name).collect(),
         );
+        tools.debugger().watch(Arc::new(breakpoints.clone()));
         let retention = retention::Retention::new(
             settings.retention.clone(),
             storage.clone(),
@@ -396,6 +407,18 @@ impl Core {
     /// Validates and stores a task (status `queued`, event `task.queued`, committed before this returns),
     /// then hands it to the Director. The task joins the current trace.
     pub async fn submit(&self, prompt: &str, options: TaskOptions) -> Result<TaskId, SubmitError> {
+        self.submit_pausing(prompt, options, &[]).await
+    }
+
+    /// [`Core::submit`] with a breakpoint on every point of each kind in `break_on` attached to the new
+    /// task before it starts (`troupe run --break decision`), so that it cannot pass a point before they are
+    /// set. Should one not be stored, the task ends `cancelled` before it starts, saying why.
+    pub async fn submit_pausing(
+        &self,
+        prompt: &str,
+        options: TaskOptions,
+        break_on: &[BreakOn],
+    ) -> Result<TaskId, SubmitError> {
         let prompt = prompt.trim();
         if prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
@@ -464,6 +487,31 @@ impl Core {
                 queued,
             )
             .await?;
+        for &on in break_on {
+            let spec = BreakpointSpec {
+                task_id: Some(id),
+                ..BreakpointSpec::on(on)
+            };
+            if let Err(error) = self.breakpoints.add(spec).await {
+                let reason = format!("its breakpoints could not be set: {error}");
+                self.writer
+                    .finish_task(TaskEnd {
+                        task_id: id,
+                        status: TaskStatus::Cancelled,
+                        result: None,
+                        error: Some(reason.clone()),
+                        event: PendingEvent::now(
+                            id,
+                            EventKind::TaskCancelled,
+                            None,
+                            json!({ "reason": reason }),
+                        ),
+                        memories: Vec::new(),
+                    })
+                    .await?;
+                return Err(SubmitError::Breakpoint(error));
+            }
+        }
         if let Some(fork) = &options.fork_of {
             let overridden = fork
                 .decision_override

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::domain::{excerpt, schema, shorten, AgentKind, EventKind, TaskId};
+use crate::debug::{Debugger, Point, Resolution};
+use crate::domain::{excerpt, schema, shorten, AgentKind, EventKind, PausePoint, TaskId};
 use crate::events::EventLog;
 use crate::memory::Memory;
 use crate::sandbox::Sandbox;
@@ -95,6 +96,9 @@ pub enum ToolError {
     /// caller must not mistake it for the tool's own result).
     #[error("{0}")]
     Unavailable(crate::sandbox::SandboxError),
+    /// The task was cancelled while it was paused before the tool ran.
+    #[error("the task was cancelled before the tool ran")]
+    Cancelled,
 }
 
 impl ToolError {
@@ -105,6 +109,7 @@ impl ToolError {
             ToolError::InvalidInput(_) => "invalid_input",
             ToolError::Failed(_) => "failed",
             ToolError::Unavailable(_) => "unavailable",
+            ToolError::Cancelled => "cancelled",
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Tools {
     metrics: Metrics,
     sandbox: Sandbox,
     recorded: RecordedRuns,
+    debugger: Debugger,
+    workspaces: Workspaces,
 }
 
 impl Tools {
@@ -164,6 +171,7 @@ impl Tools {
         workspaces: Workspaces,
         events: EventLog,
         metrics: Metrics,
+        debugger: Debugger,
     ) -> Tools {
         let list: Vec<Arc<dyn Tool>> = vec![
             Arc::new(run_code::RunCode::new(
@@ -174,7 +182,7 @@ impl Tools {
             Arc::new(search_memory::SearchMemory::new(memory)),
             Arc::new(workspace::ReadFile(workspaces.clone())),
             Arc::new(workspace::WriteFile(workspaces.clone())),
-            Arc::new(workspace::ListFiles(workspaces)),
+            Arc::new(workspace::ListFiles(workspaces.clone())),
         ];
         Tools {
             tools: Arc::new(
@@ -186,6 +194,8 @@ impl Tools {
             metrics,
             sandbox,
             recorded: RecordedRuns::default(),
+            debugger,
+            workspaces,
         }
     }
 
@@ -237,15 +247,77 @@ impl Tools {
         self.tools.values().map(|tool| tool.spec()).collect()
     }
 
+    /// The tasks' workspaces the file tools and sandbox runs use.
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    /// The debugger the tool calls pause at.
+    pub fn debugger(&self) -> &Debugger {
+        &self.debugger
+    }
+
     /// Runs `call` for `context`: checks it, runs it in an `execute_tool` span, emits `tool.called` and
-    /// counts it. `call_id` identifies the call in the span and the event.
+    /// counts it. `call_id` identifies the call in the span and the event. Before the tool runs the task
+    /// may pause at a breakpoint (`on = "tool"`); an override of the arguments there is checked against the
+    /// tool's schema and replaces them (`tool.called` then says `"overridden": true`). A task cancelled
+    /// while paused here gets [`ToolError::Cancelled`].
     pub async fn invoke(
         &self,
         context: ToolContext,
         call_id: &str,
-        call: ToolCall,
+        mut call: ToolCall,
     ) -> Result<Value, ToolError> {
         let tool = self.tools.get(call.tool.as_str()).cloned();
+        let mut overridden = false;
+        if let Some(tool) = &tool {
+            let spec = tool.spec();
+            let point = || {
+                let mut point = PausePoint::tool(context.agent, spec.name)
+                    .with("arguments", call.arguments.clone());
+                if context.step > 0 {
+                    point = point.at_step(context.step);
+                }
+                Point {
+                    key: format!("tool:{call_id}"),
+                    point,
+                    detail: json!({
+                        "tool": spec.name,
+                        "call_id": call_id,
+                        "arguments": call.arguments,
+                        "input_schema": spec.input_schema,
+                    }),
+                }
+            };
+            // A tool call holds no cancellation token of its own: a cancelled task's pause is released by
+            // the service (`Debugger::release`).
+            let resolution = self
+                .debugger
+                .at(
+                    context.task_id,
+                    point,
+                    &tokio_util::sync::CancellationToken::new(),
+                )
+                .await
+                .map_err(|_| ToolError::Cancelled)?;
+            if let Resolution::Override(change) = resolution {
+                let before = std::mem::replace(&mut call.arguments, change["arguments"].clone());
+                overridden = true;
+                self.events.emit(
+                    context.task_id,
+                    EventKind::DecisionOverridden,
+                    Some(context.agent),
+                    json!({
+                        "what": "arguments",
+                        "key": format!("tool:{call_id}"),
+                        "tool": spec.name,
+                        "step": context.step,
+                        "before": before,
+                        "after": call.arguments,
+                    }),
+                );
+            }
+        }
         // Bounded label: an unknown name from a model is counted as "unknown".
         let label = tool.as_ref().map_or("unknown", |tool| tool.spec().name);
         let span = tracing::info_span!(
@@ -301,6 +373,9 @@ impl Tools {
         });
         if was_reused {
             data["reused"] = json!(true);
+        }
+        if overridden {
+            data["overridden"] = json!(true);
         }
         // A sandbox run's whole arguments and result are kept where the excerpts cut them, so that a task
         // resumed after a crash can tell the same run and reuse it instead of running it again (bounded by

@@ -543,8 +543,14 @@ async fn the_retention_sweep_takes_a_tasks_breakpoints_along_on_postgres() {
 
 /// `troupe debug break ...` with `args` against `server`: exit code, stdout, stderr.
 async fn cli(server: &str, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = ["break"].into_iter().chain(args.iter().copied()).collect();
+    troupe_debug(server, &args).await
+}
+
+/// `troupe debug ...` with `args` against `server`: exit code, stdout, stderr.
+pub(crate) async fn troupe_debug(server: &str, args: &[&str]) -> (i32, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
-        .args(["debug", "break"])
+        .arg("debug")
         .args(args)
         .args(["--server", server])
         .env("TROUPE_CONFIG_DIR", root().join("config"))

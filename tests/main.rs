@@ -16,6 +16,7 @@ mod memory;
 mod model_worker;
 mod observability_files;
 mod otlp;
+mod pauses;
 mod postgres;
 mod prometheus_live;
 mod replay;

@@ -61,9 +61,9 @@ fn troupe(database: &str, dir: &tempfile::TempDir, args: &[&str]) -> Command {
 }
 
 /// A `troupe serve` process; killed if the test ends before it does.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     client: awc::Client,
 }
 
@@ -77,7 +77,17 @@ impl Drop for Server {
 impl Server {
     /// Starts `troupe serve` on `database` and waits until it says which port it serves.
     async fn start(database: &str, dir: &tempfile::TempDir) -> Server {
+        Self::start_with(database, dir, &[]).await
+    }
+
+    /// [`Server::start`] with these environment variables as well.
+    pub(crate) async fn start_with(
+        database: &str,
+        dir: &tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut child = troupe(database, dir, &["serve", "--bind", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -131,7 +141,7 @@ impl Server {
     }
 
     /// SIGKILL: no clean shutdown, no lease released, the task left `running`.
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         self.child.kill().unwrap();
         let status = self.child.wait().unwrap();
         assert!(!status.success(), "{status}");

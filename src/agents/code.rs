@@ -216,7 +216,7 @@ impl Specialist for Code {
                 deps.tools
                     .invoke(context, &call_id, call)
                     .await
-                    .map_err(|e| AgentError::Tool(e.to_string()))?;
+                    .map_err(AgentError::from)?;
             }
             if let Some(submission) = output.code.as_mut() {
                 submission.test_file = test_file;

@@ -166,7 +166,7 @@ impl Specialist for Qa {
                 .tools
                 .invoke(context, &call_id, call)
                 .await
-                .map_err(|e| AgentError::Tool(e.to_string()))?;
+                .map_err(AgentError::from)?;
             let report: RunReport = serde_json::from_value(value)
                 .map_err(|e| AgentError::Tool(format!("run_code report: {e}")))?;
             Ok(test_output(step, report))

@@ -112,6 +112,14 @@ pub enum ApiError {
     /// As many breakpoints as allowed are set.
     #[error("{0}")]
     TooManyBreakpoints(String),
+    /// The task is not paused at a breakpoint.
+    #[error("task {id} is {status} and is not paused at a breakpoint")]
+    NotPaused {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
     /// The route serves only WebSocket upgrades.
     #[error("this route serves a WebSocket: send an upgrade request (Upgrade: websocket)")]
     UpgradeRequired,
@@ -176,6 +184,7 @@ impl ApiError {
             ApiError::InvalidBreakpointId(_) => "invalid_id",
             ApiError::BreakpointNotFound(_) => "breakpoint_not_found",
             ApiError::TooManyBreakpoints(_) => "too_many_breakpoints",
+            ApiError::NotPaused { .. } => "not_paused",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -216,7 +225,8 @@ impl ResponseError for ApiError {
             | ApiError::SourceUnfinished { .. }
             | ApiError::NotAwaitingConfirmation { .. }
             | ApiError::NotReplayable(_)
-            | ApiError::TooManyBreakpoints(_) => StatusCode::CONFLICT,
+            | ApiError::TooManyBreakpoints(_)
+            | ApiError::NotPaused { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -290,6 +300,7 @@ impl From<SubmitError> for ApiError {
                 ApiError::SourceUnfinished { id, status }
             }
             error @ SubmitError::Busy { .. } => ApiError::TooManyTasks(error.to_string()),
+            SubmitError::Breakpoint(error) => ApiError::from(error),
             SubmitError::Storage(error) => ApiError::from(error),
         }
     }

@@ -1,9 +1,9 @@
 //! `troupe debug ...`: the debug mode from a terminal, as a client of a running server (`troupe serve`) over
-//! its HTTP API: `debug break add|list|rm` set, list and remove breakpoints (`/api/v1/breakpoints`). The
-//! server validates; a refusal's message is printed as the server says it, with exit code 1.
-//!
-//! Not here: pausing and resuming tasks (`debug resume` will join [`Debug`]), and anything that needs no
-//! server.
+//! its HTTP API: `debug break add|list|rm` set, list and remove breakpoints (`/api/v1/breakpoints`);
+//! `debug state` shows what a paused task waits on (`/api/v1/tasks/{id}/state`) and `debug resume` acts at
+//! its pause (`/api/v1/tasks/{id}/resume`). The server validates; a refusal's message is printed as the
+//! server says it, with exit code 1. (`troupe run --break ON` pauses a task of its own process and asks on
+//! stdin instead: `ask.rs`.)
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +35,30 @@ pub enum Debug {
         /// What to do.
         #[command(subcommand)]
         action: Break,
+    },
+    /// What a task is paused on and holds (its steps, short-term memory, recalled memories, workspace
+    /// files), as JSON.
+    State {
+        /// The task's id.
+        task: String,
+    },
+    /// Act on a task paused at a breakpoint: continue (the default), step to the next point, abort, or
+    /// override what is pending (with --chosen, --instruction or --arguments).
+    Resume {
+        /// The task's id.
+        task: String,
+        /// continue, step, abort or override (implied by --chosen, --instruction or --arguments).
+        #[arg(long)]
+        action: Option<String>,
+        /// A decision's pause: the option to take instead.
+        #[arg(long)]
+        chosen: Option<String>,
+        /// A step's pause: its new instruction.
+        #[arg(long)]
+        instruction: Option<String>,
+        /// A tool call's pause: its new arguments, as JSON (checked against the tool's schema).
+        #[arg(long)]
+        arguments: Option<String>,
     },
 }
 
@@ -93,7 +117,68 @@ pub async fn debug(settings: Settings, args: DebugArgs) -> anyhow::Result<ExitCo
     let client = Client::new(&settings.server, args.server.as_deref())?;
     match args.command {
         Debug::Break { action } => breakpoints(&client, action).await,
+        Debug::State { task } => {
+            let path = format!("/api/v1/tasks/{}/state", query_value(&task));
+            match client.send(Method::Get, &path, None).await? {
+                Ok(state) => {
+                    println!("{}", serde_json::to_string_pretty(&state)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
+        Debug::Resume {
+            task,
+            action,
+            chosen,
+            instruction,
+            arguments,
+        } => {
+            let body = match resume_body(action, chosen, instruction, arguments.as_deref()) {
+                Ok(body) => body,
+                Err(why) => {
+                    eprintln!("troupe: {why}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let path = format!("/api/v1/tasks/{}/resume", query_value(&task));
+            match client.send(Method::Post, &path, Some(&body)).await? {
+                Ok(answer) => {
+                    println!("{}", text(&answer["action"]));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            }
+        }
     }
+}
+
+/// The body of `POST /tasks/{id}/resume` from `debug resume`'s flags: an override field implies
+/// `"action": "override"`, none implies `continue`; the server checks the rest.
+fn resume_body(
+    action: Option<String>,
+    chosen: Option<String>,
+    instruction: Option<String>,
+    arguments: Option<&str>,
+) -> Result<Value, String> {
+    let arguments = arguments
+        .map(serde_json::from_str::<Value>)
+        .transpose()
+        .map_err(|error| format!("--arguments is not JSON: {error}"))?;
+    let overriding = chosen.is_some() || instruction.is_some() || arguments.is_some();
+    let action =
+        action.unwrap_or_else(|| if overriding { "override" } else { "continue" }.to_owned());
+    let mut body = json!({ "action": action });
+    for (key, value) in [
+        ("chosen", chosen.map(Value::from)),
+        ("instruction", instruction.map(Value::from)),
+        ("arguments", arguments),
+    ] {
+        if let Some(value) = value {
+            body[key] = value;
+        }
+    }
+    Ok(body)
 }
 
 async fn breakpoints(client: &Client, action: Break) -> anyhow::Result<ExitCode> {
@@ -386,6 +471,29 @@ mod tests {
             "b22  tool      qa     -             run_code  3     -        t     -"
         );
         assert_eq!(table(&[]), "no breakpoints\n");
+    }
+
+    #[test]
+    fn resume_flags_make_the_body_an_override_field_implying_the_action() {
+        assert_eq!(
+            resume_body(None, None, None, None),
+            Ok(json!({ "action": "continue" }))
+        );
+        assert_eq!(
+            resume_body(Some("step".into()), None, None, None),
+            Ok(json!({ "action": "step" }))
+        );
+        assert_eq!(
+            resume_body(None, Some("qa".into()), None, None),
+            Ok(json!({ "action": "override", "chosen": "qa" }))
+        );
+        assert_eq!(
+            resume_body(None, None, None, Some(r#"{"language": "python"}"#)),
+            Ok(json!({ "action": "override", "arguments": { "language": "python" } }))
+        );
+        assert!(resume_body(None, None, None, Some("{"))
+            .unwrap_err()
+            .contains("not JSON"));
     }
 
     #[test]

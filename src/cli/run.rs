@@ -1,6 +1,7 @@
 //! `troupe run "<prompt>"`: one task in this process, shown live (a spinner per agent with its streamed
 //! tokens, the plan, every decision with its probabilities, restarts, the verdict), ending with an exit code
-//! from the outcome: 0 completed, 1 failed, 130 cancelled (Ctrl-C cancels the task).
+//! from the outcome: 0 completed, 1 failed, 130 cancelled (Ctrl-C cancels the task). With `--break ON` the
+//! task pauses at every such point and the question of what to do is asked on stdin (`ask.rs`).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -10,8 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::ask;
 use crate::config::Settings;
-use crate::domain::{AgentKind, Event, EventKind, TaskId, TaskOptions};
+use crate::domain::{AgentKind, BreakOn, Event, EventKind, TaskId, TaskOptions};
 use crate::service::Core;
 
 /// Runs the task and returns the process exit code.
@@ -19,11 +21,15 @@ pub async fn run(
     settings: Settings,
     prompt: &str,
     options: TaskOptions,
+    break_on: &[BreakOn],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let core = Core::start(settings).await?;
     let span = tracing::info_span!("troupe run", otel.name = "troupe run");
-    let id = core.submit(prompt, options).instrument(span).await?;
+    let id = core
+        .submit_pausing(prompt, options, break_on)
+        .instrument(span)
+        .await?;
     let mut subscription = core.events.subscribe(id, 0).await?;
     let mut view = (!json).then(|| LiveView::new(id));
     let mut outcome = EventKind::TaskFailed;
@@ -44,12 +50,16 @@ pub async fn run(
         if event.kind.is_terminal() {
             outcome = event.kind;
         }
-        if event.kind == EventKind::TaskPaused {
-            ask_to_confirm(&core, id, &event, view.as_ref());
-        }
         match &mut view {
             Some(view) => view.show(&event),
             None => println!("{}", serde_json::to_string(&event)?),
+        }
+        if event.kind == EventKind::TaskPaused {
+            let note = |line: &str| match &view {
+                Some(view) => view.note(line),
+                None => eprintln!("{line}"),
+            };
+            ask::at_pause(&core, id, &event, note);
         }
     }
     if let Some(view) = view {
@@ -68,44 +78,6 @@ pub async fn run(
         EventKind::TaskCancelled => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
-}
-
-/// A task paused for a cloud fallback: on a terminal, asks y/N (in the background: the task's events go on,
-/// and an unanswered question ends with the task's confirmation timeout); elsewhere, says how to answer.
-fn ask_to_confirm(core: &Core, id: TaskId, event: &Event, view: Option<&LiveView>) {
-    use std::io::{BufRead, IsTerminal, Write};
-    if event.data.get("reason").and_then(Value::as_str) != Some("cloud_fallback") {
-        return;
-    }
-    let timeout = event
-        .data
-        .get("timeout_seconds")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    if !std::io::stdin().is_terminal() {
-        let line = format!(
-            "task {id} waits for a confirmation of a cloud fallback; `troupe run` asks on a terminal and stdin \
-             is not one, so the task fails in {timeout} s (run it on a terminal, or use `troupe serve` and \
-             POST /api/v1/tasks/{id}/confirm)"
-        );
-        match view {
-            Some(view) => view.note(&line),
-            None => eprintln!("{line}"),
-        }
-        return;
-    }
-    let confirmations = core.confirmations.clone();
-    let question = "Send this call to the cloud? [y/N] ".to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut stderr = std::io::stderr();
-        let _ = write!(stderr, "{question}");
-        let _ = stderr.flush();
-        let mut answer = String::new();
-        let allow = std::io::stdin().lock().read_line(&mut answer).is_ok()
-            && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes");
-        // The wait may have timed out meanwhile: then the answer is too late and changes nothing.
-        let _ = confirmations.answer(id, allow);
-    });
 }
 
 fn print_result(result: Option<&Value>) {
@@ -365,6 +337,9 @@ impl LiveView {
                     text("feedback")
                 ));
             }
+            EventKind::TaskPaused if text("reason") != "cloud_fallback" => {
+                self.note(&ask::describe_pause(data));
+            }
             EventKind::TaskPaused => {
                 let to = |key: &str| {
                     data.get("to")
@@ -386,7 +361,16 @@ impl LiveView {
             EventKind::TaskResumed if event.data.get("after_crash").is_some() => {
                 self.note("resumed after its process stopped")
             }
+            EventKind::TaskResumed if text("reason") == "debug" => {
+                self.note(&format!("resumed: {}", text("action")))
+            }
             EventKind::TaskResumed => self.note(&format!("resumed: {}", text("answer"))),
+            EventKind::DecisionOverridden => self.note(&format!(
+                "overridden ({}): {} → {}",
+                text("what"),
+                ask::brief(&data["before"]),
+                ask::brief(&data["after"])
+            )),
             EventKind::LlmFallback => self.note(&format!(
                 "! model call {} falls back ({})",
                 text("purpose"),

@@ -16,6 +16,7 @@ mod code_loop;
 mod dispatch;
 mod finish;
 mod fork;
+mod pause;
 mod resume;
 
 pub use resume::resumable;
@@ -45,6 +46,7 @@ use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
 use crate::messages::{Feedback, FeedbackKind, Resume, StartTask, StepKind, Verdict};
 use crate::storage::records::{DecisionRecord, LlmCallRecord, PendingEvent, WriteOp};
 use crate::storage::StorageError;
+use fork::Overridden;
 
 /// Why a flow did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +240,7 @@ impl TaskFlow {
         self.finish(outcome, started).await;
         self.deps.agent.tools.forget_runs(task_id);
         self.leave_rerun();
+        self.debugger().forget(task_id);
     }
 
     async fn work(&mut self) -> Result<serde_json::Value, FlowError> {
@@ -311,9 +314,26 @@ impl TaskFlow {
         } else {
             self.run_step(position, llm, 1, feedback).await?
         };
-        let Some(found) = output.verdict else {
+        let Some(mut found) = output.verdict else {
             return Ok(None);
         };
+        // Debug mode: QA's verdict may pause before it takes effect, and a person may give the other one.
+        // The verdict is about the whole result, so its point has no step.
+        if let Some(chosen) = self
+            .at_decision(
+                AgentKind::Qa,
+                "verdict",
+                None,
+                format!("decision:verdict:q{}", self.round),
+                &json!([{ "name": "pass" }, { "name": "fail" }]),
+                &found.verdict,
+                None,
+                json!({ "feedback": found.feedback, "round": self.round }),
+            )
+            .await?
+        {
+            found.verdict = chosen;
+        }
         // QA's decision, announced like the Director's. A verdict is generated under a grammar, not scored,
         // so it has no confidence.
         self.announce_decision(&Decision {
@@ -507,8 +527,16 @@ impl TaskFlow {
         // confidence rather than an invented one.
         let scored = choice.scored;
         let mut routing = self.route(llm, choice).await?;
-        // A person's choice (a fork's override) takes the place of the model's; the decision says so.
-        let overridden = self.overridden(DecisionKind::AssignAgent, idx, &routing.chosen);
+        let options = options_json(&routing);
+        let probability_of = |routing: &Routing| {
+            routing
+                .options
+                .iter()
+                .find(|option| option.name == routing.chosen)
+                .map_or(0.0, |option| option.probability)
+        };
+        // A fork's override takes the place of the model's choice; the decision says so.
+        let mut overridden = self.overridden(DecisionKind::AssignAgent, idx, &routing.chosen);
         if let Some(imposed) = &overridden {
             routing.reasoning = format!(
                 "overridden: {} instead of the model's {} ({})",
@@ -516,18 +544,37 @@ impl TaskFlow {
             );
             routing.chosen = imposed.chosen.clone();
         }
+        // Debug mode: the decision may pause before it takes effect, and a person may choose another option.
+        let person = self
+            .at_decision(
+                AgentKind::Director,
+                "assign_agent",
+                Some(idx),
+                format!("decision:assign_agent:{idx}"),
+                &options,
+                &routing.chosen,
+                scored.then(|| probability_of(&routing)),
+                json!({ "instruction": instruction }),
+            )
+            .await?;
+        if let Some(chosen) = person {
+            let before = std::mem::replace(&mut routing.chosen, chosen);
+            routing.reasoning = format!(
+                "overridden at a pause: {} instead of {before} ({})",
+                routing.chosen, routing.reasoning
+            );
+            overridden = Some(Overridden {
+                chosen: routing.chosen.clone(),
+                detail: json!({ "before": before, "after": routing.chosen, "by": "person" }),
+            });
+        }
         let agent: AgentKind = routing.chosen.parse().map_err(|_| {
             FlowError::Plan(plan::MalformedPlan(format!(
                 "step {idx} assigned to unknown agent '{}'",
                 excerpt(&routing.chosen)
             )))
         })?;
-        let confidence = routing
-            .options
-            .iter()
-            .find(|option| option.name == routing.chosen)
-            .map_or(0.0, |option| option.probability);
-        let options = options_json(&routing);
+        let confidence = probability_of(&routing);
         self.announce_decision(&Decision {
             agent: AgentKind::Director,
             kind: "assign_agent",
@@ -755,6 +802,16 @@ impl TaskFlow {
         request: LlmRequest,
         what: &'static str,
     ) -> Result<LlmOutput, FlowError> {
+        // Debug mode: the task may pause before the model is called (`on = "llm"`).
+        let at_call = || crate::debug::llm_point(AgentKind::Director, None, &request);
+        if self
+            .debugger()
+            .at(self.task_id, at_call, &self.cancel)
+            .await
+            .is_err()
+        {
+            return Err(FlowError::Cancelled);
+        }
         // Not raced against cancellation: the provider stops at the next token when the task's token
         // fires, and letting the call end records it (a `cancelled` model error) instead of dropping it.
         let result = self

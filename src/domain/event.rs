@@ -66,12 +66,19 @@ pub enum EventKind {
     /// fails): `data.round`, `data.of`, `data.step`, `data.feedback`, `data.outcome`.
     #[serde(rename = "qa.revision")]
     QaRevision,
-    /// The task waits for a person: `data.reason` (`cloud_fallback`) and what is pending (the estimated cost).
+    /// The task waits for a person: `data.reason` (`cloud_fallback`: the estimated cost; `breakpoint`,
+    /// `step`, `restart`: debug mode, with `data.key`, `data.point`, `data.breakpoint` and what is pending in
+    /// `data.pending`).
     #[serde(rename = "task.paused")]
     TaskPaused,
-    /// A paused task goes on (or, declined, ends): `data.reason`, `data.allow`.
+    /// A paused task goes on (or, declined, ends): `data.reason` (`cloud_fallback` with `data.answer`;
+    /// `debug` with `data.action` and `data.key`; a task taken over after its process died: what was reused).
     #[serde(rename = "task.resumed")]
     TaskResumed,
+    /// A person changed what a paused task was about to do: `data.what` (`decision`, `instruction`,
+    /// `arguments`), `data.key`, `data.before`, `data.after`.
+    #[serde(rename = "decision.overridden")]
+    DecisionOverridden,
     /// A model call went to the fallback provider: `data.from`, `data.to`, `data.reason`.
     #[serde(rename = "llm.fallback")]
     LlmFallback,
@@ -106,7 +113,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 27] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -125,6 +132,7 @@ impl EventKind {
         EventKind::QaRevision,
         EventKind::TaskPaused,
         EventKind::TaskResumed,
+        EventKind::DecisionOverridden,
         EventKind::LlmFallback,
         EventKind::BudgetExceeded,
         EventKind::ReplayDiverged,
@@ -157,6 +165,7 @@ impl EventKind {
             EventKind::QaRevision => "qa.revision",
             EventKind::TaskPaused => "task.paused",
             EventKind::TaskResumed => "task.resumed",
+            EventKind::DecisionOverridden => "decision.overridden",
             EventKind::LlmFallback => "llm.fallback",
             EventKind::BudgetExceeded => "budget.exceeded",
             EventKind::ReplayDiverged => "replay.diverged",

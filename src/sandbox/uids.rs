@@ -54,10 +54,35 @@ pub(super) struct UidClaims {
     pub(super) locks: Vec<std::fs::File>,
 }
 
+/// How long a claim that found every id held keeps trying: a lock is also held, for a moment, by any child
+/// forked from the process that holds it until that child's exec closes the inherited descriptor, so a
+/// process that has just let its ids go may still seem to hold them.
+const CLAIM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Claims the user ids `uid_base .. uid_base + parallel_runs` with an exclusive lock file each, so that no
 /// two Troupe processes on the machine run code under one id (the sweep after a run kills whatever runs
-/// under its id). Ids another process holds are skipped; none left is a refusal.
+/// under its id). Ids another process holds are skipped; none left (for [`CLAIM_PATIENCE`]) is a refusal.
 pub(super) fn claim_uids(settings: &SandboxSettings) -> Result<UidClaims, SandboxError> {
+    let deadline = std::time::Instant::now() + CLAIM_PATIENCE;
+    loop {
+        let (claims, held) = claim_free_uids(settings)?;
+        if !claims.uids.is_empty() {
+            return Ok(finish(claims, held));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(SandboxError::Unavailable(format!(
+                "every sandbox user id ({}..{}) is in use by another Troupe process on this machine; \
+                 give each one its own sandbox.uid_base",
+                settings.uid_base,
+                u64::from(settings.uid_base) + settings.parallel_runs as u64
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// One pass over the ids: the claimed ones with their locks, and the ids another process holds.
+fn claim_free_uids(settings: &SandboxSettings) -> Result<(UidClaims, Vec<u32>), SandboxError> {
     let dir = lock_dir();
     let mut claims = UidClaims::default();
     let mut held = Vec::new();
@@ -83,13 +108,11 @@ pub(super) fn claim_uids(settings: &SandboxSettings) -> Result<UidClaims, Sandbo
             }
         }
     }
-    if claims.uids.is_empty() {
-        return Err(SandboxError::Unavailable(format!(
-            "every sandbox user id ({}..{}) is in use by another Troupe process on this machine; give              each one its own sandbox.uid_base",
-            settings.uid_base,
-            u64::from(settings.uid_base) + settings.parallel_runs as u64
-        )));
-    }
+    Ok((claims, held))
+}
+
+/// Warns about the ids left to another process and orders the claimed ones for popping.
+fn finish(mut claims: UidClaims, held: Vec<u32>) -> UidClaims {
     if !held.is_empty() {
         tracing::warn!(
             ?held,
@@ -99,5 +122,5 @@ pub(super) fn claim_uids(settings: &SandboxSettings) -> Result<UidClaims, Sandbo
     }
     // Slots are taken from the end: the lowest id first.
     claims.uids.reverse();
-    Ok(claims)
+    claims
 }

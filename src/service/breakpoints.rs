@@ -340,6 +340,20 @@ fn error_type(error: &BreakpointsError) -> &'static str {
     }
 }
 
+impl crate::debug::BreakpointSource for Breakpoints {
+    fn is_empty(&self) -> bool {
+        Breakpoints::is_empty(self)
+    }
+
+    fn matching(&self, task_id: TaskId, point: &PausePoint) -> Option<Breakpoint> {
+        Breakpoints::matching(self, task_id, point)
+    }
+
+    fn record_hit(&self, breakpoint: &Breakpoint) {
+        Breakpoints::record_hit(self, breakpoint);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

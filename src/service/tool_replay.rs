@@ -107,7 +107,7 @@ impl Core {
             .ok_or(ToolReplayError::TaskNotFound(id))?;
         let calls = self
             .storage
-            .events_of_kind(id, EventKind::ToolCalled, None)
+            .events_of_kind(id, EventKind::ToolCalled, None, None)
             .await?;
         // A call id recurs when a resumed task ran a call again: the last one, unless a seq is named.
         let event = calls

@@ -109,13 +109,15 @@ impl Storage {
         Ok(pieces)
     }
 
-    /// Task `id`'s events of kind `kind` with `seq` below `before` (all when `None`), in order. Not for
-    /// `llm.token` (whose rows are coalesced: [`Storage::token_pieces`]).
+    /// Task `id`'s events of kind `kind` with `seq` below `before` (all when `None`), in order, at most
+    /// `limit` (the first ones) when given. Not for `llm.token` (whose rows are coalesced:
+    /// [`Storage::token_pieces`]).
     pub async fn events_of_kind(
         &self,
         id: TaskId,
         kind: EventKind,
         before: Option<i64>,
+        limit: Option<u64>,
     ) -> Result<Vec<Event>, StorageError> {
         let mut select = event::Entity::find()
             .filter(event::Column::TaskId.eq(id.to_string()))
@@ -123,6 +125,9 @@ impl Storage {
             .order_by_asc(event::Column::Seq);
         if let Some(before) = before {
             select = select.filter(event::Column::Seq.lt(before));
+        }
+        if let Some(limit) = limit {
+            select = select.limit(limit);
         }
         let rows = select
             .all(&self.db)

@@ -56,6 +56,9 @@ pub struct ResumeRecords {
     pub sandbox_runs: BTreeMap<String, serde_json::Value>,
     /// The data of the task's `code.attempt` events, in log order.
     pub code_attempts: Vec<serde_json::Value>,
+    /// The task's `task.paused` and `task.resumed` events (kind and data), in log order: where debug mode
+    /// paused it and how each pause was answered.
+    pub pauses: Vec<(EventKind, serde_json::Value)>,
 }
 
 /// Whether a task with `owner` belongs to nobody alive, given the known leases' heartbeats, at `now`: no
@@ -237,6 +240,8 @@ impl Storage {
             .filter(event::Column::Kind.is_in([
                 EventKind::ToolCalled.as_str(),
                 EventKind::CodeAttempt.as_str(),
+                EventKind::TaskPaused.as_str(),
+                EventKind::TaskResumed.as_str(),
             ]))
             .order_by_asc(event::Column::Seq)
             .all(&self.db)
@@ -244,9 +249,16 @@ impl Storage {
             .map_err(StorageError::query("read the task's tool calls"))?;
         let mut sandbox_runs = BTreeMap::new();
         let mut code_attempts = Vec::new();
+        let mut pauses = Vec::new();
         for row in rows {
             if row.kind == EventKind::CodeAttempt.as_str() {
                 code_attempts.push(row.data);
+                continue;
+            }
+            if let Ok(kind @ (EventKind::TaskPaused | EventKind::TaskResumed)) =
+                row.kind.parse::<EventKind>()
+            {
+                pauses.push((kind, row.data));
                 continue;
             }
             if let Some((call_id, run)) = recorded_run(&row.data) {
@@ -259,6 +271,7 @@ impl Storage {
             recording,
             sandbox_runs,
             code_attempts,
+            pauses,
         })
     }
 }

@@ -130,6 +130,11 @@ pub struct Metrics {
     pub tasks_deleted: IntCounterVec,
     /// See [`names::TASKS_RESUMED`]; label `outcome` (`resumed`, `requeued`, `unresumable`, `interrupted`).
     pub tasks_resumed: IntCounterVec,
+    /// See [`names::DEBUG_PAUSES`]; labels `on` (decision, tool, step, llm), `reason` (breakpoint, step,
+    /// restart).
+    pub debug_pauses: IntCounterVec,
+    /// See [`names::DEBUG_ACTIONS`]; label `action` (continue, step, abort, override).
+    pub debug_actions: IntCounterVec,
     /// See [`names::SUPERVISOR_RESTARTS`]; labels `agent`, `reason`.
     pub supervisor_restarts: IntCounterVec,
     /// See [`names::LLM_TOKENS`]; labels `provider`, `model`, `type`.
@@ -399,6 +404,16 @@ impl Metrics {
                 names::TASKS_RESUMED,
                 "Unfinished tasks of a dead process taken over at start-up, by what became of them.",
                 &["outcome"],
+            )?,
+            debug_pauses: r.counter_vec(
+                names::DEBUG_PAUSES,
+                "Tasks paused in debug mode, by kind of point and why.",
+                &["on", "reason"],
+            )?,
+            debug_actions: r.counter_vec(
+                names::DEBUG_ACTIONS,
+                "A person's actions at a pause, by action.",
+                &["action"],
             )?,
             supervisor_restarts: r.counter_vec(
                 names::SUPERVISOR_RESTARTS,

@@ -50,6 +50,14 @@ impl TaskFlow {
             retry = retry.saturating_add(1);
             spec.attempt = next_attempt(self);
             spec.retry = retry;
+            // Debug mode: the step may pause before it is sent, and a person may rewrite its instruction
+            // (kept for the step's later attempts).
+            if let Some(instruction) = self.at_step(agent, &spec).await? {
+                if spec.kind != StepKind::Test {
+                    self.steps[position].instruction.clone_from(&instruction);
+                }
+                spec.instruction = instruction;
+            }
             match self.dispatch(agent, spec.clone(), llm).await? {
                 Ok(output) => return Ok(output),
                 Err(DispatchError::Restarted { .. }) if spec.attempt <= retries => {}

@@ -129,6 +129,10 @@ impl TaskFlow {
             .agent
             .tools
             .reuse_runs(self.task_id, resume.records.sandbox_runs.clone());
+        // A task paused in debug mode pauses again at the same point; what was answered before is answered
+        // again as it was (see `debug.rs`).
+        self.debugger()
+            .restore(self.task_id, &resume.records.pauses);
         self.announce_resume(&resume);
         Ok(plan)
     }
@@ -277,6 +281,7 @@ mod tests {
             },
             sandbox_runs: BTreeMap::new(),
             code_attempts: Vec::new(),
+            pauses: Vec::new(),
         }
     }
 

@@ -20,6 +20,10 @@ pub const TASKS_TOTAL: &str = "troupe_tasks_total";
 pub const TASKS_DELETED: &str = "troupe_tasks_deleted_total";
 /// Unfinished tasks of a dead process taken over at start-up, by what became of them.
 pub const TASKS_RESUMED: &str = "troupe_tasks_resumed_total";
+/// Tasks paused in debug mode, by kind of point and why.
+pub const DEBUG_PAUSES: &str = "troupe_debug_pauses_total";
+/// A person's actions at a pause, by action.
+pub const DEBUG_ACTIONS: &str = "troupe_debug_actions_total";
 /// Agent restarts by the supervisor.
 pub const SUPERVISOR_RESTARTS: &str = "troupe_supervisor_restarts_total";
 /// Tokens by provider, model and type (input/output).

@@ -1,0 +1,105 @@
+//! Debug mode's task routes: `GET /api/v1/tasks/{id}/state` (what a paused task waits on and holds) and
+//! `POST /api/v1/tasks/{id}/resume` (a person's action at the pause).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::{parse_task_id, ApiError};
+use crate::debug::Action;
+use crate::service::{Core, ResumeError};
+
+/// `GET /api/v1/tasks/{id}/state`.
+pub async fn task_state(
+    core: web::Data<Core>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    let state = core
+        .task_state(id)
+        .await?
+        .ok_or(ApiError::TaskNotFound(id))?;
+    Ok(HttpResponse::Ok().json(state))
+}
+
+/// The body of `POST /api/v1/tasks/{id}/resume`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    /// `continue`, `step`, `abort` or `override`.
+    pub action: String,
+    /// An override of a decision: the option chosen instead.
+    pub chosen: Option<String>,
+    /// An override of a step: its new instruction.
+    pub instruction: Option<String>,
+    /// An override of a tool call: its new arguments (checked against the tool's schema).
+    pub arguments: Option<Value>,
+}
+
+impl Resume {
+    fn action(self) -> Result<Action, ApiError> {
+        let change: Vec<(&str, Value)> = [
+            ("chosen", self.chosen.map(Value::String)),
+            ("instruction", self.instruction.map(Value::String)),
+            ("arguments", self.arguments),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|value| (name, value)))
+        .collect();
+        let plain = |action| {
+            if let Some((name, _)) = change.first() {
+                return Err(ApiError::InvalidBody(format!(
+                    "'{name}' goes with \"action\": \"override\", not \"{}\"",
+                    self.action
+                )));
+            }
+            Ok(action)
+        };
+        match self.action.as_str() {
+            "continue" => plain(Action::Continue),
+            "step" => plain(Action::Step),
+            "abort" => plain(Action::Abort),
+            "override" => match change.as_slice() {
+                [(name, value)] => Ok(Action::Override(json!({ *name: value }))),
+                [] => Err(ApiError::InvalidBody(
+                    "an override needs one of 'chosen' (a decision's option), 'instruction' (a step's) \
+                     or 'arguments' (a tool call's)"
+                        .to_owned(),
+                )),
+                _ => Err(ApiError::InvalidBody(
+                    "an override changes one thing: give only one of 'chosen', 'instruction', 'arguments'"
+                        .to_owned(),
+                )),
+            },
+            other => Err(ApiError::InvalidBody(format!(
+                "unknown action '{}': use continue, step, abort or override",
+                crate::domain::excerpt(other)
+            ))),
+        }
+    }
+}
+
+/// `POST /api/v1/tasks/{id}/resume`: 200 with the action taken; 409 when the task is not paused at a
+/// breakpoint; 400 for an override that does not fit what is pending.
+pub async fn resume_task(
+    core: web::Data<Core>,
+    path: web::Path<String>,
+    body: web::Json<Resume>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&path)?;
+    let action = body.into_inner().action()?;
+    let name = action.as_str();
+    core.resume_task(id, action).await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "action": name })))
+}
+
+impl From<ResumeError> for ApiError {
+    fn from(error: ResumeError) -> Self {
+        match error {
+            ResumeError::NotFound(id) => ApiError::TaskNotFound(id),
+            ResumeError::NotPaused { id, status } => ApiError::NotPaused { id, status },
+            ResumeError::InvalidOverride(why) => ApiError::InvalidBody(why),
+            ResumeError::Storage(error) => ApiError::from(error),
+        }
+    }
+}
