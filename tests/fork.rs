@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -24,7 +23,7 @@ use troupe::storage::records::{NewTask, PendingEvent};
 use troupe::storage::Storage;
 use troupe::telemetry::metrics::Metrics;
 
-use crate::helpers::{client_for, metric_value, test_settings, TestApp};
+use crate::helpers::{client_for, metric_value, of_kind, test_settings, TestApp};
 
 /// A live model that answers by purpose from a script and counts its calls: the n-th call of a purpose
 /// gets the n-th answer listed for it (the last one again after that).
@@ -209,25 +208,6 @@ async fn script_app(
 
 const PROMPT: &str = "Tell me about otters";
 
-/// Waits for task `id` to end; returns it.
-async fn ended(app: &TestApp, id: &str) -> Value {
-    app.wait_for_task(id, Duration::from_secs(60), |task| {
-        ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or(""))
-    })
-    .await
-}
-
-/// Task `id`'s events.
-async fn events(app: &TestApp, id: &str) -> Vec<Value> {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{id}/events")).await;
-    assert_eq!(status, 200, "{body}");
-    body["events"].as_array().cloned().unwrap_or_default()
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
-}
-
 /// Task `id`'s model calls by purpose.
 async fn calls(app: &TestApp, id: &str) -> HashMap<String, Value> {
     let (status, body) = app.get(&format!("/api/v1/tasks/{id}/llm-calls")).await;
@@ -243,7 +223,7 @@ async fn calls(app: &TestApp, id: &str) -> HashMap<String, Value> {
 /// Runs the source task live and checks it made each call once.
 async fn source(app: &TestApp, script: &Script) -> String {
     let id = app.submit(PROMPT).await;
-    let task = ended(app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
     for purpose in [
         "plan",
@@ -272,7 +252,7 @@ async fn fork_from_step_two(app: &TestApp, script: &Script) -> (String, String) 
     assert_eq!(body["status"], "queued");
     assert_eq!(body["fork_of"], json!({ "task": source, "from_step": 2 }));
     let fork = body["id"].as_str().unwrap().to_owned();
-    let task = ended(app, &fork).await;
+    let task = app.ended(&fork).await;
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["options"]["fork_of"]["task"], source.as_str());
     assert_eq!(task["options"]["fork_of"]["from_step"], 2);
@@ -313,7 +293,7 @@ async fn fork_from_step_two(app: &TestApp, script: &Script) -> (String, String) 
         "In short: otters are mammals (second answer)."
     );
 
-    let log = events(app, &fork).await;
+    let log = app.events(&fork).await;
     let forked_event = of_kind(&log, "task.forked");
     assert_eq!(forked_event.len(), 1, "{log:#?}");
     assert_eq!(forked_event[0]["data"]["source"], source.as_str());
@@ -376,7 +356,7 @@ async fn a_fork_from_step_two_replays_step_one_and_runs_the_rest_live() {
     let replay = app
         .submit_with(json!({ "prompt": PROMPT, "options": { "replay_of": fork } }))
         .await;
-    let replayed = ended(&app, &replay).await;
+    let replayed = app.ended(&replay).await;
     assert_eq!(replayed["status"], "completed", "{replayed}");
     assert_eq!(replayed["result"]["provider"], "replay");
     assert_eq!(
@@ -419,12 +399,12 @@ async fn a_fork_with_an_agent_override_sends_the_step_to_the_chosen_agent() {
         .await;
     assert_eq!(status, 202, "{body}");
     let fork = body["id"].as_str().unwrap().to_owned();
-    let task = ended(&app, &fork).await;
+    let task = app.ended(&fork).await;
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["steps"][0]["agent"], "research");
     assert_eq!(task["steps"][1]["agent"], "qa", "{task}");
 
-    let log = events(&app, &fork).await;
+    let log = app.events(&fork).await;
     let decisions = of_kind(&log, "decision.made");
     let step = |n: i64| {
         decisions
@@ -481,9 +461,9 @@ async fn a_replay_that_asks_something_else_diverges_then_stops_or_goes_live() {
     let same = app
         .submit_with(json!({ "prompt": PROMPT, "options": { "replay_of": source } }))
         .await;
-    let task = ended(&app, &same).await;
+    let task = app.ended(&same).await;
     assert_eq!(task["status"], "completed", "{task}");
-    assert!(of_kind(&events(&app, &same).await, "replay.diverged").is_empty());
+    assert!(of_kind(&app.events(&same).await, "replay.diverged").is_empty());
     assert_eq!(script.total(), 7);
 
     // Another prompt: the plan's request differs; by default the replay stops there.
@@ -492,12 +472,12 @@ async fn a_replay_that_asks_something_else_diverges_then_stops_or_goes_live() {
             json!({ "prompt": "Tell me about beavers", "options": { "replay_of": source } }),
         )
         .await;
-    let task = ended(&app, &other).await;
+    let task = app.ended(&other).await;
     assert_eq!(task["status"], "failed", "{task}");
     let error = task["error"].as_str().unwrap();
     assert!(error.contains("diverged"), "{error}");
     assert!(error.contains("'plan'"), "{error}");
-    let log = events(&app, &other).await;
+    let log = app.events(&other).await;
     let diverged = of_kind(&log, "replay.diverged");
     assert_eq!(diverged.len(), 1, "{log:#?}");
     let data = &diverged[0]["data"];
@@ -517,9 +497,9 @@ async fn a_replay_that_asks_something_else_diverges_then_stops_or_goes_live() {
             "options": { "replay_of": source, "on_divergence": "live" }
         }))
         .await;
-    let task = ended(&app, &live).await;
+    let task = app.ended(&live).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let log = events(&app, &live).await;
+    let log = app.events(&live).await;
     let diverged = of_kind(&log, "replay.diverged");
     assert_eq!(diverged.len(), 1, "{log:#?}");
     assert_eq!(diverged[0]["data"]["action"], "live");
@@ -542,8 +522,8 @@ async fn a_replay_that_asks_something_else_diverges_then_stops_or_goes_live() {
             json!({ "prompt": PROMPT, "options": { "replay_of": source, "max_steps": 1 } }),
         )
         .await;
-    assert_eq!(ended(&app, &fewer).await["status"], "failed");
-    let log = events(&app, &fewer).await;
+    assert_eq!(app.ended(&fewer).await["status"], "failed");
+    let log = app.events(&fewer).await;
     let data = &of_kind(&log, "replay.diverged")[0]["data"];
     assert_eq!(data["part"], "system", "{data}");
     assert_eq!(data["parts"], json!(["system", "output"]));
@@ -585,9 +565,9 @@ async fn a_replay_on_a_server_configured_otherwise_diverges_where_the_setting_sh
             "options": { "replay_of": source, "on_divergence": "live" }
         }))
         .await;
-    let task = ended(&second, &replay).await;
+    let task = second.ended(&replay).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let log = events(&second, &replay).await;
+    let log = second.events(&replay).await;
     let diverged = of_kind(&log, "replay.diverged");
     assert_eq!(diverged.len(), 1, "{log:#?}");
     assert_eq!(diverged[0]["data"]["purpose"], "work.1");
@@ -776,9 +756,9 @@ async fn a_fork_on_postgres_replays_step_one_and_runs_the_rest_live() {
             json!({ "prompt": "Tell me about beavers", "options": { "replay_of": source } }),
         )
         .await;
-    assert_eq!(ended(&app, &other).await["status"], "failed");
+    assert_eq!(app.ended(&other).await["status"], "failed");
     assert_eq!(
-        of_kind(&events(&app, &other).await, "replay.diverged")[0]["data"]["part"],
+        of_kind(&app.events(&other).await, "replay.diverged")[0]["data"]["part"],
         "prompt"
     );
     drop(app);

@@ -254,6 +254,21 @@ impl TestApp {
         }
     }
 
+    /// Waits (at most a minute) for task `id` to end; returns it.
+    pub async fn ended(&self, id: &str) -> Value {
+        self.wait_for_task(id, Duration::from_secs(60), |task| {
+            ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+
+    /// Task `id`'s events (`GET /api/v1/tasks/{id}/events`, the first page).
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/v1/tasks/{id}/events")).await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Polls `GET /api/v1/tasks/{id}` until `done(task)` holds (bounded).
     pub async fn wait_for_task(
         &self,
@@ -283,6 +298,11 @@ pub fn metric_value(scrape: &str, name_and_labels: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The events of `kind` among `events`, in order.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
 /// Kinds of `events`, in order.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::breakpoints::troupe_debug;
-use crate::helpers::{client_for, kinds, metric_value, TestApp};
+use crate::helpers::{client_for, kinds, metric_value, of_kind, TestApp};
 use crate::resume::Server;
 use crate::scripts::{code, failing_first_attempt, frame, seed_recording};
 use crate::self_correction::app_on;
@@ -52,21 +52,38 @@ async fn resume(app: &TestApp, id: &str, body: Value) -> (u16, Value) {
         .await
 }
 
-async fn ended(app: &TestApp, id: &str) -> Value {
-    app.wait_for_task(id, Duration::from_secs(60), |task| {
-        ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or(""))
-    })
+/// A task replaying a recording on an app of its own (the real sandbox, one code attempt).
+struct Replaying {
+    app: TestApp,
+    /// The breakpoint set before the task was submitted.
+    breakpoint: String,
+    /// The task.
+    id: String,
+    /// The app's database is in it: bind it (`_dir`) to keep it for the test.
+    _dir: tempfile::TempDir,
+}
+
+/// Stores the recording `outputs`, sets `breakpoint`, then submits a task replaying the recording.
+async fn replaying(outputs: &[crate::scripts::Output], breakpoint: Value) -> Replaying {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on(&dir, 1).await;
+    let source = seed_recording(&url, outputs).await;
+    let breakpoint = set(&app, breakpoint).await;
+    let id = submit_replay(&app, source).await;
+    Replaying {
+        app,
+        breakpoint,
+        id,
+        _dir: dir,
+    }
+}
+
+/// Submits a task replaying `source`; its id.
+async fn submit_replay(app: &TestApp, source: impl std::fmt::Display) -> String {
+    app.submit_with(
+        json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source.to_string() } }),
+    )
     .await
-}
-
-async fn events(app: &TestApp, id: &str) -> Vec<Value> {
-    let (status, body) = app.get(&format!("/api/v1/tasks/{id}/events")).await;
-    assert_eq!(status, 200, "{body}");
-    body["events"].as_array().cloned().unwrap_or_default()
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
 }
 
 /// The recording of a one-step code task whose code passes its test.
@@ -82,18 +99,17 @@ fn passing() -> Vec<crate::scripts::Output> {
 #[actix_rt::test]
 async fn an_assign_agent_breakpoint_pauses_the_state_is_shown_and_an_override_sends_the_step_elsewhere(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = app_on(&dir, 1).await;
-    let source = seed_recording(&url, &passing()).await;
-    let breakpoint = set(
-        &app,
+    let Replaying {
+        app,
+        breakpoint,
+        id,
+        _dir,
+        ..
+    } = replaying(
+        &passing(),
         json!({ "on": "decision", "kind": "assign_agent", "when": "confidence > 0.5" }),
     )
     .await;
-
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
     let state = paused(&app, &id, None).await;
     let pending = &state["pending"];
     assert_eq!(pending["key"], "decision:assign_agent:1", "{state}");
@@ -167,11 +183,11 @@ async fn an_assign_agent_breakpoint_pauses_the_state_is_shown_and_an_override_se
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["action"], "override");
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
 
     // The step went to Research, not to the model's Code; the log says a person intervened.
-    let events = events(&app, &id).await;
+    let events = app.events(&id).await;
     let decision = of_kind(&events, "decision.made")
         .into_iter()
         .find(|e| e["data"]["kind"] == "assign_agent")
@@ -238,13 +254,11 @@ async fn an_assign_agent_breakpoint_pauses_the_state_is_shown_and_an_override_se
 
 #[actix_rt::test]
 async fn step_pauses_at_each_next_point_and_an_edited_instruction_reaches_the_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = app_on(&dir, 1).await;
-    let source = seed_recording(&url, &passing()).await;
-    set(&app, json!({ "on": "decision", "kind": "assign_agent" })).await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let Replaying { app, id, _dir, .. } = replaying(
+        &passing(),
+        json!({ "on": "decision", "kind": "assign_agent" }),
+    )
+    .await;
     let first = paused(&app, &id, None).await;
     let first_key = first["pending"]["key"].as_str().unwrap().to_owned();
 
@@ -274,9 +288,9 @@ async fn step_pauses_at_each_next_point_and_an_edited_instruction_reaches_the_mo
     assert_eq!(status, 200, "{body}");
 
     // After an override the task goes on to the next breakpoint (none here, as it was not a step).
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let events = events(&app, &id).await;
+    let events = app.events(&id).await;
     let overridden = of_kind(&events, "decision.overridden");
     assert_eq!(overridden.len(), 1, "{overridden:#?}");
     assert_eq!(overridden[0]["data"]["what"], "instruction");
@@ -309,13 +323,8 @@ async fn step_pauses_at_each_next_point_and_an_edited_instruction_reaches_the_mo
 
 #[actix_rt::test]
 async fn stepping_reaches_the_model_call_and_abort_cancels_the_paused_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = app_on(&dir, 1).await;
-    let source = seed_recording(&url, &passing()).await;
-    set(&app, json!({ "on": "step", "agent": "code" })).await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let Replaying { app, id, _dir, .. } =
+        replaying(&passing(), json!({ "on": "step", "agent": "code" })).await;
     let at_step = paused(&app, &id, None).await;
     assert_eq!(at_step["pending"]["point"]["on"], "step", "{at_step}");
     let key = at_step["pending"]["key"].as_str().unwrap().to_owned();
@@ -339,9 +348,9 @@ async fn stepping_reaches_the_model_call_and_abort_cancels_the_paused_task() {
 
     let (status, _) = resume(&app, &id, json!({ "action": "abort" })).await;
     assert_eq!(status, 200);
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "cancelled", "{task}");
-    let events = events(&app, &id).await;
+    let events = app.events(&id).await;
     assert!(
         of_kind(&events, "llm.finished")
             .iter()
@@ -354,18 +363,11 @@ async fn stepping_reaches_the_model_call_and_abort_cancels_the_paused_task() {
 
 #[actix_rt::test]
 async fn a_tool_call_pauses_and_its_arguments_are_overridden_within_the_schema() {
-    let dir = tempfile::tempdir().unwrap();
-    // One attempt: the recorded code fails its test, so only the override can make the task pass.
-    let (app, url) = app_on(&dir, 1).await;
-    let source = seed_recording(&url, &failing_first_attempt()).await;
-    set(
-        &app,
+    let Replaying { app, id, _dir, .. } = replaying(
+        &failing_first_attempt(),
         json!({ "on": "tool", "tool": "run_code", "agent": "qa" }),
     )
     .await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
     let state = paused(&app, &id, None).await;
     let pending = &state["pending"];
     assert_eq!(pending["point"]["on"], "tool", "{state}");
@@ -407,9 +409,9 @@ async fn a_tool_call_pauses_and_its_arguments_are_overridden_within_the_schema()
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let events = events(&app, &id).await;
+    let events = app.events(&id).await;
     let call = of_kind(&events, "tool.called")
         .into_iter()
         .find(|e| e["data"]["tool"] == "run_code")
@@ -439,9 +441,7 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     let mut first = Server::start_with(&database, &dir, &SERVE_ENV).await;
     let app = client_for(first.port, tempfile::tempdir().unwrap());
     set(&app, json!({ "on": "decision", "kind": "assign_agent" })).await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let id = submit_replay(&app, source).await;
     let before = paused(&app, &id, None).await;
     first.kill_9();
 
@@ -450,7 +450,7 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     // Taken over once the first server's lease expires, rebuilt, and paused again at the same point.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let after = loop {
-        let events = events(&app, &id).await;
+        let events = app.events(&id).await;
         if of_kind(&events, "task.paused").len() >= 2 {
             break paused(&app, &id, None).await;
         }
@@ -463,7 +463,7 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
         after["pending"]["detail"]["options"],
         before["pending"]["detail"]["options"]
     );
-    let log = events(&app, &id).await;
+    let log = app.events(&id).await;
     assert!(of_kind(&log, "task.resumed")
         .iter()
         .any(|e| e["data"]["reason"] != "debug"));
@@ -474,9 +474,9 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let log = events(&app, &id).await;
+    let log = app.events(&id).await;
     let decision = of_kind(&log, "decision.made")
         .into_iter()
         .rfind(|e| e["data"]["kind"] == "assign_agent")
@@ -484,26 +484,22 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     assert_eq!(decision["data"]["chosen"], "research", "{decision}");
 
     // The breakpoint, set before the restart, pauses a new task on the new server too.
-    let next = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let next = submit_replay(&app, source).await;
     let state = paused(&app, &next, None).await;
     assert_eq!(state["pending"]["reason"], "breakpoint", "{state}");
     assert_eq!(state["pending"]["key"], "decision:assign_agent:1");
     let (status, _) = resume(&app, &next, json!({ "action": "abort" })).await;
     assert_eq!(status, 200);
-    assert_eq!(ended(&app, &next).await["status"], "cancelled");
+    assert_eq!(app.ended(&next).await["status"], "cancelled");
 }
 
 #[actix_rt::test]
 async fn the_debug_cli_shows_a_paused_task_and_resumes_it_with_an_override() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = app_on(&dir, 1).await;
-    let source = seed_recording(&url, &passing()).await;
-    set(&app, json!({ "on": "decision", "kind": "assign_agent" })).await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let Replaying { app, id, _dir, .. } = replaying(
+        &passing(),
+        json!({ "on": "decision", "kind": "assign_agent" }),
+    )
+    .await;
     paused(&app, &id, None).await;
     let server = app.address.as_str();
 
@@ -524,7 +520,7 @@ async fn the_debug_cli_shows_a_paused_task_and_resumes_it_with_an_override() {
     let (code, out, err) = troupe_debug(server, &["resume", &id, "--chosen", "research"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "override");
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
     let (code, _, err) = troupe_debug(server, &["resume", &id]).await;
     assert_eq!(code, 1);
@@ -603,17 +599,15 @@ async fn a_pause_longer_than_the_step_timeout_does_not_time_the_step_out() {
     .await;
     let source = seed_recording(&url, &passing()).await;
     set(&app, json!({ "on": "llm", "purpose": "work" })).await;
-    let id = app
-        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
-        .await;
+    let id = submit_replay(&app, source).await;
     let state = paused(&app, &id, None).await;
     assert_eq!(state["pending"]["key"], "llm:work.1", "{state}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, _) = resume(&app, &id, json!({ "action": "continue" })).await;
     assert_eq!(status, 200);
-    let task = ended(&app, &id).await;
+    let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
-    let events = events(&app, &id).await;
+    let events = app.events(&id).await;
     assert!(
         of_kind(&events, "agent.restarted").is_empty(),
         "{:?}",

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
-}
+use crate::helpers::{of_kind, spawn_app};
 
 #[actix_rt::test]
 async fn a_replayed_task_makes_the_same_plan_and_decisions() {

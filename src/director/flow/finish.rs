@@ -12,6 +12,7 @@ use crate::llm::models::TaskModels;
 use crate::memory::{MemoryDraft, NewMemory};
 use crate::messages::{StepKind, Verdict};
 use crate::storage::records::{PendingEvent, TaskEnd};
+use crate::storage::StorageError;
 
 /// Longest answer kept in a task's summary memory, in characters.
 const SUMMARY_ANSWER_CHARS: usize = 600;
@@ -53,15 +54,6 @@ impl TaskFlow {
             }
         };
         self.close_open_steps(status);
-        let metrics = &self.deps.agent.metrics;
-        metrics
-            .tasks_total
-            .with_label_values(&[status.as_str()])
-            .inc();
-        metrics
-            .task_duration
-            .with_label_values(&[status.as_str()])
-            .observe(started.elapsed().as_secs_f64());
         let memories = match &result {
             Some(result) => self.memories(result).await,
             None => Vec::new(),
@@ -90,8 +82,43 @@ impl TaskFlow {
                 .memory
                 .count_task_write(commit_started, committed.is_ok());
         }
+        // Counted as the task is stored: a task the writer failed for a storage error (its end's commit,
+        // or an earlier op, which cancelled the flow) counts as failed, not as what the flow thought.
+        let counted = match &committed {
+            Ok(()) if status == TaskStatus::Cancelled => {
+                Some(self.stored_status().await.unwrap_or(status))
+            }
+            Ok(()) => Some(status),
+            // Stopping: the task is taken over by the next process, and counted where it ends.
+            Err(StorageError::WriterStopped) => None,
+            Err(_) => Some(TaskStatus::Failed),
+        };
         if let Err(error) = committed {
             tracing::error!(task_id = %task_id, %error, "store the end of a task");
+        }
+        if let Some(counted) = counted {
+            let metrics = &self.deps.agent.metrics;
+            metrics
+                .tasks_total
+                .with_label_values(&[counted.as_str()])
+                .inc();
+            metrics
+                .task_duration
+                .with_label_values(&[counted.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The task's status as stored, when it has ended (a cancelled flow's task may have been failed by the
+    /// writer first); `None` when it has not or could not be read.
+    async fn stored_status(&self) -> Option<TaskStatus> {
+        match self.deps.storage.task(self.task_id).await {
+            Ok(Some(task)) if task.status.is_terminal() => Some(task.status),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(task_id = %self.task_id, %error, "read the status of a cancelled task");
+                None
+            }
         }
     }
 
