@@ -173,7 +173,8 @@ pub fn describe_pause(data: &Value) -> String {
             brief(&pending["arguments"])
         ),
         Some("step") => format!(
-            "step{step} for {}: {}",
+            "{} for {}: {}",
+            step.trim(),
             text(&point["agent"]),
             brief(&pending["instruction"])
         ),
@@ -264,6 +265,15 @@ mod tests {
         assert_eq!(
             describe_pause(&tool),
             r#"⏸ paused stepping: tool call run_code: arguments {"language":"python"}"#
+        );
+        let step = json!({
+            "reason": "step",
+            "point": { "on": "step", "step": 2, "agent": "research" },
+            "pending": { "instruction": "Summarise" }
+        });
+        assert_eq!(
+            describe_pause(&step),
+            "⏸ paused stepping: step 2 for research: Summarise"
         );
     }
 }
