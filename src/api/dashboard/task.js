@@ -9,10 +9,13 @@ import {
 } from "./common.js";
 import { barChart } from "./charts.js";
 import { python, looksLikePython } from "./highlight.js";
+import { describeToken, wireAlternatives } from "./alternatives.js";
+import { pausePanel, forkControl, compareLink } from "./debug.js";
 
 const $ = (id) => document.getElementById(id);
 const PANELS = ["decisions", "timeline", "tokens", "memory", "tools", "sandbox", "result", "events"];
 const taskId = decodeURIComponent(location.pathname.split("/")[2] || "");
+const pause = pausePanel($("pause"), taskId);
 
 const state = {
   task: null,
@@ -91,10 +94,11 @@ function renderHead() {
       h("span", {}, "trace ", h("span", { class: "mono", text: task.trace_id || "–" })),
       links.trace ? h("a", { href: links.trace, target: "_blank", rel: "noopener", text: "trace in Jaeger ↗" }) : null,
       links.logs ? h("a", { href: links.logs, target: "_blank", rel: "noopener", text: "logs in Grafana ↗" }) : null,
-      task.replay_of ? h("span", {}, "replay of ", h("a", { href: `/tasks/${task.replay_of}`, class: "mono", text: shortId(task.replay_of) })) : null,
+      compareLink(task),
     ),
     task.error ? h("div", { class: "error-box", text: task.error }) : null,
   );
+  pause.update(task, state.events);
 }
 
 function tickDuration() {
@@ -190,7 +194,7 @@ function renderDecisions() {
   for (const event of state.events) {
     const data = event.data || {};
     if (event.kind === "agent.started") lastStarted = data.step;
-    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed"];
+    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed", "decision.overridden"];
     if (!wanted.includes(event.kind)) continue;
     const step = Number.isInteger(data.step) ? data.step : lastStarted;
     if (byStep.has(step)) byStep.get(step).push(event);
@@ -232,6 +236,7 @@ function stepCard(step) {
       h("span", { class: "hint", text: `${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` }),
     ),
     h("div", { class: "body", text: step.instruction }),
+    TERMINAL.has(state.task.status) && step.status !== "pending" ? forkControl(taskId, step.idx, { agent: step.agent }) : null,
   );
 }
 
@@ -265,6 +270,17 @@ function eventCard(event) {
         h("div", { class: "title" }, h("span", { class: "kind", text: "QA verdict" }), agentChip("qa"), badge(data.verdict), data.round ? h("span", { class: "hint", text: `round ${data.round}` }) : null),
         data.feedback ? h("div", { class: "reason", text: data.feedback }) : null,
       );
+    case "task.paused":
+      return pauseCard(event);
+    case "task.resumed":
+      return h("div", { class: "node-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "resumed" }), data.action ? badge(data.action === "override" ? "overridden" : "running", data.reason) : null, h("span", { class: "hint", text: `${data.action || data.reason || ""}${data.override ? ` ${JSON.stringify(data.override)}` : ""} · ${clock(event.at)}` })));
+    case "decision.overridden":
+      return h(
+        "div",
+        { class: "node-card overridden", dataset: { overridden: data.what || "decision" } },
+        h("div", { class: "title" }, h("span", { class: "kind", text: `${data.what || "decision"} overridden` }), badge("overridden", "a person changed it"), data.kind ? h("span", { class: "mono", text: data.kind }) : null),
+        h("div", { class: "override-change" }, h("span", { class: "before", text: shortText(data.before, 160) }), " → ", h("b", { class: "after", text: shortText(data.after, 160) })),
+      );
     case "qa.revision":
       return h(
         "div",
@@ -277,8 +293,16 @@ function eventCard(event) {
   }
 }
 
+function pauseCard(event) {
+  const data = event.data || {};
+  const point = data.point || {};
+  const where = data.reason === "cloud_fallback" ? "before a cloud fallback" : `before ${point.on || "?"}${point.kind ? ` ${point.kind}` : ""}${point.tool ? ` ${point.tool}` : ""}${point.purpose ? ` ${point.purpose}` : ""}`;
+  return h("div", { class: "node-card paused-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "paused" }), badge("paused", data.reason), h("span", { class: "hint", text: `${where} · ${data.reason || ""} · ${clock(event.at)}` })));
+}
+
 function decisionCard(event) {
   const data = event.data || {};
+  const change = data.overridden ? data.override || {} : null;
   const scored = data.scored !== false;
   const options = data.options || [];
   const grid = h("div", { class: `options ${scored ? "" : "unscored"}`, role: "list" });
@@ -288,14 +312,14 @@ function decisionCard(event) {
     const bar = h("div", { class: "bar", title: option.raw_probability !== undefined ? `raw ${prob(option.raw_probability)}` : "" }, h("span", { class: chosen ? "chosen" : "", style: { width: `${Math.max(0, Math.min(1, p || 0)) * 100}%` } }));
     if (Number.isFinite(option.raw_probability)) bar.append(h("i", { style: { left: `${Math.min(1, option.raw_probability) * 100}%` }, title: `raw ${prob(option.raw_probability)}` }));
     grid.append(
-      h("div", { class: `name ${chosen ? "chosen" : ""}`, role: "listitem" }, chosen ? "✓ " : "", option.name),
+      h("div", { class: `name ${chosen ? "chosen" : ""}`, role: "listitem" }, chosen ? "✓ " : "", option.name, change && option.name === change.before ? h("span", { class: "hint", text: " (model's choice)" }) : null),
       bar,
       h("div", { class: "value option-p", text: scored ? `${prob(p)}${Number.isFinite(option.raw_probability) ? ` (raw ${prob(option.raw_probability)})` : ""}` : "unscored" }),
     );
   }
   return h(
     "div",
-    { class: "node-card decision", dataset: { kind: data.kind, chosen: data.chosen } },
+    { class: `node-card decision ${change ? "overridden" : ""}`, dataset: { kind: data.kind, chosen: data.chosen, ...(change ? { overridden: "true" } : {}) } },
     h(
       "div",
       { class: "title" },
@@ -304,9 +328,12 @@ function decisionCard(event) {
       scored ? h("span", { class: "hint", text: `confidence ${prob(data.confidence)}` }) : badge("unscored", "the provider gave no probabilities"),
       data.calibration ? h("span", { class: "hint", text: `calibration ${typeof data.calibration === "string" ? data.calibration : data.calibration.method || "on"}` }) : null,
       Number.isFinite(data.tokens) ? h("span", { class: "hint", text: `${data.tokens} tokens` }) : null,
+      change ? badge("overridden", `by ${change.by || "a person"}`) : null,
     ),
+    change ? h("div", { class: "override-change" }, "overridden by ", h("b", { text: change.by || "a person" }), ": the model chose ", h("span", { class: "before", text: String(change.before ?? "?") }), ", taken as ", h("b", { class: "after", text: String(change.after ?? data.chosen) })) : null,
     grid,
     data.reasoning ? h("div", { class: "reason", text: data.reasoning }) : null,
+    data.kind === "assign_agent" && Number.isInteger(data.step) && TERMINAL.has(state.task.status) ? forkControl(taskId, data.step, { agent: data.chosen, options: options.map((option) => option.name) }) : null,
   );
 }
 
@@ -512,7 +539,8 @@ async function renderTokens() {
       ),
     ),
   );
-  const stream = h("div", { class: "stream", id: "stream", "aria-live": "off", tabindex: 0 }, h("span", { class: "loading", text: "loading tokens…" }));
+  const stream = h("div", { class: "stream", id: "stream", "aria-live": "off", tabindex: 0, "aria-label": "tokens: the arrow keys move from token to token" }, h("span", { class: "loading", text: "loading tokens…" }));
+  wireAlternatives(stream);
   const meta = h(
     "div",
     { class: "call-meta" },
@@ -526,7 +554,7 @@ async function renderTokens() {
   const legend = h(
     "div",
     { class: "legend" },
-    "token probability:",
+    "token probability (hover or focus a token for its alternatives):",
     [["p0", "< 0.1"], ["p1", "0.1–0.3"], ["p2", "0.3–0.6"], ["p3", "0.6–0.9"], ["p4", "≥ 0.9"], ["pu", "unknown"]].map(([cls, label]) => h("span", {}, h("span", { class: `swatch ${cls}`, style: { border: "1px solid #d0d5dc" } }), label)),
   );
   const extra = h(
@@ -592,7 +620,7 @@ function tokenClass(p) {
   return "p4";
 }
 
-/** A token's tooltip: its probability and, where the provider gave them, the five likeliest tokens there. */
+/** A token's accessible label: its probability and, where the provider gave them, the five likeliest tokens there. */
 function tokenTitle(p, top) {
   const own = Number.isFinite(p) ? `p = ${p.toFixed(3)}` : "p unknown";
   if (!Array.isArray(top) || !top.length) return own;
@@ -608,7 +636,9 @@ function appendTokens(view, tokens) {
     view.lastSeq = token.seq;
     view.count += 1;
     const p = token.p;
-    fragment.append(h("span", { class: tokenClass(p), title: tokenTitle(p, token.top), text: token.text }));
+    const span = h("span", { class: tokenClass(p), "aria-label": tokenTitle(p, token.top), text: token.text });
+    describeToken(span, token);
+    fragment.append(span);
   }
   if (view.node.querySelector(".note, .loading")) view.node.replaceChildren();
   const atBottom = view.node.scrollTop + view.node.clientHeight >= view.node.scrollHeight - 20;
@@ -1020,6 +1050,7 @@ async function start() {
   }
   state.events = events;
   state.maxSeq = events.length ? events[events.length - 1].seq : 0;
+  pause.update(state.task, state.events);
   await showPanel(currentPanel());
   updateCounts();
   markReady();
