@@ -261,11 +261,9 @@ mod tests {
     async fn the_debug_pages_are_served_at_their_routes() {
         let app = web_test::init_service(App::new().configure(routes)).await;
         for (uri, page) in [("/breakpoints", &BREAKPOINTS), ("/compare/a/b", &COMPARE)] {
-            let response = web_test::call_service(
-                &app,
-                web_test::TestRequest::get().uri(uri).to_request(),
-            )
-            .await;
+            let response =
+                web_test::call_service(&app, web_test::TestRequest::get().uri(uri).to_request())
+                    .await;
             assert_eq!(response.status(), 200, "{uri}");
             let body = web_test::read_body(response).await;
             assert_eq!(body.as_ref(), page.bytes, "{uri}");
