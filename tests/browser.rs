@@ -559,7 +559,7 @@ async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
         .unwrap();
     wait_ready(&client, Duration::from_secs(10)).await.unwrap();
     // The pending decision: its options with their probabilities, the model's choice marked.
-    css(&client, "#pause .pending[data-on='decision']").await;
+    css(&client, "#pause .pause-pending[data-on='decision']").await;
     assert_eq!(count(&client, "#pause .pending-options tbody tr").await, 3);
     let chosen = text(&client, "#pause .pending-options tr.chosen").await;
     assert!(

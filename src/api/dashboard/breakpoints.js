@@ -49,7 +49,7 @@ function table(breakpoints) {
         {},
         ["on", "agent", "kind", "tool", "step", "purpose", "when", "task"].map((name) => h("th", { text: name })),
         hits ? h("th", { class: "num", text: "hits" }) : null,
-        h("th", { text: "set" }),
+        h("th", { class: "num", text: "set" }),
         h("th", { text: "" }),
       ),
     ),

@@ -108,7 +108,7 @@ function pendingView(taskId, state) {
     breakpoint
       ? h("div", { class: "hint" }, "breakpoint ", h("a", { href: "/breakpoints", class: "mono", text: shortId(breakpoint.id) }), `: on ${breakpoint.on}`, breakpoint.kind ? ` · kind ${breakpoint.kind}` : "", breakpoint.tool ? ` · tool ${breakpoint.tool}` : "", breakpoint.when ? ` · when ${breakpoint.when}` : "")
       : null,
-    h("div", { class: "pending", dataset: { on: point.on, key: pending.key } }, pendingDetail(point.on, detail, send)),
+    h("div", { class: "pause-pending", dataset: { on: point.on, key: pending.key } }, pendingDetail(point.on, detail, send)),
     h(
       "div",
       { class: "pause-actions" },

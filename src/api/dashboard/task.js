@@ -57,16 +57,23 @@ async function loadTask() {
 }
 
 let headTimer = null;
+let headAgain = false; // asked again while a read was due: read once more after it
 function refreshTaskSoon() {
-  if (headTimer) return;
+  if (headTimer) {
+    headAgain = true;
+    return;
+  }
   headTimer = setTimeout(async () => {
-    headTimer = null;
+    headAgain = false;
     try {
       await loadTask();
       invalidate("decisions", "result");
     } catch (error) {
       console.warn(error);
     }
+    headTimer = null;
+    // An event that came while the task was read may have changed what it says (its steps at the end).
+    if (headAgain) refreshTaskSoon();
   }, 300);
 }
 
@@ -236,7 +243,7 @@ function stepCard(step) {
       h("span", { class: "hint", text: `${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` }),
     ),
     h("div", { class: "body", text: step.instruction }),
-    TERMINAL.has(state.task.status) && step.status !== "pending" ? forkControl(taskId, step.idx, { agent: step.agent }) : null,
+    TERMINAL.has(state.task.status) ? forkControl(taskId, step.idx, { agent: step.agent }) : null,
   );
 }
 
@@ -273,7 +280,7 @@ function eventCard(event) {
     case "task.paused":
       return pauseCard(event);
     case "task.resumed":
-      return h("div", { class: "node-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "resumed" }), data.action ? badge(data.action === "override" ? "overridden" : "running", data.reason) : null, h("span", { class: "hint", text: `${data.action || data.reason || ""}${data.override ? ` ${JSON.stringify(data.override)}` : ""} · ${clock(event.at)}` })));
+      return h("div", { class: "node-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "resumed" }), data.action ? badge(data.action === "override" ? "overridden" : "running", data.reason) : null, h("span", { class: "hint", text: `${data.action || data.reason || ""}${data.override ? `: ${Object.entries(data.override).map(([key, value]) => `${key} ${shortText(value, 80)}`).join(", ")}` : ""} · by a person · ${clock(event.at)}` })));
     case "decision.overridden":
       return h(
         "div",
