@@ -582,6 +582,16 @@ async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
         "const b = document.querySelector('#head .badge'); return !!b && b.textContent === 'completed';",
     )
     .await;
+    // Its step, re-read at the end: done by Research.
+    until(
+        &client,
+        Duration::from_secs(20),
+        "step 1 to show as done by research",
+        "const step = document.querySelector('#panel-decisions .node-card.step'); \
+         return !!step && step.querySelector('.badge').textContent === 'done' && \
+         !!step.querySelector('.agent-chip.research');",
+    )
+    .await;
     let hidden = client
         .execute("return document.querySelector('#pause').hidden;", vec![])
         .await
@@ -605,6 +615,14 @@ async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
     .await;
     css(&client, "#panel-decisions .node-card.paused-card").await;
     screenshot(&client, "task-overridden").await;
+    // The timeline has the pause as a span of its own.
+    click(&client, "#tab-timeline").await;
+    css(
+        &client,
+        "#panel-timeline rect.item[aria-label^='paused, override']",
+    )
+    .await;
+    screenshot(&client, "task-timeline-paused").await;
     let (_, task) = app.get(&format!("/api/v1/tasks/{overridden}")).await;
     assert_eq!(task["status"], "completed", "{task}");
 

@@ -197,13 +197,16 @@ function renderDecisions() {
   // Each event about a step goes under it: by its `step` field, or under the step whose agent last started.
   const byStep = new Map(steps.map((step) => [step.idx, []]));
   let lastStarted = null;
+  let lastPaused = null; // a pause's step (its point's), where its resumption goes too
   const loose = [];
   for (const event of state.events) {
     const data = event.data || {};
     if (event.kind === "agent.started") lastStarted = data.step;
+    if (event.kind === "task.paused") lastPaused = data.point && Number.isInteger(data.point.step) ? data.point.step : null;
     const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed", "decision.overridden"];
     if (!wanted.includes(event.kind)) continue;
-    const step = Number.isInteger(data.step) ? data.step : lastStarted;
+    const paused = (event.kind === "task.paused" || event.kind === "task.resumed") && lastPaused !== null;
+    const step = Number.isInteger(data.step) ? data.step : paused ? lastPaused : lastStarted;
     if (byStep.has(step)) byStep.get(step).push(event);
     else loose.push(event);
   }
@@ -389,11 +392,19 @@ function timelineItems() {
   const items = [];
   const open = new Map(); // "agent/step" -> started event
   const endAt = state.task.finished_at ? Date.parse(state.task.finished_at) : Date.now();
+  let pausedAt = null; // the pause not yet resumed: {at, what}
   for (const event of state.events) {
     const data = event.data || {};
     const at = Date.parse(event.at);
     const key = `${event.agent}/${data.step}`;
-    if (event.kind === "agent.started") open.set(key, event);
+    if (event.kind === "task.paused") {
+      const point = data.point || {};
+      pausedAt = { at, what: data.reason === "cloud_fallback" ? "cloud fallback" : `${point.on || "?"}${point.kind ? ` ${point.kind}` : point.tool ? ` ${point.tool}` : ""}` };
+    } else if (event.kind === "task.resumed" && pausedAt) {
+      const override = data.override ? `: ${Object.values(data.override).map((value) => shortText(value, 40)).join(", ")}` : "";
+      items.push({ lane: "debug · pauses", agent: "debug", start: pausedAt.at, end: at, label: `paused, ${data.action || "resumed"}`, ok: true, detail: `before ${pausedAt.what}; ${data.action || data.reason}${override}` });
+      pausedAt = null;
+    } else if (event.kind === "agent.started") open.set(key, event);
     else if (event.kind === "agent.finished" || event.kind === "agent.restarted") {
       const started = open.get(key) || [...open.values()].reverse().find((e) => e.agent === event.agent);
       if (started) {
@@ -409,14 +420,15 @@ function timelineItems() {
       items.push({ lane: sandbox ? "sandbox" : `${event.agent} · tools`, agent: sandbox ? "sandbox" : event.agent, start: at - seconds * 1000, end: at, label: data.tool, ok: data.outcome === "ok", detail: `${data.outcome}` });
     }
   }
+  if (pausedAt) items.push({ lane: "debug · pauses", agent: "debug", start: pausedAt.at, end: endAt, label: "paused", ok: true, running: !TERMINAL.has(state.task.status), detail: `before ${pausedAt.what}` });
   for (const started of open.values()) {
     items.push({ lane: `${started.agent} · steps`, agent: started.agent, start: Date.parse(started.at), end: endAt, label: `step ${started.data.step} ${started.data.kind || ""}`, ok: !TERMINAL.has(state.task.status), running: true, detail: started.data.instruction });
   }
   return items;
 }
 
-const LANE_ORDER = ["director", "research", "code", "qa", "sandbox"];
-const COLORS = { director: "#7c4dcc", research: "#0f8b8d", code: "#2f6fd6", qa: "#d9822b", sandbox: "#4b5563" };
+const LANE_ORDER = ["director", "research", "code", "qa", "sandbox", "debug"];
+const COLORS = { director: "#7c4dcc", research: "#0f8b8d", code: "#2f6fd6", qa: "#d9822b", sandbox: "#4b5563", debug: "#b86e00" };
 
 function renderTimeline() {
   const items = timelineItems();
