@@ -786,3 +786,75 @@ async fn a_tokens_alternatives_show_on_hover_and_on_focus() {
     screenshot(&client, "tokens-alternatives-keyboard").await;
     client.close().await.unwrap();
 }
+
+/// A replayed task paused before QA's `run_code`: the arguments are editable JSON beside the tool's schema;
+/// an edit the schema refuses is a 400 whose message shows in the panel (the edit stays), and Continue
+/// runs the call as recorded.
+#[actix_rt::test]
+async fn a_tool_pause_shows_a_refused_override_in_its_panel_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = debug_app(&dir).await;
+    let source = seed_recording(&url, &passing()).await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/breakpoints",
+            &json!({ "on": "tool", "tool": "run_code", "agent": "qa" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let Session { client, _driver } = session().await;
+    let id = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    client
+        .goto(&format!("{}/tasks/{id}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    let editor = css(
+        &client,
+        "#pause .pause-pending[data-on='tool'] textarea.json-editor",
+    )
+    .await;
+    let arguments = editor.prop("value").await.unwrap().unwrap_or_default();
+    assert!(arguments.contains("step1_test.py"), "{arguments}");
+    let schema = text(&client, "#pause .pending-grid pre").await;
+    assert!(schema.contains("language"), "{schema}");
+    // The workspace at the pause: the test file QA is about to run.
+    click(&client, "#pause details.state-part:last-of-type > summary").await;
+    let files = text(&client, "#pause details.state-part:last-of-type").await;
+    assert!(files.contains("step1_test.py"), "{files}");
+
+    // Not JSON: said at once, nothing sent.
+    editor.clear().await.unwrap();
+    editor.send_keys("{\"language\": ").await.unwrap();
+    click(&client, "#pause button.override").await;
+    let said = text(&client, "#pause .pause-pending .error-box").await;
+    assert!(said.contains("not JSON"), "{said}");
+    // Refused by the tool's schema: the server's message in the panel, the edit kept, still paused.
+    editor.clear().await.unwrap();
+    editor
+        .send_keys("{\"language\": \"ruby\", \"file\": \"step1_test.py\"}")
+        .await
+        .unwrap();
+    click(&client, "#pause button.override").await;
+    let refused = text(&client, "#pause-status .error-box").await;
+    assert!(refused.contains("arguments"), "{refused}");
+    assert!(value(&client, "#pause textarea.json-editor")
+        .await
+        .contains("ruby"));
+    let (_, state) = app.get(&format!("/api/v1/tasks/{id}/state")).await;
+    assert_eq!(state["status"], "paused", "{state}");
+    screenshot(&client, "task-paused-tool").await;
+
+    click(&client, "#pause button[data-action='continue']").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the task to complete",
+        "const b = document.querySelector('#head .badge'); return !!b && b.textContent === 'completed';",
+    )
+    .await;
+    css(&client, "#pause[hidden]").await;
+    client.close().await.unwrap();
+}
