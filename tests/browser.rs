@@ -632,6 +632,11 @@ async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
         link.attr("href").await.unwrap().unwrap(),
         format!("/compare/{source}/{overridden}")
     );
+    link.click().await.unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    css(&client, ".compare-section[data-section='decisions']").await;
+    assert_eq!(count(&client, "#compare .error-box").await, 0);
+    screenshot(&client, "compare-with-source").await;
 
     // Without the breakpoint, the same replay keeps the model's Code.
     let id = breakpoint["id"].as_str().unwrap();
@@ -846,6 +851,34 @@ async fn a_tool_pause_shows_a_refused_override_in_its_panel_and_continues() {
     let (_, state) = app.get(&format!("/api/v1/tasks/{id}/state")).await;
     assert_eq!(state["status"], "paused", "{state}");
     screenshot(&client, "task-paused-tool").await;
+
+    // Step: the call runs and the task pauses again at the next point; the panel follows live.
+    let first = css(&client, "#pause .pause-pending")
+        .await
+        .attr("data-key")
+        .await
+        .unwrap()
+        .unwrap();
+    click(&client, "#pause button[data-action='step']").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the panel to show the next pause",
+        &format!(
+            "const p = document.querySelector('#pause:not([hidden]) .pause-pending'); \
+             return !!p && p.dataset.key !== '{first}';"
+        ),
+    )
+    .await;
+    let (_, state) = app.get(&format!("/api/v1/tasks/{id}/state")).await;
+    let next = css(&client, "#pause .pause-pending")
+        .await
+        .attr("data-key")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state["pending"]["key"], next.as_str(), "{state}");
+    screenshot(&client, "task-paused-next").await;
 
     click(&client, "#pause button[data-action='continue']").await;
     until(

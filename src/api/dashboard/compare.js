@@ -83,6 +83,7 @@ function pair(title, value) {
 function render(comparison) {
   const parts = [
     h("header", {}, h("h2", { text: "Two runs compared" }), comparison.same ? badge("same", "nothing below differs") : badge("different", "highlighted below")),
+    h("div", { class: "legend compare-legend" }, h("span", {}, h("span", { class: "swatch differs" }), "both runs have it, differently"), h("span", {}, h("span", { class: "swatch only" }), "only one run has it")),
     h("div", { class: "compare-heads" }, h("div", { class: "compare-key" }), taskHead("a", comparison.a), taskHead("b", comparison.b)),
     pair("Status", comparison.status),
     pair("Prompt", comparison.prompt),
