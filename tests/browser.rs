@@ -16,11 +16,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, MouseActions, PointerAction};
 use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 
 use helpers::{root, spawn_app, spawn_app_with, test_settings, TestApp};
-use scripts::{fixed_on_second_attempt, seed_recording};
+use scripts::{code, fixed_on_second_attempt, frame, run_test_call, seed_recording};
 use support::{start_browser, start_driver, wait_ready, Driver};
 
 /// A browser session and the driver behind it (killed with its browsers when dropped).
@@ -184,7 +185,7 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
         "#panel-tokens .call-list button[data-purpose='plan']",
     )
     .await;
-    css(&client, "#stream span[title]").await;
+    css(&client, "#stream span[aria-label]").await;
     let streamed = client
         .find(Locator::Css("#stream"))
         .await
@@ -352,7 +353,7 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
         &client,
         Duration::from_secs(120),
         "streamed tokens",
-        "return document.querySelectorAll('#stream span[title]').length > 3;",
+        "return document.querySelectorAll('#stream span[aria-label]').length > 3;",
     )
     .await;
     until(
@@ -376,15 +377,15 @@ async fn a_task_on_the_real_model_streams_its_tokens_live() {
         &client,
         Duration::from_secs(20),
         "a token with its probability",
-        "return [...document.querySelectorAll('#stream span[title]')].some(s => s.title.startsWith('p = '));",
+        "return [...document.querySelectorAll('#stream span[aria-label]')].some(s => s.getAttribute('aria-label').startsWith('p = '));",
     )
     .await;
-    // And the five likeliest tokens at each sampled one, in its tooltip.
+    // And the five likeliest tokens at each sampled one, in its label (and its popover).
     until(
         &client,
         Duration::from_secs(20),
         "a token with its alternatives",
-        "return [...document.querySelectorAll('#stream span[title]')].some(s => /\\nalternatives: .+ 0\\.\\d{3}/.test(s.title));",
+        "return [...document.querySelectorAll('#stream span[aria-label]')].some(s => /\\nalternatives: .+ 0\\.\\d{3}/.test(s.getAttribute('aria-label')));",
     )
     .await;
     screenshot(&client, "real-task-tokens").await;
@@ -417,5 +418,476 @@ async fn beyond_loopback_the_dashboard_asks_for_the_token() {
     assert_eq!(client.current_url().await.unwrap().path(), "/");
     css(&client, "#agents tr[data-agent='director']").await;
     css(&client, "#live[data-state='open']").await;
+    client.close().await.unwrap();
+}
+
+/// The value of the form field `selector`.
+async fn value(client: &Client, selector: &str) -> String {
+    css(client, selector)
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+async fn text(client: &Client, selector: &str) -> String {
+    css(client, selector).await.text().await.unwrap()
+}
+
+/// A scripted app as `tests/pauses.rs` has it: one code attempt, QA's verdict decides, the real sandbox.
+async fn debug_app(dir: &tempfile::TempDir) -> (TestApp, String) {
+    let url = format!("sqlite://{}/debug.sqlite?mode=rwc", dir.path().display());
+    let app_url = url.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.sandbox.enabled = true;
+        settings.database.url = app_url;
+        settings.director.code_attempts = 1;
+        settings.director.qa_verdict = troupe::config::QaVerdictMode::Decides;
+        settings.memory.enabled = false;
+    })
+    .await;
+    (app, url)
+}
+
+/// The recording of a one-step code task whose code passes its test.
+fn passing() -> Vec<scripts::Output> {
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a + b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    outputs
+}
+
+async fn breakpoints(app: &TestApp) -> Vec<Value> {
+    let (status, body) = app.get("/api/v1/breakpoints").await;
+    assert_eq!(status, 200, "{body}");
+    body["breakpoints"].as_array().cloned().unwrap()
+}
+
+#[actix_rt::test]
+async fn the_breakpoints_page_adds_refuses_and_removes_a_breakpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _) = scripted_app(&dir).await;
+    let Session { client, _driver } = session().await;
+    client.goto(&format!("{}/", app.address)).await.unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    click(&client, "#nav-breakpoints").await;
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(client.current_url().await.unwrap().path(), "/breakpoints");
+    css(&client, "#breakpoints .note").await;
+
+    // A bad condition: the server's message beside the form, and the form keeps what was typed.
+    css(&client, "#bp-on")
+        .await
+        .select_by_value("decision")
+        .await
+        .unwrap();
+    css(&client, "#bp-kind")
+        .await
+        .select_by_value("assign_agent")
+        .await
+        .unwrap();
+    css(&client, "#bp-when")
+        .await
+        .send_keys("confidence <")
+        .await
+        .unwrap();
+    click(&client, "#add button[type='submit']").await;
+    let refused = text(&client, "#add-result .error-box").await;
+    assert!(refused.contains("when"), "{refused}");
+    assert_eq!(value(&client, "#bp-when").await, "confidence <");
+    assert_eq!(value(&client, "#bp-kind").await, "assign_agent");
+    assert!(breakpoints(&app).await.is_empty());
+    screenshot(&client, "breakpoints-refused").await;
+
+    // Fixed, it is added and listed.
+    css(&client, "#bp-when")
+        .await
+        .send_keys(" 0.6")
+        .await
+        .unwrap();
+    click(&client, "#add button[type='submit']").await;
+    let row = css(&client, "#breakpoints tr[data-breakpoint]").await;
+    let stored = breakpoints(&app).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["kind"], "assign_agent");
+    assert_eq!(stored[0]["when"], "confidence < 0.6");
+    assert_eq!(
+        row.attr("data-breakpoint").await.unwrap().as_deref(),
+        stored[0]["id"].as_str()
+    );
+    let shown = row.text().await.unwrap();
+    assert!(
+        shown.contains("assign_agent") && shown.contains("confidence < 0.6"),
+        "{shown}"
+    );
+    assert!(text(&client, "#add-result").await.contains("added"));
+    screenshot(&client, "breakpoints").await;
+
+    // Removed from its row.
+    click(&client, "#breakpoints tr[data-breakpoint] button.remove").await;
+    css(&client, "#breakpoints .note").await;
+    assert!(breakpoints(&app).await.is_empty());
+    client.close().await.unwrap();
+}
+
+/// Replayed recordings (deterministic): a task paused at an `assign_agent` breakpoint shows what is
+/// pending; a click overrides the decision to Research and the task completes with the override in its
+/// tree; two runs that decided otherwise are compared side by side; a finished task forks from a step.
+#[actix_rt::test]
+async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = debug_app(&dir).await;
+    let source = seed_recording(&url, &passing()).await;
+    let (status, breakpoint) = app
+        .post_json(
+            "/api/v1/breakpoints",
+            &json!({ "on": "decision", "kind": "assign_agent" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{breakpoint}");
+    let Session { client, _driver } = session().await;
+
+    let overridden = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    client
+        .goto(&format!("{}/tasks/{overridden}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    // The pending decision: its options with their probabilities, the model's choice marked.
+    css(&client, "#pause .pause-pending[data-on='decision']").await;
+    assert_eq!(count(&client, "#pause .pending-options tbody tr").await, 3);
+    let chosen = text(&client, "#pause .pending-options tr.chosen").await;
+    assert!(
+        chosen.contains("code") && chosen.contains("0.80"),
+        "{chosen}"
+    );
+    assert_eq!(count(&client, "#pause button.override").await, 2);
+    for action in ["continue", "step", "abort"] {
+        css(&client, &format!("#pause button[data-action='{action}']")).await;
+    }
+    css(&client, "#pause details.state-part").await;
+    assert_eq!(text(&client, "#head .badge").await, "paused");
+    screenshot(&client, "task-paused").await;
+
+    click(&client, "#pause button.override[data-option='research']").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the task to complete",
+        "const b = document.querySelector('#head .badge'); return !!b && b.textContent === 'completed';",
+    )
+    .await;
+    // Its step, re-read at the end: done by Research.
+    until(
+        &client,
+        Duration::from_secs(20),
+        "step 1 to show as done by research",
+        "const step = document.querySelector('#panel-decisions .node-card.step'); \
+         return !!step && step.querySelector('.badge').textContent === 'done' && \
+         !!step.querySelector('.agent-chip.research');",
+    )
+    .await;
+    let hidden = client
+        .execute("return document.querySelector('#pause').hidden;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        hidden,
+        Value::Bool(true),
+        "the pause panel stays after the end"
+    );
+    let decision = css(
+        &client,
+        "#panel-decisions .decision[data-overridden='true'][data-chosen='research']",
+    )
+    .await;
+    let says = decision.text().await.unwrap();
+    assert!(says.contains("the model chose code"), "{says}");
+    css(
+        &client,
+        "#panel-decisions .node-card.overridden[data-overridden='decision']",
+    )
+    .await;
+    css(&client, "#panel-decisions .node-card.paused-card").await;
+    screenshot(&client, "task-overridden").await;
+    // The timeline has the pause as a span of its own.
+    click(&client, "#tab-timeline").await;
+    css(
+        &client,
+        "#panel-timeline rect.item[aria-label^='paused, override']",
+    )
+    .await;
+    screenshot(&client, "task-timeline-paused").await;
+    let (_, task) = app.get(&format!("/api/v1/tasks/{overridden}")).await;
+    assert_eq!(task["status"], "completed", "{task}");
+
+    // A replay's page links to its comparison with the source.
+    let link = css(&client, "#head .compare-link").await;
+    assert_eq!(
+        link.attr("href").await.unwrap().unwrap(),
+        format!("/compare/{source}/{overridden}")
+    );
+    link.click().await.unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    css(&client, ".compare-section[data-section='decisions']").await;
+    assert_eq!(count(&client, "#compare .error-box").await, 0);
+    screenshot(&client, "compare-with-source").await;
+
+    // Without the breakpoint, the same replay keeps the model's Code.
+    let id = breakpoint["id"].as_str().unwrap();
+    let (status, _) = app.delete(&format!("/api/v1/breakpoints/{id}")).await;
+    assert_eq!(status, 204);
+    let plain = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    let task = app
+        .wait_for_task(&plain, Duration::from_secs(60), |task| {
+            ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or(""))
+        })
+        .await;
+    assert_eq!(task["status"], "completed", "{task}");
+
+    // Side by side: the decision that differs, highlighted.
+    client
+        .goto(&format!("{}/compare/{plain}/{overridden}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    let row = css(
+        &client,
+        ".compare-section[data-section='decisions'] .compare-row",
+    )
+    .await;
+    let a = row
+        .find(Locator::Css(".side-cell.differs[data-side='a']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let b = row
+        .find(Locator::Css(".side-cell.differs[data-side='b']"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(a.contains("code") && b.contains("research"), "{a} | {b}");
+    assert!(row.text().await.unwrap().contains("assign_agent"));
+    screenshot(&client, "compare").await;
+
+    // Fork the plain run from step 1 with Research: the new task's page opens, linked to its source.
+    client
+        .goto(&format!("{}/tasks/{plain}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    click(
+        &client,
+        "#panel-decisions .node-card.step details.fork > summary",
+    )
+    .await;
+    css(&client, ".node-card.step .fork-form select")
+        .await
+        .select_by_value("research")
+        .await
+        .unwrap();
+    screenshot(&client, "task-fork-form").await;
+    click(&client, ".node-card.step .fork-form button[type='submit']").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fork = loop {
+        let path = client.current_url().await.unwrap().path().to_owned();
+        let id = path.trim_start_matches("/tasks/");
+        if path.starts_with("/tasks/") && id != plain {
+            break id.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fork's page did not open: {path}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    let origin = text(&client, "#head .origin").await;
+    assert!(
+        origin.contains("fork of") && origin.contains("research"),
+        "{origin}"
+    );
+    let (_, task) = app.get(&format!("/api/v1/tasks/{fork}")).await;
+    assert_eq!(task["options"]["fork_of"]["task"], plain.as_str(), "{task}");
+    assert_eq!(task["options"]["fork_of"]["override"]["chosen"], "research");
+    screenshot(&client, "task-forked").await;
+    // Its live step would run on the real model: not needed here.
+    app.post_json(&format!("/api/v1/tasks/{fork}/cancel"), &json!({}))
+        .await;
+    client.close().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_tokens_alternatives_show_on_hover_and_on_focus() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = scripted_app(&dir).await;
+    let settings = test_settings(&tempfile::tempdir().unwrap());
+    let writer = support::writer_on(&url, &settings).await.unwrap();
+    let id = support::seed_big_task(&writer, 600).await.unwrap();
+    let Session { client, _driver } = session().await;
+    client
+        .goto(&format!("{}/tasks/{id}?panel=tokens", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    let token = css(&client, "#stream span[data-top]:nth-of-type(3)").await;
+    let hover = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+        element: token.clone(),
+        duration: None,
+        x: 0.0,
+        y: 0.0,
+    });
+    client.perform_actions(hover).await.unwrap();
+    css(&client, "#token-popover:not([hidden]) .alt-table").await;
+    assert_eq!(
+        count(&client, "#token-popover .alt-table tbody tr").await,
+        5
+    );
+    let shown = text(&client, "#token-popover").await;
+    let own = token.text().await.unwrap();
+    assert!(
+        shown.contains(own.trim()) && shown.contains("p = 0."),
+        "{shown}"
+    );
+    assert!(shown.contains("alt1"), "{shown}");
+    css(&client, "#token-popover tr.sampled").await;
+    screenshot(&client, "tokens-alternatives").await;
+
+    // From the keyboard: the stream, then the arrow keys from token to token.
+    let away = MouseActions::new("mouse".into()).then(PointerAction::MoveTo {
+        duration: None,
+        x: 5.0,
+        y: 5.0,
+    });
+    client.perform_actions(away).await.unwrap();
+    css(&client, "#token-popover[hidden]").await;
+    let stream = css(&client, "#stream").await;
+    stream.send_keys("\u{E014}\u{E014}").await.unwrap();
+    css(&client, "#token-popover:not([hidden]) .alt-table").await;
+    let focused = client
+        .execute(
+            "const s = document.activeElement; return s.parentElement.id === 'stream' && \
+             [...s.parentElement.children].indexOf(s) === 1 && s.getAttribute('aria-describedby') === 'token-popover';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        focused,
+        Value::Bool(true),
+        "the second token has the focus and the popover"
+    );
+    screenshot(&client, "tokens-alternatives-keyboard").await;
+    client.close().await.unwrap();
+}
+
+/// A replayed task paused before QA's `run_code`: the arguments are editable JSON beside the tool's schema;
+/// an edit the schema refuses is a 400 whose message shows in the panel (the edit stays), and Continue
+/// runs the call as recorded.
+#[actix_rt::test]
+async fn a_tool_pause_shows_a_refused_override_in_its_panel_and_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = debug_app(&dir).await;
+    let source = seed_recording(&url, &passing()).await;
+    let (status, body) = app
+        .post_json(
+            "/api/v1/breakpoints",
+            &json!({ "on": "tool", "tool": "run_code", "agent": "qa" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let Session { client, _driver } = session().await;
+    let id = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .await;
+    client
+        .goto(&format!("{}/tasks/{id}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    let editor = css(
+        &client,
+        "#pause .pause-pending[data-on='tool'] textarea.json-editor",
+    )
+    .await;
+    let arguments = editor.prop("value").await.unwrap().unwrap_or_default();
+    assert!(arguments.contains("step1_test.py"), "{arguments}");
+    let schema = text(&client, "#pause .pending-grid pre").await;
+    assert!(schema.contains("language"), "{schema}");
+    // The workspace at the pause: the test file QA is about to run.
+    click(&client, "#pause details.state-part:last-of-type > summary").await;
+    let files = text(&client, "#pause details.state-part:last-of-type").await;
+    assert!(files.contains("step1_test.py"), "{files}");
+
+    // Not JSON: said at once, nothing sent.
+    editor.clear().await.unwrap();
+    editor.send_keys("{\"language\": ").await.unwrap();
+    click(&client, "#pause button.override").await;
+    let said = text(&client, "#pause .pause-pending .error-box").await;
+    assert!(said.contains("not JSON"), "{said}");
+    // Refused by the tool's schema: the server's message in the panel, the edit kept, still paused.
+    editor.clear().await.unwrap();
+    editor
+        .send_keys("{\"language\": \"ruby\", \"file\": \"step1_test.py\"}")
+        .await
+        .unwrap();
+    click(&client, "#pause button.override").await;
+    let refused = text(&client, "#pause-status .error-box").await;
+    assert!(refused.contains("arguments"), "{refused}");
+    assert!(value(&client, "#pause textarea.json-editor")
+        .await
+        .contains("ruby"));
+    let (_, state) = app.get(&format!("/api/v1/tasks/{id}/state")).await;
+    assert_eq!(state["status"], "paused", "{state}");
+    screenshot(&client, "task-paused-tool").await;
+
+    // Step: the call runs and the task pauses again at the next point; the panel follows live.
+    let first = css(&client, "#pause .pause-pending")
+        .await
+        .attr("data-key")
+        .await
+        .unwrap()
+        .unwrap();
+    click(&client, "#pause button[data-action='step']").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the panel to show the next pause",
+        &format!(
+            "const p = document.querySelector('#pause:not([hidden]) .pause-pending'); \
+             return !!p && p.dataset.key !== '{first}';"
+        ),
+    )
+    .await;
+    let (_, state) = app.get(&format!("/api/v1/tasks/{id}/state")).await;
+    let next = css(&client, "#pause .pause-pending")
+        .await
+        .attr("data-key")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state["pending"]["key"], next.as_str(), "{state}");
+    screenshot(&client, "task-paused-next").await;
+
+    click(&client, "#pause button[data-action='continue']").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the task to complete",
+        "const b = document.querySelector('#head .badge'); return !!b && b.textContent === 'completed';",
+    )
+    .await;
+    css(&client, "#pause[hidden]").await;
     client.close().await.unwrap();
 }

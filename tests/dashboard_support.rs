@@ -339,12 +339,22 @@ pub async fn seed_big_task(writer: &Writer, events: usize) -> anyhow::Result<Tas
             let call_start = clock.get();
             for t in 0..tokens_per_call {
                 let p = 0.05 + ((t * 37 + call * 11) % 95) as f64 / 100.0;
+                let text = if t % 9 == 8 {
+                    "\n".to_owned()
+                } else {
+                    format!("tok{t} ")
+                };
+                // The five likeliest tokens there: the sampled one and four others sharing what is left.
+                let rest = (1.0 - p) / 4.0;
+                let top: Vec<Value> = std::iter::once(json!({ "text": text, "p": p }))
+                    .chain((1..5).map(|k| json!({ "text": format!("alt{k} "), "p": rest })))
+                    .collect();
                 writer.send(WriteOp::Event(event(
                     id,
                     tick(4),
                     EventKind::LlmToken,
                     Some(agent),
-                    json!({ "purpose": purpose, "text": if t % 9 == 8 { "\n".to_owned() } else { format!("tok{t} ") }, "p": p }),
+                    json!({ "purpose": purpose, "text": text, "p": p, "top": top }),
                 )));
             }
             let seconds = (clock.get() - call_start).num_milliseconds() as f64 / 1000.0;

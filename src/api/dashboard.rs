@@ -1,5 +1,6 @@
 //! The web dashboard's pages and assets, compiled into the binary: the overview at `/`, one task at
-//! `/tasks/{id}` and the static files at `/assets/{name}` (ETag from a hash of the bytes, `If-None-Match` ->
+//! `/tasks/{id}`, debug mode's breakpoints at `/breakpoints`, two runs side by side at `/compare/{a}/{b}` and
+//! the static files at `/assets/{name}` (ETag from a hash of the bytes, `If-None-Match` ->
 //! 304, gzip through actix-web's `Compress` when the client accepts it).
 //!
 //! The pages are static shells that paint at once and then read everything they show from `/api/v1`, so
@@ -49,6 +50,23 @@ pub const TASK: Asset = Asset {
     bytes: include_bytes!("dashboard/task.html"),
 };
 
+/// The breakpoints page's shell.
+pub const BREAKPOINTS: Asset = Asset {
+    name: "breakpoints.html",
+    content_type: HTML,
+    bytes: include_bytes!("dashboard/breakpoints.html"),
+};
+
+/// The compare page's shell.
+pub const COMPARE: Asset = Asset {
+    name: "compare.html",
+    content_type: HTML,
+    bytes: include_bytes!("dashboard/compare.html"),
+};
+
+/// The pages, each at its route.
+pub const PAGES: &[&Asset] = &[&OVERVIEW, &TASK, &BREAKPOINTS, &COMPARE];
+
 /// Every file under `/assets/`.
 pub const ASSETS: &[Asset] = &[
     Asset {
@@ -82,6 +100,26 @@ pub const ASSETS: &[Asset] = &[
         bytes: include_bytes!("dashboard/task.js"),
     },
     Asset {
+        name: "debug.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/debug.js"),
+    },
+    Asset {
+        name: "alternatives.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/alternatives.js"),
+    },
+    Asset {
+        name: "breakpoints.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/breakpoints.js"),
+    },
+    Asset {
+        name: "compare.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/compare.js"),
+    },
+    Asset {
         name: "icon.svg",
         content_type: SVG,
         bytes: include_bytes!("dashboard/icon.svg"),
@@ -107,6 +145,16 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(task_page)),
         )
         .service(
+            super::resource("/breakpoints")
+                .wrap(Compress::default())
+                .route(web::get().to(breakpoints_page)),
+        )
+        .service(
+            super::resource("/compare/{a}/{b}")
+                .wrap(Compress::default())
+                .route(web::get().to(compare_page)),
+        )
+        .service(
             super::resource("/assets/{name}")
                 .wrap(Compress::default())
                 .route(web::get().to(serve_asset)),
@@ -122,6 +170,16 @@ pub async fn overview(request: HttpRequest) -> HttpResponse {
 /// task).
 pub async fn task_page(request: HttpRequest) -> HttpResponse {
     respond(&request, &TASK)
+}
+
+/// `GET /breakpoints`: the breakpoints in force, a form to add one and a button to remove each.
+pub async fn breakpoints_page(request: HttpRequest) -> HttpResponse {
+    respond(&request, &BREAKPOINTS)
+}
+
+/// `GET /compare/{a}/{b}`: two runs side by side, whatever the ids (the page says when one is unknown).
+pub async fn compare_page(request: HttpRequest) -> HttpResponse {
+    respond(&request, &COMPARE)
 }
 
 /// `GET /assets/{name}`: one compiled-in file, or 404.
@@ -199,12 +257,25 @@ mod tests {
         assert!(asset("../Cargo.toml").is_none());
     }
 
+    #[actix_web::test]
+    async fn the_debug_pages_are_served_at_their_routes() {
+        let app = web_test::init_service(App::new().configure(routes)).await;
+        for (uri, page) in [("/breakpoints", &BREAKPOINTS), ("/compare/a/b", &COMPARE)] {
+            let response =
+                web_test::call_service(&app, web_test::TestRequest::get().uri(uri).to_request())
+                    .await;
+            assert_eq!(response.status(), 200, "{uri}");
+            let body = web_test::read_body(response).await;
+            assert_eq!(body.as_ref(), page.bytes, "{uri}");
+        }
+    }
+
     #[test]
     fn every_module_the_pages_import_is_served() {
         // Each `./name.js` a script or page names must be an asset, or the page breaks in the browser.
         let texts = ASSETS
             .iter()
-            .chain([&OVERVIEW, &TASK])
+            .chain(PAGES.iter().copied())
             .filter_map(|asset| std::str::from_utf8(asset.bytes).ok());
         for text in texts {
             for part in text.split(['"', '\'']) {

@@ -137,9 +137,11 @@ export function secondsBetween(from, to) {
   return Number.isFinite(start) && Number.isFinite(end) ? Math.max(0, (end - start) / 1000) : null;
 }
 
-/** A short form of a task id for links. */
+/** A short form of an id for links: its last 8 characters, the random end of a UUIDv7 (its start is the
+ * time, the same for ids made together). */
 export function shortId(id) {
-  return String(id || "").slice(0, 8);
+  const text = String(id || "");
+  return text.length > 8 ? text.slice(-8) : text;
 }
 
 /** A status badge. */

@@ -9,10 +9,13 @@ import {
 } from "./common.js";
 import { barChart } from "./charts.js";
 import { python, looksLikePython } from "./highlight.js";
+import { describeToken, wireAlternatives } from "./alternatives.js";
+import { pausePanel, forkControl, compareLink } from "./debug.js";
 
 const $ = (id) => document.getElementById(id);
 const PANELS = ["decisions", "timeline", "tokens", "memory", "tools", "sandbox", "result", "events"];
 const taskId = decodeURIComponent(location.pathname.split("/")[2] || "");
+const pause = pausePanel($("pause"), taskId);
 
 const state = {
   task: null,
@@ -54,16 +57,23 @@ async function loadTask() {
 }
 
 let headTimer = null;
+let headAgain = false; // asked again while a read was due: read once more after it
 function refreshTaskSoon() {
-  if (headTimer) return;
+  if (headTimer) {
+    headAgain = true;
+    return;
+  }
   headTimer = setTimeout(async () => {
-    headTimer = null;
+    headAgain = false;
     try {
       await loadTask();
       invalidate("decisions", "result");
     } catch (error) {
       console.warn(error);
     }
+    headTimer = null;
+    // An event that came while the task was read may have changed what it says (its steps at the end).
+    if (headAgain) refreshTaskSoon();
   }, 300);
 }
 
@@ -91,10 +101,11 @@ function renderHead() {
       h("span", {}, "trace ", h("span", { class: "mono", text: task.trace_id || "–" })),
       links.trace ? h("a", { href: links.trace, target: "_blank", rel: "noopener", text: "trace in Jaeger ↗" }) : null,
       links.logs ? h("a", { href: links.logs, target: "_blank", rel: "noopener", text: "logs in Grafana ↗" }) : null,
-      task.replay_of ? h("span", {}, "replay of ", h("a", { href: `/tasks/${task.replay_of}`, class: "mono", text: shortId(task.replay_of) })) : null,
+      compareLink(task),
     ),
     task.error ? h("div", { class: "error-box", text: task.error }) : null,
   );
+  pause.update(task, state.events);
 }
 
 function tickDuration() {
@@ -186,13 +197,16 @@ function renderDecisions() {
   // Each event about a step goes under it: by its `step` field, or under the step whose agent last started.
   const byStep = new Map(steps.map((step) => [step.idx, []]));
   let lastStarted = null;
+  let lastPaused = null; // a pause's step (its point's), where its resumption goes too
   const loose = [];
   for (const event of state.events) {
     const data = event.data || {};
     if (event.kind === "agent.started") lastStarted = data.step;
-    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed"];
+    if (event.kind === "task.paused") lastPaused = data.point && Number.isInteger(data.point.step) ? data.point.step : null;
+    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed", "decision.overridden"];
     if (!wanted.includes(event.kind)) continue;
-    const step = Number.isInteger(data.step) ? data.step : lastStarted;
+    const paused = (event.kind === "task.paused" || event.kind === "task.resumed") && lastPaused !== null;
+    const step = Number.isInteger(data.step) ? data.step : paused ? lastPaused : lastStarted;
     if (byStep.has(step)) byStep.get(step).push(event);
     else loose.push(event);
   }
@@ -232,6 +246,7 @@ function stepCard(step) {
       h("span", { class: "hint", text: `${step.attempts} attempt${step.attempts === 1 ? "" : "s"}` }),
     ),
     h("div", { class: "body", text: step.instruction }),
+    TERMINAL.has(state.task.status) ? forkControl(taskId, step.idx, { agent: step.agent }) : null,
   );
 }
 
@@ -265,6 +280,17 @@ function eventCard(event) {
         h("div", { class: "title" }, h("span", { class: "kind", text: "QA verdict" }), agentChip("qa"), badge(data.verdict), data.round ? h("span", { class: "hint", text: `round ${data.round}` }) : null),
         data.feedback ? h("div", { class: "reason", text: data.feedback }) : null,
       );
+    case "task.paused":
+      return pauseCard(event);
+    case "task.resumed":
+      return h("div", { class: "node-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "resumed" }), data.action ? badge(data.action === "override" ? "overridden" : "running", data.reason) : null, h("span", { class: "hint", text: `${data.action || data.reason || ""}${data.override ? `: ${Object.entries(data.override).map(([key, value]) => `${key} ${shortText(value, 80)}`).join(", ")}` : ""} · by a person · ${clock(event.at)}` })));
+    case "decision.overridden":
+      return h(
+        "div",
+        { class: "node-card overridden", dataset: { overridden: data.what || "decision" } },
+        h("div", { class: "title" }, h("span", { class: "kind", text: `${data.what || "decision"} overridden` }), badge("overridden", "a person changed it"), data.kind ? h("span", { class: "mono", text: data.kind }) : null),
+        h("div", { class: "override-change" }, h("span", { class: "before", text: shortText(data.before, 160) }), " → ", h("b", { class: "after", text: shortText(data.after, 160) })),
+      );
     case "qa.revision":
       return h(
         "div",
@@ -277,8 +303,16 @@ function eventCard(event) {
   }
 }
 
+function pauseCard(event) {
+  const data = event.data || {};
+  const point = data.point || {};
+  const where = data.reason === "cloud_fallback" ? "before a cloud fallback" : `before ${point.on || "?"}${point.kind ? ` ${point.kind}` : ""}${point.tool ? ` ${point.tool}` : ""}${point.purpose ? ` ${point.purpose}` : ""}`;
+  return h("div", { class: "node-card paused-card" }, h("div", { class: "title" }, h("span", { class: "kind", text: "paused" }), badge("paused", data.reason), h("span", { class: "hint", text: `${where} · ${data.reason || ""} · ${clock(event.at)}` })));
+}
+
 function decisionCard(event) {
   const data = event.data || {};
+  const change = data.overridden ? data.override || {} : null;
   const scored = data.scored !== false;
   const options = data.options || [];
   const grid = h("div", { class: `options ${scored ? "" : "unscored"}`, role: "list" });
@@ -288,14 +322,14 @@ function decisionCard(event) {
     const bar = h("div", { class: "bar", title: option.raw_probability !== undefined ? `raw ${prob(option.raw_probability)}` : "" }, h("span", { class: chosen ? "chosen" : "", style: { width: `${Math.max(0, Math.min(1, p || 0)) * 100}%` } }));
     if (Number.isFinite(option.raw_probability)) bar.append(h("i", { style: { left: `${Math.min(1, option.raw_probability) * 100}%` }, title: `raw ${prob(option.raw_probability)}` }));
     grid.append(
-      h("div", { class: `name ${chosen ? "chosen" : ""}`, role: "listitem" }, chosen ? "✓ " : "", option.name),
+      h("div", { class: `name ${chosen ? "chosen" : ""}`, role: "listitem" }, chosen ? "✓ " : "", option.name, change && option.name === change.before ? h("span", { class: "hint", text: " (model's choice)" }) : null),
       bar,
       h("div", { class: "value option-p", text: scored ? `${prob(p)}${Number.isFinite(option.raw_probability) ? ` (raw ${prob(option.raw_probability)})` : ""}` : "unscored" }),
     );
   }
   return h(
     "div",
-    { class: "node-card decision", dataset: { kind: data.kind, chosen: data.chosen } },
+    { class: `node-card decision ${change ? "overridden" : ""}`, dataset: { kind: data.kind, chosen: data.chosen, ...(change ? { overridden: "true" } : {}) } },
     h(
       "div",
       { class: "title" },
@@ -304,9 +338,12 @@ function decisionCard(event) {
       scored ? h("span", { class: "hint", text: `confidence ${prob(data.confidence)}` }) : badge("unscored", "the provider gave no probabilities"),
       data.calibration ? h("span", { class: "hint", text: `calibration ${typeof data.calibration === "string" ? data.calibration : data.calibration.method || "on"}` }) : null,
       Number.isFinite(data.tokens) ? h("span", { class: "hint", text: `${data.tokens} tokens` }) : null,
+      change ? badge("overridden", `by ${change.by || "a person"}`) : null,
     ),
+    change ? h("div", { class: "override-change" }, "overridden by ", h("b", { text: change.by || "a person" }), ": the model chose ", h("span", { class: "before", text: String(change.before ?? "?") }), ", taken as ", h("b", { class: "after", text: String(change.after ?? data.chosen) })) : null,
     grid,
     data.reasoning ? h("div", { class: "reason", text: data.reasoning }) : null,
+    data.kind === "assign_agent" && Number.isInteger(data.step) && TERMINAL.has(state.task.status) ? forkControl(taskId, data.step, { agent: data.chosen, options: options.map((option) => option.name) }) : null,
   );
 }
 
@@ -355,11 +392,19 @@ function timelineItems() {
   const items = [];
   const open = new Map(); // "agent/step" -> started event
   const endAt = state.task.finished_at ? Date.parse(state.task.finished_at) : Date.now();
+  let pausedAt = null; // the pause not yet resumed: {at, what}
   for (const event of state.events) {
     const data = event.data || {};
     const at = Date.parse(event.at);
     const key = `${event.agent}/${data.step}`;
-    if (event.kind === "agent.started") open.set(key, event);
+    if (event.kind === "task.paused") {
+      const point = data.point || {};
+      pausedAt = { at, what: data.reason === "cloud_fallback" ? "cloud fallback" : `${point.on || "?"}${point.kind ? ` ${point.kind}` : point.tool ? ` ${point.tool}` : ""}` };
+    } else if (event.kind === "task.resumed" && pausedAt) {
+      const override = data.override ? `: ${Object.values(data.override).map((value) => shortText(value, 40)).join(", ")}` : "";
+      items.push({ lane: "debug · pauses", agent: "debug", start: pausedAt.at, end: at, label: `paused, ${data.action || "resumed"}`, ok: true, detail: `before ${pausedAt.what}; ${data.action || data.reason}${override}` });
+      pausedAt = null;
+    } else if (event.kind === "agent.started") open.set(key, event);
     else if (event.kind === "agent.finished" || event.kind === "agent.restarted") {
       const started = open.get(key) || [...open.values()].reverse().find((e) => e.agent === event.agent);
       if (started) {
@@ -375,14 +420,15 @@ function timelineItems() {
       items.push({ lane: sandbox ? "sandbox" : `${event.agent} · tools`, agent: sandbox ? "sandbox" : event.agent, start: at - seconds * 1000, end: at, label: data.tool, ok: data.outcome === "ok", detail: `${data.outcome}` });
     }
   }
+  if (pausedAt) items.push({ lane: "debug · pauses", agent: "debug", start: pausedAt.at, end: endAt, label: "paused", ok: true, running: !TERMINAL.has(state.task.status), detail: `before ${pausedAt.what}` });
   for (const started of open.values()) {
     items.push({ lane: `${started.agent} · steps`, agent: started.agent, start: Date.parse(started.at), end: endAt, label: `step ${started.data.step} ${started.data.kind || ""}`, ok: !TERMINAL.has(state.task.status), running: true, detail: started.data.instruction });
   }
   return items;
 }
 
-const LANE_ORDER = ["director", "research", "code", "qa", "sandbox"];
-const COLORS = { director: "#7c4dcc", research: "#0f8b8d", code: "#2f6fd6", qa: "#d9822b", sandbox: "#4b5563" };
+const LANE_ORDER = ["director", "research", "code", "qa", "sandbox", "debug"];
+const COLORS = { director: "#7c4dcc", research: "#0f8b8d", code: "#2f6fd6", qa: "#d9822b", sandbox: "#4b5563", debug: "#b86e00" };
 
 function renderTimeline() {
   const items = timelineItems();
@@ -512,7 +558,8 @@ async function renderTokens() {
       ),
     ),
   );
-  const stream = h("div", { class: "stream", id: "stream", "aria-live": "off", tabindex: 0 }, h("span", { class: "loading", text: "loading tokens…" }));
+  const stream = h("div", { class: "stream", id: "stream", "aria-live": "off", tabindex: 0, "aria-label": "tokens: the arrow keys move from token to token" }, h("span", { class: "loading", text: "loading tokens…" }));
+  wireAlternatives(stream);
   const meta = h(
     "div",
     { class: "call-meta" },
@@ -526,7 +573,7 @@ async function renderTokens() {
   const legend = h(
     "div",
     { class: "legend" },
-    "token probability:",
+    "token probability (hover or focus a token for its alternatives):",
     [["p0", "< 0.1"], ["p1", "0.1–0.3"], ["p2", "0.3–0.6"], ["p3", "0.6–0.9"], ["p4", "≥ 0.9"], ["pu", "unknown"]].map(([cls, label]) => h("span", {}, h("span", { class: `swatch ${cls}`, style: { border: "1px solid #d0d5dc" } }), label)),
   );
   const extra = h(
@@ -592,7 +639,7 @@ function tokenClass(p) {
   return "p4";
 }
 
-/** A token's tooltip: its probability and, where the provider gave them, the five likeliest tokens there. */
+/** A token's accessible label: its probability and, where the provider gave them, the five likeliest tokens there. */
 function tokenTitle(p, top) {
   const own = Number.isFinite(p) ? `p = ${p.toFixed(3)}` : "p unknown";
   if (!Array.isArray(top) || !top.length) return own;
@@ -608,7 +655,9 @@ function appendTokens(view, tokens) {
     view.lastSeq = token.seq;
     view.count += 1;
     const p = token.p;
-    fragment.append(h("span", { class: tokenClass(p), title: tokenTitle(p, token.top), text: token.text }));
+    const span = h("span", { class: tokenClass(p), "aria-label": tokenTitle(p, token.top), text: token.text });
+    describeToken(span, token);
+    fragment.append(span);
   }
   if (view.node.querySelector(".note, .loading")) view.node.replaceChildren();
   const atBottom = view.node.scrollTop + view.node.clientHeight >= view.node.scrollHeight - 20;
@@ -1020,6 +1069,7 @@ async function start() {
   }
   state.events = events;
   state.maxSeq = events.length ? events[events.length - 1].seq : 0;
+  pause.update(state.task, state.events);
   await showPanel(currentPanel());
   updateCounts();
   markReady();
