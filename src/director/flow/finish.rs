@@ -12,7 +12,6 @@ use crate::llm::models::TaskModels;
 use crate::memory::{MemoryDraft, NewMemory};
 use crate::messages::{StepKind, Verdict};
 use crate::storage::records::{PendingEvent, TaskEnd};
-use crate::storage::StorageError;
 
 /// Longest answer kept in a task's summary memory, in characters.
 const SUMMARY_ANSWER_CHARS: usize = 600;
@@ -54,6 +53,23 @@ impl TaskFlow {
             }
         };
         self.close_open_steps(status);
+        // Counted before the end commits, so that whoever sees the terminal event sees the task counted. A
+        // cancelled flow's task may have been failed by the writer for a storage error first (that failure
+        // cancels the flow): it counts as failed, as it is stored.
+        let counted = if status == TaskStatus::Cancelled {
+            self.stored_status().await.unwrap_or(status)
+        } else {
+            status
+        };
+        let metrics = &self.deps.agent.metrics;
+        metrics
+            .tasks_total
+            .with_label_values(&[counted.as_str()])
+            .inc();
+        metrics
+            .task_duration
+            .with_label_values(&[counted.as_str()])
+            .observe(started.elapsed().as_secs_f64());
         let memories = match &result {
             Some(result) => self.memories(result).await,
             None => Vec::new(),
@@ -82,30 +98,8 @@ impl TaskFlow {
                 .memory
                 .count_task_write(commit_started, committed.is_ok());
         }
-        // Counted as the task is stored: a task the writer failed for a storage error (its end's commit,
-        // or an earlier op, which cancelled the flow) counts as failed, not as what the flow thought.
-        let counted = match &committed {
-            Ok(()) if status == TaskStatus::Cancelled => {
-                Some(self.stored_status().await.unwrap_or(status))
-            }
-            Ok(()) => Some(status),
-            // Stopping: the task is taken over by the next process, and counted where it ends.
-            Err(StorageError::WriterStopped) => None,
-            Err(_) => Some(TaskStatus::Failed),
-        };
         if let Err(error) = committed {
             tracing::error!(task_id = %task_id, %error, "store the end of a task");
-        }
-        if let Some(counted) = counted {
-            let metrics = &self.deps.agent.metrics;
-            metrics
-                .tasks_total
-                .with_label_values(&[counted.as_str()])
-                .inc();
-            metrics
-                .task_duration
-                .with_label_values(&[counted.as_str()])
-                .observe(started.elapsed().as_secs_f64());
         }
     }
 
