@@ -210,13 +210,20 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
     client.close().await.unwrap();
 }
 
-#[actix_rt::test]
-async fn a_ten_thousand_event_task_is_ready_within_two_seconds() {
+/// A scripted app holding a seeded task of `events` events (tokens with their alternatives, tool calls,
+/// sandbox runs): the app, the directory of its database (keep it for the test), the task.
+async fn big_task(events: usize) -> (TestApp, tempfile::TempDir, troupe::domain::TaskId) {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = scripted_app(&dir).await;
     let settings = test_settings(&tempfile::tempdir().unwrap());
     let writer = support::writer_on(&url, &settings).await.unwrap();
-    let id = support::seed_big_task(&writer, 10_000).await.unwrap();
+    let id = support::seed_big_task(&writer, events).await.unwrap();
+    (app, dir, id)
+}
+
+#[actix_rt::test]
+async fn a_ten_thousand_event_task_is_ready_within_two_seconds() {
+    let (app, _dir, id) = big_task(10_000).await;
     let (_, events) = app.get(&format!("/api/v1/tasks/{id}/events")).await;
     let stored = events["events"].as_array().unwrap().len();
     assert!(stored >= 9_900, "{stored} events");
@@ -249,11 +256,7 @@ async fn a_ten_thousand_event_task_is_ready_within_two_seconds() {
 
 #[actix_rt::test]
 async fn url_state_round_trips_through_reload_and_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = scripted_app(&dir).await;
-    let settings = test_settings(&tempfile::tempdir().unwrap());
-    let writer = support::writer_on(&url, &settings).await.unwrap();
-    let id = support::seed_big_task(&writer, 600).await.unwrap();
+    let (app, _dir, id) = big_task(600).await;
     let Session { client, _driver } = session().await;
 
     client
@@ -730,11 +733,7 @@ async fn a_paused_task_is_overridden_from_its_page_then_compared_and_forked() {
 
 #[actix_rt::test]
 async fn a_tokens_alternatives_show_on_hover_and_on_focus() {
-    let dir = tempfile::tempdir().unwrap();
-    let (app, url) = scripted_app(&dir).await;
-    let settings = test_settings(&tempfile::tempdir().unwrap());
-    let writer = support::writer_on(&url, &settings).await.unwrap();
-    let id = support::seed_big_task(&writer, 600).await.unwrap();
+    let (app, _dir, id) = big_task(600).await;
     let Session { client, _driver } = session().await;
     client
         .goto(&format!("{}/tasks/{id}?panel=tokens", app.address))
