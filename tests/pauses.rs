@@ -52,6 +52,13 @@ async fn resume(app: &TestApp, id: &str, body: Value) -> (u16, Value) {
         .await
 }
 
+/// Takes `body`'s action at task `id`'s pause, asserting 200; the answer.
+async fn act(app: &TestApp, id: &str, body: Value) -> Value {
+    let (status, answer) = resume(app, id, body.clone()).await;
+    assert_eq!(status, 200, "{body} -> {answer}");
+    answer
+}
+
 /// A task replaying a recording on an app of its own (the real sandbox, one code attempt).
 struct Replaying {
     app: TestApp,
@@ -175,13 +182,12 @@ async fn an_assign_agent_breakpoint_pauses_the_state_is_shown_and_an_override_se
         "decision:assign_agent:1"
     );
 
-    let (status, body) = resume(
+    let body = act(
         &app,
         &id,
         json!({ "action": "override", "chosen": "research" }),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["action"], "override");
     let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
@@ -263,8 +269,7 @@ async fn step_pauses_at_each_next_point_and_an_edited_instruction_reaches_the_mo
     let first_key = first["pending"]["key"].as_str().unwrap().to_owned();
 
     // step: the next point is the step, before it is sent to Code.
-    let (status, body) = resume(&app, &id, json!({ "action": "step" })).await;
-    assert_eq!(status, 200, "{body}");
+    act(&app, &id, json!({ "action": "step" })).await;
     let at_step = paused(&app, &id, Some(&first_key)).await;
     let pending = &at_step["pending"];
     assert_eq!(pending["reason"], "step", "{at_step}");
@@ -279,13 +284,12 @@ async fn step_pauses_at_each_next_point_and_an_edited_instruction_reaches_the_mo
     )
     .await;
     assert_eq!(status, 400, "{refused}");
-    let (status, body) = resume(
+    act(
         &app,
         &id,
         json!({ "action": "override", "instruction": "Write add(a, b) and nothing else" }),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
 
     // After an override the task goes on to the next breakpoint (none here, as it was not a step).
     let task = app.ended(&id).await;
@@ -328,8 +332,7 @@ async fn stepping_reaches_the_model_call_and_abort_cancels_the_paused_task() {
     let at_step = paused(&app, &id, None).await;
     assert_eq!(at_step["pending"]["point"]["on"], "step", "{at_step}");
     let key = at_step["pending"]["key"].as_str().unwrap().to_owned();
-    let (status, _) = resume(&app, &id, json!({ "action": "step" })).await;
-    assert_eq!(status, 200);
+    act(&app, &id, json!({ "action": "step" })).await;
     let at_call = paused(&app, &id, Some(&key)).await;
     let pending = &at_call["pending"];
     assert_eq!(pending["point"]["on"], "llm", "{at_call}");
@@ -346,8 +349,7 @@ async fn stepping_reaches_the_model_call_and_abort_cancels_the_paused_task() {
     .await;
     assert_eq!(status, 400, "{refused}");
 
-    let (status, _) = resume(&app, &id, json!({ "action": "abort" })).await;
-    assert_eq!(status, 200);
+    act(&app, &id, json!({ "action": "abort" })).await;
     let task = app.ended(&id).await;
     assert_eq!(task["status"], "cancelled", "{task}");
     let events = app.events(&id).await;
@@ -402,13 +404,7 @@ async fn a_tool_call_pauses_and_its_arguments_are_overridden_within_the_schema()
             "{refused}"
         );
     }
-    let (status, body) = resume(
-        &app,
-        &id,
-        json!({ "action": "override", "arguments": { "language": "python", "code": "print('checked by hand')" } }),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    act(&app, &id, json!({ "action": "override", "arguments": { "language": "python", "code": "print('checked by hand')" } })).await;
     let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
     let events = app.events(&id).await;
@@ -467,13 +463,12 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     assert!(of_kind(&log, "task.resumed")
         .iter()
         .any(|e| e["data"]["reason"] != "debug"));
-    let (status, body) = resume(
+    act(
         &app,
         &id,
         json!({ "action": "override", "chosen": "research" }),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
     let log = app.events(&id).await;
@@ -488,8 +483,7 @@ async fn a_paused_task_is_paused_at_the_same_point_after_its_server_is_killed() 
     let state = paused(&app, &next, None).await;
     assert_eq!(state["pending"]["reason"], "breakpoint", "{state}");
     assert_eq!(state["pending"]["key"], "decision:assign_agent:1");
-    let (status, _) = resume(&app, &next, json!({ "action": "abort" })).await;
-    assert_eq!(status, 200);
+    act(&app, &next, json!({ "action": "abort" })).await;
     assert_eq!(app.ended(&next).await["status"], "cancelled");
 }
 
@@ -603,8 +597,7 @@ async fn a_pause_longer_than_the_step_timeout_does_not_time_the_step_out() {
     let state = paused(&app, &id, None).await;
     assert_eq!(state["pending"]["key"], "llm:work.1", "{state}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, _) = resume(&app, &id, json!({ "action": "continue" })).await;
-    assert_eq!(status, 200);
+    act(&app, &id, json!({ "action": "continue" })).await;
     let task = app.ended(&id).await;
     assert_eq!(task["status"], "completed", "{task}");
     let events = app.events(&id).await;
