@@ -27,7 +27,7 @@ use crate::llm::LlmError;
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
 use crate::sandbox::Sandbox;
-use crate::storage::records::{NewTask, PendingEvent, TaskEnd};
+use crate::storage::records::{NewTask, PendingEvent};
 use crate::storage::writer::{failed_by_storage, Writer};
 use crate::storage::{Storage, StorageError};
 use crate::supervision::RestartPolicy;
@@ -494,21 +494,14 @@ impl Core {
             };
             if let Err(error) = self.breakpoints.add(spec).await {
                 let reason = format!("its breakpoints could not be set: {error}");
-                self.writer
-                    .finish_task(TaskEnd {
-                        task_id: id,
-                        status: TaskStatus::Cancelled,
-                        result: None,
-                        error: Some(reason.clone()),
-                        event: PendingEvent::now(
-                            id,
-                            EventKind::TaskCancelled,
-                            None,
-                            json!({ "reason": reason }),
-                        ),
-                        memories: Vec::new(),
-                    })
-                    .await?;
+                durability::end_unstarted(
+                    &self.writer,
+                    &self.metrics,
+                    id,
+                    TaskStatus::Cancelled,
+                    &reason,
+                )
+                .await?;
                 return Err(SubmitError::Breakpoint(error));
             }
         }

@@ -281,24 +281,8 @@ impl TakeOver {
 
     /// Fails a task taken over at start-up with `error` (its terminal event and status in one commit).
     async fn fail_at_start(&self, id: TaskId, error: &str) {
-        self.metrics
-            .tasks_total
-            .with_label_values(&[TaskStatus::Failed.as_str()])
-            .inc();
-        let end = TaskEnd {
-            task_id: id,
-            status: TaskStatus::Failed,
-            result: None,
-            error: Some(error.to_owned()),
-            event: PendingEvent::now(
-                id,
-                EventKind::TaskFailed,
-                Some(AgentKind::Director),
-                json!({ "error": error }),
-            ),
-            memories: Vec::new(),
-        };
-        if let Err(store) = self.writer.finish_task(end).await {
+        let ended = end_unstarted(&self.writer, &self.metrics, id, TaskStatus::Failed, error).await;
+        if let Err(store) = ended {
             tracing::error!(task_id = %id, error = %store, "store the failure of a task taken over");
         }
     }
@@ -309,4 +293,33 @@ impl TakeOver {
             .with_label_values(&[outcome])
             .inc();
     }
+}
+
+/// Ends task `id`, which never ran (taken over and not resumable, or refused before it started), as `status`
+/// (failed or cancelled) for `reason`: its terminal event and status in one commit, counted like any end.
+pub(super) async fn end_unstarted(
+    writer: &Writer,
+    metrics: &Metrics,
+    id: TaskId,
+    status: TaskStatus,
+    reason: &str,
+) -> Result<(), StorageError> {
+    metrics
+        .tasks_total
+        .with_label_values(&[status.as_str()])
+        .inc();
+    let (kind, data) = match status {
+        TaskStatus::Cancelled => (EventKind::TaskCancelled, json!({ "reason": reason })),
+        _ => (EventKind::TaskFailed, json!({ "error": reason })),
+    };
+    writer
+        .finish_task(TaskEnd {
+            task_id: id,
+            status,
+            result: None,
+            error: Some(reason.to_owned()),
+            event: PendingEvent::now(id, kind, Some(AgentKind::Director), data),
+            memories: Vec::new(),
+        })
+        .await
 }
