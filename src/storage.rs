@@ -85,6 +85,8 @@ impl StorageError {
 #[derive(Clone)]
 pub struct Storage {
     db: DatabaseConnection,
+    /// What it was connected with, for [`Storage::connect_again`].
+    settings: std::sync::Arc<DatabaseSettings>,
 }
 
 impl Storage {
@@ -125,7 +127,20 @@ impl Storage {
                 url: redact_url(url),
                 source,
             })?;
-        Ok(Storage { db })
+        Ok(Storage {
+            db,
+            settings: std::sync::Arc::new(settings.clone()),
+        })
+    }
+
+    /// A pool of its own on the same database, of at most `connections` (the storage writer's, on its own
+    /// thread and runtime: connections are not shared across runtimes).
+    pub async fn connect_again(&self, connections: u32) -> Result<Storage, StorageError> {
+        Storage::connect(&DatabaseSettings {
+            max_connections: connections.max(1),
+            ..(*self.settings).clone()
+        })
+        .await
     }
 
     /// Applies pending migrations.

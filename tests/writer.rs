@@ -76,6 +76,55 @@ fn recording(hub: Hub) -> (impl Fn(Arc<Event>) + Send + 'static, Published) {
     (publish, seen)
 }
 
+/// A publisher that passes every event on to `then` and, once `armed`, holds the writer (on its own thread)
+/// inside the next publish: it says so on `entered` and waits for `release`. While it is held, ops sent to
+/// the writer queue up, so they are one batch when it is released.
+struct Gate {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    entered: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+fn gate(
+    then: impl Fn(Arc<Event>) + Send + 'static,
+) -> (impl Fn(Arc<Event>) + Send + 'static, Gate) {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let trigger = Arc::clone(&armed);
+    let publish = move |event: Arc<Event>| {
+        then(event);
+        if trigger.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+        }
+    };
+    (
+        publish,
+        Gate {
+            armed,
+            entered,
+            release,
+        },
+    )
+}
+
+impl Gate {
+    /// Holds the writer inside publishing an event it is sent now (for `task`).
+    fn hold(&self, writer: &Writer, task: TaskId) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        writer.emit(task, EventKind::ToolCalled, None, json!({ "n": "held" }));
+        self.entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer (on its own thread) publishes the held event");
+    }
+
+    fn release(&self) {
+        self.release.send(()).unwrap();
+    }
+}
+
 fn call(task_id: TaskId, purpose: &str) -> WriteOp {
     WriteOp::LlmCall(LlmCallRecord {
         task_id,
@@ -113,8 +162,8 @@ fn piece(task_id: TaskId, purpose: &str, n: usize) -> WriteOp {
     ))
 }
 
-/// A task's completion, sent without waiting (so it lands in the same batch); its answer comes on the
-/// receiver.
+/// A task's completion, sent without waiting (so, while a [`Gate`] holds the writer, it lands in
+/// the batch of the ops before it); its answer comes on the receiver.
 fn finish(
     writer: &Writer,
     task_id: TaskId,
@@ -141,13 +190,16 @@ fn counter(metrics: &Metrics, op: &str) -> u64 {
 async fn a_bad_op_fails_only_its_task(backend: Backend) {
     let storage = backend.storage().await;
     let metrics = Metrics::new().unwrap();
-    let (publish, published) = recording(Hub::new());
+    let (recorder, published) = recording(Hub::new());
+    let (publish, gate) = gate(recorder);
     let writer = Writer::spawn(storage.clone(), publish, metrics.clone());
     let bad = store_queued_task(&writer).await;
     let good = store_queued_task(&writer).await;
+    let holder = store_queued_task(&writer).await;
 
-    // One batch (nothing yields between the sends): the bad task's second model call reuses a purpose, which
-    // the unique index on (task_id, purpose) refuses.
+    // One batch (the writer is held while they are sent): the bad task's second model call reuses a purpose,
+    // which the unique index on (task_id, purpose) refuses.
+    gate.hold(&writer, holder);
     writer.send(started(bad));
     writer.send(started(good));
     writer.send(call(bad, "plan"));
@@ -165,6 +217,7 @@ async fn a_bad_op_fails_only_its_task(backend: Backend) {
     );
     let bad_end = finish(&writer, bad);
     let good_end = finish(&writer, good);
+    gate.release();
     writer.flush().await.unwrap();
     good_end.await.unwrap().unwrap();
     // The flow's own end after the storage failure is a late write: dropped, and it overwrites nothing.
@@ -438,13 +491,17 @@ async fn a_write_dropped_on_a_full_queue_fails_its_task() {
     let backend = Backend::sqlite().await;
     let storage = backend.storage().await;
     let metrics = Metrics::new().unwrap();
-    let writer = Writer::spawn_with(storage.clone(), Hub::new(), metrics.clone(), 4);
+    let (publish, gate) = gate(|_| {});
+    let writer = Writer::spawn_with(storage.clone(), publish, metrics.clone(), 4);
     let id = store_queued_task(&writer).await;
     let other = store_queued_task(&writer).await;
-    // The writer does not run between these sends: four fit, the rest are dropped.
+    // The writer is held inside publishing one event, so it takes nothing from its queue meanwhile: four of
+    // the next ten fit, the rest are dropped.
+    gate.hold(&writer, id);
     for n in 0..10 {
         writer.emit(id, EventKind::ToolCalled, None, json!({ "n": n }));
     }
+    gate.release();
     writer.flush().await.unwrap();
     writer.flush().await.unwrap();
     assert_eq!(counter(&metrics, "queue_full"), 6);

@@ -58,6 +58,9 @@ use sql::Deletions;
 
 pub use super::events::MAX_ROW_PIECES;
 
+/// Connections of the writer's own pool.
+const WRITER_CONNECTIONS: u32 = 2;
+
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
@@ -122,7 +125,36 @@ impl Writer {
             overflowed: Arc::clone(&overflowed),
             logs: Logs::default(),
         };
-        tokio::spawn(task.run());
+        // The writer runs on a thread of its own, so that building a batch's statements and waiting for its
+        // commit take nothing from the threads that run the tasks' flows (on the actix system's thread it
+        // was a quarter of a durable run's samples). Where its runtime or thread cannot be had (the system
+        // is out of threads), the writer runs on the current runtime instead: slower, nothing lost.
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => {
+                let task = Arc::new(Mutex::new(Some(task)));
+                let theirs = Arc::clone(&task);
+                let started = std::thread::Builder::new()
+                    .name("troupe-writer".into())
+                    .spawn(move || {
+                        if let Some(task) = theirs.lock().ok().and_then(|mut task| task.take()) {
+                            runtime.block_on(task.on_own_connections());
+                        }
+                    });
+                if let Err(error) = started {
+                    tracing::warn!(%error, "the storage writer's thread did not start; it runs on this runtime");
+                    if let Some(task) = task.lock().ok().and_then(|mut task| task.take()) {
+                        tokio::spawn(task.run());
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the storage writer's runtime did not start; it runs on this runtime");
+                tokio::spawn(task.run());
+            }
+        }
         Writer {
             ops,
             overflowed,
@@ -258,6 +290,18 @@ struct WriterTask {
 type Fate = Result<(), String>;
 
 impl WriterTask {
+    /// [`WriterTask::run`] over a pool of the writer's own (two connections: its transaction, and a read
+    /// beside it), made on the writer's runtime; over the shared pool if that cannot be had.
+    async fn on_own_connections(mut self) {
+        match self.storage.connect_again(WRITER_CONNECTIONS).await {
+            Ok(own) => self.storage = own,
+            Err(error) => {
+                tracing::warn!(%error, "the storage writer uses the shared pool: a pool of its own could not be opened");
+            }
+        }
+        self.run().await;
+    }
+
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
