@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Role;
 use crate::domain::TaskId;
 
 /// Troupe: a Director and its Code, Research and QA agents working your task on a local model.
@@ -51,9 +52,20 @@ pub enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Serve the HTTP and WebSocket API.
+    /// Serve the HTTP and WebSocket API (and run tasks, unless --role api).
     Serve {
         /// Listen address (default: server.bind, 127.0.0.1:8080).
+        #[arg(long)]
+        bind: Option<String>,
+        /// api: take tasks and put them on the Redis queue; worker: run the queue's tasks; all: both
+        /// (default: server.role, all).
+        #[arg(long)]
+        role: Option<Role>,
+    },
+    /// Run the tasks of the Redis queue (`troupe serve --role worker`): health, metrics and the API are
+    /// served too, on --bind.
+    Worker {
+        /// Listen address (default: server.bind).
         #[arg(long)]
         bind: Option<String>,
     },
@@ -111,6 +123,17 @@ pub enum Command {
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         dry_penalty_last_n: i32,
     },
+}
+
+impl Command {
+    /// The role the command gives the process, over `server.role`.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Command::Serve { role, .. } => *role,
+            Command::Worker { .. } => Some(Role::Worker),
+            _ => None,
+        }
+    }
 }
 
 /// `troupe sandbox ...`

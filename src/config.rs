@@ -12,7 +12,9 @@ use serde::Deserialize;
 use crate::domain::{limits as bounds, redact_url, AgentKind};
 
 mod llm;
+mod queue;
 
+pub use queue::{QueueBackend, QueueSettings, Role};
 pub use llm::{
     BudgetSettings, FallbackMode, FallbackTarget, GroqSettings, LlmLimits, LlmSettings,
     ModelEndpoint, ModelOverride, OnExceed, PriceSettings, ProviderKind, SamplingSettings, Secret,
@@ -53,6 +55,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// Leases and resuming the tasks of a process that died.
     pub durability: DurabilitySettings,
+    /// Where tasks wait for a process to run them (in this process, or a Redis Stream for workers).
+    pub queue: QueueSettings,
     /// Secret keys that a configuration file sets (secrets come only from the environment); filled by
     /// [`Settings::load_from`], reported by [`Settings::validate`].
     #[serde(skip)]
@@ -108,6 +112,8 @@ pub const AUTH_TOKEN_VARIABLE: &str = "TROUPE__SERVER__AUTH_TOKEN";
 pub struct ServerSettings {
     /// Listen address of `troupe serve`.
     pub bind: String,
+    /// What this process does with tasks: takes them (`api`), runs them (`worker`) or both (`all`).
+    pub role: Role,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Longest prompt accepted, in characters.
@@ -653,6 +659,12 @@ impl Settings {
                 durability.lease_seconds, durability.heartbeat_seconds
             ));
         }
+        problems.extend(self.queue.problems(
+            &self.database.url,
+            &self.redis.url,
+            self.server.role,
+            durability.lease_seconds,
+        ));
         let dashboard = &self.dashboard;
         if !(1..=3600).contains(&dashboard.sample_seconds) {
             problems.push("dashboard.sample_seconds: must be within 1..=3600".into());

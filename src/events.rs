@@ -18,6 +18,8 @@ use bytestring::ByteString;
 use tokio::sync::broadcast;
 
 use crate::domain::{AgentKind, Event, EventKind, TaskId};
+
+pub mod remote;
 use crate::storage::writer::{Publish, Writer};
 use crate::storage::{Storage, StorageError};
 
@@ -141,6 +143,16 @@ impl Hub {
         self.all.subscribe()
     }
 
+    /// Whether anyone here listens for task `task_id`'s events (its own channel), and whether anyone
+    /// listens for every task's.
+    pub fn interest(&self, task_id: TaskId) -> (bool, bool) {
+        let task = self
+            .channels
+            .lock()
+            .is_ok_and(|channels| channels.contains_key(&task_id));
+        (task, self.all.receiver_count() > 0)
+    }
+
     /// Tasks with a live channel (for tests of the hub's bookkeeping).
     pub fn open_channels(&self) -> usize {
         self.channels.lock().map_or(0, |channels| channels.len())
@@ -160,6 +172,7 @@ pub struct EventLog {
     writer: Writer,
     hub: Hub,
     storage: Storage,
+    poll: Option<std::time::Duration>,
 }
 
 impl EventLog {
@@ -170,7 +183,15 @@ impl EventLog {
             writer,
             hub,
             storage,
+            poll: None,
         }
+    }
+
+    /// Subscriptions that, when their task has been quiet for `every`, look at the stored log (its events
+    /// may be committed by another process, whose announcement can be lost; see `remote`).
+    pub fn polling(mut self, every: std::time::Duration) -> Self {
+        self.poll = Some(every);
+        self
     }
 
     /// Appends an event (fire and forget: it becomes visible once its batch commits).
@@ -208,6 +229,7 @@ impl EventLog {
             hub: self.hub.clone(),
             storage: self.storage.clone(),
             finished: false,
+            poll: self.poll,
         };
         subscription.backlog = stored(self.storage.events_after(task_id, after).await?);
         Ok(subscription)
@@ -225,6 +247,7 @@ pub struct Subscription {
     hub: Hub,
     storage: Storage,
     finished: bool,
+    poll: Option<std::time::Duration>,
 }
 
 impl Drop for Subscription {
@@ -258,7 +281,17 @@ impl Subscription {
                 self.finished = event.kind.is_terminal();
                 return Ok(Some(shared));
             }
-            match self.live.recv().await {
+            let received = match self.poll {
+                None => self.live.recv().await,
+                Some(every) => match tokio::time::timeout(every, self.live.recv()).await {
+                    Ok(received) => received,
+                    Err(_quiet) => {
+                        self.refill().await?;
+                        continue;
+                    }
+                },
+            };
+            match received {
                 Ok(shared) => {
                     let seq = shared.event().seq;
                     if seq <= self.last_seq {

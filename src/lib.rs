@@ -14,6 +14,7 @@ pub mod events;
 pub mod llm;
 pub mod memory;
 pub mod messages;
+pub mod queue;
 pub mod sandbox;
 pub mod service;
 pub mod storage;

@@ -63,6 +63,13 @@ fn main() -> ExitCode {
         }
     };
     let mut settings = settings;
+    if let Some(role) = cli.command.role() {
+        settings.server.role = role;
+        if let Err(error) = settings.validate() {
+            eprintln!("troupe: {error}");
+            return ExitCode::from(2);
+        }
+    }
     if matches!(
         cli.command,
         Command::Run { verbose: false, .. }
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Serve { bind } => {
+            Command::Serve { bind, .. } | Command::Worker { bind } => {
                 if let Some(bind) = bind {
                     settings.server.bind = bind;
                 }

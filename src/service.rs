@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::agents::{AgentDeps, Chaos, Working};
 use crate::config::Settings;
@@ -19,6 +20,7 @@ use crate::domain::limits::MAX_PLAN_STEPS;
 use crate::domain::{
     AgentKind, BreakOn, BreakpointSpec, EventKind, TaskId, TaskOptions, TaskStatus,
 };
+use crate::events::remote::{self, Announcer};
 use crate::events::{EventLog, Hub};
 use crate::llm::budget::Limits;
 use crate::llm::confirm::Confirmations;
@@ -26,6 +28,7 @@ use crate::llm::models::{Models, Policy};
 use crate::llm::LlmError;
 use crate::memory::{Memory, MemoryParts, MemoryStartError};
 use crate::messages::{CancelTask, Envelope, StartTask};
+use crate::queue::{QueueError, TaskQueue};
 use crate::sandbox::Sandbox;
 use crate::storage::records::{NewTask, PendingEvent};
 use crate::storage::writer::{failed_by_storage, Writer};
@@ -38,6 +41,8 @@ use crate::tools::{Tools, Workspaces};
 
 pub mod breakpoints;
 pub mod compare;
+mod consumer;
+mod control;
 mod debugging;
 mod durability;
 mod fork;
@@ -47,6 +52,7 @@ pub mod tool_replay;
 
 pub use breakpoints::{Breakpoints, BreakpointsError};
 pub use compare::CompareError;
+pub use consumer::{ConsumerHandle, DELIVERY_OUTCOMES};
 pub use debugging::{ResumeError, TaskState};
 pub use durability::{LeaseKeeper, TakenOver, RESUME_OUTCOMES};
 pub use fork::ForkRequest;
@@ -67,6 +73,9 @@ pub enum StartError {
     /// Memory could not be started.
     #[error("start memory: {0}")]
     Memory(#[from] MemoryStartError),
+    /// The task queue could not be set up (`queue.backend = "redis"`).
+    #[error("start the task queue: {0}")]
+    Queue(#[from] QueueError),
     /// `troupe serve` was asked to listen beyond loopback without an auth token (the HTTP application,
     /// `app`); refused before binding.
     #[error("refusing to serve on {address} without an auth token: it is not a loopback address, so anyone who can reach it could use the API; set {variable} (at least 16 characters) or bind 127.0.0.1")]
@@ -127,6 +136,15 @@ pub enum SubmitError {
     /// A breakpoint asked for with the task could not be set (the task was not started).
     #[error(transparent)]
     Breakpoint(BreakpointsError),
+    /// The task queue holds as many unread tasks as allowed (`queue.max_waiting`); nothing was stored.
+    #[error("{waiting} tasks wait in the queue, the most allowed (queue.max_waiting); try again when workers have taken some")]
+    QueueFull {
+        /// Entries waiting.
+        waiting: u64,
+    },
+    /// The task queue (Redis) did not take the task; it was stored and failed with this reason.
+    #[error("{0}")]
+    QueueUnavailable(QueueError),
     /// Storing the task failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -230,7 +248,22 @@ pub struct Core {
     /// This process's lease, the owner of the tasks it creates (`None` for a core assembled without
     /// `start`: its tasks are nobody's, and a process that starts on the same database takes them over).
     lease: Option<LeaseKeeper>,
+    /// The task queue between processes (`queue.backend = "redis"`): submissions go to it, and a worker
+    /// reads from it.
+    pub queue: Option<TaskQueue>,
+    /// The tasks whose committed end a queue consumer waits for (fired by the writer's publish).
+    ends: consumer::Ends,
+    /// This process's queue consumer (a worker or all node on the Redis queue); dropped (stopped) with the
+    /// core.
+    consumer: Option<ConsumerHandle>,
+    /// Listening for the events other processes commit (the Redis queue on PostgreSQL); stopped with the
+    /// core.
+    _following: Option<remote::Following>,
 }
+
+/// How long a subscription to a task whose events another process may commit waits for an announcement
+/// before it looks at the stored log (an announcement sent while a listener reconnects is lost).
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The budget and fallback policy of every task, from `[budget]` and `[llm]` (0 is no limit).
 fn model_policy(settings: &Settings, confirmations: &Confirmations) -> Policy {
@@ -259,18 +292,69 @@ impl Core {
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
         let llm = crate::llm::start_models(&settings.llm, &settings.budget, &metrics).await?;
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
+        let queue = if settings.queue.is_redis() {
+            let consumer = if settings.queue.consumer.is_empty() {
+                lease.lease().host.clone()
+            } else {
+                settings.queue.consumer.clone()
+            };
+            let queue = TaskQueue::connect(
+                settings.queue.redis_url(&settings.redis.url),
+                &settings.redis.key_prefix,
+                &settings.queue.stream,
+                &settings.queue.group,
+                &consumer,
+            )?;
+            // An unreachable Redis does not stop the start: the API refuses submissions (503) and the
+            // consumer retries until it answers.
+            if let Err(error) = queue.ensure_group().await {
+                tracing::warn!(%error, "the task queue is not reachable yet");
+            }
+            Some(queue)
+        } else {
+            None
+        };
         let mut core = Self::assemble(settings, storage, metrics, llm, memory, sandbox);
         core.lease = Some(lease);
         // Before any task is taken over: a resumed task pauses at the breakpoints set before the restart.
         core.breakpoints.load().await?;
-        core.take_over_orphans().await?;
-        if let Some(take_over) = core.take_over() {
-            let watch = take_over.watch();
-            if let Some(keeper) = core.lease.as_mut() {
-                keeper.keep_watch(watch);
+        match queue {
+            // The queue hands a dead worker's tasks to a live one (`consumer.rs`); the lease-based
+            // take-over would run a task that waits in the queue.
+            Some(queue) => {
+                if core.settings.server.role.runs_tasks() {
+                    core.consumer = Some(core.consumer_for(queue.clone()).start());
+                }
+                core.queue = Some(queue);
+            }
+            None => {
+                core.take_over_orphans().await?;
+                if let Some(take_over) = core.take_over() {
+                    let watch = take_over.watch();
+                    if let Some(keeper) = core.lease.as_mut() {
+                        keeper.keep_watch(watch);
+                    }
+                }
             }
         }
         Ok(core)
+    }
+
+    /// The consumer of `queue` for this core: its tasks run in `director.max_concurrent_tasks` places.
+    fn consumer_for(&self, queue: TaskQueue) -> consumer::Consumer {
+        consumer::Consumer::new(
+            queue,
+            self.settings.queue.clone(),
+            self.settings.durability.clone(),
+            self.lease_id().unwrap_or_default().to_owned(),
+            self.storage.clone(),
+            self.writer.clone(),
+            self.metrics.clone(),
+            self.director.clone(),
+            self.ends.clone(),
+            self.breakpoints.clone(),
+            self.settings.director.max_concurrent_tasks,
+        )
     }
 
     /// This process's lease id, the owner of the tasks it runs (`None` for an assembled core).
@@ -300,10 +384,24 @@ impl Core {
         // says so with the task's terminal event, and the Director, started below, cancels its flow (whose
         // own end is then dropped as a late write).
         let director_cell: Arc<std::sync::OnceLock<Addr<Director>>> = Arc::default();
+        let ends = consumer::Ends::default();
+        // Several processes on one database (the Redis queue): each announces the events it commits and
+        // follows the others', so a WebSocket on any node streams a task running on any worker.
+        let node = uuid::Uuid::now_v7().to_string();
+        let remote = settings.queue.is_redis() && storage.can_notify();
+        let announcer = remote.then(|| Announcer::start(storage.clone(), node.clone()));
         let publish = {
             let hub = hub.clone();
             let director_cell = Arc::clone(&director_cell);
+            let ends = ends.clone();
             move |event: Arc<crate::domain::Event>| {
+                if let Some(announcer) = &announcer {
+                    announcer.committed(&event);
+                }
+                if event.kind.is_terminal() {
+                    // Its end is committed: a queue consumer may acknowledge its entry now.
+                    ends.ended(event.task_id);
+                }
                 if failed_by_storage(&event) {
                     if let Some(director) = director_cell.get() {
                         // do_send: the task has ended already; a flow that finished meanwhile answers
@@ -320,7 +418,10 @@ impl Core {
             metrics.clone(),
             settings.database.writer_queue,
         );
-        let events = EventLog::new(writer.clone(), hub, storage.clone());
+        let mut events = EventLog::new(writer.clone(), hub.clone(), storage.clone());
+        if remote {
+            events = events.polling(REMOTE_POLL);
+        }
         let memory = Memory::new(
             settings.memory.clone(),
             memory,
@@ -367,12 +468,23 @@ impl Core {
             settings.dashboard.history_samples,
         );
         let sampler = history.start();
-        let breakpoints = Breakpoints::new(
+        let mut breakpoints = Breakpoints::new(
             storage.clone(),
             writer.clone(),
             metrics.clone(),
             tools.specs().iter().map(|spec| spec.name).collect(),
         );
+        if remote {
+            breakpoints = breakpoints.shared_between_processes();
+        }
+        let following = remote.then(|| {
+            remote::follow(
+                storage.clone(),
+                hub.clone(),
+                node,
+                control::handler(director.clone(), breakpoints.clone()),
+            )
+        });
         tools.debugger().watch(Arc::new(breakpoints.clone()));
         let retention = retention::Retention::new(
             settings.retention.clone(),
@@ -401,6 +513,10 @@ impl Core {
             retention,
             _sweeper: sweeper,
             lease: None,
+            queue: None,
+            ends,
+            consumer: None,
+            _following: following,
         }
     }
 
@@ -456,13 +572,28 @@ impl Core {
             }
         }
         self.check_rerun(prompt, &options).await?;
-        // A place among the admitted tasks before anything is stored: a refused submission leaves no row.
-        let admission = Arc::clone(&self.admission)
-            .try_acquire_owned()
-            .map_err(|_| SubmitError::Busy {
-                admitted: self.settings.director.max_concurrent_tasks
-                    + self.settings.director.max_queued_tasks,
-            })?;
+        // A place before anything is stored: a refused submission leaves no row. On the Redis queue the
+        // place is in the queue (bounded by queue.max_waiting); a worker takes one of its own to run it.
+        let admission = match &self.queue {
+            Some(queue) => {
+                let depth = queue.depth().await.map_err(|error| {
+                    self.metrics.queue_up.set(0);
+                    SubmitError::QueueUnavailable(error)
+                })?;
+                if depth.waiting >= self.settings.queue.max_waiting {
+                    return Err(SubmitError::QueueFull {
+                        waiting: depth.waiting,
+                    });
+                }
+                None
+            }
+            None => Some(Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
+                SubmitError::Busy {
+                    admitted: self.settings.director.max_concurrent_tasks
+                        + self.settings.director.max_queued_tasks,
+                }
+            })?),
+        };
         let id = TaskId::new();
         let (trace_id, _) = propagation::ids(&propagation::current());
         let options_json = serde_json::to_value(&options).unwrap_or_else(|_| json!({}));
@@ -473,20 +604,23 @@ impl Core {
             None,
             json!({ "prompt": prompt, "options": options_json }),
         );
-        self.writer
-            .create_task(
-                NewTask {
-                    id,
-                    prompt: prompt.to_owned(),
-                    options: options_json,
-                    trace_id,
-                    replay_of: options.replay_of,
-                    created_at: queued.at,
-                    owner: self.lease_id().map(str::to_owned),
-                },
-                queued,
-            )
-            .await?;
+        let task = NewTask {
+            id,
+            prompt: prompt.to_owned(),
+            options: options_json,
+            trace_id,
+            replay_of: options.replay_of,
+            created_at: queued.at,
+            // A queued task is nobody's until a worker claims it.
+            owner: match self.queue {
+                Some(_) => None,
+                None => self.lease_id().map(str::to_owned),
+            },
+        };
+        match self.queue {
+            Some(_) => self.writer.create_handed_off(task, queued).await?,
+            None => self.writer.create_task(task, queued).await?,
+        }
         for &on in break_on {
             let spec = BreakpointSpec {
                 task_id: Some(id),
@@ -512,6 +646,10 @@ impl Core {
                 .map_or("none", |decision| decision.decision.as_str());
             self.metrics.forks.with_label_values(&[overridden]).inc();
         }
+        if let Some(queue) = &self.queue {
+            self.enqueue(queue, id).await?;
+            return Ok(id);
+        }
         let depth = self
             .metrics
             .mailbox_depth
@@ -524,13 +662,48 @@ impl Core {
                 StartTask {
                     prompt: prompt.to_owned(),
                     options,
-                    admission: Some(admission),
+                    admission,
                     resume: None,
                 },
             )
             .counted(depth),
         );
         Ok(id)
+    }
+
+    /// Puts stored task `id` on the queue under a `send` span, its context in the entry (the worker's
+    /// spans are its children). Should Redis not take it, the task fails with the reason (one commit).
+    async fn enqueue(&self, queue: &TaskQueue, id: TaskId) -> Result<(), SubmitError> {
+        let span = tracing::info_span!(
+            "send",
+            otel.name = %format!("send {}", queue.stream()),
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = %queue.stream(),
+            task_id = %id,
+        );
+        let carrier = span.in_scope(|| propagation::to_w3c(&propagation::current()));
+        let added = queue.enqueue(id, &carrier).instrument(span).await;
+        match added {
+            Ok(_) => {
+                self.metrics.queue_up.set(1);
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.queue_up.set(0);
+                let reason = format!("the task queue did not take the task: {error}");
+                durability::end_unstarted(
+                    &self.writer,
+                    &self.metrics,
+                    id,
+                    TaskStatus::Failed,
+                    &reason,
+                )
+                .await?;
+                Err(SubmitError::QueueUnavailable(error))
+            }
+        }
     }
 
     /// Removes a finished task with its events, steps, decisions, model calls and breakpoints, in one
@@ -576,6 +749,7 @@ impl Core {
         }
         match self.director.send(Envelope::new(id, CancelTask)).await {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(_not_running)) if self.queue.is_some() => self.cancel_elsewhere(id).await,
             Ok(Err(_not_running)) => {
                 // It ended between the read and the message.
                 let status = self
@@ -587,6 +761,37 @@ impl Core {
             }
             Err(_) => Err(CancelError::DirectorGone),
         }
+    }
+
+    /// Cancels a task this process does not run (the Redis queue): one still waiting in the queue is
+    /// claimed here and cancelled (the worker that reads its entry finds it ended); one a worker holds is
+    /// cancelled there, by a control message.
+    async fn cancel_elsewhere(&self, id: TaskId) -> Result<(), CancelError> {
+        let me = self.lease_id().unwrap_or_default();
+        if self.storage.claim_task(id, None, me).await? {
+            durability::end_unstarted(
+                &self.writer,
+                &self.metrics,
+                id,
+                TaskStatus::Cancelled,
+                "cancelled while it waited in the queue",
+            )
+            .await?;
+            return Ok(());
+        }
+        let task = self
+            .storage
+            .task(id)
+            .await?
+            .ok_or(CancelError::NotFound(id))?;
+        if task.status.is_terminal() {
+            return Err(CancelError::Finished {
+                id,
+                status: task.status,
+            });
+        }
+        control::Control::Cancel(id).send(&self.storage).await?;
+        Ok(())
     }
 
     /// Answers a task's wait for a confirmation (a cloud fallback in `confirm` mode): `allow` lets its call

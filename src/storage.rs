@@ -14,6 +14,7 @@ pub mod entities;
 mod events;
 pub mod leases;
 mod llm_calls;
+pub mod notify;
 pub mod memories;
 pub mod records;
 mod retention;
@@ -30,7 +31,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 pub use decisions::StoredDecision;
-pub use leases::{Lease, OrphanedTask, ResumeRecords};
+pub use leases::{Claim, Lease, OrphanedTask, ResumeRecords};
 pub use llm_calls::{CallRecord, RecordedCall, Recording};
 pub use stats::{Handoff, Scope};
 pub use tasks::{StepRecord, TaskPage, TaskQuery, TaskRecord, TaskSummary, TaskUsage};
@@ -73,6 +74,9 @@ pub enum StorageError {
     /// The writer task is gone (the application is shutting down).
     #[error("storage writer stopped")]
     WriterStopped,
+    /// A notification could not be sent or listened for (`notify.rs`).
+    #[error("database notifications: {0}")]
+    Notify(String),
 }
 
 impl StorageError {

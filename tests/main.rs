@@ -24,6 +24,7 @@ mod resume;
 mod routing;
 mod sampling;
 mod sandbox;
+mod scale_out;
 mod scripts;
 mod self_correction;
 mod supervision;

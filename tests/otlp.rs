@@ -22,10 +22,10 @@ use serde_json::{json, Value};
 use crate::helpers::root;
 
 /// Export requests as received: (resource attributes, spans).
-type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Vec<Span>)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Vec<Span>)>>>;
 
 /// Starts an OTLP/HTTP receiver on a free port; returns its base URL and what it receives.
-fn start_receiver() -> (String, Received, actix_web::dev::ServerHandle) {
+pub(crate) fn start_receiver() -> (String, Received, actix_web::dev::ServerHandle) {
     let received: Received = Arc::default();
     let sink = received.clone();
     let server = HttpServer::new(move || {
@@ -183,7 +183,7 @@ impl Served {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -194,7 +194,7 @@ fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> 
         .and_then(|kv| kv.value.as_ref()?.value.as_ref())
 }
 
-fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+pub(crate) fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     match attribute(attributes, key)? {
         AnyValue::StringValue(text) => Some(text.clone()),
         _ => None,

@@ -31,7 +31,7 @@ const HEARTBEAT_SECONDS: &str = "1";
 const LEASE_SECONDS: &str = "3";
 
 /// The environment of a `troupe` process on `database` with the test profile and the real model.
-fn troupe(database: &str, dir: &tempfile::TempDir, args: &[&str]) -> Command {
+pub(crate) fn troupe(database: &str, dir: &tempfile::TempDir, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_troupe"));
     command
         .args(args)
@@ -86,7 +86,18 @@ impl Server {
         dir: &tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> Server {
-        let mut child = troupe(database, dir, &["serve", "--bind", "127.0.0.1:0"])
+        Self::start_as(database, dir, &["serve", "--bind", "127.0.0.1:0"], env).await
+    }
+
+    /// A `troupe` process with these arguments (a subcommand that serves on a port it prints) and
+    /// environment variables.
+    pub(crate) async fn start_as(
+        database: &str,
+        dir: &tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut child = troupe(database, dir, args)
             .envs(env.iter().copied())
             .spawn()
             .unwrap();
@@ -128,7 +139,12 @@ impl Server {
         }
     }
 
-    async fn submit(&self, prompt: &str) -> TaskId {
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) async fn submit(&self, prompt: &str) -> TaskId {
         let mut response = self
             .client
             .post(format!("http://127.0.0.1:{}/api/v1/tasks", self.port))
@@ -148,7 +164,7 @@ impl Server {
     }
 }
 
-async fn open(database: &str) -> Storage {
+pub(crate) async fn open(database: &str) -> Storage {
     let storage = Storage::connect(&DatabaseSettings {
         url: database.to_owned(),
         max_connections: 2,
@@ -161,7 +177,7 @@ async fn open(database: &str) -> Storage {
 }
 
 /// Polls the stored log of `id` until `until` holds for it (bounded); returns the log.
-async fn wait_for_events(
+pub(crate) async fn wait_for_events(
     storage: &Storage,
     id: TaskId,
     limit: Duration,
@@ -183,23 +199,23 @@ async fn wait_for_events(
     }
 }
 
-fn step_of(event: &Event) -> Option<i64> {
+pub(crate) fn step_of(event: &Event) -> Option<i64> {
     event.data.get("step").and_then(Value::as_i64)
 }
 
-fn ended(events: &[Event]) -> bool {
+pub(crate) fn ended(events: &[Event]) -> bool {
     events.last().is_some_and(|event| event.kind.is_terminal())
 }
 
 /// Asserts the log's `seq` is 1, 2, ..., N.
-fn assert_no_gap(events: &[Event]) {
+pub(crate) fn assert_no_gap(events: &[Event]) {
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     let expected: Vec<i64> = (1..=i64::try_from(events.len()).unwrap()).collect();
     assert_eq!(seqs, expected, "the log's seq has a gap or a repeat");
 }
 
 /// The task ended on its own terms: not `interrupted`, and not unresumable.
-fn assert_ended_by_its_flow(storage_task: &troupe::storage::TaskRecord) {
+pub(crate) fn assert_ended_by_its_flow(storage_task: &troupe::storage::TaskRecord) {
     assert!(
         storage_task.status.is_terminal(),
         "{:?}",

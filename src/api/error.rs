@@ -299,7 +299,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::ForkSourceUnfinished { id, status } => {
                 ApiError::SourceUnfinished { id, status }
             }
-            error @ SubmitError::Busy { .. } => ApiError::TooManyTasks(error.to_string()),
+            error @ (SubmitError::Busy { .. } | SubmitError::QueueFull { .. }) => {
+                ApiError::TooManyTasks(error.to_string())
+            }
+            SubmitError::QueueUnavailable(error) => ApiError::Unavailable(error.to_string()),
             SubmitError::Breakpoint(error) => ApiError::from(error),
             SubmitError::Storage(error) => ApiError::from(error),
         }
@@ -390,7 +393,9 @@ impl From<StorageError> for ApiError {
             source = inner.source();
         }
         match error {
-            StorageError::Connect { .. } | StorageError::WriterStopped => {
+            StorageError::Connect { .. }
+            | StorageError::WriterStopped
+            | StorageError::Notify(_) => {
                 ApiError::Unavailable(cause)
             }
             StorageError::Migrate(_)

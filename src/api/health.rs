@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (database, model, short-term store and sandbox usable) and
+//! `/healthz` (the process answers), `/readyz` (database, model, short-term store, sandbox and task queue
+//! usable) and
 //! `/metrics`.
 
 use actix_web::{web, HttpResponse};
@@ -45,10 +46,25 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
         Err(SandboxError::Disabled) => "disabled".to_owned(),
         Err(error) => error.to_string(),
     };
+    // The Redis queue (scale-out): without it an api node cannot take tasks and a worker cannot read any.
+    let queue = match &core.queue {
+        None => "local".to_owned(),
+        Some(queue) => match queue.ping().await {
+            Ok(()) => {
+                core.metrics.queue_up.set(1);
+                "ok".to_owned()
+            }
+            Err(error) => {
+                core.metrics.queue_up.set(0);
+                format!("{error} (submissions get 503 and workers pause reading until it answers)")
+            }
+        },
+    };
     let ready = database == "ok"
         && model == "ok"
         && short_term_check == "ok"
-        && (sandbox == "ok" || sandbox == "disabled");
+        && (sandbox == "ok" || sandbox == "disabled")
+        && (queue == "ok" || queue == "local");
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "checks": {
@@ -56,8 +72,10 @@ pub async fn readyz(core: web::Data<Core>) -> HttpResponse {
             "model": model,
             "short_term_memory": short_term_check,
             "sandbox": sandbox,
+            "queue": queue,
         },
         "short_term_backend": short_term.backend(),
+        "role": core.settings.server.role.as_str(),
     });
     if ready {
         HttpResponse::Ok().json(body)

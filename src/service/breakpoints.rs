@@ -70,6 +70,10 @@ pub struct Breakpoints {
     metrics: Metrics,
     /// The registered tools' names (what `tool` may name).
     tools: Arc<[&'static str]>,
+    /// Several processes share the database (the Redis queue): a change is announced to every process
+    /// (which reloads), and no `breakpoint.set`/`removed` event is written here, since the task may run
+    /// on another process, the only one that may append to its log.
+    shared: bool,
 }
 
 impl Breakpoints {
@@ -89,6 +93,25 @@ impl Breakpoints {
             writer,
             metrics,
             tools: tools.into(),
+            shared: false,
+        }
+    }
+
+    /// Announces every change to the other processes on the database (see `control.rs`).
+    pub(super) fn shared_between_processes(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Tells the other processes the breakpoints changed (a shared registry only).
+    async fn announce(&self) {
+        if self.shared {
+            if let Err(error) = super::control::Control::Breakpoints
+                .send(&self.storage)
+                .await
+            {
+                tracing::warn!(%error, "tell the other processes the breakpoints changed");
+            }
         }
     }
 
@@ -193,7 +216,8 @@ impl Breakpoints {
             set.insert(at, breakpoint.clone());
             self.count(&set);
         }
-        if let Some(task_id) = breakpoint.spec.task_id {
+        self.announce().await;
+        if let Some(task_id) = breakpoint.spec.task_id.filter(|_| !self.shared) {
             // The task was unfinished a moment ago; should it end meanwhile in this process, the writer
             // drops the event (nothing follows a task's terminal event).
             self.writer.emit(
@@ -242,7 +266,8 @@ impl Breakpoints {
                 return Err(BreakpointsError::NotFound(id));
             }
         }
-        if let Some(task_id) = known.spec.task_id {
+        self.announce().await;
+        if let Some(task_id) = known.spec.task_id.filter(|_| !self.shared) {
             let unfinished = self
                 .storage
                 .task(task_id)

@@ -194,7 +194,7 @@ impl TakeOver {
                 taken.failed.push(orphan.id);
                 continue;
             }
-            match self.start_for(&orphan).await {
+            match start_for(&self.storage, &orphan).await {
                 Ok(start) => {
                     if start.resume.is_some() {
                         self.count_taken_over("resumed");
@@ -247,38 +247,6 @@ impl TakeOver {
         }
         Ok(taken)
     }
-    /// The `StartTask` that continues `orphan`: with its records for a task that had started, plain for a
-    /// queued one. `Err` says why it cannot be resumed.
-    async fn start_for(&self, orphan: &OrphanedTask) -> Result<StartTask, String> {
-        let task = self
-            .storage
-            .task(orphan.id)
-            .await
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| "the task's row is gone".to_owned())?;
-        let resume = if orphan.status == TaskStatus::Queued {
-            None
-        } else {
-            let records = self
-                .storage
-                .resume_records(orphan.id)
-                .await
-                .map_err(|error| error.to_string())?;
-            crate::director::flow::resumable(&records)?;
-            Some(Resume {
-                owner_was: orphan.owner.clone(),
-                status_was: orphan.status,
-                records,
-            })
-        };
-        Ok(StartTask {
-            prompt: task.prompt,
-            options: task.options,
-            admission: None,
-            resume,
-        })
-    }
-
     /// Fails a task taken over at start-up with `error` (its terminal event and status in one commit).
     async fn fail_at_start(&self, id: TaskId, error: &str) {
         let ended = end_unstarted(&self.writer, &self.metrics, id, TaskStatus::Failed, error).await;
@@ -293,6 +261,36 @@ impl TakeOver {
             .with_label_values(&[outcome])
             .inc();
     }
+}
+
+/// The `StartTask` that continues `orphan`: with its records for a task that had started, plain for a
+/// queued one. `Err` says why it cannot be resumed.
+pub(super) async fn start_for(storage: &Storage, orphan: &OrphanedTask) -> Result<StartTask, String> {
+    let task = storage
+        .task(orphan.id)
+        .await
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| "the task's row is gone".to_owned())?;
+    let resume = if orphan.status == TaskStatus::Queued {
+        None
+    } else {
+        let records = storage
+            .resume_records(orphan.id)
+            .await
+            .map_err(|error| error.to_string())?;
+        crate::director::flow::resumable(&records)?;
+        Some(Resume {
+            owner_was: orphan.owner.clone(),
+            status_was: orphan.status,
+            records,
+        })
+    };
+    Ok(StartTask {
+        prompt: task.prompt,
+        options: task.options,
+        admission: None,
+        resume,
+    })
 }
 
 /// Ends task `id`, which never ran (taken over and not resumable, or refused before it started), as `status`

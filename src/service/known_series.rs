@@ -62,6 +62,23 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     for outcome in crate::service::RESUME_OUTCOMES {
         metrics.tasks_resumed.with_label_values(&[outcome]);
     }
+    let queue = if settings.queue.is_redis() {
+        "redis"
+    } else {
+        "local"
+    };
+    metrics
+        .node_info
+        .with_label_values(&[settings.server.role.as_str(), queue])
+        .set(1);
+    if settings.queue.is_redis() {
+        for outcome in super::consumer::DELIVERY_OUTCOMES {
+            metrics.queue_deliveries.with_label_values(&[outcome]);
+        }
+        for state in ["waiting", "pending", "dead"] {
+            metrics.queue_entries.with_label_values(&[state]);
+        }
+    }
     for kind in EventKind::ALL {
         metrics.events.with_label_values(&[kind.as_str()]);
     }

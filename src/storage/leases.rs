@@ -43,6 +43,20 @@ pub struct OrphanedTask {
     pub owner: Option<String>,
 }
 
+/// What [`Storage::claim_delivered`] found of a task a queue delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This process owns it now (it was nobody's, a dead process's, or already this one's): where it
+    /// stood and who owned it before.
+    Claimed(OrphanedTask),
+    /// It has ended already (its worker died after committing its end, before acknowledging it).
+    Ended(TaskStatus),
+    /// No such task (deleted, or never stored).
+    Gone,
+    /// A live process owns it: leave it to that process.
+    Owned(String),
+}
+
 /// What is stored of a task that is to be resumed.
 #[derive(Debug, Clone)]
 pub struct ResumeRecords {
@@ -153,6 +167,19 @@ impl Storage {
         Ok(())
     }
 
+    /// Lease `id` as acquired (`None`: released, or never known).
+    pub async fn lease(&self, id: &str) -> Result<Option<Lease>, StorageError> {
+        Ok(lease::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StorageError::query("read lease"))?
+            .map(|row| Lease {
+                id: row.id,
+                pid: u32::try_from(row.pid).unwrap_or(0),
+                host: row.host,
+            }))
+    }
+
     /// Every lease row: id and last heartbeat.
     pub async fn lease_heartbeats(&self) -> Result<HashMap<String, DateTime<Utc>>, StorageError> {
         Ok(lease::Entity::find()
@@ -219,6 +246,60 @@ impl Storage {
             .await
             .map_err(StorageError::query("claim task"))?;
         Ok(claimed.rows_affected == 1)
+    }
+
+    /// Claims task `id`, delivered by the task queue, for `me` unless a live process (its lease renewed
+    /// within `lease`) owns it: compare-and-set on the owner, as [`Storage::claim_task`].
+    pub async fn claim_delivered(
+        &self,
+        id: TaskId,
+        me: &str,
+        lease: Duration,
+    ) -> Result<Claim, StorageError> {
+        let Some(row) = task::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(StorageError::query("read task"))?
+        else {
+            return Ok(Claim::Gone);
+        };
+        let status = row
+            .status
+            .parse::<TaskStatus>()
+            .map_err(|error| StorageError::Corrupt {
+                what: "task status",
+                detail: format!("task {id} has status '{}': {error}", row.status),
+            })?;
+        if status.is_terminal() {
+            return Ok(Claim::Ended(status));
+        }
+        let claimed = OrphanedTask {
+            id,
+            status,
+            owner: row.owner.clone(),
+        };
+        if row.owner.as_deref() == Some(me) {
+            return Ok(Claim::Claimed(claimed));
+        }
+        let heartbeats = self.lease_heartbeats().await?;
+        if !is_orphaned(row.owner.as_deref(), me, &heartbeats, Utc::now(), lease) {
+            return Ok(Claim::Owned(row.owner.unwrap_or_default()));
+        }
+        if self.claim_task(id, row.owner.as_deref(), me).await? {
+            return Ok(Claim::Claimed(claimed));
+        }
+        // Another process claimed it (or it ended) between the read and the claim: ask again, once.
+        let again = task::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(StorageError::query("read task"))?;
+        Ok(match again {
+            None => Claim::Gone,
+            Some(row) => match row.status.parse::<TaskStatus>() {
+                Ok(status) if status.is_terminal() => Claim::Ended(status),
+                _ => Claim::Owned(row.owner.unwrap_or_default()),
+            },
+        })
     }
 
     /// What is stored of task `id` for resuming it: its steps, which agent decisions are stored, its

@@ -266,6 +266,9 @@ pub enum WriteOp {
     PatternSucceeded(String),
     /// Answered once everything sent before it is committed.
     Flush(oneshot::Sender<()>),
+    /// The task runs in another process from now on (a queue worker): this writer forgets what it knows of
+    /// its log (its last `seq`), so that a later write of it continues from the stored log. Writes nothing.
+    HandOff(TaskId),
 }
 
 impl WriteOp {
@@ -288,7 +291,8 @@ impl WriteOp {
             | WriteOp::DeleteBreakpoint { .. }
             | WriteOp::MemoriesUsed(_)
             | WriteOp::PatternSucceeded(_)
-            | WriteOp::Flush(_) => None,
+            | WriteOp::Flush(_)
+            | WriteOp::HandOff(_) => None,
         }
     }
 }

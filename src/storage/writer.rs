@@ -224,6 +224,18 @@ impl Writer {
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
+    /// Stores a new task that another process runs (a queue worker): [`Writer::create_task`], then
+    /// forgets its log's last `seq` here ([`WriteOp::HandOff`]), so nothing of it stays in this writer.
+    pub async fn create_handed_off(
+        &self,
+        task: NewTask,
+        event: PendingEvent,
+    ) -> Result<(), StorageError> {
+        let id = task.id;
+        self.create_task(task, event).await?;
+        self.send_waiting(WriteOp::HandOff(id)).await
+    }
+
     /// Ends a task and waits for the commit (an end after the task has ended is dropped and answered `Ok`).
     pub async fn finish_task(&self, end: TaskEnd) -> Result<(), StorageError> {
         let (reply, committed) = oneshot::channel();

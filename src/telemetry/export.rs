@@ -99,11 +99,28 @@ pub fn resource(settings: &TelemetrySettings, env: &dyn Fn(&str) -> Option<Strin
             .filter(|name| !name.trim().is_empty())
             .unwrap_or_else(|| "troupe".to_owned())
     };
-    Resource::builder()
+    let mut builder = Resource::builder()
         .with_service_name(service_name)
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    // Every process its own instance (several nodes export to one collector), unless one is given.
+    let given = env("OTEL_RESOURCE_ATTRIBUTES")
+        .is_some_and(|attributes| attributes.contains("service.instance.id="));
+    if !given {
+        builder = builder.with_attribute(KeyValue::new("service.instance.id", instance_id()));
+    }
+    builder
         .with_attributes(parse_attributes(&settings.resource_attributes))
         .build()
+}
+
+/// This process's default `service.instance.id`: host name and process id.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// `key=value,key=value` as key-values; pairs without `=` or with an empty key are skipped.
@@ -208,6 +225,23 @@ mod tests {
                 .as_deref(),
             Some("configured")
         );
+    }
+
+    #[test]
+    fn every_process_is_its_own_instance_unless_one_is_configured() {
+        let mut settings = settings("");
+        let instance = |settings: &TelemetrySettings| {
+            resource(settings, &env(&[]))
+                .get(&opentelemetry::Key::from("service.instance.id"))
+                .map(|value| value.to_string())
+        };
+        let default = instance(&settings).unwrap();
+        assert!(
+            default.ends_with(&format!("-{}", std::process::id())),
+            "{default}"
+        );
+        settings.resource_attributes = "service.instance.id=worker-a".into();
+        assert_eq!(instance(&settings).as_deref(), Some("worker-a"));
     }
 
     #[test]

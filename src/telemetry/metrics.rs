@@ -227,6 +227,20 @@ pub struct Metrics {
     pub breakpoints: IntGauge,
     /// See [`names::BREAKPOINT_HITS`]; label `on`.
     pub breakpoint_hits: IntCounterVec,
+    /// See [`names::NODE_INFO`]; labels `role`, `queue`.
+    pub node_info: IntGaugeVec,
+    /// See [`names::QUEUE_UP`].
+    pub queue_up: IntGauge,
+    /// See [`names::QUEUE_ENTRIES`]; label `state` (`waiting`, `pending`, `dead`).
+    pub queue_entries: IntGaugeVec,
+    /// See [`names::QUEUE_DELIVERIES`]; label `outcome`.
+    pub queue_deliveries: IntCounterVec,
+    /// See [`names::QUEUE_RECLAIMED`].
+    pub queue_reclaimed: prometheus::IntCounter,
+    /// See [`names::QUEUE_WAIT`].
+    pub queue_wait: Histogram,
+    /// See [`names::QUEUE_LAST_READ`].
+    pub queue_last_read: IntGauge,
 }
 
 /// Registers metrics and writes the catalogue as it goes, so the catalogue cannot miss one.
@@ -276,6 +290,10 @@ impl Registrar<'_> {
         labels: &[&str],
     ) -> Result<GaugeVec, MetricsError> {
         self.add(GaugeVec::new(Opts::new(name, help), labels)?, Kind::Gauge)
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> Result<prometheus::IntCounter, MetricsError> {
+        self.add(prometheus::IntCounter::new(name, help)?, Kind::Counter)
     }
 
     fn counter_vec(
@@ -648,6 +666,38 @@ impl Metrics {
                 names::BREAKPOINT_HITS,
                 "Breakpoints that matched and paused a task, by kind of point (decision, tool, step, llm).",
                 &["on"],
+            )?,
+            node_info: r.gauge_vec(
+                names::NODE_INFO,
+                "1 for this process, by role (api: takes tasks; worker: runs them; all: both) and queue backend (local, redis).",
+                &["role", "queue"],
+            )?,
+            queue_up: r.gauge(
+                names::QUEUE_UP,
+                "1 when the task queue (Redis) answered this process's last operation on it, 0 when it did not (workers pause reading, the API refuses submissions with 503).",
+            )?,
+            queue_entries: r.gauge_vec(
+                names::QUEUE_ENTRIES,
+                "Entries of the task queue by state, as this worker last sampled them (every queue.renew_seconds): waiting (not read by any worker), pending (read, not yet acknowledged: running, or left by a worker that stopped), dead (in the dead-letter stream).",
+                &["state"],
+            )?,
+            queue_deliveries: r.counter_vec(
+                names::QUEUE_DELIVERIES,
+                "Queue entries this worker took, by what came of them: started, resumed (from its records: its worker had stopped), ended (it had ended already: acknowledged), waiting (a live process owns it: held and asked again), dead_lettered (malformed, its task gone, or delivered more than queue.max_deliveries times).",
+                &["outcome"],
+            )?,
+            queue_reclaimed: r.counter(
+                names::QUEUE_RECLAIMED,
+                "Queue entries this worker took from workers that stopped renewing them (XAUTOCLAIM after queue.claim_idle_seconds).",
+            )?,
+            queue_wait: r.histogram(
+                names::QUEUE_WAIT,
+                "Seconds a task's queue entry waited between its submission (XADD) and its start on this worker.",
+                DURATION_BUCKETS,
+            )?,
+            queue_last_read: r.gauge(
+                names::QUEUE_LAST_READ,
+                "Unix time of this worker's last successful read of the task queue: its liveness as a consumer.",
             )?,
             catalogue: std::sync::Arc::new(r.catalogue),
             registry,

@@ -353,6 +353,10 @@ impl Logs {
             WriteOp::DeleteBreakpoint { id, .. } => plan.breakpoint_deletes.push(*id),
             WriteOp::MemoriesUsed(ids) => plan.memories_used.push(ids.clone()),
             WriteOp::PatternSucceeded(id) => plan.patterns.push(id.clone()),
+            WriteOp::HandOff(task_id) => {
+                self.last_seq.remove(task_id);
+                self.runs.remove(task_id);
+            }
             WriteOp::Flush(_) => {
                 for task_id in self.held() {
                     self.write_run(task_id, plan);

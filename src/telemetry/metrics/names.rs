@@ -122,3 +122,17 @@ pub const FORKS: &str = "troupe_forks_total";
 pub const BREAKPOINTS: &str = "troupe_breakpoints";
 /// Breakpoints that matched a point and paused a task, by kind of point (decision, tool, step, llm).
 pub const BREAKPOINT_HITS: &str = "troupe_breakpoint_hits_total";
+/// 1 for this process, labelled with its role (api, worker, all) and queue backend (local, redis).
+pub const NODE_INFO: &str = "troupe_node_info";
+/// 1 when the task queue (Redis) answered this process's last operation, 0 when it did not.
+pub const QUEUE_UP: &str = "troupe_queue_up";
+/// Entries of the task queue by state (waiting, pending, dead), as this worker last sampled them.
+pub const QUEUE_ENTRIES: &str = "troupe_queue_entries";
+/// Queue entries this worker took, by what came of them.
+pub const QUEUE_DELIVERIES: &str = "troupe_queue_deliveries_total";
+/// Queue entries this worker took from workers that stopped renewing them.
+pub const QUEUE_RECLAIMED: &str = "troupe_queue_reclaimed_total";
+/// Seconds a task's queue entry waited between its submission and its start on a worker.
+pub const QUEUE_WAIT: &str = "troupe_queue_wait_seconds";
+/// Unix time of this worker's last read of the task queue (its liveness as a consumer).
+pub const QUEUE_LAST_READ: &str = "troupe_queue_last_read_timestamp_seconds";

@@ -1,0 +1,328 @@
+//! Several machines, one system (issue 17): real processes on this machine — PostgreSQL (a database per
+//! test), Redis (a key prefix per test), one `troupe serve --role api` and two `troupe worker`s — on the
+//! real model, so a step lasts long enough to kill a worker in.
+//!
+//! A worker killed with SIGKILL in its task's second step: the other worker takes the entry once it is
+//! idle (`XAUTOCLAIM`), resumes the task from its records without running the first step or any recorded
+//! model call again, and the task ends; a WebSocket on the API node streams every event, with no gap and
+//! no duplicate, though none was committed there; and the OTLP receiver in the test gets one trace with
+//! spans from the API and from both workers. A task whose entry is delivered more than
+//! `queue.max_deliveries` times, and an entry that names no task, go to the dead-letter stream.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use serde_json::{json, Value};
+use troupe::domain::{Event, EventKind, TaskId, TaskStatus};
+use troupe::queue::TaskQueue;
+use troupe::storage::Storage;
+
+use crate::helpers::client_for;
+use crate::otlp::{hex, start_receiver, string_attribute, Received};
+use crate::postgres::TestDatabase;
+use crate::resume::{
+    assert_ended_by_its_flow, assert_no_gap, ended, open, step_of, wait_for_events, Server,
+};
+
+fn redis_url() -> String {
+    std::env::var("TROUPE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// One deployment: the settings every node shares, on a database and a key prefix of its own.
+struct Deployment {
+    database: TestDatabase,
+    prefix: String,
+    otlp: String,
+    dir: tempfile::TempDir,
+    max_deliveries: u32,
+}
+
+impl Deployment {
+    async fn new(otlp: &str, max_deliveries: u32) -> Deployment {
+        Deployment {
+            database: TestDatabase::create().await,
+            prefix: format!("troupe-test-{}", uuid::Uuid::new_v4().simple()),
+            otlp: otlp.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+            max_deliveries,
+        }
+    }
+
+    /// A node: `args` (serve --role api, or worker), its name as its consumer and instance id.
+    async fn node(&self, args: &[&str], name: &str) -> Server {
+        let redis = redis_url();
+        let max_deliveries = self.max_deliveries.to_string();
+        let instance = format!("service.instance.id={name}");
+        let env = [
+            ("TROUPE__QUEUE__BACKEND", "redis"),
+            ("TROUPE__REDIS__URL", redis.as_str()),
+            ("TROUPE__REDIS__KEY_PREFIX", self.prefix.as_str()),
+            ("TROUPE__QUEUE__CONSUMER", name),
+            ("TROUPE__QUEUE__RENEW_SECONDS", "1"),
+            ("TROUPE__QUEUE__CLAIM_IDLE_SECONDS", "5"),
+            ("TROUPE__QUEUE__BLOCK_MS", "200"),
+            ("TROUPE__QUEUE__MAX_DELIVERIES", max_deliveries.as_str()),
+            ("TROUPE__TELEMETRY__OTLP_ENDPOINT", self.otlp.as_str()),
+            ("TROUPE__TELEMETRY__RESOURCE_ATTRIBUTES", instance.as_str()),
+            // Spans leave within a fifth of a second: a worker killed later has exported what ended.
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ];
+        Server::start_as(&self.database.url, &self.dir, args, &env).await
+    }
+
+    fn queue(&self) -> TaskQueue {
+        TaskQueue::connect(&redis_url(), &self.prefix, "tasks", "workers", "test").unwrap()
+    }
+
+    async fn finish(self) {
+        let prefix = self.prefix.clone();
+        if let Ok(client) = redis::Client::open(redis_url()) {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
+                let stream = format!("{prefix}:tasks");
+                let _: Result<(), _> = redis::cmd("DEL")
+                    .arg(&stream)
+                    .arg(format!("{stream}:dead"))
+                    .query_async(&mut connection)
+                    .await;
+            }
+        }
+        self.database.drop_now().await;
+    }
+}
+
+/// The worker whose lease owns task `id` now.
+async fn holder(storage: &Storage, id: TaskId, workers: &[&Server]) -> usize {
+    let task = storage.task(id).await.unwrap().unwrap();
+    let owner = task.owner.expect("a running task has an owner");
+    let lease = storage
+        .lease(&owner)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no lease {owner}"));
+    workers
+        .iter()
+        .position(|worker| worker.pid() == lease.pid)
+        .unwrap_or_else(|| panic!("lease {owner} (pid {}) is no worker's", lease.pid))
+}
+
+/// Waits until `received` holds spans of `trace` from each of `instances` (bounded).
+async fn wait_for_spans(received: &Received, trace: &str, instances: &[&str]) -> BTreeSet<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: BTreeSet<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, spans)| spans.iter().any(|span| hex(&span.trace_id) == trace))
+            .filter_map(|(resource, _)| string_attribute(resource, "service.instance.id"))
+            .collect();
+        if instances.iter().all(|instance| seen.contains(*instance)) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "trace {trace} has spans from {seen:?}, not from each of {instances:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes() {
+    let (otlp, received, receiver) = start_receiver();
+    let deployment = Deployment::new(&otlp, 3).await;
+    let storage = open(&deployment.database.url).await;
+    let api = deployment
+        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
+        .await;
+    let mut workers = vec![
+        deployment
+            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
+            .await,
+        deployment
+            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-b")
+            .await,
+    ];
+    let id = api
+        .submit("List three facts about the river Danube, then summarise them in one sentence")
+        .await;
+    // The API node's WebSocket, open before anything runs: every event it streams was committed on a
+    // worker.
+    let watcher = client_for(api.port, tempfile::tempdir().unwrap());
+    let streamed = actix_rt::spawn(async move {
+        watcher
+            .follow(&id.to_string(), 0, Duration::from_secs(600))
+            .await
+    });
+    wait_for_events(
+        &storage,
+        id,
+        Duration::from_secs(240),
+        "step 2 starting",
+        |events| {
+            assert!(
+                !ended(events),
+                "the task ended before its second step could be killed in"
+            );
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
+        },
+    )
+    .await;
+    let killed = holder(&storage, id, &workers.iter().collect::<Vec<_>>()).await;
+    let calls_before: Vec<String> = storage
+        .llm_calls(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|call| call.purpose)
+        .collect();
+    workers[killed].kill_9();
+    let survivor = &workers[1 - killed];
+
+    let events = wait_for_events(&storage, id, Duration::from_secs(300), "the end", ended).await;
+    let task = storage.task(id).await.unwrap().unwrap();
+    assert_ended_by_its_flow(&task);
+    assert_no_gap(&events);
+    let resumed: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskResumed)
+        .collect();
+    assert_eq!(resumed.len(), 1, "one task.resumed event");
+    assert_eq!(resumed[0].data["steps_reused"], json!([1]), "{}", resumed[0].data);
+    let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed[0].seq).collect();
+    assert!(
+        !after
+            .iter()
+            .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(1)),
+        "step 1 ran again"
+    );
+    let remade: Vec<&str> = after
+        .iter()
+        .filter(|e| e.kind == EventKind::LlmFinished)
+        .filter_map(|e| e.data["purpose"].as_str())
+        .filter(|purpose| calls_before.iter().any(|p| p == purpose))
+        .collect();
+    assert!(remade.is_empty(), "recorded calls made again: {remade:?}");
+
+    // The API node streamed the whole log, in order, once each.
+    let streamed: Vec<Value> = streamed.await.unwrap();
+    let seqs: Vec<i64> = streamed.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    let stored: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, stored, "the API node's WebSocket missed or repeated events");
+
+    // The survivor took the entry from the dead worker and acknowledged it once the end was committed.
+    let depth = deployment.queue().depth().await.unwrap();
+    assert_eq!((depth.waiting, depth.pending, depth.dead), (0, 0, 0), "{depth:?}");
+    let metrics = client_for(survivor.port, tempfile::tempdir().unwrap())
+        .metrics()
+        .await;
+    assert!(
+        crate::helpers::metric_value(&metrics, "troupe_queue_reclaimed_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        crate::helpers::metric_value(
+            &metrics,
+            "troupe_queue_deliveries_total{outcome=\"resumed\"}"
+        ),
+        1.0
+    );
+
+    // One trace: the API's request, and both workers' spans under it.
+    let trace = task.trace_id.clone().expect("the task has a trace");
+    let instances = wait_for_spans(&received, &trace, &["api", "worker-a", "worker-b"]).await;
+    assert!(instances.len() >= 3, "{instances:?}");
+
+    drop(workers);
+    drop(api);
+    receiver.stop(false).await;
+    deployment.finish().await;
+}
+
+#[actix_rt::test]
+async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_stream() {
+    let (otlp, _received, receiver) = start_receiver();
+    let deployment = Deployment::new(&otlp, 1).await;
+    let storage = open(&deployment.database.url).await;
+    let api = deployment
+        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
+        .await;
+    let mut workers = vec![
+        deployment
+            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
+            .await,
+        deployment
+            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-b")
+            .await,
+    ];
+    // A malformed entry, as another program could write one.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:tasks", deployment.prefix);
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("task")
+        .arg("not-a-task")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let id = api.submit("Name two uses of copper and explain one of them").await;
+    wait_for_events(
+        &storage,
+        id,
+        Duration::from_secs(240),
+        "the first step starting",
+        |events| {
+            assert!(!ended(events), "the task ended before it could be killed");
+            events.iter().any(|e| e.kind == EventKind::AgentStarted)
+        },
+    )
+    .await;
+    let killed = holder(&storage, id, &workers.iter().collect::<Vec<_>>()).await;
+    workers[killed].kill_9();
+    // The survivor takes the entry (its second delivery, one more than queue.max_deliveries = 1).
+    let events = wait_for_events(&storage, id, Duration::from_secs(120), "the end", ended).await;
+    let task = storage.task(id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Failed);
+    let error = task.error.unwrap_or_default();
+    assert!(
+        error.contains("delivered 2 times") && error.contains("dead-letter"),
+        "{error}"
+    );
+    assert_no_gap(&events);
+
+    let queue = deployment.queue();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = queue.dead(10).await.unwrap();
+        if dead.len() >= 2 {
+            break dead;
+        }
+        assert!(std::time::Instant::now() < deadline, "dead letters: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let poisoned = dead
+        .iter()
+        .find(|entry| entry.get("task").map(String::as_str) == Some(id.to_string().as_str()))
+        .unwrap_or_else(|| panic!("{dead:?}"));
+    assert_eq!(poisoned["deliveries"], "2");
+    assert!(poisoned["reason"].contains("queue.max_deliveries"), "{poisoned:?}");
+    assert!(poisoned.contains_key("traceparent"), "{poisoned:?}");
+    let malformed = dead
+        .iter()
+        .find(|entry| entry.get("task").map(String::as_str) == Some(""))
+        .unwrap_or_else(|| panic!("{dead:?}"));
+    assert!(malformed["reason"].contains("'not-a-task' is not a task id"), "{malformed:?}");
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.waiting, depth.pending, depth.dead), (0, 0, 2), "{depth:?}");
+
+    drop(workers);
+    drop(api);
+    receiver.stop(false).await;
+    deployment.finish().await;
+}
