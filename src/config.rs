@@ -14,12 +14,12 @@ use crate::domain::{limits as bounds, redact_url, AgentKind};
 mod llm;
 mod queue;
 
-pub use queue::{QueueBackend, QueueSettings, Role};
 pub use llm::{
     BudgetSettings, FallbackMode, FallbackTarget, GroqSettings, LlmLimits, LlmSettings,
     ModelEndpoint, ModelOverride, OnExceed, PriceSettings, ProviderKind, SamplingSettings, Secret,
     StructuredOutput,
 };
+pub use queue::{QueueBackend, QueueSettings, Role};
 
 /// The built-in defaults, compiled in so that the binary runs from any directory.
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");

@@ -23,6 +23,9 @@ use crate::domain::TaskId;
 /// Longest wait for a connection or a non-blocking reply: a down Redis must not stall a caller.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A stream entry as read: its id and its fields.
+type Entry = (String, HashMap<String, String>);
+
 /// The entry field holding the task id.
 const TASK_FIELD: &str = "task";
 
@@ -262,7 +265,9 @@ impl TaskQueue {
             Value::Nil => Vec::new(),
             Value::Array(streams) => match streams.first() {
                 None => Vec::new(),
-                Some(Value::Array(stream)) if stream.len() == 2 => entries("XREADGROUP", &stream[1])?,
+                Some(Value::Array(stream)) if stream.len() == 2 => {
+                    entries("XREADGROUP", &stream[1])?
+                }
                 Some(other) => return Err(reply_error("XREADGROUP", other)),
             },
             Value::Map(streams) => match streams.first() {
@@ -484,7 +489,7 @@ impl TaskQueue {
     /// Deliveries of entries just claimed, with their delivery counts from the pending list.
     async fn delivered(
         &self,
-        entries: Vec<(String, HashMap<String, String>)>,
+        entries: Vec<Entry>,
     ) -> Result<Vec<Delivery>, QueueError> {
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -573,7 +578,7 @@ fn integer(command: &'static str, value: &Value) -> Result<u64, QueueError> {
 fn entries(
     command: &'static str,
     reply: &Value,
-) -> Result<Vec<(String, HashMap<String, String>)>, QueueError> {
+) -> Result<Vec<Entry>, QueueError> {
     let Value::Array(listed) = reply else {
         return Err(reply_error(command, reply));
     };
@@ -631,9 +636,10 @@ fn pending_counts(reply: &Value) -> Result<Vec<(String, u64)>, QueueError> {
     listed
         .iter()
         .map(|row| match row {
-            Value::Array(parts) if parts.len() == 4 => {
-                Ok((text("XPENDING", &parts[0])?, integer("XPENDING", &parts[3])?))
-            }
+            Value::Array(parts) if parts.len() == 4 => Ok((
+                text("XPENDING", &parts[0])?,
+                integer("XPENDING", &parts[3])?,
+            )),
             other => Err(reply_error("XPENDING", other)),
         })
         .collect()
@@ -674,7 +680,11 @@ mod tests {
 
     #[test]
     fn an_entry_without_a_task_id_says_why() {
-        let bad = delivery("1-0".into(), HashMap::from([("task".into(), "x".into())]), 1);
+        let bad = delivery(
+            "1-0".into(),
+            HashMap::from([("task".into(), "x".into())]),
+            1,
+        );
         assert!(bad.task.unwrap_err().contains("'x' is not a task id"));
         let none = delivery("1-0".into(), HashMap::new(), 1);
         assert_eq!(none.task.unwrap_err(), "it has no task field");
@@ -690,7 +700,16 @@ mod tests {
         ])]);
         assert_eq!(pending_counts(&reply).unwrap(), [("5-1".to_owned(), 3)]);
         let odd = pending_counts(&Value::Int(1)).unwrap_err();
-        assert!(matches!(odd, QueueError::Reply { command: "XPENDING", .. }), "{odd}");
+        assert!(
+            matches!(
+                odd,
+                QueueError::Reply {
+                    command: "XPENDING",
+                    ..
+                }
+            ),
+            "{odd}"
+        );
         assert!(entries("XRANGE", &Value::Array(vec![Value::Int(4)])).is_err());
     }
 }

@@ -164,6 +164,9 @@ pub enum ConfirmError {
         /// Its status.
         status: TaskStatus,
     },
+    /// The task is held by another process on the database (the Redis queue), which holds its wait.
+    #[error("{0}")]
+    HeldElsewhere(String),
     /// Reading the task failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -587,12 +590,14 @@ impl Core {
                 }
                 None
             }
-            None => Some(Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
-                SubmitError::Busy {
-                    admitted: self.settings.director.max_concurrent_tasks
-                        + self.settings.director.max_queued_tasks,
-                }
-            })?),
+            None => Some(
+                Arc::clone(&self.admission)
+                    .try_acquire_owned()
+                    .map_err(|_| SubmitError::Busy {
+                        admitted: self.settings.director.max_concurrent_tasks
+                            + self.settings.director.max_queued_tasks,
+                    })?,
+            ),
         };
         let id = TaskId::new();
         let (trace_id, _) = propagation::ids(&propagation::current());
@@ -763,6 +768,20 @@ impl Core {
         }
     }
 
+    /// Which other live process holds a task owned by `owner` (the Redis queue only): `worker on host H
+    /// (pid P, lease L)`; `None` when it is this process's, nobody's, or its lease is gone.
+    pub(crate) async fn held_elsewhere(&self, owner: Option<&str>) -> Option<String> {
+        let owner = owner?;
+        if self.queue.is_none() || Some(owner) == self.lease_id() {
+            return None;
+        }
+        let lease = self.storage.lease(owner).await.ok()??;
+        Some(format!(
+            "another process (host {}, pid {}, lease {})",
+            lease.host, lease.pid, lease.id
+        ))
+    }
+
     /// Cancels a task this process does not run (the Redis queue): one still waiting in the queue is
     /// claimed here and cancelled (the worker that reads its entry finds it ended); one a worker holds is
     /// cancelled there, by a control message.
@@ -805,6 +824,13 @@ impl Core {
                     .task(id)
                     .await?
                     .ok_or(ConfirmError::NotFound(id))?;
+                if task.status == TaskStatus::Paused {
+                    if let Some(held) = self.held_elsewhere(task.owner.as_deref()).await {
+                        return Err(ConfirmError::HeldElsewhere(format!(
+                            "task {id} is paused on {held}; its confirmation is answered by that process's API"
+                        )));
+                    }
+                }
                 Err(ConfirmError::NotWaiting {
                     id,
                     status: task.status,

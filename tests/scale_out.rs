@@ -191,7 +191,12 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
         .filter(|e| e.kind == EventKind::TaskResumed)
         .collect();
     assert_eq!(resumed.len(), 1, "one task.resumed event");
-    assert_eq!(resumed[0].data["steps_reused"], json!([1]), "{}", resumed[0].data);
+    assert_eq!(
+        resumed[0].data["steps_reused"],
+        json!([1]),
+        "{}",
+        resumed[0].data
+    );
     let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed[0].seq).collect();
     assert!(
         !after
@@ -211,11 +216,18 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
     let streamed: Vec<Value> = streamed.await.unwrap();
     let seqs: Vec<i64> = streamed.iter().filter_map(|e| e["seq"].as_i64()).collect();
     let stored: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, stored, "the API node's WebSocket missed or repeated events");
+    assert_eq!(
+        seqs, stored,
+        "the API node's WebSocket missed or repeated events"
+    );
 
     // The survivor took the entry from the dead worker and acknowledged it once the end was committed.
     let depth = deployment.queue().depth().await.unwrap();
-    assert_eq!((depth.waiting, depth.pending, depth.dead), (0, 0, 0), "{depth:?}");
+    assert_eq!(
+        (depth.waiting, depth.pending, depth.dead),
+        (0, 0, 0),
+        "{depth:?}"
+    );
     let metrics = client_for(survivor.port, tempfile::tempdir().unwrap())
         .metrics()
         .await;
@@ -271,7 +283,9 @@ async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_
         .await
         .unwrap();
 
-    let id = api.submit("Name two uses of copper and explain one of them").await;
+    let id = api
+        .submit("Name two uses of copper and explain one of them")
+        .await;
     wait_for_events(
         &storage,
         id,
@@ -303,7 +317,10 @@ async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_
         if dead.len() >= 2 {
             break dead;
         }
-        assert!(std::time::Instant::now() < deadline, "dead letters: {dead:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters: {dead:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let poisoned = dead
@@ -311,15 +328,25 @@ async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_
         .find(|entry| entry.get("task").map(String::as_str) == Some(id.to_string().as_str()))
         .unwrap_or_else(|| panic!("{dead:?}"));
     assert_eq!(poisoned["deliveries"], "2");
-    assert!(poisoned["reason"].contains("queue.max_deliveries"), "{poisoned:?}");
+    assert!(
+        poisoned["reason"].contains("queue.max_deliveries"),
+        "{poisoned:?}"
+    );
     assert!(poisoned.contains_key("traceparent"), "{poisoned:?}");
     let malformed = dead
         .iter()
         .find(|entry| entry.get("task").map(String::as_str) == Some(""))
         .unwrap_or_else(|| panic!("{dead:?}"));
-    assert!(malformed["reason"].contains("'not-a-task' is not a task id"), "{malformed:?}");
+    assert!(
+        malformed["reason"].contains("'not-a-task' is not a task id"),
+        "{malformed:?}"
+    );
     let depth = queue.depth().await.unwrap();
-    assert_eq!((depth.waiting, depth.pending, depth.dead), (0, 0, 2), "{depth:?}");
+    assert_eq!(
+        (depth.waiting, depth.pending, depth.dead),
+        (0, 0, 2),
+        "{depth:?}"
+    );
 
     drop(workers);
     drop(api);

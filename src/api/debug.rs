@@ -99,6 +99,7 @@ impl From<ResumeError> for ApiError {
             ResumeError::NotFound(id) => ApiError::TaskNotFound(id),
             ResumeError::NotPaused { id, status } => ApiError::NotPaused { id, status },
             ResumeError::InvalidOverride(why) => ApiError::InvalidBody(why),
+            ResumeError::HeldElsewhere(why) => ApiError::HeldElsewhere(why),
             ResumeError::Storage(error) => ApiError::from(error),
         }
     }

@@ -120,6 +120,9 @@ pub enum ApiError {
         /// Its status.
         status: TaskStatus,
     },
+    /// The task is held by another process of the deployment, which answers this (the Redis queue).
+    #[error("{0}")]
+    HeldElsewhere(String),
     /// The route serves only WebSocket upgrades.
     #[error("this route serves a WebSocket: send an upgrade request (Upgrade: websocket)")]
     UpgradeRequired,
@@ -185,6 +188,7 @@ impl ApiError {
             ApiError::BreakpointNotFound(_) => "breakpoint_not_found",
             ApiError::TooManyBreakpoints(_) => "too_many_breakpoints",
             ApiError::NotPaused { .. } => "not_paused",
+            ApiError::HeldElsewhere(_) => "held_elsewhere",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -226,7 +230,8 @@ impl ResponseError for ApiError {
             | ApiError::NotAwaitingConfirmation { .. }
             | ApiError::NotReplayable(_)
             | ApiError::TooManyBreakpoints(_)
-            | ApiError::NotPaused { .. } => StatusCode::CONFLICT,
+            | ApiError::NotPaused { .. }
+            | ApiError::HeldElsewhere(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ForbiddenHost(_) | ApiError::ForbiddenOrigin { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -348,6 +353,7 @@ impl From<ConfirmError> for ApiError {
             ConfirmError::NotWaiting { id, status } => {
                 ApiError::NotAwaitingConfirmation { id, status }
             }
+            ConfirmError::HeldElsewhere(why) => ApiError::HeldElsewhere(why),
             ConfirmError::Storage(error) => ApiError::from(error),
         }
     }
@@ -395,9 +401,7 @@ impl From<StorageError> for ApiError {
         match error {
             StorageError::Connect { .. }
             | StorageError::WriterStopped
-            | StorageError::Notify(_) => {
-                ApiError::Unavailable(cause)
-            }
+            | StorageError::Notify(_) => ApiError::Unavailable(cause),
             StorageError::Migrate(_)
             | StorageError::Query { .. }
             | StorageError::Corrupt { .. } => ApiError::Internal(cause),

@@ -202,7 +202,10 @@ mod tests {
     fn roles_parse_and_only_all_runs_with_the_local_queue() {
         assert_eq!("api".parse::<Role>(), Ok(Role::Api));
         assert_eq!("worker".parse::<Role>(), Ok(Role::Worker));
-        assert!("boss".parse::<Role>().unwrap_err().contains("api, worker or all"));
+        assert!("boss"
+            .parse::<Role>()
+            .unwrap_err()
+            .contains("api, worker or all"));
         assert!(!Role::Api.runs_tasks() && Role::Worker.runs_tasks() && Role::All.runs_tasks());
         let local = QueueSettings {
             backend: QueueBackend::Local,
@@ -227,12 +230,17 @@ mod tests {
         };
         let problems = quick.problems("postgres://db", "redis://r", Role::All, 10);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().all(|p| p.starts_with("queue.claim_idle_seconds")));
+        assert!(problems
+            .iter()
+            .all(|p| p.starts_with("queue.claim_idle_seconds")));
         let own = QueueSettings {
             url: "redis://queue:6379".into(),
             ..redis()
         };
         assert_eq!(own.redis_url("redis://memory:6379"), "redis://queue:6379");
-        assert_eq!(redis().redis_url("redis://memory:6379"), "redis://memory:6379");
+        assert_eq!(
+            redis().redis_url("redis://memory:6379"),
+            "redis://memory:6379"
+        );
     }
 }

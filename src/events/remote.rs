@@ -103,7 +103,9 @@ impl Announcer {
 const RELISTEN: Duration = Duration::from_secs(1);
 
 /// The listening task of [`follow`]; dropping it stops listening.
-pub struct Following(AbortOnDrop);
+pub struct Following {
+    _task: AbortOnDrop,
+}
 
 /// Listens for other processes' announcements and publishes their events in `hub` where someone here
 /// subscribes to them, and hands every control message (`CONTROL_CHANNEL`) to `control`, until the
@@ -114,7 +116,7 @@ pub fn follow(
     node: String,
     control: impl Fn(String) + Send + 'static,
 ) -> Following {
-    Following(AbortOnDrop(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let mut listener = match storage.listen(&[EVENTS_CHANNEL, CONTROL_CHANNEL]).await {
                 Ok(listener) => listener,
@@ -147,7 +149,10 @@ pub fn follow(
                 }
             }
         }
-    })))
+    });
+    Following {
+        _task: AbortOnDrop(task),
+    }
 }
 
 /// Reads the announced events of one task and publishes those someone here wants.
@@ -163,7 +168,10 @@ async fn relay(storage: &Storage, hub: &Hub, committed: &Committed) {
         .await
     {
         Ok((events, _)) => {
-            for event in events.into_iter().filter(|event| event.seq <= committed.last) {
+            for event in events
+                .into_iter()
+                .filter(|event| event.seq <= committed.last)
+            {
                 hub.publish(Arc::new(event));
             }
         }

@@ -318,6 +318,7 @@ mod tests {
                 created_at: now,
                 started_at: Some(now),
                 finished_at: Some(now),
+                owner: None,
             },
             steps: vec![StepRecord {
                 idx: 1,

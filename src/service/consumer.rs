@@ -65,21 +65,15 @@ impl Ends {
 }
 
 /// What taking a delivery came to: the `outcome` label of `troupe_queue_deliveries_total`.
-pub const DELIVERY_OUTCOMES: [&str; 5] = [
-    "started",
-    "resumed",
-    "ended",
-    "waiting",
-    "dead_lettered",
-];
+pub const DELIVERY_OUTCOMES: [&str; 5] =
+    ["started", "resumed", "ended", "waiting", "dead_lettered"];
 
 /// An entry this worker holds, and why.
 #[derive(Debug, Clone)]
 struct Held {
     entry: String,
-    /// `false`: claimed in the queue but not in the database yet (its owner's lease has not expired).
-    started: bool,
-    /// The delivery, for a retry of the claim.
+    /// Set while the task has not started here (its owner's lease has not expired, or no place was free):
+    /// the delivery, for a retry of the claim.
     delivery: Option<Delivery>,
 }
 
@@ -189,7 +183,10 @@ impl Consumer {
                     }
                     break;
                 }
-                Err(error) => self.away(&error, "read this worker's pending entries").await,
+                Err(error) => {
+                    self.away(&error, "read this worker's pending entries")
+                        .await
+                }
             }
         }
         let block = Duration::from_millis(self.settings.block_ms);
@@ -242,7 +239,11 @@ impl Consumer {
                 return;
             }
         };
-        let claim = match self.storage.claim_delivered(id, &self.me, self.lease()).await {
+        let claim = match self
+            .storage
+            .claim_delivered(id, &self.me, self.lease())
+            .await
+        {
             Ok(claim) => claim,
             Err(error) => {
                 // Left pending: renewed while held, so it is retried by the keeper.
@@ -256,8 +257,11 @@ impl Consumer {
         };
         match claim {
             Claim::Gone => {
-                self.bury(&delivery, "its task does not exist (deleted, or never stored)")
-                    .await;
+                self.bury(
+                    &delivery,
+                    "its task does not exist (deleted, or never stored)",
+                )
+                .await;
             }
             Claim::Ended(status) => {
                 tracing::info!(task_id = %id, %status, "a delivered task had ended already; acknowledging it");
@@ -334,7 +338,13 @@ impl Consumer {
     /// Sends the task to the Director under a `process` span whose parent is the submission's context
     /// (so the worker's spans are in the submitting request's trace), and waits for its end to
     /// acknowledge the entry.
-    fn run(&self, id: TaskId, delivery: Delivery, mut start: StartTask, permit: OwnedSemaphorePermit) {
+    fn run(
+        &self,
+        id: TaskId,
+        delivery: Delivery,
+        mut start: StartTask,
+        permit: OwnedSemaphorePermit,
+    ) {
         let resumed = start.resume.is_some();
         self.count(if resumed { "resumed" } else { "started" });
         if let Some(waited) = queued_for(&delivery.entry) {
@@ -381,7 +391,10 @@ impl Consumer {
         loop {
             match self.queue.done(&entry).await {
                 Ok(()) => break,
-                Err(error) => self.away(&error, "acknowledge a finished task's entry").await,
+                Err(error) => {
+                    self.away(&error, "acknowledge a finished task's entry")
+                        .await
+                }
             }
         }
         self.lock().remove(&id);
@@ -394,7 +407,10 @@ impl Consumer {
         loop {
             match self.queue.dead_letter(delivery, reason).await {
                 Ok(()) => break,
-                Err(error) => self.away(&error, "move an entry to the dead-letter stream").await,
+                Err(error) => {
+                    self.away(&error, "move an entry to the dead-letter stream")
+                        .await
+                }
             }
         }
         if let Ok(id) = &delivery.task {
@@ -413,7 +429,6 @@ impl Consumer {
             id,
             Held {
                 entry: delivery.entry.clone(),
-                started,
                 delivery: (!started).then(|| delivery.clone()),
             },
         );
@@ -464,7 +479,10 @@ impl Consumer {
             let reclaimed = self.queue.reclaim(idle, free).await?;
             if !reclaimed.is_empty() {
                 self.metrics.queue_reclaimed.inc_by(reclaimed.len() as u64);
-                tracing::warn!(entries = reclaimed.len(), "took the queue entries of a worker that stopped");
+                tracing::warn!(
+                    entries = reclaimed.len(),
+                    "took the queue entries of a worker that stopped"
+                );
             }
             for delivery in reclaimed {
                 self.deliver(delivery, false).await;
@@ -501,7 +519,10 @@ mod tests {
     fn an_entry_id_tells_how_long_it_waited() {
         let now = chrono::Utc::now().timestamp_millis();
         let waited = queued_for(&format!("{}-3", now - 1500)).unwrap();
-        assert!((1500..3000).contains(&(waited.as_millis() as i64)), "{waited:?}");
+        assert!(
+            (1500..3000).contains(&(waited.as_millis() as i64)),
+            "{waited:?}"
+        );
         assert_eq!(queued_for("nonsense"), None);
     }
 

@@ -59,6 +59,10 @@ pub enum ResumeError {
     /// The override does not fit what is pending.
     #[error("{0}")]
     InvalidOverride(String),
+    /// The task is held by another process on the database (the Redis queue): its pause is that
+    /// process's.
+    #[error("{0}")]
+    HeldElsewhere(String),
     /// Reading the task failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -138,10 +142,16 @@ impl Core {
         match self.tools.debugger().answer(id, action) {
             Ok(()) => {}
             Err(ActionError::NotPaused(_)) => {
+                if let Some(held) = self.held_elsewhere(task.owner.as_deref()).await {
+                    return Err(ResumeError::HeldElsewhere(format!(
+                        "task {id} is {} on {held}; debug actions at its pause are answered by that process's API",
+                        task.status
+                    )));
+                }
                 return Err(ResumeError::NotPaused {
                     id,
                     status: task.status,
-                })
+                });
             }
             Err(ActionError::InvalidOverride(why)) => {
                 return Err(ResumeError::InvalidOverride(why))

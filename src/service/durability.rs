@@ -265,7 +265,10 @@ impl TakeOver {
 
 /// The `StartTask` that continues `orphan`: with its records for a task that had started, plain for a
 /// queued one. `Err` says why it cannot be resumed.
-pub(super) async fn start_for(storage: &Storage, orphan: &OrphanedTask) -> Result<StartTask, String> {
+pub(super) async fn start_for(
+    storage: &Storage,
+    orphan: &OrphanedTask,
+) -> Result<StartTask, String> {
     let task = storage
         .task(orphan.id)
         .await

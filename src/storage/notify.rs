@@ -139,8 +139,17 @@ mod tests {
             first: 3,
             last: 9,
         };
-        assert_eq!(Committed::parse(&committed.payload()), Some(committed.clone()));
-        for bad in ["", "lease-1", "lease-1 x 1 2", "a b c d e", "lease-1 00000000-0000-0000-0000-000000000000 5 4"] {
+        assert_eq!(
+            Committed::parse(&committed.payload()),
+            Some(committed.clone())
+        );
+        for bad in [
+            "",
+            "lease-1",
+            "lease-1 x 1 2",
+            "a b c d e",
+            "lease-1 00000000-0000-0000-0000-000000000000 5 4",
+        ] {
             assert_eq!(Committed::parse(bad), None, "{bad}");
         }
     }

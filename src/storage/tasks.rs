@@ -38,6 +38,9 @@ pub struct TaskRecord {
     pub started_at: Option<DateTime<Utc>>,
     /// Finished at.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The lease of the process that runs it (none: nobody's yet). Not part of the API's task.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// One step of a task's plan.
@@ -162,6 +165,7 @@ impl TryFrom<task::Model> for TaskRecord {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            owner: row.owner,
         })
     }
 }
