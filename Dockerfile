@@ -69,6 +69,7 @@ RUN groupadd --system troupe \
 # clear error) rather than running it unconfined, and /readyz says so. Tasks that do not execute code are
 # unaffected. To run generated code in a container, allow user namespaces (e.g. a seccomp profile that permits
 # clone/unshare with CLONE_NEWUSER) or set TROUPE__SANDBOX__ENABLED=false to turn the loop off knowingly.
+# docker-compose.yml gives its workers what bubblewrap needs (security_opt, explained there).
 
 COPY --from=builder /out/troupe /usr/local/bin/troupe
 COPY config/ /app/config/
