@@ -74,7 +74,10 @@ impl Deployment {
             .env("TROUPE__MEMORY__ENABLED", "false")
             .env("TROUPE__SANDBOX__ENABLED", "false")
             .env("TROUPE__SANDBOX__WORKSPACES", self.work.path().join(name))
-            .env("TROUPE__DIRECTOR__MAX_CONCURRENT_TASKS", IN_FLIGHT.to_string())
+            .env(
+                "TROUPE__DIRECTOR__MAX_CONCURRENT_TASKS",
+                IN_FLIGHT.to_string(),
+            )
             .env("TROUPE__REDIS__URL", &self.redis)
             .env("TROUPE__REDIS__KEY_PREFIX", &self.prefix)
             .env("TROUPE__TELEMETRY__LOG_LEVEL", "error")
@@ -87,7 +90,10 @@ impl Deployment {
                 .env("TROUPE__QUEUE__CONSUMER", name);
         }
         let mut child = command.spawn()?;
-        let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = Arc::clone(&lines);
         std::thread::spawn(move || {
@@ -101,7 +107,10 @@ impl Deployment {
         loop {
             let port = lines.lock().ok().and_then(|lines| {
                 lines.iter().find_map(|line| {
-                    line.strip_prefix("troupe serving on port ")?.trim().parse().ok()
+                    line.strip_prefix("troupe serving on port ")?
+                        .trim()
+                        .parse()
+                        .ok()
                 })
             });
             if let Some(port) = port {
@@ -117,7 +126,9 @@ impl Deployment {
 }
 
 fn client() -> awc::Client {
-    awc::Client::builder().timeout(Duration::from_secs(60)).finish()
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish()
 }
 
 async fn submit(client: &awc::Client, port: u16, body: &Value) -> anyhow::Result<TaskId> {
@@ -160,7 +171,11 @@ async fn follow(port: u16, id: TaskId) -> anyhow::Result<String> {
 }
 
 /// `tasks` replayed tasks through `port` by `IN_FLIGHT` clients; tasks/s and the ids.
-async fn throughput(port: u16, replay_of: TaskId, tasks: usize) -> anyhow::Result<(f64, Vec<TaskId>)> {
+async fn throughput(
+    port: u16,
+    replay_of: TaskId,
+    tasks: usize,
+) -> anyhow::Result<(f64, Vec<TaskId>)> {
     let body = json!({ "prompt": PROMPT, "options": { "replay_of": replay_of } });
     let claimed = std::rc::Rc::new(std::cell::Cell::new(0_usize));
     let ids = std::rc::Rc::new(std::cell::RefCell::new(Vec::with_capacity(tasks)));
@@ -194,14 +209,21 @@ async fn hop(storage: &Storage, ids: &[TaskId]) -> anyhow::Result<Value> {
     for id in ids.iter().rev().take(HOP_SAMPLE) {
         let events = storage.events_after(*id, 0).await?;
         let at = |kind: EventKind| events.iter().find(|e| e.kind == kind).map(|e| e.at);
-        if let (Some(queued), Some(started)) = (at(EventKind::TaskQueued), at(EventKind::TaskStarted)) {
+        if let (Some(queued), Some(started)) =
+            (at(EventKind::TaskQueued), at(EventKind::TaskStarted))
+        {
             hops.push((started - queued).num_microseconds().unwrap_or(0) as f64 / 1e3);
         }
     }
-    Ok(json!({ "p50": percentile(&mut hops, 0.50), "p99": percentile(&mut hops, 0.99), "n": hops.len() }))
+    Ok(
+        json!({ "p50": percentile(&mut hops, 0.50), "p99": percentile(&mut hops, 0.99), "n": hops.len() }),
+    )
 }
 
-async fn wait_until(limit: Duration, mut done: impl AsyncFnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+async fn wait_until(
+    limit: Duration,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while !done().await? {
         anyhow::ensure!(Instant::now() < deadline, "not within {limit:?}");
@@ -225,21 +247,27 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let server = std::env::var("TROUPE_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let redis = std::env::var("TROUPE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis =
+        std::env::var("TROUPE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let tasks = std::env::var("TROUPE_BENCH_SCALE_TASKS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(TASKS);
     actix_rt::System::new().block_on(async move {
         let admin = Database::connect(&server).await?;
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base).to_owned();
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base)
+            .to_owned();
         let stamp = chrono::Utc::now().timestamp();
         let mut figures = json!({ "tasks": tasks, "in_flight": IN_FLIGHT });
         let mut databases = Vec::new();
 
         // Baseline: one process, the local queue.
         let name = format!("troupe_bench_local_{stamp}");
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
         databases.push(name.clone());
         let local = Deployment {
             root: root.clone(),
@@ -255,13 +283,16 @@ fn main() -> anyhow::Result<()> {
             let recorded = record(&storage, node.port).await?;
             throughput(node.port, recorded, 20).await?;
             let (rate, ids) = throughput(node.port, recorded, tasks).await?;
-            figures["baseline"] = json!({ "tasks_per_s": rate, "hop_ms": hop(&storage, &ids).await? });
+            figures["baseline"] =
+                json!({ "tasks_per_s": rate, "hop_ms": hop(&storage, &ids).await? });
             eprintln!("baseline: {rate:.0} tasks/s");
         }
 
         // The Redis queue: one API node, then 1, 2 and 3 workers.
         let name = format!("troupe_bench_queue_{stamp}");
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
         databases.push(name.clone());
         let queued = Deployment {
             root: root.clone(),
@@ -290,11 +321,22 @@ fn main() -> anyhow::Result<()> {
         workers.truncate(2);
         let id = submit(&client(), api.port, &json!({ "prompt": PROMPT })).await?;
         wait_until(Duration::from_secs(120), async || {
-            Ok(storage.events_after(id, 0).await?.iter().any(|e| e.kind == EventKind::AgentStarted))
+            Ok(storage
+                .events_after(id, 0)
+                .await?
+                .iter()
+                .any(|e| e.kind == EventKind::AgentStarted))
         })
         .await?;
-        let owner = storage.task(id).await?.and_then(|task| task.owner).unwrap_or_default();
-        let lease = storage.lease(&owner).await?.ok_or_else(|| anyhow::anyhow!("no lease {owner}"))?;
+        let owner = storage
+            .task(id)
+            .await?
+            .and_then(|task| task.owner)
+            .unwrap_or_default();
+        let lease = storage
+            .lease(&owner)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no lease {owner}"))?;
         let holder = workers
             .iter()
             .position(|worker| worker.child.id() == lease.pid)
@@ -302,12 +344,20 @@ fn main() -> anyhow::Result<()> {
         let killed_at = Instant::now();
         drop(workers.remove(holder));
         wait_until(Duration::from_secs(300), async || {
-            Ok(storage.events_after(id, 0).await?.iter().any(|e| e.kind == EventKind::TaskResumed))
+            Ok(storage
+                .events_after(id, 0)
+                .await?
+                .iter()
+                .any(|e| e.kind == EventKind::TaskResumed))
         })
         .await?;
         let resumed = killed_at.elapsed().as_secs_f64();
         wait_until(Duration::from_secs(300), async || {
-            Ok(storage.events_after(id, 0).await?.last().is_some_and(|e| e.kind.is_terminal()))
+            Ok(storage
+                .events_after(id, 0)
+                .await?
+                .last()
+                .is_some_and(|e| e.kind.is_terminal()))
         })
         .await?;
         figures["reclaim_s"] = json!({

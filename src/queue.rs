@@ -487,10 +487,7 @@ impl TaskQueue {
     }
 
     /// Deliveries of entries just claimed, with their delivery counts from the pending list.
-    async fn delivered(
-        &self,
-        entries: Vec<Entry>,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn delivered(&self, entries: Vec<Entry>) -> Result<Vec<Delivery>, QueueError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -575,10 +572,7 @@ fn integer(command: &'static str, value: &Value) -> Result<u64, QueueError> {
 
 /// Stream entries: `[[id, [field, value, ...]], ...]`; an entry deleted meanwhile comes as `[id, nil]`
 /// and is skipped.
-fn entries(
-    command: &'static str,
-    reply: &Value,
-) -> Result<Vec<Entry>, QueueError> {
+fn entries(command: &'static str, reply: &Value) -> Result<Vec<Entry>, QueueError> {
     let Value::Array(listed) = reply else {
         return Err(reply_error(command, reply));
     };

@@ -310,8 +310,12 @@ impl Core {
             )?;
             // An unreachable Redis does not stop the start: the API refuses submissions (503) and the
             // consumer retries until it answers.
-            if let Err(error) = queue.ensure_group().await {
-                tracing::warn!(%error, "the task queue is not reachable yet");
+            match queue.ensure_group().await {
+                Ok(()) => metrics.queue_up.set(1),
+                Err(error) => {
+                    metrics.queue_up.set(0);
+                    tracing::warn!(%error, "the task queue is not reachable yet");
+                }
             }
             Some(queue)
         } else {

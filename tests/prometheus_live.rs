@@ -25,10 +25,12 @@ use crate::observability_files::{
 };
 
 /// Grafana's built-in variables, as a dashboard would fill them in.
-const GRAFANA_VARIABLES: [(&str, &str); 3] = [
+const GRAFANA_VARIABLES: [(&str, &str); 4] = [
     ("$__rate_interval", "1m"),
     ("$__interval", "1m"),
     ("$__range", "5m"),
+    // The scale-out dashboard's node filter: every node.
+    ("$instance", ".*"),
 ];
 
 /// A Prometheus process on a free port, killed when dropped (also when the test panics).
