@@ -47,6 +47,10 @@ else
   echo "== peers: no harness at $peers_dir (set TROUPE_PEERS_DIR); skipped" >&2
 fi
 
+echo "== scale-out: tasks/s through the Redis queue with 1, 2, 3 workers vs one process; queue hop; re-claim time" >&2
+scale_out=$(TROUPE_BENCH_POSTGRES_URL="$pg_server" cargo bench --locked --bench scale_out 2>/dev/null | tail -n 1)
+echo "scale-out: $scale_out" >&2
+
 echo "== memory: embeddings/s, pgvector HNSW search at 10k and 100k (latency, recall@10), per-tier latency" >&2
 memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
 
@@ -66,9 +70,9 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
   "$(cat "$llama_tools/VERSION" 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" "$openai" "$routing" "$dashboard" "$orchestration_pg" <<'PY'
+  "$sandbox_reference" "$openai" "$routing" "$dashboard" "$orchestration_pg" "$scale_out" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard, orchestration_pg = sys.argv[1:]
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard, orchestration_pg, scale_out = sys.argv[1:]
 troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
@@ -87,6 +91,7 @@ result = {
         "tracing_cost_throughput": 1 - on["throughput_tasks_per_s"] / off["throughput_tasks_per_s"],
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "openai_provider": openai,
+    "scale_out": json.loads(scale_out),
     "memory": memory,
     "sandbox": sandbox,
     "routing": routing,

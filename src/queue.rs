@@ -84,6 +84,11 @@ pub struct QueueDepth {
 #[derive(Clone)]
 pub struct TaskQueue {
     pool: Pool,
+    /// The connection blocking reads wait on: of its own, without the client's default half-second reply
+    /// time-out (a read that times out on the client after Redis handed it entries would leave them
+    /// pending and unseen). Opened on first use, dropped after a failure.
+    reader: std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    client: redis::Client,
     stream: String,
     dead: String,
     group: String,
@@ -121,9 +126,13 @@ impl TaskQueue {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|error| QueueError::Config(error.to_string()))?;
+        let client =
+            redis::Client::open(url).map_err(|error| QueueError::Config(error.to_string()))?;
         let stream = format!("{prefix}:{stream}");
         Ok(TaskQueue {
             pool,
+            reader: std::sync::Arc::default(),
+            client,
             dead: format!("{stream}:dead"),
             stream,
             group: group.to_owned(),
@@ -217,9 +226,18 @@ impl TaskQueue {
     }
 
     /// Takes back the entries this consumer read and never acknowledged (after a restart: the tasks it was
-    /// running when it stopped), oldest first, at most `count`; each counts as a delivery.
-    pub async fn take_own_pending(&self, count: usize) -> Result<Vec<Delivery>, QueueError> {
-        let pending = self.pending(Some(&self.consumer), count).await?;
+    /// running when it stopped; after a failed read: what Redis handed it unseen), oldest first, at most
+    /// `count`, leaving out the entries in `skip` (those it holds); each counts as a delivery.
+    pub async fn take_own_pending(
+        &self,
+        count: usize,
+        skip: &std::collections::HashSet<String>,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut pending = self
+            .pending(Some(&self.consumer), count + skip.len())
+            .await?;
+        pending.retain(|(id, _)| !skip.contains(id));
+        pending.truncate(count.max(1));
         if pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -244,23 +262,19 @@ impl TaskQueue {
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         let millis = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
-        let reply = self
-            .query(
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(&self.group)
-                    .arg(&self.consumer)
-                    .arg("COUNT")
-                    .arg(count.max(1))
-                    .arg("BLOCK")
-                    .arg(millis)
-                    .arg("STREAMS")
-                    .arg(&self.stream)
-                    .arg(">"),
-                "XREADGROUP",
-                block + TIMEOUT,
-            )
-            .await?;
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(millis)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">");
+        let reply = self.blocking(&command, block + TIMEOUT).await?;
         let entries = match &reply {
             Value::Nil => Vec::new(),
             Value::Array(streams) => match streams.first() {
@@ -281,6 +295,33 @@ impl TaskQueue {
             .into_iter()
             .map(|(entry, fields)| delivery(entry, fields, 1))
             .collect())
+    }
+
+    /// Runs a blocking command on the reader connection, waiting up to `wait` for its reply.
+    async fn blocking(&self, command: &redis::Cmd, wait: Duration) -> Result<Value, QueueError> {
+        let mut reader = self.reader.lock().await;
+        let connection = match reader.as_mut() {
+            Some(connection) => connection,
+            None => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(wait));
+                let opened = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|error| redis_error("XREADGROUP", &error))?;
+                reader.insert(opened)
+            }
+        };
+        match command.query_async::<Value>(connection).await {
+            Ok(reply) => Ok(reply),
+            Err(error) => {
+                // A broken or timed-out connection is not used again.
+                *reader = None;
+                Err(redis_error("XREADGROUP", &error))
+            }
+        }
     }
 
     /// Resets the idle time of these entries of this consumer (it is still running their tasks), without

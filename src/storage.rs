@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 pub use decisions::StoredDecision;
 pub use leases::{Claim, Lease, OrphanedTask, ResumeRecords};
@@ -38,6 +38,9 @@ pub use tasks::{StepRecord, TaskPage, TaskQuery, TaskRecord, TaskSummary, TaskUs
 
 use crate::config::DatabaseSettings;
 use crate::domain::redact_url;
+
+/// The PostgreSQL advisory lock key migrations hold (any constant of Troupe's own: "troupe" in ASCII).
+const MIGRATION_LOCK: i64 = 0x74_72_6f_75_70_65;
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,11 +150,28 @@ impl Storage {
         .await
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. On PostgreSQL several processes may start at once (an API node and its
+    /// workers): each migrates on one connection of its own holding an advisory lock, so they take turns
+    /// and the later ones find nothing left to do.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        Migrator::up(&self.db, None)
+        if self.backend_name() != "postgres" {
+            return Migrator::up(&self.db, None)
+                .await
+                .map_err(StorageError::Migrate);
+        }
+        let single = self.connect_again(1).await?;
+        let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+        single
+            .db
+            .execute_unprepared(&lock)
             .await
-            .map_err(StorageError::Migrate)
+            .map_err(StorageError::Migrate)?;
+        let migrated = Migrator::up(&single.db, None).await;
+        let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+        // Closing the connection releases the lock too, should the unlock fail.
+        let _ = single.db.execute_unprepared(&unlock).await;
+        let _ = single.db.close().await;
+        migrated.map_err(StorageError::Migrate)
     }
 
     /// Checks the database answers (for `/readyz`).

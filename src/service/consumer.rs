@@ -173,14 +173,16 @@ impl Consumer {
         }
         loop {
             let count = self.places.available_permits().max(1);
-            match self.queue.take_own_pending(count).await {
+            match self
+                .queue
+                .take_own_pending(count, &self.held_entries())
+                .await
+            {
                 Ok(own) => {
                     if !own.is_empty() {
                         tracing::info!(entries = own.len(), consumer = %self.queue.consumer(), "taking back this worker's pending entries");
                     }
-                    for delivery in own {
-                        self.deliver(delivery, false).await;
-                    }
+                    self.deliver_all(own, false).await;
                     break;
                 }
                 Err(error) => {
@@ -190,6 +192,7 @@ impl Consumer {
             }
         }
         let block = Duration::from_millis(self.settings.block_ms);
+        let mut recover = false;
         loop {
             // Wait for a free place without keeping it: the keeper may need it for a reclaimed entry
             // while this read blocks. A delivery that finds no place left is held for the next round.
@@ -198,19 +201,47 @@ impl Consumer {
                 Err(_) => return,
             }
             let count = self.places.available_permits().max(1);
+            if recover {
+                // A failed read may have been handed entries it never saw: they are this consumer's
+                // pending ones that it does not hold.
+                match self
+                    .queue
+                    .take_own_pending(count, &self.held_entries())
+                    .await
+                {
+                    Ok(unseen) => {
+                        recover = false;
+                        self.deliver_all(unseen, false).await;
+                    }
+                    Err(error) => {
+                        self.away(&error, "read this worker's pending entries")
+                            .await;
+                        continue;
+                    }
+                }
+            }
             match self.queue.read_new(count, block).await {
                 Ok(deliveries) => {
                     self.up(true);
                     self.metrics
                         .queue_last_read
                         .set(chrono::Utc::now().timestamp());
-                    for delivery in deliveries {
-                        self.deliver(delivery, false).await;
-                    }
+                    self.deliver_all(deliveries, false).await;
                 }
-                Err(error) => self.away(&error, "read the task queue").await,
+                Err(error) => {
+                    recover = true;
+                    self.away(&error, "read the task queue").await;
+                }
             }
         }
+    }
+
+    /// The entries this worker holds.
+    fn held_entries(&self) -> std::collections::HashSet<String> {
+        self.lock()
+            .values()
+            .map(|held| held.entry.clone())
+            .collect()
     }
 
     /// Logs a failed queue operation and waits before the next.
@@ -228,6 +259,23 @@ impl Consumer {
     }
 
     /// Takes one delivery: claims its task and starts it in a free place.
+    /// Takes `deliveries` side by side (each claim is a few database round trips), after reloading the
+    /// breakpoints once: those set on another node with these tasks are in force from their first point.
+    async fn deliver_all(&self, deliveries: Vec<Delivery>, retry: bool) {
+        if deliveries.is_empty() {
+            return;
+        }
+        if let Err(error) = self.breakpoints.load().await {
+            tracing::warn!(%error, "reload the breakpoints before tasks start");
+        }
+        futures_util::future::join_all(
+            deliveries
+                .into_iter()
+                .map(|delivery| self.deliver(delivery, retry)),
+        )
+        .await;
+    }
+
     /// `retry`: a delivery held since an earlier round (not counted again). A task claimed when no place
     /// is free is held for the next round.
     async fn deliver(&self, delivery: Delivery, retry: bool) {
@@ -327,9 +375,7 @@ impl Consumer {
                     self.hold(id, &delivery, false);
                     return;
                 };
-                if let Err(error) = self.breakpoints.load().await {
-                    tracing::warn!(%error, task_id = %id, "reload the breakpoints before a task starts");
-                }
+
                 self.run(id, delivery, start, permit);
             }
         }
@@ -470,9 +516,7 @@ impl Consumer {
                 "some of this worker's queue entries are gone (acknowledged elsewhere, or deleted)"
             );
         }
-        for delivery in waiting {
-            self.deliver(delivery, true).await;
-        }
+        self.deliver_all(waiting, true).await;
         let free = self.places.available_permits();
         if free > 0 {
             let idle = Duration::from_secs(self.settings.claim_idle_seconds);
@@ -484,9 +528,7 @@ impl Consumer {
                     "took the queue entries of a worker that stopped"
                 );
             }
-            for delivery in reclaimed {
-                self.deliver(delivery, false).await;
-            }
+            self.deliver_all(reclaimed, false).await;
         }
         let depth = self.queue.depth().await?;
         for (state, value) in [
