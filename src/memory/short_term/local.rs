@@ -12,6 +12,12 @@ use crate::domain::TaskId;
 /// Writes between two sweeps of expired tasks.
 const SWEEP_EVERY: u64 = 1024;
 
+/// Most tasks whose memory the store keeps: beyond them a sweep drops the least recently written (their
+/// expiry is the earliest), so a busy process does not hold an hour of finished tasks. A running task is
+/// written at every step, so it is among the most recent. Between two sweeps the store may hold up to
+/// `SWEEP_EVERY` more.
+const MAX_TASKS: usize = 10_000;
+
 #[derive(Default)]
 struct TaskMemory {
     scratchpad: BTreeMap<String, String>,
@@ -23,6 +29,28 @@ struct TaskMemory {
 struct State {
     tasks: HashMap<TaskId, TaskMemory>,
     writes: u64,
+}
+
+impl State {
+    /// Drops the least recently written tasks beyond `most`.
+    fn keep_most_recent(&mut self, most: usize) {
+        if self.tasks.len() <= most {
+            return;
+        }
+        let mut expiries: Vec<Option<Instant>> =
+            self.tasks.values().map(|memory| memory.expires).collect();
+        let cut = expiries.len() - most;
+        // The `cut`-th earliest expiry (None, never written, sorts first): everything at or before it goes.
+        let (_, &mut oldest_kept, _) = expiries.select_nth_unstable(cut - 1);
+        let mut dropped = 0;
+        self.tasks.retain(|_, memory| {
+            if dropped < cut && memory.expires <= oldest_kept {
+                dropped += 1;
+                return false;
+            }
+            true
+        });
+    }
 }
 
 /// Short-term memory in this process (used when `redis.url` is empty, and as Redis's fallback).
@@ -59,6 +87,7 @@ impl LocalStore {
                 state
                     .tasks
                     .retain(|_, memory| memory.expires.is_none_or(|at| at > now));
+                state.keep_most_recent(MAX_TASKS);
             }
             let memory = state.tasks.entry(task).or_default();
             if memory.expires.is_some_and(|at| at <= now) {
@@ -153,6 +182,29 @@ mod tests {
     async fn keeps_the_short_term_contract() {
         let store = LocalStore::new(contract::retention(Duration::from_secs(60)));
         contract::behaves(&store).await;
+    }
+
+    #[test]
+    fn keeps_only_the_most_recently_written_tasks_beyond_the_bound() {
+        let mut state = State::default();
+        let start = Instant::now();
+        let ids: Vec<TaskId> = (0..10).map(|_| TaskId::new()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            state.tasks.insert(
+                *id,
+                TaskMemory {
+                    expires: Some(start + Duration::from_secs(n as u64)),
+                    ..TaskMemory::default()
+                },
+            );
+        }
+        state.keep_most_recent(4);
+        assert_eq!(state.tasks.len(), 4);
+        for id in &ids[6..] {
+            assert!(state.tasks.contains_key(id), "a recent task was dropped");
+        }
+        state.keep_most_recent(10);
+        assert_eq!(state.tasks.len(), 4);
     }
 
     #[tokio::test]
