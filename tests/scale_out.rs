@@ -7,7 +7,8 @@
 //! model call again, and the task ends; a WebSocket on the API node streams every event, with no gap and
 //! no duplicate, though none was committed there; and the OTLP receiver in the test gets one trace with
 //! spans from the API and from both workers. A task whose entry is delivered more than
-//! `queue.max_deliveries` times, and an entry that names no task, go to the dead-letter stream.
+//! `queue.max_deliveries` times, and an entry that names no task, go to the dead-letter stream (its three
+//! nodes start at once on an empty database: their migrations take turns).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -258,18 +259,14 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
 async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_stream() {
     let (otlp, _received, receiver) = start_receiver();
     let deployment = Deployment::new(&otlp, 1).await;
+    // The three start at once on the empty database: their migrations take turns.
+    let (api, worker_a, worker_b) = futures_util::join!(
+        deployment.node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api"),
+        deployment.node(&["worker", "--bind", "127.0.0.1:0"], "worker-a"),
+        deployment.node(&["worker", "--bind", "127.0.0.1:0"], "worker-b"),
+    );
+    let mut workers = vec![worker_a, worker_b];
     let storage = open(&deployment.database.url).await;
-    let api = deployment
-        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
-        .await;
-    let mut workers = vec![
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
-            .await,
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-b")
-            .await,
-    ];
     // A malformed entry, as another program could write one.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
