@@ -86,6 +86,38 @@ impl StorageError {
     fn query(action: &'static str) -> impl FnOnce(DbErr) -> StorageError {
         move |source| StorageError::Query { action, source }
     }
+
+    /// Whether the database could not be reached (down, refusing connections, the pool timed out), as
+    /// against a statement it refused: the first is worth a retry later (503), the second is a fault.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Connect { .. }
+            | StorageError::WriterStopped
+            | StorageError::Notify(_) => true,
+            StorageError::Query { source, .. } | StorageError::Migrate(source) => {
+                db_unreachable(source)
+            }
+            StorageError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// Whether `error` says the database could not be reached.
+fn db_unreachable(error: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            matches!(
+                error.as_ref(),
+                sea_orm::sqlx::Error::Io(_)
+                    | sea_orm::sqlx::Error::PoolTimedOut
+                    | sea_orm::sqlx::Error::PoolClosed
+                    | sea_orm::sqlx::Error::WorkerCrashed
+            )
+        }
+        _ => false,
+    }
 }
 
 /// A connection pool and the reads Troupe makes. Cheap to clone.
@@ -244,6 +276,34 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_failure_is_unavailable_and_a_refused_statement_is_not() {
+        let refused = StorageError::Query {
+            action: "insert",
+            source: DbErr::Custom("duplicate key".into()),
+        };
+        assert!(!refused.is_unavailable());
+        let acquire = StorageError::Query {
+            action: "read task",
+            source: DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout),
+        };
+        assert!(acquire.is_unavailable());
+        let io = StorageError::Query {
+            action: "read task",
+            source: DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
+                sea_orm::sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                )),
+            ))),
+        };
+        assert!(io.is_unavailable());
+    }
 }
 
 #[cfg(test)]

@@ -398,13 +398,11 @@ impl From<StorageError> for ApiError {
             cause.push_str(&inner.to_string());
             source = inner.source();
         }
-        match error {
-            StorageError::Connect { .. }
-            | StorageError::WriterStopped
-            | StorageError::Notify(_) => ApiError::Unavailable(cause),
-            StorageError::Migrate(_)
-            | StorageError::Query { .. }
-            | StorageError::Corrupt { .. } => ApiError::Internal(cause),
+        // Unreachable (down, refusing, the pool timed out): 503, retry later; anything else is a fault.
+        if error.is_unavailable() {
+            ApiError::Unavailable(cause)
+        } else {
+            ApiError::Internal(cause)
         }
     }
 }
