@@ -241,15 +241,7 @@ impl TaskQueue {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let mut command = redis::cmd("XCLAIM");
-        command
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(0);
-        for (id, _) in &pending {
-            command.arg(id);
-        }
+        let command = self.claim_to_me(pending.iter().map(|(id, _)| id));
         let claimed = self.query(&command, "XCLAIM", TIMEOUT).await?;
         let entries = entries("XCLAIM", &claimed)?;
         self.delivered(entries).await
@@ -324,12 +316,8 @@ impl TaskQueue {
         }
     }
 
-    /// Resets the idle time of these entries of this consumer (it is still running their tasks), without
-    /// counting a delivery. Returns the entries it still holds: one missing was taken by another worker.
-    pub async fn renew(&self, entries: &[String]) -> Result<Vec<String>, QueueError> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// `XCLAIM` of `entries` for this consumer, whatever their idle time.
+    fn claim_to_me<'a>(&self, entries: impl IntoIterator<Item = &'a String>) -> redis::Cmd {
         let mut command = redis::cmd("XCLAIM");
         command
             .arg(&self.stream)
@@ -339,6 +327,16 @@ impl TaskQueue {
         for entry in entries {
             command.arg(entry);
         }
+        command
+    }
+
+    /// Resets the idle time of these entries of this consumer (it is still running their tasks), without
+    /// counting a delivery. Returns the entries it still holds: one missing was taken by another worker.
+    pub async fn renew(&self, entries: &[String]) -> Result<Vec<String>, QueueError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = self.claim_to_me(entries);
         command.arg("JUSTID");
         let reply = self.query(&command, "XCLAIM", TIMEOUT).await?;
         ids("XCLAIM", &reply)

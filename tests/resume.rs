@@ -199,6 +199,69 @@ pub(crate) async fn wait_for_events(
     }
 }
 
+/// Waits (bounded) until task `id`'s second step has started (committed in the log): its agent works on it
+/// now. Fails if the task ends first.
+pub(crate) async fn wait_for_step_two(storage: &Storage, id: TaskId) {
+    wait_for_events(
+        storage,
+        id,
+        Duration::from_secs(240),
+        "step 2 starting",
+        |events| {
+            assert!(
+                !ended(events),
+                "the task ended before its second step could be killed in"
+            );
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
+        },
+    )
+    .await;
+}
+
+/// The purposes of task `id`'s recorded model calls.
+pub(crate) async fn purposes(storage: &Storage, id: TaskId) -> Vec<String> {
+    storage
+        .llm_calls(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|call| call.purpose)
+        .collect()
+}
+
+/// Asserts the log has one `task.resumed` that reused step 1, after which step 1 was not sent to an agent
+/// again and no call among `calls_before` was made again (a made call ends with `llm.finished`); returns
+/// that event.
+pub(crate) fn assert_resumed_after_step_one<'a>(
+    events: &'a [Event],
+    calls_before: &[String],
+) -> &'a Event {
+    let resumed: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::TaskResumed)
+        .collect();
+    assert_eq!(resumed.len(), 1, "one task.resumed event");
+    let resumed = resumed[0];
+    assert_eq!(resumed.data["steps_reused"], json!([1]), "{}", resumed.data);
+    let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed.seq).collect();
+    assert!(
+        !after
+            .iter()
+            .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(1)),
+        "step 1 ran again"
+    );
+    let remade: Vec<&str> = after
+        .iter()
+        .filter(|e| e.kind == EventKind::LlmFinished)
+        .filter_map(|e| e.data["purpose"].as_str())
+        .filter(|purpose| calls_before.iter().any(|p| p == purpose))
+        .collect();
+    assert!(remade.is_empty(), "recorded calls made again: {remade:?}");
+    resumed
+}
+
 pub(crate) fn step_of(event: &Event) -> Option<i64> {
     event.data.get("step").and_then(Value::as_i64)
 }
@@ -236,34 +299,13 @@ async fn kill_9_in_the_second_step_then_restart(database: &str) {
         .submit("List three facts about the river Danube, then summarise them in one sentence")
         .await;
     // The second step has started (committed in the log): its agent works on it now.
-    wait_for_events(
-        &storage,
-        id,
-        Duration::from_secs(240),
-        "step 2 starting",
-        |events| {
-            assert!(
-                !ended(events),
-                "the task ended before its second step could be killed in"
-            );
-            events
-                .iter()
-                .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
-        },
-    )
-    .await;
+    wait_for_step_two(&storage, id).await;
     first.kill_9();
     let killed_at = Utc::now();
     let before = storage.events_after(id, 0).await.unwrap();
     let task = storage.task(id).await.unwrap().unwrap();
     assert!(!task.status.is_terminal(), "{:?}", task.status);
-    let calls_before: Vec<String> = storage
-        .llm_calls(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|call| call.purpose)
-        .collect();
+    let calls_before = purposes(&storage, id).await;
     assert!(calls_before.iter().any(|p| p == "plan"), "{calls_before:?}");
     assert!(
         calls_before.iter().any(|p| p == "work.1"),
@@ -281,31 +323,9 @@ async fn kill_9_in_the_second_step_then_restart(database: &str) {
     // Nothing lost: what was stored before the kill is the log's beginning, and the log has no gap.
     assert_eq!(&events[..before.len()], &before[..]);
     assert_no_gap(&events);
-    let resumed: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.kind == EventKind::TaskResumed)
-        .collect();
-    assert_eq!(resumed.len(), 1, "one task.resumed event");
-    let resumed = resumed[0];
+    let resumed = assert_resumed_after_step_one(&events, &calls_before);
     assert_eq!(resumed.data["after_crash"], json!(true));
-    assert_eq!(resumed.data["steps_reused"], json!([1]), "{}", resumed.data);
     assert!(resumed.data["llm_calls_reused"].as_u64().unwrap() >= 2);
-    let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed.seq).collect();
-    // The first step is not sent to an agent again, and none of the calls recorded before the kill is made
-    // again (a made call ends with `llm.finished`).
-    assert!(
-        !after
-            .iter()
-            .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(1)),
-        "step 1 ran again"
-    );
-    let remade: Vec<&str> = after
-        .iter()
-        .filter(|e| e.kind == EventKind::LlmFinished)
-        .filter_map(|e| e.data["purpose"].as_str())
-        .filter(|purpose| calls_before.iter().any(|p| p == purpose))
-        .collect();
-    assert!(remade.is_empty(), "recorded calls made again: {remade:?}");
     // In the database: one row per purpose, and each call recorded before the kill kept its row from then.
     let calls = storage.llm_calls(id).await.unwrap();
     for purpose in &calls_before {

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use serde_json::{json, Value};
-use troupe::domain::{Event, EventKind, TaskId, TaskStatus};
+use serde_json::Value;
+use troupe::domain::{EventKind, TaskId, TaskStatus};
 use troupe::queue::TaskQueue;
 use troupe::storage::Storage;
 
@@ -23,7 +23,8 @@ use crate::helpers::client_for;
 use crate::otlp::{hex, start_receiver, string_attribute, Received};
 use crate::postgres::TestDatabase;
 use crate::resume::{
-    assert_ended_by_its_flow, assert_no_gap, ended, open, step_of, wait_for_events, Server,
+    assert_ended_by_its_flow, assert_no_gap, assert_resumed_after_step_one, ended, open, purposes,
+    wait_for_events, wait_for_step_two, Server,
 };
 
 fn redis_url() -> String {
@@ -156,30 +157,9 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
             .follow(&id.to_string(), 0, Duration::from_secs(600))
             .await
     });
-    wait_for_events(
-        &storage,
-        id,
-        Duration::from_secs(240),
-        "step 2 starting",
-        |events| {
-            assert!(
-                !ended(events),
-                "the task ended before its second step could be killed in"
-            );
-            events
-                .iter()
-                .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(2))
-        },
-    )
-    .await;
+    wait_for_step_two(&storage, id).await;
     let killed = holder(&storage, id, &workers.iter().collect::<Vec<_>>()).await;
-    let calls_before: Vec<String> = storage
-        .llm_calls(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|call| call.purpose)
-        .collect();
+    let calls_before = purposes(&storage, id).await;
     workers[killed].kill_9();
     let survivor = &workers[1 - killed];
 
@@ -187,31 +167,7 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
     let task = storage.task(id).await.unwrap().unwrap();
     assert_ended_by_its_flow(&task);
     assert_no_gap(&events);
-    let resumed: Vec<&Event> = events
-        .iter()
-        .filter(|e| e.kind == EventKind::TaskResumed)
-        .collect();
-    assert_eq!(resumed.len(), 1, "one task.resumed event");
-    assert_eq!(
-        resumed[0].data["steps_reused"],
-        json!([1]),
-        "{}",
-        resumed[0].data
-    );
-    let after: Vec<&Event> = events.iter().filter(|e| e.seq > resumed[0].seq).collect();
-    assert!(
-        !after
-            .iter()
-            .any(|e| e.kind == EventKind::AgentStarted && step_of(e) == Some(1)),
-        "step 1 ran again"
-    );
-    let remade: Vec<&str> = after
-        .iter()
-        .filter(|e| e.kind == EventKind::LlmFinished)
-        .filter_map(|e| e.data["purpose"].as_str())
-        .filter(|purpose| calls_before.iter().any(|p| p == purpose))
-        .collect();
-    assert!(remade.is_empty(), "recorded calls made again: {remade:?}");
+    assert_resumed_after_step_one(&events, &calls_before);
 
     // The API node streamed the whole log, in order, once each.
     let streamed: Vec<Value> = streamed.await.unwrap();

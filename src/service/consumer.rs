@@ -335,17 +335,7 @@ impl Consumer {
                         "its queue entry was delivered {} times (queue.max_deliveries = {max}): its workers stopped each time; moved to the dead-letter stream",
                         delivery.deliveries
                     );
-                    if let Err(error) = durability::end_unstarted(
-                        &self.writer,
-                        &self.metrics,
-                        id,
-                        TaskStatus::Failed,
-                        &reason,
-                    )
-                    .await
-                    {
-                        tracing::error!(task_id = %id, %error, "fail a dead-lettered task");
-                    }
+                    self.fail(id, &reason).await;
                     self.bury(&delivery, &reason).await;
                     return;
                 }
@@ -354,17 +344,7 @@ impl Consumer {
                     Err(reason) => {
                         let reason =
                             format!("cannot resume the task after its worker stopped: {reason}");
-                        if let Err(error) = durability::end_unstarted(
-                            &self.writer,
-                            &self.metrics,
-                            id,
-                            TaskStatus::Failed,
-                            &reason,
-                        )
-                        .await
-                        {
-                            tracing::error!(task_id = %id, %error, "fail an unresumable task");
-                        }
+                        self.fail(id, &reason).await;
                         self.release(id);
                         self.acknowledge(id, delivery.entry.clone()).await;
                         return;
@@ -378,6 +358,16 @@ impl Consumer {
 
                 self.run(id, delivery, start, permit);
             }
+        }
+    }
+
+    /// Fails task `id`, which this worker claimed and will not run, for `reason` (one commit).
+    async fn fail(&self, id: TaskId, reason: &str) {
+        let ended =
+            durability::end_unstarted(&self.writer, &self.metrics, id, TaskStatus::Failed, reason)
+                .await;
+        if let Err(error) = ended {
+            tracing::error!(task_id = %id, %error, %reason, "store the failure of a delivered task");
         }
     }
 
