@@ -743,8 +743,8 @@ impl Core {
         Ok(())
     }
 
-    /// Cancels a queued or running task.
-    pub async fn cancel(&self, id: TaskId) -> Result<(), CancelError> {
+    /// Whether task `id` exists and has not ended (what a cancel needs), as the error a cancel answers.
+    async fn unfinished(&self, id: TaskId) -> Result<(), CancelError> {
         let task = self
             .storage
             .task(id)
@@ -756,6 +756,12 @@ impl Core {
                 status: task.status,
             });
         }
+        Ok(())
+    }
+
+    /// Cancels a queued or running task.
+    pub async fn cancel(&self, id: TaskId) -> Result<(), CancelError> {
+        self.unfinished(id).await?;
         match self.director.send(Envelope::new(id, CancelTask)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_not_running)) if self.queue.is_some() => self.cancel_elsewhere(id).await,
@@ -802,17 +808,7 @@ impl Core {
             .await?;
             return Ok(());
         }
-        let task = self
-            .storage
-            .task(id)
-            .await?
-            .ok_or(CancelError::NotFound(id))?;
-        if task.status.is_terminal() {
-            return Err(CancelError::Finished {
-                id,
-                status: task.status,
-            });
-        }
+        self.unfinished(id).await?;
         control::Control::Cancel(id).send(&self.storage).await?;
         Ok(())
     }
