@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod body_deadline;
 pub mod breakpoints;
 pub mod compare;
 pub mod dashboard;
@@ -42,18 +43,23 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
     };
     let max_body = core.settings.server.max_body_bytes;
     let access = web::Data::new(access::Access::new(&core.settings.server));
+    let body_timeout = web::Data::new(body_deadline::BodyTimeout(std::time::Duration::from_secs(
+        core.settings.server.body_timeout_seconds,
+    )));
     let streams = web::Data::new(events::StreamSlots::new(
         core.settings.server.max_websockets,
     ));
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
         App::new()
-            // Innermost, so that refused requests are still counted and traced.
+            .wrap(actix_web::middleware::from_fn(body_deadline::limit))
+            // Innermost but for the body's deadline, so that refused requests are still counted and traced.
             .wrap(actix_web::middleware::from_fn(access::check))
             .wrap(actix_web::middleware::from_fn(http_metrics::record))
             .wrap(TracingLogger::default())
             .app_data(core.clone())
             .app_data(access.clone())
+            .app_data(body_timeout.clone())
             .app_data(streams.clone())
             .app_data(
                 web::FormConfig::default()

@@ -12,6 +12,9 @@ use crate::api;
 use crate::config::{Settings, AUTH_TOKEN_VARIABLE};
 use crate::service::{Core, StartError};
 
+/// Connections the listening socket queues before they are accepted.
+const BACKLOG: i32 = 4096;
+
 /// The core behind the HTTP server.
 pub struct Application {
     port: u16,
@@ -34,6 +37,14 @@ impl Application {
             address: address.clone(),
             source,
         })?;
+        // std listens with a backlog of 128; bursts of connections (thousands of clients at once) need more
+        // room while the workers accept them. The kernel caps it at net.core.somaxconn.
+        socket2::SockRef::from(&listener)
+            .listen(BACKLOG)
+            .map_err(|source| StartError::Bind {
+                address: address.clone(),
+                source,
+            })?;
         let port = listener
             .local_addr()
             .map_err(|source| StartError::Bind {

@@ -114,6 +114,8 @@ pub struct ServerSettings {
     pub bind: String,
     /// What this process does with tasks: takes them (`api`), runs them (`worker`) or both (`all`).
     pub role: Role,
+    /// Longest a request body may take to arrive after its head, in seconds (408 beyond).
+    pub body_timeout_seconds: u64,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Longest prompt accepted, in characters.
@@ -504,6 +506,9 @@ impl Settings {
                 "server.bind: '{}' is not host:port",
                 self.server.bind
             ));
+        }
+        if !(1..=3600).contains(&self.server.body_timeout_seconds) {
+            problems.push("server.body_timeout_seconds: must be within 1..=3600".into());
         }
         if self.server.max_body_bytes < 256 {
             problems.push("server.max_body_bytes: must be at least 256".into());

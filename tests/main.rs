@@ -11,6 +11,7 @@ mod dashboard_api;
 mod durability;
 mod fork;
 mod helpers;
+mod hostile_clients;
 mod layers;
 mod memory;
 mod model_worker;

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// The body is not declared as JSON.
     #[error("request body must be application/json")]
     UnsupportedMediaType,
+    /// The body did not arrive in time (`server.body_timeout_seconds`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is larger than allowed.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
@@ -168,6 +171,7 @@ impl ApiError {
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::EmptyPrompt => "empty_prompt",
             ApiError::PromptTooLarge { .. } => "prompt_too_large",
             ApiError::InvalidOption(_) => "invalid_option",
@@ -217,6 +221,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidBreakpointId(_)
             | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) | ApiError::PromptTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -285,6 +290,11 @@ impl From<JsonPayloadError> for ApiError {
                 } else {
                     ApiError::InvalidJson(error.to_string())
                 }
+            }
+            JsonPayloadError::Payload(actix_web::error::PayloadError::Io(error))
+                if error.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                ApiError::RequestTimeout(error.to_string())
             }
             JsonPayloadError::Payload(error) => ApiError::InvalidBody(error.to_string()),
             other => ApiError::InvalidBody(other.to_string()),
