@@ -295,6 +295,8 @@ ensure_redis() {
   port=6379
   case "$host" in *:*) port=${host##*:}; host=${host%:*} ;; esac
   host=${host:-127.0.0.1}
+  # The binary too, even when some Redis answers: the outage test starts (and stops) one of its own.
+  command -v redis-server >/dev/null || need_debs redis-server redis-tools
   if redis_answers "$host" "$port"; then log "Redis answers on $host:$port"; return; fi
   case "$host" in
     127.* | localhost) ;;

@@ -34,6 +34,7 @@ fn redis_url() -> String {
 /// One deployment: the settings every node shares, on a database and a key prefix of its own.
 struct Deployment {
     database: TestDatabase,
+    redis: String,
     prefix: String,
     otlp: String,
     dir: tempfile::TempDir,
@@ -42,8 +43,13 @@ struct Deployment {
 
 impl Deployment {
     async fn new(otlp: &str, max_deliveries: u32) -> Deployment {
+        Self::on_redis(otlp, max_deliveries, &redis_url()).await
+    }
+
+    async fn on_redis(otlp: &str, max_deliveries: u32, redis: &str) -> Deployment {
         Deployment {
             database: TestDatabase::create().await,
+            redis: redis.to_owned(),
             prefix: format!("troupe-test-{}", uuid::Uuid::new_v4().simple()),
             otlp: otlp.to_owned(),
             dir: tempfile::tempdir().unwrap(),
@@ -53,7 +59,7 @@ impl Deployment {
 
     /// A node: `args` (serve --role api, or worker), its name as its consumer and instance id.
     async fn node(&self, args: &[&str], name: &str) -> Server {
-        let redis = redis_url();
+        let redis = self.redis.clone();
         let max_deliveries = self.max_deliveries.to_string();
         let instance = format!("service.instance.id={name}");
         let env = [
@@ -74,12 +80,12 @@ impl Deployment {
     }
 
     fn queue(&self) -> TaskQueue {
-        TaskQueue::connect(&redis_url(), &self.prefix, "tasks", "workers", "test").unwrap()
+        TaskQueue::connect(&self.redis, &self.prefix, "tasks", "workers", "test").unwrap()
     }
 
     async fn finish(self) {
         let prefix = self.prefix.clone();
-        if let Ok(client) = redis::Client::open(redis_url()) {
+        if let Ok(client) = redis::Client::open(self.redis.clone()) {
             if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
                 let stream = format!("{prefix}:tasks");
                 let _: Result<(), _> = redis::cmd("DEL")
@@ -304,5 +310,184 @@ async fn an_entry_delivered_too_often_or_naming_no_task_goes_to_the_dead_letter_
     drop(workers);
     drop(api);
     receiver.stop(false).await;
+    deployment.finish().await;
+}
+
+/// A Redis server of the test's own, so that it can be stopped: durable (appendonly) in `dir`, on `port`.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnRedis {
+    async fn start(dir: &std::path::Path, port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh test installs it)");
+        let redis = OwnRedis { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let answered = match redis::Client::open(redis.url()) {
+                Ok(client) => match client.get_multiplexed_async_connection().await {
+                    Ok(mut connection) => redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                },
+                Err(_) => false,
+            };
+            if answered {
+                return redis;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM (Redis writes its append-only file and exits), then waits.
+    fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "redis-server stopped with {status}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[actix_rt::test]
+async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = OwnRedis::start(redis_dir.path(), port).await;
+    let deployment = Deployment::on_redis("", 3, &redis.url()).await;
+    let storage = open(&deployment.database.url).await;
+    let api = deployment
+        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
+        .await;
+    let worker = deployment
+        .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
+        .await;
+    let before = api
+        .submit("List three facts about the river Danube, then summarise them in one sentence")
+        .await;
+    wait_for_events(
+        &storage,
+        before,
+        Duration::from_secs(240),
+        "its start",
+        |events| events.iter().any(|e| e.kind == EventKind::AgentStarted),
+    )
+    .await;
+
+    redis.stop();
+    // The API says so, and takes nothing it could not queue: 503 with a JSON error, nothing stored.
+    let client = client_for(api.port, tempfile::tempdir().unwrap());
+    let (status, body) = client
+        .post_task(&serde_json::json!({ "prompt": "What is 2 + 2?" }))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("queue"),
+        "{body}"
+    );
+    let (status, ready) = client.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_ne!(ready["checks"]["queue"], "ok", "{ready}");
+    let (_, listed) = client.get("/api/v1/tasks").await;
+    assert_eq!(
+        listed["tasks"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    // The task a worker holds runs on (it needs no Redis to run); its acknowledgement waits.
+    let events =
+        wait_for_events(&storage, before, Duration::from_secs(300), "the end", ended).await;
+    assert_no_gap(&events);
+    assert_ended_by_its_flow(&storage.task(before).await.unwrap().unwrap());
+
+    // Redis back, from its append-only file: the acknowledgement lands, and new tasks run.
+    let _redis = OwnRedis::start(redis_dir.path(), port).await;
+    let queue = deployment.queue();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = queue.depth().await;
+        if let Ok(depth) = &depth {
+            if (depth.waiting, depth.pending, depth.dead) == (0, 0, 0) {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{depth:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.get("/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API did not become ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = api.submit("What is 2 + 2?").await;
+    wait_for_events(&storage, after, Duration::from_secs(300), "the end", ended).await;
+    // Nothing ran twice: two first deliveries, no re-claim.
+    let metrics = client_for(worker.port, tempfile::tempdir().unwrap())
+        .metrics()
+        .await;
+    assert_eq!(
+        crate::helpers::metric_value(
+            &metrics,
+            "troupe_queue_deliveries_total{outcome=\"started\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "troupe_queue_reclaimed_total"),
+        0.0
+    );
+    drop(worker);
+    drop(api);
     deployment.finish().await;
 }
