@@ -160,7 +160,63 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
 
 /// A resource whose unmatched methods get a JSON 405.
 fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(|| async { ApiError::MethodNotAllowed }))
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// 405 with the `Allow` header (RFC 9110) listing the methods the OpenAPI document gives the route: the
+/// document is the one list of them (a test checks every route answers as it says).
+async fn method_not_allowed(request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    let mut response = ApiError::MethodNotAllowed.error_response();
+    let allowed = request
+        .match_pattern()
+        .and_then(|pattern| allowed_methods().get(pattern.as_str()).cloned());
+    if let Some(allow) = allowed {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::ALLOW, value);
+        }
+    }
+    response
+}
+
+/// Each documented path's methods, as an `Allow` value ("GET, POST"), read from the OpenAPI document once.
+pub fn allowed_methods() -> &'static std::collections::HashMap<String, String> {
+    static ALLOWED: std::sync::OnceLock<std::collections::HashMap<String, String>> =
+        std::sync::OnceLock::new();
+    ALLOWED.get_or_init(|| {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).unwrap_or_default();
+        let mut allowed = std::collections::HashMap::new();
+        if let Some(paths) = document["paths"].as_object() {
+            for (path, item) in paths {
+                let methods: Vec<String> = ["get", "post", "put", "patch", "delete"]
+                    .into_iter()
+                    .filter(|method| item.get(*method).is_some())
+                    .map(str::to_uppercase)
+                    .collect();
+                allowed.insert(path.clone(), methods.join(", "));
+            }
+        }
+        allowed
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_allowed_methods_come_from_the_document() {
+        let allowed = super::allowed_methods();
+        assert_eq!(
+            allowed.get("/api/v1/tasks").map(String::as_str),
+            Some("GET, POST")
+        );
+        assert_eq!(
+            allowed.get("/api/v1/tasks/{id}").map(String::as_str),
+            Some("GET, DELETE")
+        );
+        assert!(allowed.len() > 20, "{allowed:?}");
+    }
 }
 
 async fn openapi() -> HttpResponse {

@@ -135,3 +135,33 @@ async fn a_malformed_traceparent_starts_a_fresh_trace() {
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[actix_rt::test]
+async fn a_method_a_route_does_not_take_gets_405_with_the_allowed_ones() {
+    let app = spawn_app_with(|_| {}).await;
+    let id = "0193a1f2-7c4e-7b8a-9d3e-5f6a7b8c9d0e";
+    for (path, allowed) in troupe::api::allowed_methods() {
+        // Every path parameter as an id (a task, a breakpoint, a call or a purpose all accept one).
+        let concrete: String = path
+            .split('/')
+            .map(|part| if part.starts_with('{') { id } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        let response = app
+            .client
+            .request(
+                actix_web::http::Method::from_bytes(b"TRACE").unwrap(),
+                format!("{}{concrete}", app.address),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "TRACE {path}");
+        let header = response
+            .headers()
+            .get("allow")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        assert_eq!(header, allowed, "TRACE {path}: Allow");
+    }
+}
