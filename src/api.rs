@@ -202,6 +202,12 @@ pub fn allowed_methods() -> &'static std::collections::HashMap<String, String> {
     })
 }
 
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -217,10 +223,4 @@ mod tests {
         );
         assert!(allowed.len() > 20, "{allowed:?}");
     }
-}
-
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(OPENAPI)
 }
