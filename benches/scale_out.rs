@@ -51,6 +51,8 @@ impl Drop for Node {
 /// Everything the nodes of one deployment share.
 struct Deployment {
     root: PathBuf,
+    /// Its database's name (dropped at the end), and its URL.
+    name: String,
     database: String,
     redis: String,
     prefix: String,
@@ -59,6 +61,30 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// A deployment on a fresh database `troupe_bench_{suffix}` of the server at `base`, its Redis keys
+    /// under a prefix of its own; `queue`: the Redis queue, else the local one.
+    async fn create(
+        admin: &sea_orm::DatabaseConnection,
+        base: &str,
+        suffix: &str,
+        redis: &str,
+        queue: bool,
+    ) -> anyhow::Result<Deployment> {
+        let name = format!("troupe_bench_{suffix}");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        Ok(Deployment {
+            root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            database: format!("{base}/{name}"),
+            name,
+            redis: redis.to_owned(),
+            prefix: format!("troupe-bench-{suffix}"),
+            queue,
+            work: tempfile::tempdir()?,
+        })
+    }
+
     fn node(&self, args: &[&str], name: &str) -> anyhow::Result<Node> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_troupe"));
         command
@@ -244,7 +270,6 @@ async fn record(storage: &Storage, port: u16) -> anyhow::Result<TaskId> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let server = std::env::var("TROUPE_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis =
@@ -264,19 +289,9 @@ fn main() -> anyhow::Result<()> {
         let mut databases = Vec::new();
 
         // Baseline: one process, the local queue.
-        let name = format!("troupe_bench_local_{stamp}");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        databases.push(name.clone());
-        let local = Deployment {
-            root: root.clone(),
-            database: format!("{base}/{name}"),
-            redis: redis.clone(),
-            prefix: format!("troupe-bench-{stamp}-local"),
-            queue: false,
-            work: tempfile::tempdir()?,
-        };
+        let local =
+            Deployment::create(&admin, &base, &format!("local_{stamp}"), &redis, false).await?;
+        databases.push(local.name.clone());
         let storage = open(&local.database).await?;
         {
             let node = local.node(&["serve"], "local")?;
@@ -289,19 +304,9 @@ fn main() -> anyhow::Result<()> {
         }
 
         // The Redis queue: one API node, then 1, 2 and 3 workers.
-        let name = format!("troupe_bench_queue_{stamp}");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        databases.push(name.clone());
-        let queued = Deployment {
-            root: root.clone(),
-            database: format!("{base}/{name}"),
-            redis: redis.clone(),
-            prefix: format!("troupe-bench-{stamp}"),
-            queue: true,
-            work: tempfile::tempdir()?,
-        };
+        let queued =
+            Deployment::create(&admin, &base, &format!("queue_{stamp}"), &redis, true).await?;
+        databases.push(queued.name.clone());
         let storage = open(&queued.database).await?;
         let api = queued.node(&["serve", "--role", "api"], "api")?;
         let mut workers = vec![queued.node(&["worker"], "worker-1")?];

@@ -461,16 +461,7 @@ impl TaskQueue {
             .arg(&self.group)
             .cmd("XLEN")
             .arg(&self.dead);
-        let mut connection = self
-            .pool
-            .get()
-            .await
-            .map_err(|error| QueueError::Unavailable(error.to_string()))?;
-        let replies: Vec<Value> =
-            tokio::time::timeout(TIMEOUT, pipe.query_async::<Vec<Value>>(&mut connection))
-                .await
-                .map_err(|_| QueueError::Unavailable("no reply to XLEN within 2s".into()))?
-                .map_err(|error| redis_error("XLEN", &error))?;
+        let replies: Vec<Value> = self.pipeline(&pipe, "XLEN").await?;
         let [length, pending, dead] = replies.as_slice() else {
             return Err(QueueError::Reply {
                 command: "XLEN",
@@ -493,13 +484,17 @@ impl TaskQueue {
         })
     }
 
-    async fn pipeline(&self, pipe: &redis::Pipeline, name: &'static str) -> Result<(), QueueError> {
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        name: &'static str,
+    ) -> Result<T, QueueError> {
         let mut connection = self
             .pool
             .get()
             .await
             .map_err(|error| QueueError::Unavailable(error.to_string()))?;
-        tokio::time::timeout(TIMEOUT, pipe.query_async::<()>(&mut connection))
+        tokio::time::timeout(TIMEOUT, pipe.query_async::<T>(&mut connection))
             .await
             .map_err(|_| QueueError::Unavailable(format!("no reply to {name} within {TIMEOUT:?}")))?
             .map_err(|error| redis_error(name, &error))
