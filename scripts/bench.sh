@@ -51,6 +51,13 @@ echo "== scale-out: tasks/s through the Redis queue with 1, 2, 3 workers vs one 
 scale_out=$(TROUPE_BENCH_POSTGRES_URL="$pg_server" cargo bench --locked --bench scale_out 2>/dev/null | tail -n 1)
 echo "scale-out: $scale_out" >&2
 
+# The soak is the test of tests/soak.rs run long (the dev profile the test suite builds; the nodes are the same
+# `troupe` binary): TROUPE_SOAK_SECONDS (default here 1800) at TROUPE_SOAK_RATE tasks/s (default 20).
+echo "== soak: ${TROUPE_SOAK_SECONDS:-1800} s of replayed tasks through an API node and two workers: RSS, open files, sockets" >&2
+soak=$(TROUPE_SOAK_SECONDS=${TROUPE_SOAK_SECONDS:-1800} TROUPE_TEST_POSTGRES_URL="$pg_server" \
+  cargo test --locked --test main soak:: -- --nocapture 2>/dev/null | sed -n 's/^soak: //p' | tail -n 1)
+echo "soak: ${soak:-failed (rerun: cargo test --test main soak:: -- --nocapture)}" >&2
+
 echo "== memory: embeddings/s, pgvector HNSW search at 10k and 100k (latency, recall@10), per-tier latency" >&2
 memory=$(cargo bench --locked --bench memory 2>/dev/null | tail -n 1)
 
@@ -70,9 +77,9 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$sandbox_reference" \
 
 python3 - "$out" "$machine" "$threads" "$troupe" "$troupe_again" "$reference" "$orchestration_on" "$orchestration_off" \
   "$(cat "$llama_tools/VERSION" 2>/dev/null || echo unknown)" "$orchestration_otlp" "$memory" "$sandbox" \
-  "$sandbox_reference" "$openai" "$routing" "$dashboard" "$orchestration_pg" "$scale_out" <<'PY'
+  "$sandbox_reference" "$openai" "$routing" "$dashboard" "$orchestration_pg" "$scale_out" "${soak:-null}" <<'PY'
 import json, sys
-out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard, orchestration_pg, scale_out = sys.argv[1:]
+out, machine, threads, troupe, troupe_again, reference, on, off, version, otlp, memory, sandbox, sandbox_reference, openai, routing, dashboard, orchestration_pg, scale_out, soak = sys.argv[1:]
 troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard = (json.loads(x) for x in (troupe, troupe_again, on, off, otlp, memory, sandbox, openai, routing, dashboard))
 reference = json.loads(reference)
 tg = [r for r in reference if r.get("n_gen") == 64][0]
@@ -92,6 +99,7 @@ result = {
         "full_instrumentation_cost_throughput": 1 - otlp["throughput_tasks_per_s"] / off["throughput_tasks_per_s"]},
     "openai_provider": openai,
     "scale_out": json.loads(scale_out),
+    "soak": json.loads(soak),
     "memory": memory,
     "sandbox": sandbox,
     "routing": routing,

@@ -314,6 +314,26 @@ ensure_redis() {
 }
 
 # bubblewrap needs user namespaces; without them the sandbox refuses to run code (and says so at /readyz).
+# schemathesis (PyPI) checks a running server against its OpenAPI document (tests/schemathesis.rs), from a venv
+# in the cache outside the checkout: $TROUPE_CACHE/schemathesis-VERSION/bin/schemathesis. Debian's python3-venv
+# (ensurepip) is installed where the venv module cannot make one.
+SCHEMATHESIS=4.32.5
+SCHEMATHESIS_VENV="$TROUPE_CACHE/schemathesis-$SCHEMATHESIS"
+ensure_schemathesis() {
+  local bin="$SCHEMATHESIS_VENV/bin/schemathesis"
+  # .complete is written last: a venv an interrupted run left half made is made again.
+  if [ -f "$SCHEMATHESIS_VENV/.complete" ] && "$bin" --version >/dev/null 2>&1; then
+    log "schemathesis $SCHEMATHESIS present: $bin"; return
+  fi
+  python3 -c 'import ensurepip' 2>/dev/null || need_debs python3-venv
+  rm -rf "$SCHEMATHESIS_VENV"
+  log "installing schemathesis $SCHEMATHESIS with pip into $SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV"
+  "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet "schemathesis==$SCHEMATHESIS"
+  "$bin" --version >/dev/null
+  touch "$SCHEMATHESIS_VENV/.complete"
+}
+
 check_sandbox() {
   local out
   if out=$(bwrap --unshare-all --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin \
@@ -345,6 +365,7 @@ case "$mode" in
     ensure_postgres
     ensure_pgvector
     ensure_redis
+    ensure_schemathesis
     ;;
   bench)
     need_debs hyperfine chromium chromium-driver

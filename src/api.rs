@@ -48,6 +48,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
     )));
     let streams = web::Data::new(events::StreamSlots::new(
         core.settings.server.max_websockets,
+        std::time::Duration::from_secs(core.settings.server.websocket_send_timeout_seconds),
     ));
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
@@ -222,5 +223,38 @@ mod tests {
             Some("GET, DELETE")
         );
         assert!(allowed.len() > 20, "{allowed:?}");
+    }
+
+    #[test]
+    fn the_documented_event_and_memory_kinds_are_the_ones_the_server_knows() {
+        let document: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let exclude = document["paths"]["/api/v1/tasks/{id}/events"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == "exclude")
+            .unwrap();
+        let documented: Vec<&str> = exclude["schema"]["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let known: Vec<&str> = crate::domain::EventKind::ALL
+            .iter()
+            .map(|kind| kind.as_str())
+            .collect();
+        assert_eq!(documented, known);
+        let memory: Vec<&str> = document["components"]["schemas"]["MemoryKind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let known: Vec<&str> = crate::domain::MemoryKind::ALL
+            .iter()
+            .map(|kind| kind.as_str())
+            .collect();
+        assert_eq!(memory, known);
     }
 }

@@ -125,6 +125,9 @@ pub struct ServerSettings {
     /// WebSocket streams open at once (a task's events and the all-tasks stream together); one more gets
     /// 429 with `Retry-After`.
     pub max_websockets: usize,
+    /// Longest a WebSocket stream waits to hand the client a frame (its buffers full: a client that does
+    /// not read) before it drops the connection.
+    pub websocket_send_timeout_seconds: u64,
     /// The token every request must carry (`Authorization: Bearer` or the dashboard's `troupe_token`
     /// cookie), from `TROUPE__SERVER__AUTH_TOKEN` only; `None` (unset or empty): no authentication, which
     /// `troupe serve` accepts only on a loopback address.
@@ -611,6 +614,9 @@ impl Settings {
         }
         if self.server.max_websockets == 0 {
             problems.push("server.max_websockets: must be positive".into());
+        }
+        if self.server.websocket_send_timeout_seconds == 0 {
+            problems.push("server.websocket_send_timeout_seconds: must be positive".into());
         }
         if self.director.max_concurrent_tasks == 0 {
             problems.push("director.max_concurrent_tasks: must be positive".into());

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod breakpoint;
 pub mod event;
+pub mod json_types;
 pub mod limits;
 pub mod memory;
 pub mod replay;

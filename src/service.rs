@@ -262,6 +262,8 @@ pub struct Core {
     /// Listening for the events other processes commit (the Redis queue on PostgreSQL); stopped with the
     /// core.
     _following: Option<remote::Following>,
+    /// This process's asks to the node holding a pause, waiting for their answers (`control.rs`).
+    asks: control::Asks,
 }
 
 /// How long a subscription to a task whose events another process may commit waits for an announcement
@@ -484,12 +486,20 @@ impl Core {
         if remote {
             breakpoints = breakpoints.shared_between_processes();
         }
+        let asks = control::Asks::default();
         let following = remote.then(|| {
             remote::follow(
                 storage.clone(),
                 hub.clone(),
                 node,
-                control::handler(director.clone(), breakpoints.clone()),
+                control::handler(control::Holder {
+                    director: director.clone(),
+                    breakpoints: breakpoints.clone(),
+                    debugger: tools.debugger().clone(),
+                    confirmations: confirmations.clone(),
+                    storage: storage.clone(),
+                    asks: asks.clone(),
+                }),
             )
         });
         tools.debugger().watch(Arc::new(breakpoints.clone()));
@@ -524,6 +534,7 @@ impl Core {
             ends,
             consumer: None,
             _following: following,
+            asks,
         }
     }
 
@@ -826,9 +837,14 @@ impl Core {
                     .ok_or(ConfirmError::NotFound(id))?;
                 if task.status == TaskStatus::Paused {
                     if let Some(held) = self.held_elsewhere(task.owner.as_deref()).await {
-                        return Err(ConfirmError::HeldElsewhere(format!(
-                            "task {id} is paused on {held}; its confirmation is answered by that process's API"
-                        )));
+                        // The process holding the wait takes the answer.
+                        return match self.asks.ask(&self.storage, id, control::Ask::Confirm(allow)).await? {
+                            Some(control::Answer::Done) => Ok(()),
+                            _ => Err(ConfirmError::HeldElsewhere(format!(
+                                "task {id} is paused on {held}, which did not take the confirmation within {:?}",
+                                control::ASK_TIMEOUT
+                            ))),
+                        };
                     }
                 }
                 Err(ConfirmError::NotWaiting {

@@ -80,6 +80,9 @@ pub enum StorageError {
     /// A notification could not be sent or listened for (`notify.rs`).
     #[error("database notifications: {0}")]
     Notify(String),
+    /// The writer found the database unreachable and refused a request meanwhile (`writer.rs`, Outages).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StorageError {
@@ -93,7 +96,8 @@ impl StorageError {
         match self {
             StorageError::Connect { .. }
             | StorageError::WriterStopped
-            | StorageError::Notify(_) => true,
+            | StorageError::Notify(_)
+            | StorageError::Unavailable(_) => true,
             StorageError::Query { source, .. } | StorageError::Migrate(source) => {
                 db_unreachable(source)
             }
@@ -147,7 +151,9 @@ impl Storage {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(settings.max_connections)
-            .connect_timeout(Duration::from_secs(10))
+            // Also the longest wait for a pooled connection: a database that cannot be reached answers 503
+            // after this, not after sqlx's 30 s default.
+            .connect_timeout(Duration::from_secs(5))
             .sqlx_logging(false)
             .map_sqlx_sqlite_opts(|sqlite| {
                 sqlite

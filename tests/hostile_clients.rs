@@ -165,3 +165,75 @@ async fn a_method_a_route_does_not_take_gets_405_with_the_allowed_ones() {
         assert_eq!(header, allowed, "TRACE {path}: Allow");
     }
 }
+
+/// A WebSocket upgrade of `path` on a raw socket whose receive buffer is as small as the kernel allows, and
+/// which is then never read.
+fn websocket_that_never_reads(port: u16, path: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut stream: TcpStream = socket.into();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    stream
+}
+
+#[actix_rt::test]
+async fn a_websocket_client_that_never_reads_is_dropped_and_its_place_freed() {
+    let app = spawn_app_with(|settings| {
+        settings.server.websocket_send_timeout_seconds = 1;
+        settings.server.max_websockets = 1;
+    })
+    .await;
+    // A recording on the real model; its replays then make events fast (no model time).
+    let recorded = app.submit("What is 2 + 2?").await;
+    app.wait_for_task(&recorded, Duration::from_secs(300), |task| {
+        ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or_default())
+    })
+    .await;
+
+    // The all-tasks stream, never read, while replays commit far more than a socket's buffers hold.
+    let slow = websocket_that_never_reads(app.port, "/api/v1/events");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut submitted = 0;
+    loop {
+        let (status, body) = app
+            .post_task(&json!({ "prompt": "What is 2 + 2?", "options": { "replay_of": recorded } }))
+            .await;
+        assert!(status == 202 || status == 429, "{status} {body}");
+        submitted += usize::from(status == 202);
+        let scrape = app.metrics().await;
+        if crate::helpers::metric_value(&scrape, "troupe_websocket_slow_clients_total") == 1.0 {
+            assert_eq!(
+                crate::helpers::metric_value(&scrape, "troupe_websocket_connections"),
+                0.0,
+                "{scrape}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a client that never read was not dropped after {submitted} tasks"
+        );
+        if status == 429 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Meanwhile others were served, and its place is free again (max_websockets = 1): a reading client
+    // gets a task's whole log.
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (_, page) = app.get(&format!("/api/v1/tasks/{recorded}/events")).await;
+    let events = app.follow(&recorded, 0, Duration::from_secs(30)).await;
+    assert_eq!(
+        events.len(),
+        page["events"].as_array().map_or(0, Vec::len),
+        "the stream after the dropped one"
+    );
+    drop(slow);
+}

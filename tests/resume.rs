@@ -76,7 +76,7 @@ impl Drop for Server {
 
 impl Server {
     /// Starts `troupe serve` on `database` and waits until it says which port it serves.
-    async fn start(database: &str, dir: &tempfile::TempDir) -> Server {
+    pub(crate) async fn start(database: &str, dir: &tempfile::TempDir) -> Server {
         Self::start_with(database, dir, &[]).await
     }
 
@@ -137,6 +137,11 @@ impl Server {
                 .timeout(Duration::from_secs(30))
                 .finish(),
         }
+    }
+
+    /// How the process ended, if it has.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// The process id.

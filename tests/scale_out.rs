@@ -32,8 +32,8 @@ fn redis_url() -> String {
 }
 
 /// One deployment: the settings every node shares, on a database and a key prefix of its own.
-struct Deployment {
-    database: TestDatabase,
+pub(crate) struct Deployment {
+    pub(crate) database: TestDatabase,
     redis: String,
     prefix: String,
     otlp: String,
@@ -42,7 +42,7 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn new(otlp: &str, max_deliveries: u32) -> Deployment {
+    pub(crate) async fn new(otlp: &str, max_deliveries: u32) -> Deployment {
         Self::on_redis(otlp, max_deliveries, &redis_url()).await
     }
 
@@ -58,7 +58,7 @@ impl Deployment {
     }
 
     /// A node: `args` (serve --role api, or worker), its name as its consumer and instance id.
-    async fn node(&self, args: &[&str], name: &str) -> Server {
+    pub(crate) async fn node(&self, args: &[&str], name: &str) -> Server {
         let redis = self.redis.clone();
         let max_deliveries = self.max_deliveries.to_string();
         let instance = format!("service.instance.id={name}");
@@ -83,7 +83,23 @@ impl Deployment {
         TaskQueue::connect(&self.redis, &self.prefix, "tasks", "workers", "test").unwrap()
     }
 
-    async fn finish(self) {
+    /// Waits until the queue holds nothing: no entry waiting, pending or dead (bounded).
+    pub(crate) async fn wait_for_empty_queue(&self) {
+        let queue = self.queue();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let depth = queue.depth().await;
+            if let Ok(depth) = &depth {
+                if (depth.waiting, depth.pending, depth.dead) == (0, 0, 0) {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the queue: {depth:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) async fn finish(self) {
         let prefix = self.prefix.clone();
         if let Ok(client) = redis::Client::open(self.redis.clone()) {
             if let Ok(mut connection) = client.get_multiplexed_async_connection().await {
@@ -449,18 +465,7 @@ async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes()
 
     // Redis back, from its append-only file: the acknowledgement lands, and new tasks run.
     let _redis = OwnRedis::start(redis_dir.path(), port).await;
-    let queue = deployment.queue();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let depth = queue.depth().await;
-        if let Ok(depth) = &depth {
-            if (depth.waiting, depth.pending, depth.dead) == (0, 0, 0) {
-                break;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "{depth:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deployment.wait_for_empty_queue().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while client.get("/readyz").await.0 != 200 {
         assert!(
@@ -471,6 +476,33 @@ async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes()
     }
     let after = api.submit("What is 2 + 2?").await;
     wait_for_events(&storage, after, Duration::from_secs(300), "the end", ended).await;
+    // Short-term memory has one home again: what the first task wrote in-process during the outage (a
+    // window entry per finished step) was handed back to Redis, beside its plan written before it.
+    let finished_steps = events
+        .iter()
+        .filter(|e| e.kind == EventKind::AgentFinished)
+        .count();
+    let mut redis = redis::Client::open(deployment.redis.clone())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = |part: &str| format!("{}:task:{before}:{part}", deployment.prefix);
+    let window: Vec<String> = redis::cmd("LRANGE")
+        .arg(key("window"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(window.len(), finished_steps, "{window:?}");
+    let plan: Option<String> = redis::cmd("HGET")
+        .arg(key("scratch"))
+        .arg("plan")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(plan.is_some(), "the plan written before the outage");
     // Nothing ran twice: two first deliveries, no re-claim.
     let metrics = client_for(worker.port, tempfile::tempdir().unwrap())
         .metrics()
@@ -487,6 +519,76 @@ async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes()
         crate::helpers::metric_value(&metrics, "troupe_queue_reclaimed_total"),
         0.0
     );
+    drop(worker);
+    drop(api);
+    deployment.finish().await;
+}
+
+#[actix_rt::test]
+async fn a_pause_on_a_worker_is_shown_and_resumed_through_the_api_node() {
+    let deployment = Deployment::new("", 3).await;
+    let storage = open(&deployment.database.url).await;
+    let api = deployment
+        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
+        .await;
+    let worker = deployment
+        .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
+        .await;
+    let client = client_for(api.port, tempfile::tempdir().unwrap());
+    // Set on the API node; the worker reloads the breakpoints when told.
+    let (status, breakpoint) = client
+        .post_json(
+            "/api/v1/breakpoints",
+            &serde_json::json!({ "on": "step", "step": 1 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{breakpoint}");
+    let id = api.submit("What is 2 + 2?").await;
+    wait_for_events(
+        &storage,
+        id,
+        Duration::from_secs(240),
+        "its pause",
+        |events| events.iter().any(|e| e.kind == EventKind::TaskPaused),
+    )
+    .await;
+
+    // The API node shows what the worker holds it on, and its action reaches the worker.
+    let (status, state) = client.get(&format!("/api/v1/tasks/{id}/state")).await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["status"], "paused", "{state}");
+    assert_eq!(state["pending"]["point"]["on"], "step", "{state}");
+    assert_eq!(state["pending"]["reason"], "breakpoint", "{state}");
+    let (status, bad) = client
+        .post_json(
+            &format!("/api/v1/tasks/{id}/resume"),
+            &serde_json::json!({ "action": "override", "chosen": "research" }),
+        )
+        .await;
+    assert_eq!(status, 400, "an override that does not fit a step: {bad}");
+    let (status, resumed) = client
+        .post_json(
+            &format!("/api/v1/tasks/{id}/resume"),
+            &serde_json::json!({ "action": "continue" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{resumed}");
+    let events = wait_for_events(&storage, id, Duration::from_secs(300), "the end", ended).await;
+    assert_no_gap(&events);
+    assert_ended_by_its_flow(&storage.task(id).await.unwrap().unwrap());
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::TaskResumed),
+        "no task.resumed"
+    );
+    // Nobody holds a pause of it any more: the API node says so.
+    let (status, late) = client
+        .post_json(
+            &format!("/api/v1/tasks/{id}/resume"),
+            &serde_json::json!({ "action": "continue" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{late}");
+    assert_eq!(late["error"]["code"], "not_paused", "{late}");
     drop(worker);
     drop(api);
     deployment.finish().await;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{parse_breakpoint_id, parse_task_id, ApiError};
+use crate::domain::json_types::Object;
 use crate::domain::{AgentKind, BreakOn, BreakpointError, BreakpointSpec, Condition, TaskId};
 use crate::service::Core;
 
@@ -26,7 +27,10 @@ pub struct CreateBreakpoint {
     #[serde(default)]
     pub tool: Option<String>,
     /// Only this step.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::domain::json_types::optional_whole"
+    )]
     pub step: Option<i32>,
     /// Only model calls of this purpose (or below it).
     #[serde(default)]
@@ -66,9 +70,9 @@ impl CreateBreakpoint {
 /// `POST /api/v1/breakpoints`: validates and stores the breakpoint; 201 with it once it is in force.
 pub async fn create_breakpoint(
     core: web::Data<Core>,
-    body: web::Json<CreateBreakpoint>,
+    body: web::Json<Object<CreateBreakpoint>>,
 ) -> Result<HttpResponse, ApiError> {
-    let spec = body.into_inner().into_spec()?;
+    let spec = body.into_inner().into_inner().into_spec()?;
     let breakpoint = core.breakpoints.add(spec).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/breakpoints/{}", breakpoint.id)))

@@ -28,24 +28,48 @@ pub async fn task_state(
 pub struct Resume {
     /// `continue`, `step`, `abort` or `override`.
     pub action: String,
-    /// An override of a decision: the option chosen instead.
-    pub chosen: Option<String>,
-    /// An override of a step: its new instruction.
-    pub instruction: Option<String>,
-    /// An override of a tool call: its new arguments (checked against the tool's schema).
+    /// An override of a decision: the option chosen instead (a string).
+    #[serde(default, deserialize_with = "present")]
+    pub chosen: Option<Value>,
+    /// An override of a step: its new instruction (a string).
+    #[serde(default, deserialize_with = "present")]
+    pub instruction: Option<Value>,
+    /// An override of a tool call: its new arguments (an object, checked against the tool's schema).
+    #[serde(default, deserialize_with = "present")]
     pub arguments: Option<Value>,
+}
+
+/// A field that is there, `null` included (absent is `None` through `default`): `"chosen": null` is a
+/// change given, of the wrong type, not a change left out.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl Resume {
     fn action(self) -> Result<Action, ApiError> {
         let change: Vec<(&str, Value)> = [
-            ("chosen", self.chosen.map(Value::String)),
-            ("instruction", self.instruction.map(Value::String)),
+            ("chosen", self.chosen),
+            ("instruction", self.instruction),
             ("arguments", self.arguments),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|value| (name, value)))
         .collect();
+        for (name, value) in &change {
+            let fits = if *name == "arguments" {
+                value.is_object()
+            } else {
+                value.is_string()
+            };
+            if !fits {
+                let wanted = if *name == "arguments" {
+                    "an object"
+                } else {
+                    "a string"
+                };
+                return Err(ApiError::InvalidBody(format!("'{name}' must be {wanted}")));
+            }
+        }
         let plain = |action| {
             if let Some((name, _)) = change.first() {
                 return Err(ApiError::InvalidBody(format!(
@@ -84,10 +108,10 @@ impl Resume {
 pub async fn resume_task(
     core: web::Data<Core>,
     path: web::Path<String>,
-    body: web::Json<Resume>,
+    body: web::Json<crate::domain::json_types::Object<Resume>>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_task_id(&path)?;
-    let action = body.into_inner().action()?;
+    let action = body.into_inner().into_inner().action()?;
     let name = action.as_str();
     core.resume_task(id, action).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "action": name })))

@@ -3,6 +3,12 @@
 //! resumable with `?after=SEQ`, closed normally after the terminal event). `/api/v1/events`: every task's
 //! live events except tokens, over a WebSocket only (not resumable; closed with 1013 "lagged" when the
 //! client falls behind).
+//!
+//! Both are bounded per client: a frame that cannot be handed to the connection within
+//! `server.websocket_send_timeout_seconds` (a client that stopped reading: its socket's buffers and the
+//! session's 32 frames are full) drops the stream, frees its place and is counted in
+//! `troupe_websocket_slow_clients_total`; what such a client costs meanwhile is those buffers, never a
+//! growing queue.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
@@ -10,6 +16,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
@@ -17,6 +24,7 @@ use super::error::{parse_task_id, ApiError};
 use crate::domain::{Event, EventKind};
 use crate::events::{Shared, Subscription};
 use crate::service::Core;
+use crate::telemetry::metrics::Metrics;
 
 /// Most events one page of the JSON history holds.
 const MAX_EVENTS_LIMIT: u64 = 10_000;
@@ -101,7 +109,7 @@ pub async fn task_events(
             next,
         }));
     }
-    let open = OpenStream::admit(&slots, core.metrics.websocket_connections.clone())?;
+    let open = OpenStream::admit(&slots, &core.metrics)?;
     let subscription = core.events.subscribe(id, after).await?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
@@ -120,7 +128,7 @@ pub async fn all_events(
     if !is_websocket_upgrade(&request) {
         return Err(ApiError::UpgradeRequired);
     }
-    let open = OpenStream::admit(&slots, core.metrics.websocket_connections.clone())?;
+    let open = OpenStream::admit(&slots, &core.metrics)?;
     let live = core.events.subscribe_all();
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::InvalidBody(format!("websocket handshake: {e}")))?;
@@ -141,14 +149,16 @@ fn is_websocket_upgrade(request: &HttpRequest) -> bool {
 pub struct StreamSlots {
     slots: Arc<tokio::sync::Semaphore>,
     limit: usize,
+    send_timeout: Duration,
 }
 
 impl StreamSlots {
-    /// Room for `limit` streams at once.
-    pub fn new(limit: usize) -> Self {
+    /// Room for `limit` streams at once, each dropped when a frame waits `send_timeout` for its client.
+    pub fn new(limit: usize, send_timeout: Duration) -> Self {
         StreamSlots {
             slots: Arc::new(tokio::sync::Semaphore::new(limit)),
             limit,
+            send_timeout,
         }
     }
 }
@@ -157,20 +167,41 @@ impl StreamSlots {
 /// `troupe_websocket_connections` for as long as it lives.
 struct OpenStream {
     gauge: prometheus::IntGauge,
+    slow_clients: prometheus::IntCounter,
+    send_timeout: Duration,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl OpenStream {
     /// Takes a place before the handshake; none left is a 429 (the upgrade is refused, nothing is opened).
-    fn admit(slots: &StreamSlots, gauge: prometheus::IntGauge) -> Result<Self, ApiError> {
+    fn admit(slots: &StreamSlots, metrics: &Metrics) -> Result<Self, ApiError> {
         let slot = Arc::clone(&slots.slots).try_acquire_owned().map_err(|_| {
             ApiError::TooManyConnections(format!(
                 "{} WebSocket streams are open, the most server.max_websockets allows; retry later",
                 slots.limit
             ))
         })?;
+        let gauge = metrics.websocket_connections.clone();
         gauge.inc();
-        Ok(OpenStream { gauge, _slot: slot })
+        Ok(OpenStream {
+            gauge,
+            slow_clients: metrics.websocket_slow_clients.clone(),
+            send_timeout: slots.send_timeout,
+            _slot: slot,
+        })
+    }
+
+    /// Hands `text` to the client: false when it went away or did not take it within the send timeout
+    /// (then counted and logged; the caller ends the stream, which drops the connection).
+    async fn send(&self, session: &mut actix_ws::Session, text: bytestring::ByteString) -> bool {
+        match tokio::time::timeout(self.send_timeout, session.text(text)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.slow_clients.inc();
+                tracing::info!(timeout = ?self.send_timeout, "a WebSocket client stopped reading; its stream is dropped");
+                false
+            }
+        }
     }
 }
 
@@ -184,15 +215,15 @@ async fn stream_events(
     mut subscription: Subscription,
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
-    _open: OpenStream,
+    open: OpenStream,
 ) {
     let close = loop {
         tokio::select! {
             next = subscription.next_shared() => match next {
                 Ok(Some(event)) => {
                     // Serialized once by the hub, shared by every subscriber of the task.
-                    if session.text(event.json()).await.is_err() {
-                        return; // the client went away
+                    if !open.send(&mut session, event.json()).await {
+                        return; // the client went away, or stopped reading
                     }
                 }
                 Ok(None) => break CloseReason { code: CloseCode::Normal, description: None },
@@ -231,13 +262,13 @@ async fn stream_all(
     mut live: broadcast::Receiver<Arc<Shared>>,
     mut session: actix_ws::Session,
     mut messages: actix_ws::MessageStream,
-    _open: OpenStream,
+    open: OpenStream,
 ) {
     let close = loop {
         tokio::select! {
             next = live.recv() => match next {
                 Ok(event) => {
-                    if session.text(event.json()).await.is_err() {
+                    if !open.send(&mut session, event.json()).await {
                         return;
                     }
                 }

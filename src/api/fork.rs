@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::error::{parse_task_id, ApiError};
+use crate::domain::json_types::Object;
 use crate::domain::TaskStatus;
 use crate::service::{Core, ForkRequest};
 
@@ -14,10 +15,10 @@ use crate::service::{Core, ForkRequest};
 pub async fn fork_task(
     core: web::Data<Core>,
     path: web::Path<String>,
-    body: web::Json<ForkRequest>,
+    body: web::Json<Object<ForkRequest>>,
 ) -> Result<HttpResponse, ApiError> {
     let source = parse_task_id(&path)?;
-    let request = body.into_inner();
+    let request = body.into_inner().into_inner();
     let from_step = request.from_step;
     let id = core.fork(source, request).await?;
     Ok(HttpResponse::Accepted()

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::error::{parse_task_id, ApiError};
 use crate::config::DashboardSettings;
+use crate::domain::json_types::Object;
 use crate::domain::{TaskOptions, TaskStatus};
 use crate::service::Core;
 use crate::storage::{TaskQuery, TaskRecord};
@@ -18,16 +19,19 @@ pub struct CreateTask {
     /// What to do.
     pub prompt: String,
     /// Per-task options.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::domain::json_types::optional_object"
+    )]
     pub options: Option<TaskOptions>,
 }
 
 /// `POST /api/v1/tasks`: stores the task (before answering) and queues it.
 pub async fn create_task(
     core: web::Data<Core>,
-    body: web::Json<CreateTask>,
+    body: web::Json<Object<CreateTask>>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let body = body.into_inner().into_inner();
     let id = core
         .submit(&body.prompt, body.options.unwrap_or_default())
         .await?;
@@ -92,7 +96,8 @@ pub async fn list_tasks(
                 .storage
                 .task(id)
                 .await?
-                .ok_or_else(|| ApiError::InvalidQuery(format!("before names no task: {id}")))?;
+                // A cursor naming no task (deleted since, or never one): 404, like the task itself.
+                .ok_or(ApiError::TaskNotFound(id))?;
             Some((task.created_at, task.id))
         }
     };
@@ -227,10 +232,10 @@ pub struct Confirm {
 pub async fn confirm_task(
     core: web::Data<Core>,
     path: web::Path<String>,
-    body: web::Json<Confirm>,
+    body: web::Json<Object<Confirm>>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_task_id(&path)?;
-    let allow = body.into_inner().allow;
+    let allow = body.into_inner().into_inner().allow;
     core.confirm(id, allow).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "allow": allow })))
 }

@@ -198,6 +198,7 @@ pub struct BreakpointSpec {
     /// Only calls of this tool (`on = tool`).
     pub tool: Option<String>,
     /// Only points of this step (its position, from 1).
+    #[serde(default, deserialize_with = "super::json_types::optional_whole")]
     pub step: Option<i32>,
     /// Only model calls of this purpose or below it (`on = llm`): `work` matches `work.2` and `work.2.r2`,
     /// `work.2` matches `work.2` and `work.2.r2`, not `work.20`.

@@ -81,7 +81,11 @@ pub struct DecisionOverride {
     /// Which kind of decision.
     pub decision: DecisionKind,
     /// The step it is about (a fork's: its `from_step` when left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_whole"
+    )]
     pub step: Option<i32>,
     /// The option taken instead of the model's (for `assign_agent`, a specialist's name).
     pub chosen: String,
@@ -95,9 +99,15 @@ pub struct ForkOf {
     pub task: TaskId,
     /// The first step made live: the model calls before it are answered from the source's recording
     /// (see [`replayed_in_fork`]).
+    #[serde(deserialize_with = "super::json_types::whole")]
     pub from_step: i32,
     /// A decision at the fork point taken differently.
-    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "override",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_object"
+    )]
     pub decision_override: Option<DecisionOverride>,
 }
 

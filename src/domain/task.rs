@@ -185,17 +185,29 @@ impl FromStr for StepStatus {
 #[serde(deny_unknown_fields)]
 pub struct TaskOptions {
     /// Most steps the plan may have (1..=8, at most the configured `director.max_steps`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_whole"
+    )]
     pub max_steps: Option<u32>,
     /// Replay the recorded model outputs of this earlier task instead of calling the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<TaskId>,
     /// What this task may spend on models, over the configured `[budget]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_object"
+    )]
     pub budget: Option<TaskBudget>,
     /// A fork of this finished task from one of its steps (`POST /api/v1/tasks/{id}/fork`): the model
     /// calls before the step are answered from the source's recording, the rest are live.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_object"
+    )]
     pub fork_of: Option<ForkOf>,
     /// What a replay or fork does when a call's request differs from the recorded one (default: `stop` for
     /// a replay, `live` for a fork).
@@ -227,7 +239,11 @@ impl TaskOptions {
 #[serde(deny_unknown_fields)]
 pub struct TaskBudget {
     /// Most tokens (input and output) of all the task's model calls.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_whole"
+    )]
     pub max_tokens: Option<u64>,
     /// Most US dollars of all the task's model calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::Core;
-use crate::debug::{Action, ActionError, Pending};
+use super::{control, Core};
+use crate::debug::{Action, ActionError};
 use crate::domain::{shorten, EventKind, TaskId, TaskStatus};
 use crate::memory::short_term::WindowEntry;
 use crate::storage::{StepRecord, StorageError};
@@ -23,8 +23,9 @@ pub struct TaskState {
     pub id: TaskId,
     /// Its status.
     pub status: TaskStatus,
-    /// What it is paused on (none when it is not paused at a breakpoint).
-    pub pending: Option<Pending>,
+    /// What it is paused on (none when it is not paused at a breakpoint): a [`crate::debug::Pending`], from the
+    /// process that holds the pause (asked through `control.rs` when that is another one).
+    pub pending: Option<Value>,
     /// The steps so far, as stored.
     pub steps: Vec<StepRecord>,
     /// Its short-term scratchpad (the plan and notes), by key.
@@ -116,10 +117,26 @@ impl Core {
             ),
             Err(error) => (Vec::new(), Some(error.to_string())),
         };
+        let mut pending = self
+            .tools
+            .debugger()
+            .pending(id)
+            .and_then(|pending| serde_json::to_value(pending).ok());
+        if pending.is_none() && task.status == TaskStatus::Paused {
+            if self.held_elsewhere(task.owner.as_deref()).await.is_some() {
+                if let Some(control::Answer::Pending(there)) = self
+                    .asks
+                    .ask(&self.storage, id, control::Ask::Pending)
+                    .await?
+                {
+                    pending = Some(there);
+                }
+            }
+        }
         Ok(Some(TaskState {
             id,
             status: task.status,
-            pending: self.tools.debugger().pending(id),
+            pending,
             steps,
             scratchpad,
             window,
@@ -139,14 +156,23 @@ impl Core {
             .await?
             .ok_or(ResumeError::NotFound(id))?;
         let abort = action == Action::Abort;
-        match self.tools.debugger().answer(id, action) {
+        match self.tools.debugger().answer(id, action.clone()) {
             Ok(()) => {}
             Err(ActionError::NotPaused(_)) => {
                 if let Some(held) = self.held_elsewhere(task.owner.as_deref()).await {
-                    return Err(ResumeError::HeldElsewhere(format!(
-                        "task {id} is {} on {held}; debug actions at its pause are answered by that process's API",
-                        task.status
-                    )));
+                    // The process holding the pause takes the action (and, for an abort, cancels).
+                    return match self.asks.ask(&self.storage, id, control::Ask::Resume(action)).await? {
+                        Some(control::Answer::Done) => Ok(()),
+                        Some(control::Answer::Refused(why)) => Err(ResumeError::InvalidOverride(why)),
+                        _ if task.status == TaskStatus::Paused => Err(ResumeError::HeldElsewhere(format!(
+                            "task {id} is paused on {held}, which did not take the action within {:?}",
+                            control::ASK_TIMEOUT
+                        ))),
+                        _ => Err(ResumeError::NotPaused {
+                            id,
+                            status: task.status,
+                        }),
+                    };
                 }
                 return Err(ResumeError::NotPaused {
                     id,

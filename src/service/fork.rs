@@ -17,9 +17,14 @@ use crate::domain::{
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     /// The first step made live (1..= the source's steps, its verification included).
+    #[serde(deserialize_with = "crate::domain::json_types::whole")]
     pub from_step: i32,
     /// A decision at the fork point taken differently.
-    #[serde(default, rename = "override")]
+    #[serde(
+        default,
+        rename = "override",
+        deserialize_with = "crate::domain::json_types::optional_object"
+    )]
     pub decision_override: Option<DecisionOverride>,
     /// Another prompt (the source's when left out); the plan's request then differs, so nothing is
     /// replayed: the fork diverges at `plan` and runs live.

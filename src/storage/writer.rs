@@ -29,6 +29,19 @@
 //! `troupe_store_write_errors_total{op}`: `batch` (a batch retried op by op), `task` (a task failed by
 //! storage), `queue_full` (below).
 //!
+//! **Outages.** A commit that fails because the database cannot be reached (down, refusing connections,
+//! the pool timed out: [`StorageError::is_unavailable`]) fails no task: the writer marks the store down,
+//! answers the batch's requests of clients (a new task, a deletion, a breakpoint) with
+//! [`StorageError::Unavailable`] and drops them from the batch, so that a client told 503 finds nothing of
+//! its request stored later; then it checks the database every [`OUTAGE_CHECK`] until it answers, and
+//! applies the rest of the batch again. Meanwhile such requests are refused at once
+//! ([`Writer::create_task`] and the others check the mark), the flows' own writes wait in the channel
+//! (their awaited writes, a task's end among them, wait for the database: a flow does not end with its end
+//! unwritten) and a full channel fails its tasks as below, once the database is back. Counted in
+//! `troupe_store_write_errors_total{op="unavailable"}` (once per outage) and the gauge
+//! `troupe_store_down`. A commit cut off by the outage after the server committed it is applied again, fails
+//! on its own rows and fails its tasks by storage (the ambiguity of any lost commit reply).
+//!
 //! **Bounded.** The channel holds `database.writer_queue` ops. The async writes that wait for their commit
 //! ([`Writer::create_task`], [`Writer::finish_task`], memories, breakpoints, deletions, flushes) wait for
 //! room as well, so a task's end is never dropped; this never deadlocks, as the writer task itself never sends. The
@@ -41,8 +54,9 @@ mod plan;
 mod sql;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +80,9 @@ pub const MAX_BATCH: usize = 1024;
 
 /// Ops the writer's channel holds by default (`database.writer_queue`).
 pub const DEFAULT_QUEUE: usize = 65_536;
+
+/// How often a writer that found the database unreachable checks whether it answers again.
+pub const OUTAGE_CHECK: Duration = Duration::from_millis(250);
 
 /// Where the writer hands each committed event (the event hub of `events`, which this layer does not
 /// name): called after the commit, in `seq` order per task. A task failed by storage is told by its
@@ -98,6 +115,8 @@ pub struct Writer {
     ops: mpsc::Sender<WriteOp>,
     /// Tasks with an op dropped on a full queue, for the writer to fail.
     overflowed: Arc<Mutex<HashSet<TaskId>>>,
+    /// Set while the database cannot be reached (see the module's doc, Outages).
+    down: Arc<AtomicBool>,
     metrics: Metrics,
 }
 
@@ -117,12 +136,15 @@ impl Writer {
     ) -> Writer {
         let (ops, receiver) = mpsc::channel(queue.max(1));
         let overflowed = Arc::new(Mutex::new(HashSet::new()));
+        let down = Arc::new(AtomicBool::new(false));
         let task = WriterTask {
             storage,
             publish: Box::new(publish),
             metrics: metrics.clone(),
             queue: receiver,
             overflowed: Arc::clone(&overflowed),
+            down: Arc::clone(&down),
+            held: Vec::new(),
             logs: Logs::default(),
         };
         // The writer runs on a thread of its own, so that building a batch's statements and waiting for its
@@ -158,8 +180,22 @@ impl Writer {
         Writer {
             ops,
             overflowed,
+            down,
             metrics,
         }
+    }
+
+    /// Whether the writer found the database unreachable and waits for it (see the module's doc).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// A client's request is refused at once while the database cannot be reached.
+    fn refuse_while_down(&self) -> Result<(), StorageError> {
+        if self.is_down() {
+            return Err(StorageError::Unavailable(UNREACHABLE.into()));
+        }
+        Ok(())
     }
 
     /// Queues a write without waiting. On a full queue the write is dropped and counted, and its task is
@@ -218,6 +254,7 @@ impl Writer {
         task: NewTask,
         event: PendingEvent,
     ) -> Result<(), StorageError> {
+        self.refuse_while_down()?;
         let (reply, committed) = oneshot::channel();
         self.send_waiting(WriteOp::CreateTask { task, event, reply })
             .await?;
@@ -259,6 +296,7 @@ impl Writer {
     /// (memories stay);
     /// answered after the commit: false when no finished task has that id.
     pub async fn delete_task(&self, task_id: TaskId) -> Result<bool, StorageError> {
+        self.refuse_while_down()?;
         let (reply, answer) = oneshot::channel();
         self.send_waiting(WriteOp::DeleteTask { task_id, reply })
             .await?;
@@ -267,6 +305,7 @@ impl Writer {
 
     /// Stores breakpoint `breakpoint` and waits for the commit.
     pub async fn insert_breakpoint(&self, breakpoint: Breakpoint) -> Result<(), StorageError> {
+        self.refuse_while_down()?;
         let (reply, committed) = oneshot::channel();
         self.send_waiting(WriteOp::InsertBreakpoint { breakpoint, reply })
             .await?;
@@ -275,6 +314,7 @@ impl Writer {
 
     /// Removes breakpoint `id`; answered after the commit: false when no breakpoint has that id.
     pub async fn delete_breakpoint(&self, id: BreakpointId) -> Result<bool, StorageError> {
+        self.refuse_while_down()?;
         let (reply, answer) = oneshot::channel();
         self.send_waiting(WriteOp::DeleteBreakpoint { id, reply })
             .await?;
@@ -295,11 +335,26 @@ struct WriterTask {
     metrics: Metrics,
     queue: mpsc::Receiver<WriteOp>,
     overflowed: Arc<Mutex<HashSet<TaskId>>>,
+    down: Arc<AtomicBool>,
+    /// Ops read from the channel while the database was down, first in the next batch.
+    held: Vec<WriteOp>,
     logs: Logs,
 }
 
+/// What a request refused during an outage is told.
+const UNREACHABLE: &str = "the database cannot be reached; nothing was stored, retry later";
+
 /// How an op fared, for its waiter.
-type Fate = Result<(), String>;
+type Fate = Result<(), Failure>;
+
+/// Why an op was not written.
+#[derive(Debug)]
+enum Failure {
+    /// Its write failed (the error chain).
+    Write(String),
+    /// The database could not be reached and the op, a client's request, was dropped.
+    Unavailable,
+}
 
 impl WriterTask {
     /// [`WriterTask::run`] over a pool of the writer's own (two connections: its transaction, and a read
@@ -317,6 +372,12 @@ impl WriterTask {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
+            // What an outage held back goes first, in the order it was sent.
+            if !self.held.is_empty() {
+                batch.append(&mut self.held);
+                self.apply(&mut batch).await;
+                continue;
+            }
             let due = self.logs.next_due();
             let received = match due {
                 Some(due) => {
@@ -351,53 +412,141 @@ impl WriterTask {
         }
     }
 
-    /// Applies `batch` (drained either way): in one transaction, or op by op when that fails.
+    /// Applies `batch` (drained either way): in one transaction, or op by op when that fails; through an
+    /// outage of the database, once it answers again.
     async fn apply(&mut self, batch: &mut Vec<WriteOp>) {
         self.fail_overflowed().await;
-        let db = self.storage.connection();
-        for task_id in self.logs.unknown(batch) {
-            match last_seq(db, task_id).await {
-                Ok(seq) => self.logs.learn(task_id, seq.unwrap_or(0)),
-                Err(error) => tracing::warn!(%task_id, %error, "read the last seq of a task"),
+        loop {
+            let db = self.storage.connection();
+            for task_id in self.logs.unknown(batch) {
+                match last_seq(db, task_id).await {
+                    Ok(seq) => self.logs.learn(task_id, seq.unwrap_or(0)),
+                    Err(error) => tracing::warn!(%task_id, %error, "read the last seq of a task"),
+                }
             }
-        }
-        let mut plan = Plan::default();
-        for op in batch.iter() {
-            self.logs.plan(op, &mut plan);
-        }
-        self.logs.plan_due(Instant::now(), &mut plan);
-        if plan.is_empty() {
-            self.logs.committed(&mut plan);
-            self.publish(plan.published);
-            for op in batch.drain(..) {
-                answer(op, &Ok(()), &Deletions::default());
+            let mut plan = Plan::default();
+            for op in batch.iter() {
+                self.logs.plan(op, &mut plan);
             }
-            return;
-        }
-        let started = Instant::now();
-        let result = commit(&self.storage, &plan).await;
-        self.metrics
-            .store_commit_duration
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(deletions) => {
+            self.logs.plan_due(Instant::now(), &mut plan);
+            if plan.is_empty() {
                 self.logs.committed(&mut plan);
                 self.publish(plan.published);
                 for op in batch.drain(..) {
-                    answer(op, &Ok(()), &deletions);
+                    answer(op, &Ok(()), &Deletions::default());
                 }
+                return;
             }
-            Err(error) => {
-                self.logs.rollback(&mut plan);
-                tracing::warn!(error = %error, source = ?std::error::Error::source(&error), ops = batch.len(), rows = plan.rows(), "storage batch failed to commit; applying it op by op");
-                self.metrics
-                    .store_write_errors
-                    .with_label_values(&["batch"])
-                    .inc();
-                self.apply_one_by_one(batch).await;
+            let started = Instant::now();
+            let result = commit(&self.storage, &plan).await;
+            self.metrics
+                .store_commit_duration
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(deletions) => {
+                    self.logs.committed(&mut plan);
+                    self.publish(plan.published);
+                    for op in batch.drain(..) {
+                        answer(op, &Ok(()), &deletions);
+                    }
+                    return;
+                }
+                Err(error) if error.is_unavailable() => {
+                    self.logs.rollback(&mut plan);
+                    refuse_requests(batch);
+                    self.wait_for_database(&error).await;
+                    self.fail_overflowed().await;
+                }
+                Err(error) => {
+                    self.logs.rollback(&mut plan);
+                    tracing::warn!(error = %error, source = ?std::error::Error::source(&error), ops = batch.len(), rows = plan.rows(), "storage batch failed to commit; applying it op by op");
+                    self.metrics
+                        .store_write_errors
+                        .with_label_values(&["batch"])
+                        .inc();
+                    self.apply_one_by_one(batch).await;
+                    return;
+                }
             }
         }
     }
+
+    /// Marks the store down and waits until the database answers again (checked every
+    /// [`OUTAGE_CHECK`]), then marks it up.
+    async fn wait_for_database(&mut self, error: &StorageError) {
+        tracing::error!(error = %error_chain(error), "the database cannot be reached: writes wait for it, new requests are refused");
+        self.down.store(true, Ordering::Release);
+        self.metrics.store_down.set(1);
+        self.metrics
+            .store_write_errors
+            .with_label_values(&["unavailable"])
+            .inc();
+        let started = Instant::now();
+        let storage = self.storage.clone();
+        loop {
+            // Meanwhile the channel is read: clients' requests are refused at once (not left waiting for the
+            // database), the flows' ops are held for the next batch, up to `HOLD_MAX` (then the channel
+            // fills and pushes back, as always).
+            let check = async {
+                tokio::time::sleep(OUTAGE_CHECK).await;
+                storage.ping().await.is_ok()
+            };
+            tokio::pin!(check);
+            let answered = loop {
+                tokio::select! {
+                    answered = &mut check => break answered,
+                    op = self.queue.recv(), if self.held.len() < HOLD_MAX => match op {
+                        Some(op) => hold_or_refuse(op, &mut self.held),
+                        // Every sender is gone: nothing more can come; wait for the database alone.
+                        None => break (&mut check).await,
+                    },
+                }
+            };
+            if answered {
+                break;
+            }
+        }
+        self.down.store(false, Ordering::Release);
+        self.metrics.store_down.set(0);
+        tracing::info!(after = ?started.elapsed(), "the database answers again: writes go on");
+    }
+
+    /// Commits `plan`, through outages of the database (for the op-by-op paths, whose plans are small).
+    async fn commit_through_outages(&mut self, plan: &Plan) -> Result<Deletions, StorageError> {
+        loop {
+            match commit(&self.storage, plan).await {
+                Err(error) if error.is_unavailable() => self.wait_for_database(&error).await,
+                result => return result,
+            }
+        }
+    }
+}
+
+/// Ops taken from the channel during an outage and held for the next batch, at most.
+const HOLD_MAX: usize = 16 * MAX_BATCH;
+
+/// During an outage: a client's request is answered unavailable, any other op is held.
+fn hold_or_refuse(op: WriteOp, held: &mut Vec<WriteOp>) {
+    let mut one = vec![op];
+    refuse_requests(&mut one);
+    held.append(&mut one);
+}
+
+/// Answers and removes the clients' requests in `batch` (a new task, a deletion, a breakpoint): the
+/// database cannot be reached, and a client told so must not find its request done later.
+fn refuse_requests(batch: &mut Vec<WriteOp>) {
+    let refused = Err(Failure::Unavailable);
+    let mut kept = Vec::with_capacity(batch.len());
+    for op in batch.drain(..) {
+        match op {
+            WriteOp::CreateTask { .. }
+            | WriteOp::DeleteTask { .. }
+            | WriteOp::InsertBreakpoint { .. }
+            | WriteOp::DeleteBreakpoint { .. } => answer(op, &refused, &Deletions::default()),
+            op => kept.push(op),
+        }
+    }
+    *batch = kept;
 }
 
 /// Writes `plan` in one transaction.
@@ -449,7 +598,7 @@ impl WriterTask {
                 answer(op, &Ok(()), &Deletions::default());
                 continue;
             }
-            match commit(&self.storage, &plan).await {
+            match self.commit_through_outages(&plan).await {
                 Ok(deletions) => {
                     self.logs.committed(&mut plan);
                     self.publish(plan.published);
@@ -464,7 +613,7 @@ impl WriterTask {
                         Some(task_id) => self.fail(task_id, &text).await,
                         None => tracing::error!(error = %text, "a storage write of no task failed"),
                     }
-                    answer(op, &Err(text), &Deletions::default());
+                    answer(op, &Err(Failure::Write(text)), &Deletions::default());
                 }
             }
         }
@@ -480,7 +629,7 @@ impl WriterTask {
         if plan.is_empty() {
             return;
         }
-        match commit(&self.storage, &plan).await {
+        match self.commit_through_outages(&plan).await {
             Ok(_) => {
                 self.logs.committed(&mut plan);
                 self.publish(plan.published);
@@ -601,9 +750,12 @@ fn error_chain(error: &StorageError) -> String {
 
 /// Tells `op`'s waiter how it fared.
 fn answer(op: WriteOp, fate: &Fate, deletions: &Deletions) {
-    let failed = |text: &String| StorageError::Query {
-        action: "store write",
-        source: sea_orm::DbErr::Custom(text.clone()),
+    let failed = |failure: &Failure| match failure {
+        Failure::Write(text) => StorageError::Query {
+            action: "store write",
+            source: sea_orm::DbErr::Custom(text.clone()),
+        },
+        Failure::Unavailable => StorageError::Unavailable(UNREACHABLE.into()),
     };
     match op {
         WriteOp::CreateTask { reply, .. }

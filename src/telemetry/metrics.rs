@@ -169,6 +169,8 @@ pub struct Metrics {
     pub store_write_errors: IntCounterVec,
     /// See [`names::STORE_COMMIT_DURATION`].
     pub store_commit_duration: Histogram,
+    /// See [`names::STORE_DOWN`].
+    pub store_down: IntGauge,
     /// See [`names::DB_POOL_CONNECTIONS`]; label `state`.
     pub db_pool_connections: IntGaugeVec,
     /// See [`names::DB_POOL_MAX_CONNECTIONS`].
@@ -179,6 +181,8 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     /// See [`names::WEBSOCKET_CONNECTIONS`].
     pub websocket_connections: IntGauge,
+    /// See [`names::WEBSOCKET_SLOW_CLIENTS`].
+    pub websocket_slow_clients: prometheus::IntCounter,
     /// See [`names::MEMORY_OPERATIONS`]; labels `tier`, `op`, `outcome`.
     pub memory_operations: IntCounterVec,
     /// See [`names::MEMORY_OPERATION_DURATION`]; labels `tier`, `op`.
@@ -511,13 +515,17 @@ impl Metrics {
             )?,
             store_write_errors: r.counter_vec(
                 names::STORE_WRITE_ERRORS,
-                "Storage writer failures: a batch retried op by op, a task failed by storage, a write dropped on a full queue.",
+                "Storage writer failures: a batch retried op by op, a task failed by storage, a write dropped on a full queue, an outage of the database.",
                 &["op"],
             )?,
             store_commit_duration: r.histogram(
                 names::STORE_COMMIT_DURATION,
                 "Duration of one commit of the storage writer's batch.",
                 COMMIT_BUCKETS,
+            )?,
+            store_down: r.gauge(
+                names::STORE_DOWN,
+                "1 while the storage writer finds the database unreachable: writes wait, new requests get 503.",
             )?,
             db_pool_connections: r.gauge_vec(
                 names::DB_POOL_CONNECTIONS,
@@ -542,6 +550,10 @@ impl Metrics {
             websocket_connections: r.gauge(
                 names::WEBSOCKET_CONNECTIONS,
                 "Open WebSocket event streams.",
+            )?,
+            websocket_slow_clients: r.counter(
+                names::WEBSOCKET_SLOW_CLIENTS,
+                "WebSocket streams dropped because the client stopped reading.",
             )?,
             memory_operations: r.counter_vec(
                 names::MEMORY_OPERATIONS,

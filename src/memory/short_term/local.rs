@@ -53,6 +53,15 @@ impl State {
     }
 }
 
+/// A copy of one task's memory in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Its scratchpad.
+    pub scratchpad: BTreeMap<String, String>,
+    /// Its window, oldest first.
+    pub window: Vec<String>,
+}
+
 /// Short-term memory in this process (used when `redis.url` is empty, and as Redis's fallback).
 pub struct LocalStore {
     retention: Retention,
@@ -113,6 +122,21 @@ impl LocalStore {
         })
     }
 
+    /// Task `task`'s live memory (scratchpad and window, oldest first), if it has any.
+    pub fn snapshot(&self, task: TaskId) -> Option<Snapshot> {
+        self.read(task, |memory| {
+            memory.map(|memory| Snapshot {
+                scratchpad: memory.scratchpad.clone(),
+                window: memory.window.iter().cloned().collect(),
+            })
+        })
+    }
+
+    /// Drops task `task`'s memory.
+    pub fn forget(&self, task: TaskId) {
+        self.with(|state| state.tasks.remove(&task));
+    }
+
     /// Tasks held (live or not yet swept), for tests.
     #[cfg(test)]
     fn held(&self) -> usize {
@@ -164,6 +188,25 @@ impl ShortTermStore for LocalStore {
                 .map(|memory| memory.window.iter().cloned().collect())
                 .unwrap_or_default()
         }))
+    }
+
+    async fn absorb(
+        &self,
+        task: TaskId,
+        scratchpad: &BTreeMap<String, String>,
+        window: &[String],
+    ) -> Result<(), ShortTermError> {
+        let keep = self.retention.window;
+        self.write(task, |memory| {
+            for (key, value) in scratchpad {
+                memory.scratchpad.insert(key.clone(), value.clone());
+            }
+            memory.window.extend(window.iter().cloned());
+            while memory.window.len() > keep {
+                memory.window.pop_front();
+            }
+        });
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), ShortTermError> {

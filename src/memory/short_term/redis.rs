@@ -141,6 +141,33 @@ impl ShortTermStore for RedisStore {
         .await
     }
 
+    async fn absorb(
+        &self,
+        task: TaskId,
+        scratchpad: &BTreeMap<String, String>,
+        window: &[String],
+    ) -> Result<(), ShortTermError> {
+        let keep = isize::try_from(self.retention.window).unwrap_or(isize::MAX);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !scratchpad.is_empty() {
+            let pad = self.key(task, "scratch");
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&pad);
+            for (key, value) in scratchpad {
+                hset.arg(key).arg(value);
+            }
+            pipe.add_command(hset).ignore();
+        }
+        if !window.is_empty() {
+            let key = self.key(task, "window");
+            pipe.cmd("RPUSH").arg(&key).arg(window).ignore();
+            pipe.cmd("LTRIM").arg(&key).arg(-keep).arg(-1).ignore();
+        }
+        self.renew(&mut pipe, task);
+        self.pipeline(&pipe).await
+    }
+
     async fn ping(&self) -> Result<(), ShortTermError> {
         let pong: String = self.query(&redis::cmd("PING")).await?;
         if pong == "PONG" {

@@ -38,6 +38,8 @@ pub const DECISIONS: &str = "troupe_decisions_total";
 pub const EVENTS: &str = "troupe_events_total";
 /// Storage writer failures by `op`: `batch` (retried op by op), `task` (a task failed by storage), `queue_full`.
 pub const STORE_WRITE_ERRORS: &str = "troupe_store_write_errors_total";
+/// 1 while the storage writer finds the database unreachable and waits for it.
+pub const STORE_DOWN: &str = "troupe_store_down";
 /// Always 1; the label carries the running version.
 pub const BUILD_INFO: &str = "troupe_build_info";
 /// Money spent on model calls, from the configured prices.
@@ -72,6 +74,8 @@ pub const HTTP_REQUESTS: &str = "troupe_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "troupe_http_request_duration_seconds";
 /// Open WebSocket event streams.
 pub const WEBSOCKET_CONNECTIONS: &str = "troupe_websocket_connections";
+/// WebSocket streams dropped because the client stopped reading (`server.websocket_send_timeout_seconds`).
+pub const WEBSOCKET_SLOW_CLIENTS: &str = "troupe_websocket_slow_clients_total";
 /// Memory operations by tier (short_term, long_term, semantic), operation and outcome.
 pub const MEMORY_OPERATIONS: &str = "troupe_memory_operations_total";
 /// Memory operation duration by tier and operation.
