@@ -52,7 +52,7 @@ scale_out=$(TROUPE_BENCH_POSTGRES_URL="$pg_server" cargo bench --locked --bench 
 echo "scale-out: $scale_out" >&2
 
 # The soak is the test of tests/soak.rs run long (the dev profile the test suite builds; the nodes are the same
-# `troupe` binary): TROUPE_SOAK_SECONDS (default here 1800) at TROUPE_SOAK_RATE tasks/s (default 20).
+# `troupe` binary): TROUPE_SOAK_SECONDS (default here 1800) at TROUPE_SOAK_RATE tasks/s (default 10).
 echo "== soak: ${TROUPE_SOAK_SECONDS:-1800} s of replayed tasks through an API node and two workers: RSS, open files, sockets" >&2
 soak=$(TROUPE_SOAK_SECONDS=${TROUPE_SOAK_SECONDS:-1800} TROUPE_TEST_POSTGRES_URL="$pg_server" \
   cargo test --locked --test main soak:: -- --nocapture 2>/dev/null | sed -n 's/^soak: //p' | tail -n 1)

@@ -122,15 +122,16 @@ impl Core {
             .debugger()
             .pending(id)
             .and_then(|pending| serde_json::to_value(pending).ok());
-        if pending.is_none() && task.status == TaskStatus::Paused {
-            if self.held_elsewhere(task.owner.as_deref()).await.is_some() {
-                if let Some(control::Answer::Pending(there)) = self
-                    .asks
-                    .ask(&self.storage, id, control::Ask::Pending)
-                    .await?
-                {
-                    pending = Some(there);
-                }
+        if pending.is_none()
+            && task.status == TaskStatus::Paused
+            && self.held_elsewhere(task.owner.as_deref()).await.is_some()
+        {
+            if let Some(control::Answer::Pending(there)) = self
+                .asks
+                .ask(&self.storage, id, control::Ask::Pending)
+                .await?
+            {
+                pending = Some(there);
             }
         }
         Ok(Some(TaskState {
