@@ -13,6 +13,7 @@
 //! The providers know nothing of storage; `recorded` writes each call and its events through the storage
 //! writer, and `replay` reads a recording's rows. Nothing here knows agents or the event hub.
 
+pub mod absent;
 pub mod budget;
 pub mod confirm;
 pub mod divergence;

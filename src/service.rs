@@ -295,7 +295,12 @@ impl Core {
         storage.migrate().await?;
         let lease = LeaseKeeper::start(&storage, &settings.durability).await?;
         let memory = MemoryParts::start(&settings.memory, &settings.redis, &metrics).await?;
-        let llm = crate::llm::start_models(&settings.llm, &settings.budget, &metrics).await?;
+        // A node that runs no tasks loads no model (its tasks run on the workers).
+        let llm = if settings.server.role.runs_tasks() {
+            crate::llm::start_models(&settings.llm, &settings.budget, &metrics).await?
+        } else {
+            crate::llm::models::Models::single(Arc::new(crate::llm::absent::Absent))
+        };
         let sandbox = Sandbox::start(settings.sandbox.clone(), metrics.clone()).await;
         let queue = if settings.queue.is_redis() {
             let consumer = if settings.queue.consumer.is_empty() {

@@ -278,10 +278,12 @@ async fn the_task_list_pages_with_before_filters_and_carries_agents_and_usage() 
         let (status, body) = app.get(path).await;
         assert_bad(status, &body, "invalid_query");
     }
+    // A cursor naming no task (deleted since): 404, like the task itself.
     let (status, body) = app
         .get(&format!("/api/v1/tasks?before={}", TaskId::new()))
         .await;
-    assert_bad(status, &body, "invalid_query");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "task_not_found", "{body}");
     let long = "a".repeat(1001);
     let (status, body) = app.get(&format!("/api/v1/tasks?q={long}")).await;
     assert_bad(status, &body, "invalid_query");

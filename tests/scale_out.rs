@@ -535,6 +535,14 @@ async fn a_pause_on_a_worker_is_shown_and_resumed_through_the_api_node() {
         .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
         .await;
     let client = client_for(api.port, tempfile::tempdir().unwrap());
+    // The API node loads no model; the worker does.
+    let (_, agents) = client.get("/api/v1/agents").await;
+    assert_eq!(agents["model"]["provider"], "none", "{agents}");
+    assert!(agents["model"]["worker"].is_null(), "{agents}");
+    let (_, agents) = client_for(worker.port, tempfile::tempdir().unwrap())
+        .get("/api/v1/agents")
+        .await;
+    assert_eq!(agents["model"]["provider"], "llama.cpp", "{agents}");
     // Set on the API node; the worker reloads the breakpoints when told.
     let (status, breakpoint) = client
         .post_json(

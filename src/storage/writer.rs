@@ -35,9 +35,11 @@
 //! [`StorageError::Unavailable`] and drops them from the batch, so that a client told 503 finds nothing of
 //! its request stored later; then it checks the database every [`OUTAGE_CHECK`] until it answers, and
 //! applies the rest of the batch again. Meanwhile such requests are refused at once
-//! ([`Writer::create_task`] and the others check the mark), the flows' own writes wait in the channel
-//! (their awaited writes, a task's end among them, wait for the database: a flow does not end with its end
-//! unwritten) and a full channel fails its tasks as below, once the database is back. Counted in
+//! ([`Writer::create_task`] and the others check the mark, and the writer keeps reading the channel: a
+//! request sent before the mark was set is refused there), the flows' own writes are held for the next
+//! batch (up to `HOLD_MAX`, then they wait in the channel; their awaited writes, a task's end among them,
+//! wait for the database: a flow does not end with its end unwritten) and a full channel fails its tasks as
+//! below, once the database is back. Counted in
 //! `troupe_store_write_errors_total{op="unavailable"}` (once per outage) and the gauge
 //! `troupe_store_down`. A commit cut off by the outage after the server committed it is applied again, fails
 //! on its own rows and fails its tasks by storage (the ambiguity of any lost commit reply).
