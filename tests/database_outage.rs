@@ -13,7 +13,7 @@ use troupe::domain::EventKind;
 
 use crate::helpers::client_for;
 use crate::resume::{
-    assert_ended_by_its_flow, assert_no_gap, ended, open, wait_for_events, Server,
+    assert_ended_by_its_flow, assert_no_gap, ended, open, wait_for_events, wait_for_kind, Server,
 };
 
 /// The newest installed PostgreSQL's programs (`/usr/lib/postgresql/N/bin`, Debian's layout).
@@ -77,17 +77,21 @@ impl OwnPostgres {
         self.dir.path().join("data")
     }
 
-    /// Runs one of PostgreSQL's programs (as `postgres` when root); asserts it succeeded.
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of PostgreSQL's programs, as `postgres` when this process is root.
+    fn program(&self, program: &str) -> Command {
         let binary = self.bin.join(program);
-        let mut command = if is_root() {
+        if is_root() {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(&binary);
             command
         } else {
             Command::new(&binary)
-        };
-        let output = command.args(args).output().unwrap();
+        }
+    }
+
+    /// Runs one of PostgreSQL's programs; asserts it succeeded.
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self.program(program).args(args).output().unwrap();
         assert!(
             output.status.success(),
             "{program} {args:?}: {}{}",
@@ -135,15 +139,8 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         let data = self.data();
-        let binary = self.bin.join("pg_ctl");
-        let mut command = if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&binary);
-            command
-        } else {
-            Command::new(&binary)
-        };
-        let _ = command
+        let _ = self
+            .program("pg_ctl")
             .args(["-D", path(&data), "-m", "immediate", "stop"])
             .output();
     }
@@ -180,14 +177,7 @@ async fn postgres_stopped_mid_run_gives_503_loses_nothing_and_recovers() {
     let running = server
         .submit("List three facts about the river Danube, then summarise them in one sentence")
         .await;
-    wait_for_events(
-        &storage,
-        running,
-        Duration::from_secs(240),
-        "its first step",
-        |events| events.iter().any(|e| e.kind == EventKind::AgentStarted),
-    )
-    .await;
+    wait_for_kind(&storage, running, EventKind::AgentStarted).await;
 
     postgres.stop();
     let down_at = Instant::now();

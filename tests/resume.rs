@@ -181,6 +181,18 @@ pub(crate) async fn open(database: &str) -> Storage {
     storage
 }
 
+/// Waits (up to 240 s) until the stored log of `id` holds an event of `kind`; returns the log.
+pub(crate) async fn wait_for_kind(storage: &Storage, id: TaskId, kind: EventKind) -> Vec<Event> {
+    wait_for_events(
+        storage,
+        id,
+        Duration::from_secs(240),
+        kind.as_str(),
+        |events| events.iter().any(|e| e.kind == kind),
+    )
+    .await
+}
+
 /// Polls the stored log of `id` until `until` holds for it (bounded); returns the log.
 pub(crate) async fn wait_for_events(
     storage: &Storage,

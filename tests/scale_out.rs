@@ -24,7 +24,7 @@ use crate::otlp::{hex, start_receiver, string_attribute, Received};
 use crate::postgres::TestDatabase;
 use crate::resume::{
     assert_ended_by_its_flow, assert_no_gap, assert_resumed_after_step_one, ended, open, purposes,
-    wait_for_events, wait_for_step_two, Server,
+    wait_for_events, wait_for_kind, wait_for_step_two, Server,
 };
 
 fn redis_url() -> String {
@@ -77,6 +77,17 @@ impl Deployment {
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ];
         Server::start_as(&self.database.url, &self.dir, args, &env).await
+    }
+
+    /// The API node (`serve --role api`).
+    pub(crate) async fn api(&self) -> Server {
+        self.node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
+            .await
+    }
+
+    /// A worker named `name`.
+    pub(crate) async fn worker(&self, name: &str) -> Server {
+        self.node(&["worker", "--bind", "127.0.0.1:0"], name).await
     }
 
     fn queue(&self) -> TaskQueue {
@@ -157,16 +168,10 @@ async fn a_worker_killed_mid_task_costs_only_time_and_one_trace_spans_the_nodes(
     let (otlp, received, receiver) = start_receiver();
     let deployment = Deployment::new(&otlp, 3).await;
     let storage = open(&deployment.database.url).await;
-    let api = deployment
-        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
-        .await;
+    let api = deployment.api().await;
     let mut workers = vec![
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
-            .await,
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-b")
-            .await,
+        deployment.worker("worker-a").await,
+        deployment.worker("worker-b").await,
     ];
     let id = api
         .submit("List three facts about the river Danube, then summarise them in one sentence")
@@ -415,23 +420,12 @@ async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes()
     let redis = OwnRedis::start(redis_dir.path(), port).await;
     let deployment = Deployment::on_redis("", 3, &redis.url()).await;
     let storage = open(&deployment.database.url).await;
-    let api = deployment
-        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
-        .await;
-    let worker = deployment
-        .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
-        .await;
+    let api = deployment.api().await;
+    let worker = deployment.worker("worker-a").await;
     let before = api
         .submit("List three facts about the river Danube, then summarise them in one sentence")
         .await;
-    wait_for_events(
-        &storage,
-        before,
-        Duration::from_secs(240),
-        "its start",
-        |events| events.iter().any(|e| e.kind == EventKind::AgentStarted),
-    )
-    .await;
+    wait_for_kind(&storage, before, EventKind::AgentStarted).await;
 
     redis.stop();
     // The API says so, and takes nothing it could not queue: 503 with a JSON error, nothing stored.
@@ -528,12 +522,8 @@ async fn a_redis_outage_pauses_the_queue_loses_nothing_and_every_task_finishes()
 async fn a_pause_on_a_worker_is_shown_and_resumed_through_the_api_node() {
     let deployment = Deployment::new("", 3).await;
     let storage = open(&deployment.database.url).await;
-    let api = deployment
-        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
-        .await;
-    let worker = deployment
-        .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
-        .await;
+    let api = deployment.api().await;
+    let worker = deployment.worker("worker-a").await;
     let client = client_for(api.port, tempfile::tempdir().unwrap());
     // The API node loads no model; the worker does.
     let (_, agents) = client.get("/api/v1/agents").await;
@@ -552,14 +542,7 @@ async fn a_pause_on_a_worker_is_shown_and_resumed_through_the_api_node() {
         .await;
     assert_eq!(status, 201, "{breakpoint}");
     let id = api.submit("What is 2 + 2?").await;
-    wait_for_events(
-        &storage,
-        id,
-        Duration::from_secs(240),
-        "its pause",
-        |events| events.iter().any(|e| e.kind == EventKind::TaskPaused),
-    )
-    .await;
+    wait_for_kind(&storage, id, EventKind::TaskPaused).await;
 
     // The API node shows what the worker holds it on, and its action reaches the worker.
     let (status, state) = client.get(&format!("/api/v1/tasks/{id}/state")).await;

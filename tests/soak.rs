@@ -130,16 +130,10 @@ async fn a_soak_across_two_workers_loses_nothing_and_stays_flat() {
     let rate = env_number("TROUPE_SOAK_RATE", 10).max(1);
     let every = Duration::from_secs(if seconds > 300 { 10 } else { 2 });
     let deployment = Deployment::new("", 3).await;
-    let api = deployment
-        .node(&["serve", "--role", "api", "--bind", "127.0.0.1:0"], "api")
-        .await;
+    let api = deployment.api().await;
     let workers: Vec<Server> = vec![
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-a")
-            .await,
-        deployment
-            .node(&["worker", "--bind", "127.0.0.1:0"], "worker-b")
-            .await,
+        deployment.worker("worker-a").await,
+        deployment.worker("worker-b").await,
     ];
     let port = api.port;
     let prompt = "Write a Python function that adds two numbers";

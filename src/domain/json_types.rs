@@ -31,9 +31,12 @@ fn from_json<E: Error, T: TryFrom<i128>>(number: &serde_json::Number) -> Result<
         .ok_or_else(|| E::custom(format!("invalid value: {number}, expected a whole number")))?;
     // Beyond 2^53 a JSON number is not exact in most readers: refused, as the document's bounds say.
     if value.unsigned_abs() >= 1 << 53 {
-        return Err(E::custom(format!("invalid value: {value}, out of range")));
+        return Err(E::custom(format!(
+            "invalid value: integer `{value}`, out of range"
+        )));
     }
-    T::try_from(value).map_err(|_| E::custom(format!("invalid value: {value}, out of range")))
+    T::try_from(value)
+        .map_err(|_| E::custom(format!("invalid value: integer `{value}`, out of range")))
 }
 
 /// A whole number (`3` or `3.0`) that fits `T`.
