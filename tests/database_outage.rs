@@ -15,6 +15,7 @@ use crate::helpers::client_for;
 use crate::resume::{
     assert_ended_by_its_flow, assert_no_gap, ended, open, wait_for_events, wait_for_kind, Server,
 };
+use crate::scale_out::free_port;
 
 /// The newest installed PostgreSQL's programs (`/usr/lib/postgresql/N/bin`, Debian's layout).
 fn postgres_bin() -> PathBuf {
@@ -154,14 +155,6 @@ fn path(path: &Path) -> &str {
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").is_ok_and(|meta| meta.uid() == 0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[actix_rt::test]
