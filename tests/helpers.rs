@@ -15,6 +15,16 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The set-up's cache outside the checkout (`scripts/setup.sh`): `TROUPE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/troupe`, else `~/.cache/troupe`; where llama-server and schemathesis are installed.
+pub fn setup_cache() -> PathBuf {
+    std::env::var_os("TROUPE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("troupe")))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/troupe")))
+        .expect("HOME, XDG_CACHE_HOME or TROUPE_CACHE_DIR is set")
+}
+
 /// Settings from `config/test.toml` with the SmolLM2 model file and the built `troupe` binary as model worker.
 pub fn model_settings() -> Settings {
     let mut settings = Settings::load_from(&root().join("config"), Some("test")).unwrap();

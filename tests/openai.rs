@@ -43,12 +43,7 @@ fn llama_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TROUPE_LLAMA_SERVER") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("TROUPE_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("troupe")))
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/troupe")))
-        .expect("HOME, XDG_CACHE_HOME or TROUPE_CACHE_DIR is set");
-    cache.join(format!("llama-cpp-{LLAMA_CPP_PYTHON}/bin/llama-server"))
+    helpers::setup_cache().join(format!("llama-cpp-{LLAMA_CPP_PYTHON}/bin/llama-server"))
 }
 
 /// The shared `llama-server`: its API root (with `/v1`). Started once; a failure to start is reported by

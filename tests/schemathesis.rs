@@ -26,12 +26,7 @@ fn schemathesis_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TROUPE_SCHEMATHESIS") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("TROUPE_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("troupe")))
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/troupe")))
-        .expect("HOME, XDG_CACHE_HOME or TROUPE_CACHE_DIR is set");
-    cache.join(format!("schemathesis-{SCHEMATHESIS}/bin/schemathesis"))
+    crate::helpers::setup_cache().join(format!("schemathesis-{SCHEMATHESIS}/bin/schemathesis"))
 }
 
 #[actix_rt::test]

@@ -527,27 +527,36 @@ impl WriterTask {
 /// Ops taken from the channel during an outage and held for the next batch, at most.
 const HOLD_MAX: usize = 16 * MAX_BATCH;
 
-/// During an outage: a client's request is answered unavailable, any other op is held.
-fn hold_or_refuse(op: WriteOp, held: &mut Vec<WriteOp>) {
-    let mut one = vec![op];
-    refuse_requests(&mut one);
-    held.append(&mut one);
-}
-
-/// Answers and removes the clients' requests in `batch` (a new task, a deletion, a breakpoint): the
-/// database cannot be reached, and a client told so must not find its request done later.
-fn refuse_requests(batch: &mut Vec<WriteOp>) {
-    let refused = Err(Failure::Unavailable);
-    let mut kept = Vec::with_capacity(batch.len());
-    for op in batch.drain(..) {
-        match op {
-            WriteOp::CreateTask { .. }
+/// Whether `op` is a client's request (a new task, a deletion, a breakpoint): refused while the database
+/// cannot be reached, since a client told so must not find its request done later.
+fn is_request(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::CreateTask { .. }
             | WriteOp::DeleteTask { .. }
             | WriteOp::InsertBreakpoint { .. }
-            | WriteOp::DeleteBreakpoint { .. } => answer(op, &refused, &Deletions::default()),
-            op => kept.push(op),
-        }
+            | WriteOp::DeleteBreakpoint { .. }
+    )
+}
+
+/// Answers a client's request: the database cannot be reached, nothing was stored.
+fn refuse(op: WriteOp) {
+    answer(op, &Err(Failure::Unavailable), &Deletions::default());
+}
+
+/// During an outage: a client's request is refused, any other op is held.
+fn hold_or_refuse(op: WriteOp, held: &mut Vec<WriteOp>) {
+    if is_request(&op) {
+        refuse(op);
+    } else {
+        held.push(op);
     }
+}
+
+/// Refuses and removes the clients' requests in `batch`.
+fn refuse_requests(batch: &mut Vec<WriteOp>) {
+    let (refused, kept): (Vec<WriteOp>, Vec<WriteOp>) = batch.drain(..).partition(is_request);
+    refused.into_iter().for_each(refuse);
     *batch = kept;
 }
 
