@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             // A plan the flow could not read fails the task before any routing; the bench routes the prompt
             // itself then (what a first step would say), and counts it.
             let first_step = match plan::parse_plan(&planned.text, max_steps) {
-                Ok(parsed) => parsed.steps[0].clone(),
+                Ok(parsed) => parsed.steps[0].instruction.clone(),
                 Err(_) => {
                     malformed_plans += 1;
                     case.prompt.clone()

@@ -236,12 +236,14 @@ pub fn run_step<S: Specialist>(
         .with_label_values(&[agent.as_str()])
         .observe(envelope.sent_at.elapsed().as_secs_f64());
     let task_id = envelope.task_id;
+    // The instance of the agent's pool that runs the step: `code-2`.
+    let instance = envelope.payload.instance;
     let span = tracing::info_span!(
         "invoke_agent",
         otel.name = %format!("invoke_agent {agent}"),
         gen_ai.operation.name = "invoke_agent",
         gen_ai.agent.name = agent.as_str(),
-        gen_ai.agent.id = agent.as_str(),
+        gen_ai.agent.id = %format!("{agent}-{instance}"),
         gen_ai.conversation.id = %task_id,
         troupe.step = envelope.payload.step.idx,
         troupe.attempt = i64::from(envelope.payload.step.attempt),
@@ -264,6 +266,7 @@ pub fn run_step<S: Specialist>(
             mut step,
             llm,
             cancel,
+            instance,
         } = envelope.payload;
         deps.events.emit(
             task_id,
@@ -275,6 +278,8 @@ pub fn run_step<S: Specialist>(
                 "instruction": step.instruction,
                 "attempt": step.attempt,
                 "revision": step.revision,
+                "instance": instance,
+                "after": step.after,
             }),
         );
         if deps.chaos.take(agent) {
@@ -284,7 +289,7 @@ pub fn run_step<S: Specialist>(
                 "chaos: {agent} panics once, as configured by chaos.panic_once"
             )));
         }
-        step.earlier = earlier_work_from(&deps.memory, task_id).await;
+        step.earlier = earlier_work_from(&deps.memory, task_id, &step.after).await;
         S::prepare(&deps, task_id, &mut step).await;
         let mut request = S::request(&step, &deps.limits);
         request.purpose = step.own(request.purpose);
@@ -393,15 +398,21 @@ pub fn verify_purpose(round: u32) -> String {
 /// Longest earlier output passed on to the next step, in characters.
 pub const EARLIER_OUTPUT_CHARS: usize = 300;
 
-/// The earlier outputs of task `task_id`, oldest first, from its conversation window (empty when short-term
-/// memory fails: the failure is counted and logged there).
-async fn earlier_work_from(memory: &Memory, task_id: TaskId) -> Vec<String> {
+/// The outputs of the steps `after` of task `task_id` from its conversation window, in step order (a step's
+/// own entries oldest first); empty when short-term memory fails (the failure is counted and logged there).
+/// Steps that ran beside each other may have finished in either order: sorting by step makes what a step
+/// is shown the same whichever ended first, so a replay asks what was recorded.
+async fn earlier_work_from(memory: &Memory, task_id: TaskId, after: &[i32]) -> Vec<String> {
     match memory.short_term().window(task_id).await {
-        Ok(entries) => entries
-            .iter()
-            .filter_map(|entry| serde_json::from_str::<WindowEntry>(entry).ok())
-            .map(|entry| entry.text)
-            .collect(),
+        Ok(entries) => {
+            let mut shown: Vec<WindowEntry> = entries
+                .iter()
+                .filter_map(|entry| serde_json::from_str::<WindowEntry>(entry).ok())
+                .filter(|entry| after.contains(&entry.step))
+                .collect();
+            shown.sort_by_key(|entry| entry.step);
+            shown.into_iter().map(|entry| entry.text).collect()
+        }
         Err(error) => {
             tracing::warn!(task_id = %task_id, %error, "short-term memory unavailable; the step sees no earlier work");
             Vec::new()

@@ -8,6 +8,7 @@ pub mod access;
 pub mod agents;
 pub mod body_deadline;
 pub mod breakpoints;
+pub mod chat;
 pub mod compare;
 pub mod dashboard;
 pub mod debug;
@@ -50,6 +51,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
         core.settings.server.max_websockets,
         std::time::Duration::from_secs(core.settings.server.websocket_send_timeout_seconds),
     ));
+    let document = web::Data::new(OpenApi(document_for(&core)));
     let core = web::Data::from(core);
     let server = HttpServer::new(move || {
         App::new()
@@ -62,6 +64,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
             .app_data(access.clone())
             .app_data(body_timeout.clone())
             .app_data(streams.clone())
+            .app_data(document.clone())
             .app_data(
                 web::FormConfig::default()
                     .limit(4096)
@@ -142,6 +145,13 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     .service(resource("/openapi.json").route(web::get().to(openapi))),
             )
             .service(
+                web::scope("/v1")
+                    .service(
+                        resource("/chat/completions").route(web::post().to(chat::chat_completions)),
+                    )
+                    .service(resource("/models").route(web::get().to(chat::list_models))),
+            )
+            .service(
                 resource("/login")
                     .route(web::get().to(access::login_page))
                     .route(web::post().to(access::login)),
@@ -203,10 +213,26 @@ pub fn allowed_methods() -> &'static std::collections::HashMap<String, String> {
     })
 }
 
-async fn openapi() -> HttpResponse {
+/// The OpenAPI document as this server serves it.
+struct OpenApi(String);
+
+/// [`OPENAPI`] with what depends on the settings filled in: the most steps a task may ask for is the
+/// configured `director.max_steps`, so that the document says what the server checks.
+fn document_for(core: &Core) -> String {
+    let Ok(mut document) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
+        return OPENAPI.to_owned();
+    };
+    let max_steps = core.settings.director.max_steps;
+    if let Some(bound) = document.pointer_mut("/components/schemas/TaskOptions/properties/max_steps") {
+        bound["maximum"] = serde_json::json!(max_steps);
+    }
+    document.to_string()
+}
+
+async fn openapi(document: web::Data<OpenApi>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(OPENAPI)
+        .body(document.0.clone())
 }
 
 #[cfg(test)]

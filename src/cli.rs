@@ -38,7 +38,7 @@ pub enum Command {
         /// Print events as JSON lines instead of the live view.
         #[arg(long)]
         json: bool,
-        /// Most steps in the plan (1..=8).
+        /// Most steps in the plan (1..=director.max_steps; more is refused).
         #[arg(long)]
         max_steps: Option<u32>,
         /// Replay the recorded model outputs of this earlier task instead of calling the model.

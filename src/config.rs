@@ -41,6 +41,8 @@ pub struct Settings {
     pub budget: BudgetSettings,
     /// Planning and task lifecycle.
     pub director: DirectorSettings,
+    /// The specialists' pools of supervised instances.
+    pub agents: AgentsSettings,
     /// The jail generated code runs in, and its limits.
     pub sandbox: SandboxSettings,
     /// Restart policy of supervised agents.
@@ -371,6 +373,41 @@ pub struct DirectorSettings {
     pub min_code_relevance: f32,
 }
 
+/// `[agents]`: how many supervised instances of each specialist run (`agents.<agent>.instances`). Steps of a
+/// plan that run at once go to different instances where there are enough (the least busy first); each
+/// instance is restarted on its own.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentsSettings {
+    /// `[agents.research]`
+    pub research: PoolSettings,
+    /// `[agents.code]`
+    pub code: PoolSettings,
+    /// `[agents.qa]`
+    pub qa: PoolSettings,
+}
+
+/// One specialist's pool.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PoolSettings {
+    /// Supervised instances, 1..=[`AgentsSettings::MAX_INSTANCES`].
+    pub instances: usize,
+}
+
+impl AgentsSettings {
+    /// Most instances of one specialist.
+    pub const MAX_INSTANCES: usize = 16;
+
+    /// The instances of `agent` (the Director is one).
+    pub fn instances(&self, agent: AgentKind) -> usize {
+        match agent {
+            AgentKind::Research => self.research.instances,
+            AgentKind::Code => self.code.instances,
+            AgentKind::Qa => self.qa.instances,
+            AgentKind::Director => 1,
+        }
+    }
+}
+
 /// What QA's final verdict does (`director.qa_verdict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -608,6 +645,14 @@ impl Settings {
                 "director.max_steps: must be within 1..={}",
                 bounds::MAX_PLAN_STEPS
             ));
+        }
+        for agent in AgentKind::SPECIALISTS {
+            if !(1..=AgentsSettings::MAX_INSTANCES).contains(&self.agents.instances(agent)) {
+                problems.push(format!(
+                    "agents.{agent}.instances: must be within 1..={}",
+                    AgentsSettings::MAX_INSTANCES
+                ));
+            }
         }
         if self.llm.max_queued_calls == 0 {
             problems.push("llm.max_queued_calls: must be positive".into());

@@ -166,6 +166,8 @@ struct Inner {
     tasks: Mutex<HashMap<TaskId, TaskState>>,
     /// Tasks in `tasks` (the fast path reads it without the lock).
     watched: AtomicUsize,
+    /// Told when a pause ends, so that a point of the same task waiting for it goes on.
+    ended: tokio::sync::Notify,
 }
 
 /// The pauses of every task; cheap to clone.
@@ -182,6 +184,7 @@ impl Debugger {
             metrics,
             tasks: Mutex::new(HashMap::new()),
             watched: AtomicUsize::new(0),
+            ended: tokio::sync::Notify::new(),
         }))
     }
 
@@ -288,12 +291,33 @@ impl Debugger {
         let agent = pending.point.agent;
         let on = pending.point.on;
         let (answer, answered) = oneshot::channel();
-        // The wait opens before the pause is told, so an answer to `task.paused` always finds it.
-        self.with_tasks(|tasks| {
-            let state = tasks.entry(task_id).or_default();
-            state.paused = Some((pending.clone(), answer));
-            state.paused_since = Some(Instant::now());
-        });
+        let mut answer = Some(answer);
+        // One pause at a time per task: a step running beside a paused one that reaches a point where it
+        // pauses too waits for that pause to end, then pauses (all-stop, as a debugger stops every thread
+        // of a program at a breakpoint; points where nothing pauses go on meanwhile). The wait opens before
+        // the pause is told, so an answer to `task.paused` always finds it.
+        loop {
+            let ended = self.0.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let opened = self.with_tasks(|tasks| {
+                let state = tasks.entry(task_id).or_default();
+                if state.paused_since.is_some() {
+                    return false;
+                }
+                state.paused = answer.take().map(|answer| (pending.clone(), answer));
+                state.paused_since = Some(Instant::now());
+                true
+            });
+            if opened {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(CancelledWhilePaused),
+                () = &mut ended => {}
+            }
+        }
         self.0
             .metrics
             .debug_pauses
@@ -338,6 +362,7 @@ impl Debugger {
             }
             state.stepping = action == Some(Action::Step);
         });
+        self.0.ended.notify_waiters();
         let Some(action) = action else {
             return Err(CancelledWhilePaused);
         };

@@ -4,9 +4,11 @@
 //! incarnation of the agent and restarts agents that panic, die or hang.
 //!
 //! Runtime guarantees (see ARCHITECTURE.md): the Director handles one message at a time, but task flows
-//! run concurrently (up to `director.max_concurrent_tasks`; the rest wait in a FIFO queue); a specialist's
-//! steps run concurrently too (each step is its own future). A restart replaces the agent with a fresh
-//! instance; the step that saw the failure is retried up to `director.step_retries` times.
+//! run concurrently (up to `director.max_concurrent_tasks`; the rest wait in a FIFO queue), and so do the
+//! steps of one task whose dependencies are done. Each specialist is a pool of supervised instances
+//! (`agents.<agent>.instances`); a step goes to the least busy one, and each instance's steps run
+//! concurrently too (each step is its own future). A restart replaces that instance with a fresh
+//! incarnation; the step that saw the failure is retried up to `director.step_retries` times.
 
 pub mod calibration;
 pub mod flow;
@@ -25,7 +27,7 @@ use crate::agents::code::CodeAgent;
 use crate::agents::qa::QaAgent;
 use crate::agents::research::ResearchAgent;
 use crate::agents::AgentDeps;
-use crate::config::DirectorSettings;
+use crate::config::{AgentsSettings, DirectorSettings};
 use crate::domain::{AgentKind, EventKind, TaskId, TaskStatus};
 use crate::llm::models::{Models, Policy};
 use crate::llm::replay::ReplayProvider;
@@ -35,9 +37,7 @@ use crate::messages::{
 };
 use crate::storage::records::{PendingEvent, TaskEnd, WriteOp};
 use crate::storage::Storage;
-use crate::supervision::{
-    AgentFactory, GaveUp, RestartPolicy, RestartReason, Restarted, Supervised,
-};
+use crate::supervision::{AgentFactory, GaveUp, Pool, RestartPolicy, RestartReason, Restarted};
 use crate::telemetry::propagation;
 
 /// A step could not be run on its agent.
@@ -88,6 +88,8 @@ pub struct DirectorDeps {
     pub settings: DirectorSettings,
     /// Specialists' restart policy.
     pub policy: RestartPolicy,
+    /// How many instances of each specialist run.
+    pub pools: AgentsSettings,
     /// The configured models (the primary and per-agent ones, the fallback, the downgrade).
     pub llm: Models,
     /// The budget and fallback policy of every task (a task's `options.budget` over its limits).
@@ -126,27 +128,30 @@ impl ReplayCache {
 /// The Director actor.
 pub struct Director {
     deps: DirectorDeps,
-    agents: HashMap<AgentKind, Supervised>,
+    agents: HashMap<AgentKind, Pool>,
     running: HashMap<TaskId, CancellationToken>,
     queue: VecDeque<Envelope<StartTask>>,
 }
 
 impl Director {
-    /// Starts the Director and its three specialists on the current arbiter.
+    /// Starts the Director and the pools of its three specialists on the current arbiter.
     pub fn start(deps: DirectorDeps) -> Addr<Director> {
         let mut agents = HashMap::new();
         for kind in AgentKind::SPECIALISTS {
-            let agent_deps = deps.agent.clone();
-            let factory: AgentFactory = match kind {
-                AgentKind::Research => {
-                    Box::new(move || ResearchAgent::new(agent_deps.clone()).start().recipient())
+            let factory = || -> AgentFactory {
+                let agent_deps = deps.agent.clone();
+                match kind {
+                    AgentKind::Research => {
+                        Box::new(move || ResearchAgent::new(agent_deps.clone()).start().recipient())
+                    }
+                    AgentKind::Code => {
+                        Box::new(move || CodeAgent::new(agent_deps.clone()).start().recipient())
+                    }
+                    _ => Box::new(move || QaAgent::new(agent_deps.clone()).start().recipient()),
                 }
-                AgentKind::Code => {
-                    Box::new(move || CodeAgent::new(agent_deps.clone()).start().recipient())
-                }
-                _ => Box::new(move || QaAgent::new(agent_deps.clone()).start().recipient()),
             };
-            agents.insert(kind, Supervised::start(kind, deps.policy, factory));
+            let instances = deps.pools.instances(kind);
+            agents.insert(kind, Pool::start(kind, instances, deps.policy, factory));
         }
         Director {
             deps,
@@ -226,20 +231,26 @@ impl Director {
             .set(self.queue.len() as i64);
     }
 
-    /// Handles a failed step: restarts the agent (once per incarnation) and tells the flow.
+    /// Handles a failed step: restarts that instance of the agent (once per incarnation) and tells the flow.
+    #[allow(clippy::too_many_arguments)]
     fn restart(
         &mut self,
         agent: AgentKind,
+        instance: u32,
         generation: u64,
         reason: RestartReason,
         detail: String,
         task_id: TaskId,
         trace: &opentelemetry::Context,
     ) -> DispatchError {
-        let Some(supervised) = self.agents.get_mut(&agent) else {
+        let Some(restarted) = self
+            .agents
+            .get_mut(&agent)
+            .and_then(|pool| pool.restart(instance, generation, reason, Instant::now()))
+        else {
             return DispatchError::NoSuchAgent(agent);
         };
-        match supervised.restart(generation, reason, Instant::now()) {
+        match restarted {
             Ok(Restarted::Fresh { restarts }) => {
                 self.deps
                     .agent
@@ -247,13 +258,18 @@ impl Director {
                     .supervisor_restarts
                     .with_label_values(&[agent.as_str(), reason.as_str()])
                     .inc();
-                tracing::warn!(%agent, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
+                tracing::warn!(%agent, instance, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
                 self.deps.agent.writer.send(WriteOp::Event(PendingEvent::now_in(
                     trace,
                     task_id,
                     EventKind::AgentRestarted,
                     Some(agent),
-                    json!({ "reason": reason.as_str(), "detail": detail, "restarts": restarts }),
+                    json!({
+                        "reason": reason.as_str(),
+                        "detail": detail,
+                        "restarts": restarts,
+                        "instance": instance,
+                    }),
                 )));
                 DispatchError::Restarted {
                     agent,
@@ -368,12 +384,13 @@ impl Handler<Envelope<Dispatch>> for Director {
         self.received(&mut envelope);
         let task_id = envelope.task_id;
         let trace = envelope.trace;
-        let Dispatch { agent, run } = envelope.payload;
+        let Dispatch { agent, mut run } = envelope.payload;
         let models = Arc::clone(&run.llm);
-        let Some(supervised) = self.agents.get(&agent) else {
+        let Some(picked) = self.agents.get_mut(&agent).and_then(Pool::pick) else {
             return Box::pin(actix::fut::ready(Err(DispatchError::NoSuchAgent(agent))));
         };
-        let (recipient, generation) = supervised.current();
+        let (recipient, generation, instance) = (picked.recipient, picked.generation, picked.instance);
+        run.instance = instance;
         let depth = self
             .deps
             .agent
@@ -395,11 +412,18 @@ impl Handler<Envelope<Dispatch>> for Director {
         Box::pin(
             reply
                 .into_actor(self)
+                .map(move |result, director, _ctx| {
+                    if let Some(pool) = director.agents.get_mut(&agent) {
+                        pool.release(instance);
+                    }
+                    result
+                })
                 .map(move |result, director, _ctx| match result {
                     Ok(Ok(output)) => Ok(output),
                     Ok(Err(AgentError::Cancelled)) => Err(DispatchError::Cancelled),
                     Ok(Err(AgentError::Panicked(detail))) => Err(director.restart(
                         agent,
+                        instance,
                         generation,
                         RestartReason::Panic,
                         detail,
@@ -409,6 +433,7 @@ impl Handler<Envelope<Dispatch>> for Director {
                     Ok(Err(error)) => Err(DispatchError::Agent(error)),
                     Err(MailboxError::Closed) => Err(director.restart(
                         agent,
+                        instance,
                         generation,
                         RestartReason::Crash,
                         "mailbox closed".to_owned(),
@@ -417,6 +442,7 @@ impl Handler<Envelope<Dispatch>> for Director {
                     )),
                     Err(MailboxError::Timeout) => Err(director.restart(
                         agent,
+                        instance,
                         generation,
                         RestartReason::Timeout,
                         format!("no answer within {} s", timeout.as_secs()),
@@ -463,16 +489,21 @@ impl Handler<GetAgents> for Director {
             name: AgentKind::Director,
             status: "running",
             restarts: 0,
+            instances: 1,
+            busy: vec![self.running.len()],
             mailbox_depth: 0,
             in_flight: self.running.len() as i64,
             tasks: running,
         }];
         for kind in AgentKind::SPECIALISTS {
-            let restarts = self.agents.get(&kind).map_or(0, Supervised::restarts);
+            let pool = self.agents.get(&kind);
+            let restarts = pool.map_or(0, Pool::restarts);
             agents.push(AgentStatus {
                 name: kind,
                 status: "running",
                 restarts,
+                instances: pool.map_or(0, Pool::len),
+                busy: pool.map(|pool| pool.busy().to_vec()).unwrap_or_default(),
                 mailbox_depth: metrics
                     .mailbox_depth
                     .with_label_values(&[kind.as_str()])

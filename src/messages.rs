@@ -121,7 +121,10 @@ pub struct StepSpec {
     pub prompt: String,
     /// The step's instruction.
     pub instruction: String,
-    /// Outputs of earlier steps (most recent last), already shortened; the specialist fills it from the
+    /// The steps this one waits for, directly or through others, in step order: the earlier work it is
+    /// shown (the verification waits for every work step).
+    pub after: Vec<i32>,
+    /// Outputs of the steps in `after` (in step order), already shortened; the specialist fills it from the
     /// task's conversation window in short-term memory.
     pub earlier: Vec<String>,
     /// Memories recalled for this step (best first); filled by the specialist before it asks the model.
@@ -278,6 +281,8 @@ pub struct RunStep {
     pub llm: Arc<TaskModels>,
     /// The task's cancellation.
     pub cancel: CancellationToken,
+    /// Which instance of the agent's pool runs it, from 1 (the Director sets it when it routes the step).
+    pub instance: u32,
 }
 
 /// API/CLI to Director: start (or queue) a stored task.
@@ -334,6 +339,10 @@ pub struct AgentStatus {
     pub mailbox_depth: i64,
     /// Work accepted and not finished.
     pub in_flight: i64,
+    /// Instances in its pool (`agents.<agent>.instances`; the Director is one).
+    pub instances: usize,
+    /// Steps in flight on each instance, in instance order (the Director: its running tasks).
+    pub busy: Vec<usize>,
     /// The tasks it works for now (the Director: its running tasks), in id order.
     pub tasks: Vec<TaskId>,
 }
@@ -348,6 +357,7 @@ mod tests {
             kind: StepKind::Work,
             prompt: "p".into(),
             instruction: "i".into(),
+            after: Vec::new(),
             earlier: Vec::new(),
             recalled: Vec::new(),
             attempt: retry,

@@ -26,10 +26,12 @@ mod run;
 mod types;
 mod uids;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 pub use classify::{Outcome, Violation, ViolationKind};
 pub use types::{
@@ -37,6 +39,7 @@ pub use types::{
 };
 
 use crate::config::SandboxSettings;
+use crate::domain::TaskId;
 use crate::telemetry::metrics::Metrics;
 use types::validate;
 use uids::{claim_uids, UidClaims, UidSlot};
@@ -65,6 +68,44 @@ struct Inner {
     /// The locks that claim those user ids on this machine, held while the sandbox lives.
     _uid_locks: Vec<std::fs::File>,
     metrics: Metrics,
+    /// The runs of each task in progress (waiting for a slot or running), and what stops them.
+    tasks: Mutex<HashMap<TaskId, TaskRuns>>,
+}
+
+/// A task's runs in progress.
+struct TaskRuns {
+    /// Cancelled by [`Sandbox::cancel_task`]: each of them is killed within one watch interval.
+    cancel: CancellationToken,
+    /// How many.
+    runs: usize,
+}
+
+/// A run of a task, registered while it is in progress (however it ends, or if its future is dropped).
+struct Registered<'a> {
+    inner: &'a Inner,
+    task: TaskId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            if let Some(runs) = tasks.get_mut(&self.task) {
+                runs.runs = runs.runs.saturating_sub(1);
+                if runs.runs == 0 {
+                    tasks.remove(&self.task);
+                }
+            }
+        }
+    }
+}
+
+/// A slot in use, counted in `troupe_sandbox_slots_busy` while it is held.
+struct Busy<'a>(&'a Metrics);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.sandbox_slots_busy.dec();
+    }
 }
 
 impl Sandbox {
@@ -122,6 +163,7 @@ impl Sandbox {
                 refusal: refusal.map(OnceLock::from).unwrap_or_default(),
                 settings,
                 metrics,
+                tasks: Mutex::new(HashMap::new()),
             }),
         };
         if sandbox.inner.refusal.get().is_none() {
@@ -146,7 +188,11 @@ impl Sandbox {
     /// Runs `exit 0` in the shell; any other result is why the sandbox must refuse.
     async fn probe(&self) -> Option<SandboxError> {
         match self
-            .execute(RunRequest::snippet(Language::Shell, "exit 0"), None)
+            .execute(
+                RunRequest::snippet(Language::Shell, "exit 0"),
+                None,
+                &CancellationToken::new(),
+            )
             .await
         {
             Ok(report) if report.outcome == Outcome::Ok => None,
@@ -180,7 +226,50 @@ impl Sandbox {
     /// Runs `request` in the jail: a `sandbox_run` span with the outcome and resource figures, counted in
     /// the sandbox metrics. Waits for a free slot when `parallel_runs` runs are going.
     pub async fn run(&self, request: RunRequest) -> Result<RunReport, SandboxError> {
-        self.run_within(request, None).await
+        self.run_within(request, None, &CancellationToken::new())
+            .await
+    }
+
+    /// [`Sandbox::run`] for task `task`: [`Sandbox::cancel_task`] stops it (a run waiting for a slot is
+    /// refused with [`SandboxError::Cancelled`]; a running one is killed, outcome `cancelled`, with the
+    /// output it wrote so far).
+    pub async fn run_for(
+        &self,
+        task: TaskId,
+        request: RunRequest,
+    ) -> Result<RunReport, SandboxError> {
+        let cancel = match self.inner.tasks.lock() {
+            Ok(mut tasks) => {
+                let runs = tasks.entry(task).or_insert_with(|| TaskRuns {
+                    cancel: CancellationToken::new(),
+                    runs: 0,
+                });
+                runs.runs += 1;
+                runs.cancel.clone()
+            }
+            Err(_) => CancellationToken::new(),
+        };
+        let _registered = Registered {
+            inner: &self.inner,
+            task,
+        };
+        self.run_within(request, None, &cancel).await
+    }
+
+    /// Stops every run of task `task` in progress at once: a running one is killed (its slot is free again
+    /// as soon as its processes are reaped, within a watch interval of 50 ms), one waiting for a slot stops
+    /// waiting. Returns how many were stopped.
+    pub fn cancel_task(&self, task: TaskId) -> usize {
+        let Ok(mut tasks) = self.inner.tasks.lock() else {
+            return 0;
+        };
+        match tasks.remove(&task) {
+            Some(runs) => {
+                runs.cancel.cancel();
+                runs.runs
+            }
+            None => 0,
+        }
     }
 
     /// [`Sandbox::run`], waiting at most `slot_wait` for a free slot: [`SandboxError::Busy`] after that (for
@@ -190,13 +279,15 @@ impl Sandbox {
         request: RunRequest,
         slot_wait: std::time::Duration,
     ) -> Result<RunReport, SandboxError> {
-        self.run_within(request, Some(slot_wait)).await
+        self.run_within(request, Some(slot_wait), &CancellationToken::new())
+            .await
     }
 
     async fn run_within(
         &self,
         request: RunRequest,
         slot_wait: Option<std::time::Duration>,
+        cancel: &CancellationToken,
     ) -> Result<RunReport, SandboxError> {
         self.check_ready()?;
         let language = request.language;
@@ -213,7 +304,8 @@ impl Sandbox {
             error.type = tracing::field::Empty,
         );
         let result =
-            tracing::Instrument::instrument(self.execute(request, slot_wait), span.clone()).await;
+            tracing::Instrument::instrument(self.execute(request, slot_wait, cancel), span.clone())
+                .await;
         let metrics = &self.inner.metrics;
         match &result {
             Ok(report) => {
@@ -275,23 +367,34 @@ impl Sandbox {
         &self,
         request: RunRequest,
         slot_wait: Option<std::time::Duration>,
+        cancel: &CancellationToken,
     ) -> Result<RunReport, SandboxError> {
         validate(&request, &self.inner.settings)?;
-        let acquire = self.inner.permits.acquire();
-        let permit = match slot_wait {
-            None => acquire.await,
-            Some(wait) => tokio::time::timeout(wait, acquire)
-                .await
-                .map_err(|_| SandboxError::Busy(wait.as_secs()))?,
+        let acquire = async {
+            match slot_wait {
+                None => Ok(self.inner.permits.acquire().await),
+                Some(wait) => tokio::time::timeout(wait, self.inner.permits.acquire())
+                    .await
+                    .map_err(|_| SandboxError::Busy(wait.as_secs())),
+            }
+        };
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(SandboxError::Cancelled),
+            permit = acquire => permit?,
         };
         let _permit =
             permit.map_err(|_| SandboxError::Io("the sandbox is shutting down".into()))?;
+        self.inner.metrics.sandbox_slots_busy.inc();
+        let _busy = Busy(&self.inner.metrics);
         let slot = UidSlot::take(&self.inner);
         let inner = Arc::clone(&self.inner);
         let uid = slot.uid;
-        let report = tokio::task::spawn_blocking(move || run::run_blocking(&inner, &request, uid))
-            .await
-            .map_err(|e| SandboxError::Io(format!("the run's thread failed: {e}")))?;
+        let cancel = cancel.clone();
+        let report =
+            tokio::task::spawn_blocking(move || run::run_blocking(&inner, &request, uid, &cancel))
+                .await
+                .map_err(|e| SandboxError::Io(format!("the run's thread failed: {e}")))?;
         drop(slot);
         report
     }

@@ -16,7 +16,6 @@ use crate::config::Settings;
 use crate::debug::Debugger;
 use crate::director::calibration::CalibrationCache;
 use crate::director::{Director, DirectorDeps, ReplayCache};
-use crate::domain::limits::MAX_PLAN_STEPS;
 use crate::domain::{
     AgentKind, BreakOn, BreakpointSpec, EventKind, TaskId, TaskOptions, TaskStatus,
 };
@@ -469,6 +468,7 @@ impl Core {
             storage: storage.clone(),
             settings: settings.director.clone(),
             policy: RestartPolicy::from(&settings.supervision),
+            pools: settings.agents.clone(),
             llm: llm.clone(),
             model_policy: model_policy(&settings, &confirmations),
             replays: ReplayCache::default(),
@@ -567,10 +567,13 @@ impl Core {
         if chars > max {
             return Err(SubmitError::PromptTooLarge { chars, max });
         }
+        // The configured `director.max_steps` is the plan grammar's bound: a task asking for more is told so,
+        // not planned with fewer steps than it asked for.
         if let Some(max_steps) = options.max_steps {
-            if !(1..=MAX_PLAN_STEPS).contains(&max_steps) {
+            let most = self.settings.director.max_steps;
+            if !(1..=most).contains(&max_steps) {
                 return Err(SubmitError::InvalidOption(format!(
-                    "options.max_steps must be within 1..={MAX_PLAN_STEPS}, got {max_steps}"
+                    "options.max_steps must be within 1..={most} (director.max_steps), got {max_steps}"
                 )));
             }
         }

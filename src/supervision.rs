@@ -1,8 +1,8 @@
 //! Supervision of specialist agents (Erlang/OTP one-for-one semantics): restart policy, intensity window,
 //! escalation.
 //!
-//! actix restarts nothing by itself on a panic, so this is ours: the Director holds one [`Supervised`] per
-//! specialist. When a step comes back as a panic, a dead mailbox or a timeout, the Director calls
+//! actix restarts nothing by itself on a panic, so this is ours: the Director holds a [`Pool`] of
+//! [`Supervised`] instances per specialist. When a step comes back as a panic, a dead mailbox or a timeout, the Director calls
 //! [`Supervised::restart`]: a fresh actor (fresh state, new mailbox) replaces the old one, the restart is
 //! counted, and if the agent restarted more than `max_restarts` times within the window the supervisor gives
 //! up ([`GaveUp`]) and the task fails with that reason instead of looping. Restarts are idempotent per
@@ -197,6 +197,99 @@ impl Supervised {
     }
 }
 
+/// A specialist's instances (`agents.<agent>.instances`), each [`Supervised`] on its own, and the steps each
+/// has in flight: a step goes to the least busy instance (the first of them on a tie).
+pub struct Pool {
+    members: Vec<Supervised>,
+    busy: Vec<usize>,
+}
+
+/// Where the Director sends one step: the instance (from 1) and its current incarnation.
+pub struct Picked {
+    /// The instance, from 1.
+    pub instance: u32,
+    /// Where its steps go.
+    pub recipient: Recipient<Envelope<RunStep>>,
+    /// Its incarnation.
+    pub generation: u64,
+}
+
+impl Pool {
+    /// Starts `instances` (at least one) instances of `kind`, each from `factory`.
+    pub fn start(
+        kind: AgentKind,
+        instances: usize,
+        policy: RestartPolicy,
+        factory: impl Fn() -> AgentFactory,
+    ) -> Self {
+        let members: Vec<Supervised> = (0..instances.max(1))
+            .map(|_| Supervised::start(kind, policy, factory()))
+            .collect();
+        let busy = vec![0; members.len()];
+        Pool { members, busy }
+    }
+
+    /// Instances in the pool.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the pool is empty (never: it starts at least one).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Takes the least busy instance for one step; [`Pool::release`] gives it back.
+    pub fn pick(&mut self) -> Option<Picked> {
+        let (index, _) = self
+            .busy
+            .iter()
+            .enumerate()
+            .min_by_key(|&(index, busy)| (*busy, index))?;
+        self.busy[index] += 1;
+        let (recipient, generation) = self.members[index].current();
+        Some(Picked {
+            instance: u32::try_from(index + 1).unwrap_or(u32::MAX),
+            recipient,
+            generation,
+        })
+    }
+
+    /// Instance `instance`'s step ended (however it ended).
+    pub fn release(&mut self, instance: u32) {
+        if let Some(busy) = self.slot(instance).and_then(|index| self.busy.get_mut(index)) {
+            *busy = busy.saturating_sub(1);
+        }
+    }
+
+    /// Steps in flight on each instance, in instance order.
+    pub fn busy(&self) -> &[usize] {
+        &self.busy
+    }
+
+    /// Restarts of all instances since start-up.
+    pub fn restarts(&self) -> u64 {
+        self.members.iter().map(Supervised::restarts).sum()
+    }
+
+    /// Restarts instance `instance`'s incarnation `failed_generation` (see [`Supervised::restart`]).
+    pub fn restart(
+        &mut self,
+        instance: u32,
+        failed_generation: u64,
+        reason: RestartReason,
+        now: Instant,
+    ) -> Option<Result<Restarted, GaveUp>> {
+        let index = self.slot(instance)?;
+        Some(self.members[index].restart(failed_generation, reason, now))
+    }
+
+    fn slot(&self, instance: u32) -> Option<usize> {
+        let index = usize::try_from(instance).ok()?.checked_sub(1)?;
+        (index < self.members.len()).then_some(index)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +325,46 @@ mod tests {
     fn zero_restarts_means_never_restart() {
         let mut intensity = RestartIntensity::new(policy(0, 60));
         assert!(!intensity.allow(Instant::now()));
+    }
+
+    /// An actor that only counts as a recipient (the pool's bookkeeping is what is tested).
+    struct Idle;
+
+    impl actix::Actor for Idle {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<Envelope<RunStep>> for Idle {
+        type Result = Result<crate::messages::StepOutput, crate::messages::AgentError>;
+
+        fn handle(&mut self, _step: Envelope<RunStep>, _ctx: &mut Self::Context) -> Self::Result {
+            Err(crate::messages::AgentError::Cancelled)
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_step_goes_to_the_least_busy_instance() {
+        use actix::Actor;
+        let factory = || -> AgentFactory { Box::new(|| Idle.start().recipient()) };
+        let mut pool = Pool::start(AgentKind::Code, 3, policy(1, 60), factory);
+        assert_eq!(pool.len(), 3);
+        let picks: Vec<u32> = (0..4).map(|_| pool.pick().unwrap().instance).collect();
+        assert_eq!(picks, vec![1, 2, 3, 1]);
+        pool.release(2);
+        assert_eq!(pool.busy(), &[2, 0, 1]);
+        assert_eq!(pool.pick().unwrap().instance, 2);
+        // A restart replaces that instance alone, once per incarnation.
+        let now = Instant::now();
+        assert!(matches!(
+            pool.restart(3, 1, RestartReason::Panic, now),
+            Some(Ok(Restarted::Fresh { restarts: 1 }))
+        ));
+        assert!(matches!(
+            pool.restart(3, 1, RestartReason::Panic, now),
+            Some(Ok(Restarted::AlreadyReplaced))
+        ));
+        assert_eq!(pool.restarts(), 1);
+        assert!(pool.restart(4, 1, RestartReason::Panic, now).is_none());
+        pool.release(9);
     }
 }

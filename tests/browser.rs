@@ -890,3 +890,78 @@ async fn a_tool_pause_shows_a_refused_override_in_its_panel_and_continues() {
     css(&client, "#pause[hidden]").await;
     client.close().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/dashboard.sqlite?mode=rwc", dir.path().display());
+    let app_url = url.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.sandbox.enabled = true;
+        settings.database.url = app_url;
+        settings.memory.enabled = false;
+        scripts::three_steps(settings);
+    })
+    .await;
+    let source = seed_recording(&url, &scripts::diamond()).await;
+    let Session { client, _driver } = session().await;
+    let id = app
+        .submit_with(json!({
+            "prompt": "Write add(a, b) and mul(a, b), then explain them",
+            "options": { "replay_of": source }
+        }))
+        .await;
+    client
+        .goto(&format!("{}/tasks/{id}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    // While the two code steps run (each test sleeps 1.5 s), both nodes say running, each on its own Code.
+    until(
+        &client,
+        Duration::from_secs(30),
+        "steps 1 and 2 running at once in the plan graph",
+        "const running = [...document.querySelectorAll('.plan-graph .plan-node[data-status=running]')] \
+         .map((node) => node.dataset.step); \
+         return running.includes('1') && running.includes('2');",
+    )
+    .await;
+    screenshot(&client, "plan-graph-running").await;
+    let waiting = client
+        .execute(
+            "return document.querySelector(\".plan-graph .plan-node[data-step='3']\").dataset.status;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting, json!("pending"), "step 3 waits for both");
+    until(
+        &client,
+        Duration::from_secs(60),
+        "every node done",
+        "const nodes = [...document.querySelectorAll('.plan-graph .plan-node')]; \
+         return nodes.length === 4 && nodes.every((node) => node.dataset.status === 'done');",
+    )
+    .await;
+    // Edges: 1 and 2 into 3, and 1, 2, 3 into the verification.
+    assert_eq!(count(&client, ".plan-graph path[data-from]").await, 5);
+    let titles = client
+        .execute(
+            "return [...document.querySelectorAll('.plan-graph .plan-node .plan-title')].map((t) => t.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let titles: Vec<String> = serde_json::from_value(titles).unwrap();
+    assert!(titles.iter().any(|t| t == "1 · code-1" || t == "1 · code-2"), "{titles:?}");
+    assert_ne!(
+        titles[0].rsplit('-').next(),
+        titles[1].rsplit('-').next(),
+        "steps 1 and 2 on the same instance: {titles:?}"
+    );
+    // Each node shows its duration once done.
+    let status = text(&client, ".plan-graph .plan-node[data-step='1'] .plan-status").await;
+    assert!(status.starts_with("done · "), "{status}");
+    screenshot(&client, "plan-graph-done").await;
+    client.close().await.unwrap();
+}

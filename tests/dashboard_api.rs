@@ -79,6 +79,7 @@ async fn insert_steps(db: &DatabaseConnection, task_id: &str, steps: &[(i32, &st
             attempts: Set(1),
             started_at: Set(None),
             finished_at: Set(None),
+            depends_on: Set(None),
         })
         .exec(db)
         .await

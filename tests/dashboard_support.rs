@@ -13,7 +13,7 @@ use troupe::config::Settings;
 use troupe::domain::{AgentKind, EventKind, StepStatus, TaskId, TaskStatus};
 use troupe::events::Hub;
 use troupe::storage::records::{
-    LlmCallRecord, NewTask, PendingEvent, StepUpdate, TaskEnd, WriteOp,
+    LlmCallRecord, NewStep, NewTask, PendingEvent, StepUpdate, TaskEnd, WriteOp,
 };
 use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
@@ -264,7 +264,12 @@ pub async fn seed_big_task(writer: &Writer, events: usize) -> anyhow::Result<Tas
         task_id: id,
         steps: steps
             .iter()
-            .map(|(idx, agent, text)| (*idx, *agent, (*text).to_owned()))
+            .map(|(idx, agent, text)| NewStep {
+                idx: *idx,
+                agent: *agent,
+                instruction: (*text).to_owned(),
+                depends_on: (*idx > 1).then_some(idx - 1).into_iter().collect(),
+            })
             .collect(),
     });
     writer.send(WriteOp::Event(event(

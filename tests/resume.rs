@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use troupe::config::DatabaseSettings;
 use troupe::domain::{AgentKind, Event, EventKind, StepStatus, TaskId, TaskStatus};
 use troupe::events::Hub;
-use troupe::storage::records::{NewTask, PendingEvent, WriteOp};
+use troupe::storage::records::{NewStep, NewTask, PendingEvent, WriteOp};
 use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
 use troupe::telemetry::metrics::Metrics;
@@ -474,6 +474,15 @@ async fn store_orphan(
             Some(AgentKind::Director),
             json!({}),
         )));
+        let steps = steps
+            .into_iter()
+            .map(|(idx, agent, instruction)| NewStep {
+                idx,
+                agent,
+                instruction,
+                depends_on: (idx > 1).then_some(idx - 1).into_iter().collect(),
+            })
+            .collect();
         writer.send(WriteOp::InsertSteps { task_id: id, steps });
     }
     writer.flush().await.unwrap();

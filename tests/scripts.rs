@@ -124,3 +124,82 @@ pub fn fixed_on_second_attempt() -> Vec<Output> {
     ]);
     outputs
 }
+
+/// Code that defines `name` with `op` and a test that sleeps before checking it.
+fn slow_code(name: &str, op: &str, expected: i64) -> String {
+    json!({
+        "code": format!("def {name}(a, b):\n    return a {op} b"),
+        "test": format!("import time\ntime.sleep(1.5)\nassert {name}(2, 3) == {expected}"),
+    })
+    .to_string()
+}
+
+fn assignment(agent: &str) -> Option<Value> {
+    Some(json!({
+        "options": [
+            { "name": "research", "probability": if agent == "research" { 0.8 } else { 0.1 } },
+            { "name": "code", "probability": if agent == "code" { 0.8 } else { 0.1 } },
+            { "name": "qa", "probability": 0.1 }
+        ],
+        "chosen": agent,
+        "reasoning": "scripted"
+    }))
+}
+
+fn run_test(step: i32) -> String {
+    json!({ "tool": "run_code", "arguments": { "language": "python", "file": format!("step{step}_test.py") } })
+        .to_string()
+}
+
+/// The settings a three-step plan needs beyond the test profile's two (`director.max_steps` and the plan's
+/// token budget, which must cover what the grammar allows).
+pub fn three_steps(settings: &mut troupe::config::Settings) {
+    settings.director.max_steps = 3;
+    settings.llm.limits.plan_tokens = troupe::domain::limits::plan_token_bound(3);
+}
+
+/// Two code steps that wait for nothing, a research step after both, QA's pass (a plan of three steps:
+/// see [`three_steps`]).
+pub fn diamond() -> Vec<Output> {
+    vec![
+        (
+            "plan",
+            json!({ "steps": [
+                { "instruction": "Write add(a, b)", "depends_on": [] },
+                { "instruction": "Write mul(a, b)", "depends_on": [] },
+                { "instruction": "Explain both functions", "depends_on": [1, 2] }
+            ] })
+            .to_string(),
+            None,
+        ),
+        (
+            "assign.1",
+            r#"{"agent": "code", "reason": "scripted"}"#.into(),
+            assignment("code"),
+        ),
+        (
+            "assign.2",
+            r#"{"agent": "code", "reason": "scripted"}"#.into(),
+            assignment("code"),
+        ),
+        (
+            "assign.3",
+            r#"{"agent": "research", "reason": "scripted"}"#.into(),
+            assignment("research"),
+        ),
+        ("work.1", slow_code("add", "+", 5), None),
+        ("test.1", run_test(1), None),
+        ("work.2", slow_code("mul", "*", 6), None),
+        ("test.2", run_test(2), None),
+        (
+            "work.3",
+            "add adds its arguments and mul multiplies them.".into(),
+            None,
+        ),
+        (
+            "verify",
+            json!({ "verdict": "pass", "feedback": "both tested" }).to_string(),
+            None,
+        ),
+    ]
+}

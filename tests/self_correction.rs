@@ -24,6 +24,15 @@ use crate::scripts::{
 };
 
 pub(crate) async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, String) {
+    app_on_with(dir, attempts, |_| {}).await
+}
+
+/// [`app_on`] with more settings changed by `adjust`.
+pub(crate) async fn app_on_with(
+    dir: &tempfile::TempDir,
+    attempts: u32,
+    adjust: impl FnOnce(&mut troupe::config::Settings),
+) -> (TestApp, String) {
     let url = format!("sqlite://{}/scripted.sqlite?mode=rwc", dir.path().display());
     let app_url = url.clone();
     let app = spawn_app_with(move |settings| {
@@ -32,6 +41,7 @@ pub(crate) async fn app_on(dir: &tempfile::TempDir, attempts: u32) -> (TestApp, 
         settings.director.code_attempts = attempts;
         settings.director.qa_verdict = troupe::config::QaVerdictMode::Decides;
         settings.memory.enabled = false;
+        adjust(settings);
     })
     .await;
     (app, url)

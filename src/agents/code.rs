@@ -249,9 +249,9 @@ impl Specialist for Code {
                     .recall(task_id, AgentKind::Code, step.idx, &spec)
                     .await;
             }
-            // From the second step on, earlier steps may have left code: Code looks at the workspace
-            // (`list_files`) and reads the earlier steps' code files (`read_file`) to build on them.
-            if step.idx > 1 {
+            // A step after others may build on the code they left: Code looks at the workspace
+            // (`list_files`) and reads the code files of the steps it waits for (`read_file`).
+            if !step.after.is_empty() {
                 step.earlier_files = read_earlier_files(deps, task_id, step).await;
             }
         })
@@ -276,7 +276,7 @@ impl Specialist for Code {
     }
 }
 
-/// The code files of steps before `step` in the task's workspace, through the file tools (a failed call is
+/// The code files of the steps `step` waits for in the task's workspace, through the file tools (a failed call is
 /// a `tool.called` event with its error; the step goes on without the files).
 async fn read_earlier_files(
     deps: &AgentDeps,
@@ -300,7 +300,7 @@ async fn read_earlier_files(
     else {
         return Vec::new();
     };
-    let earlier: Vec<String> = (1..step.idx).map(|idx| file_names(idx).0).collect();
+    let earlier: Vec<String> = step.after.iter().map(|&idx| file_names(idx).0).collect();
     let names: Vec<String> = listed["files"]
         .as_array()
         .map(|files| {
@@ -358,6 +358,7 @@ mod tests {
             kind: StepKind::Work,
             prompt: "Write a Python function that reverses a string".into(),
             instruction: "Write reverse(s)".into(),
+            after: Vec::new(),
             earlier: Vec::new(),
             recalled,
             attempt: 1,

@@ -260,6 +260,7 @@ mod tests {
             kind: StepKind::Verify,
             prompt: "Write a Python function that computes the factorial of n".into(),
             instruction: "Check the work against the task".into(),
+            after: Vec::new(),
             earlier: Vec::new(),
             recalled: Vec::new(),
             attempt: 1,

@@ -100,6 +100,11 @@ pub const ASSETS: &[Asset] = &[
         bytes: include_bytes!("dashboard/task.js"),
     },
     Asset {
+        name: "plan_graph.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/plan_graph.js"),
+    },
+    Asset {
         name: "debug.js",
         content_type: JS,
         bytes: include_bytes!("dashboard/debug.js"),

@@ -441,3 +441,82 @@ impl From<crate::memory::MemoryError> for ApiError {
         }
     }
 }
+
+/// A problem with a request to the OpenAI-compatible front (`/v1`, `api/chat.rs`), answered in OpenAI's
+/// error shape, `{"error": {"message", "type", "param", "code"}}`, which OpenAI clients read; Troupe's own
+/// problems ([`ApiError`]) keep their status and code.
+#[derive(Debug)]
+pub struct OpenAiError {
+    status: StatusCode,
+    message: String,
+    param: Option<&'static str>,
+    code: String,
+}
+
+impl OpenAiError {
+    /// A problem with `status`, about request field `param`, named `code`.
+    pub fn new(
+        status: StatusCode,
+        param: Option<&'static str>,
+        code: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        OpenAiError {
+            status,
+            message: message.into(),
+            param,
+            code: code.to_owned(),
+        }
+    }
+
+    /// 400 for request field `param`.
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Some(param), "invalid_value", message)
+    }
+
+    /// The error's code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The request field it is about.
+    pub fn param(&self) -> Option<&'static str> {
+        self.param
+    }
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        if let ApiError::Internal(cause) = &error {
+            tracing::error!(%cause, "internal error");
+        }
+        OpenAiError::new(error.status_code(), None, error.code(), error.to_string())
+    }
+}
+
+impl ResponseError for OpenAiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let kind = if self.status.is_client_error() {
+            "invalid_request_error"
+        } else {
+            "server_error"
+        };
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(json!({
+            "error": { "message": self.message, "type": kind, "param": self.param, "code": self.code }
+        }))
+    }
+}

@@ -21,11 +21,13 @@ mod resume;
 
 pub use resume::resumable;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Addr;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -44,8 +46,9 @@ use crate::llm::replay::ReplayProvider;
 use crate::llm::{Choice, LlmError, LlmOutput, LlmRequest, ScoredOption};
 use crate::memory::{MemoryDraft, RecallSpec, SearchFilter};
 use crate::messages::{Feedback, FeedbackKind, Resume, StartTask, StepKind, Verdict};
-use crate::storage::records::{DecisionRecord, LlmCallRecord, PendingEvent, WriteOp};
+use crate::storage::records::{DecisionRecord, LlmCallRecord, NewStep, PendingEvent, WriteOp};
 use crate::storage::StorageError;
+use dispatch::Ends;
 use fork::Overridden;
 
 /// Why a flow did not complete.
@@ -115,15 +118,31 @@ pub enum FlowError {
 }
 
 /// A planned step and where it stands.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PlannedStep {
     idx: i32,
     agent: AgentKind,
     instruction: String,
+    /// The steps it waits for (the verification waits for every work step).
+    depends_on: Vec<i32>,
     kind: StepKind,
     status: StepStatus,
     attempts: i32,
     output: Option<String>,
+}
+
+/// What the flow's steps change as they run. Steps whose dependencies are done run at once (as futures
+/// of the one flow, polled by one task), so this is shared through a `RefCell`: every change is made in
+/// one synchronous call ([`TaskFlow::board`]) and no borrow is held across an `.await`.
+#[derive(Debug, Default)]
+struct Board {
+    steps: Vec<PlannedStep>,
+    /// What the steps want kept in long-term memory, stored with the end if the task completes.
+    drafts: Vec<MemoryDraft>,
+    /// The code steps' test attempts, for the result.
+    tests: Vec<serde_json::Value>,
+    /// What the verification is told about each accepted code step, by step.
+    reviews: BTreeMap<i32, String>,
 }
 
 /// A decision, as [`TaskFlow::announce_decision`] announces it.
@@ -152,15 +171,10 @@ pub struct TaskFlow {
     deps: DirectorDeps,
     director: Addr<Director>,
     cancel: CancellationToken,
-    steps: Vec<PlannedStep>,
-    /// What the steps want kept in long-term memory, stored with the end if the task completes.
-    drafts: Vec<MemoryDraft>,
-    /// The code steps' test attempts, for the result.
-    tests: Vec<serde_json::Value>,
+    /// The steps and what they leave behind.
+    board: RefCell<Board>,
     /// The current round of QA's verification: 1, then one more for each revision its `fail` asked for.
     round: u32,
-    /// What the verification is told about each accepted code step, by step.
-    reviews: BTreeMap<i32, String>,
     /// The routing decision's content-free scores, fetched at the task's first assignment.
     content_free: Option<Result<Vec<ScoredOption>, &'static str>>,
     /// What is stored of a task taken over from a dead process, until the flow is rebuilt from it.
@@ -201,11 +215,8 @@ impl TaskFlow {
             deps,
             director,
             cancel,
-            steps: Vec::new(),
-            drafts: Vec::new(),
-            tests: Vec::new(),
+            board: RefCell::new(Board::default()),
             round: 1,
-            reviews: BTreeMap::new(),
             content_free: None,
             resume: start.resume,
             decided: BTreeSet::new(),
@@ -250,40 +261,94 @@ impl TaskFlow {
             Some(plan) => plan,
             None => self.plan_and_assign(&llm).await?,
         };
+        let verdict = self.run_graph(&llm).await?;
+        let verdict = self.settle_verdict(verdict, &llm).await?;
+        Ok(self.result(&plan, verdict, llm.as_ref()))
+    }
+
+    /// Changes (or reads) what the steps share, in one synchronous call.
+    fn board<R>(&self, change: impl FnOnce(&mut Board) -> R) -> R {
+        change(&mut self.board.borrow_mut())
+    }
+
+    /// A copy of step `position` as it stands.
+    fn step_at(&self, position: usize) -> PlannedStep {
+        self.board(|board| board.steps[position].clone())
+    }
+
+    /// Runs the plan as a graph: every step whose dependencies are done starts at once (each its own
+    /// future, sent to its own agent instance by the Director), and a step starts as soon as the last of its
+    /// dependencies is done; the verification waits for every work step. A step a resumed task's dead
+    /// process finished keeps its stored output and is not run. The first step that fails for good ends
+    /// the run (the others in flight are dropped: their tries' tokens stop their agents); returns QA's
+    /// verdict.
+    async fn run_graph(&self, llm: &Arc<TaskModels>) -> Result<Option<Verdict>, FlowError> {
+        let mut launched: BTreeSet<usize> = self.board(|board| {
+            (0..board.steps.len())
+                .filter(|&position| board.steps[position].status == StepStatus::Done)
+                .collect()
+        });
+        let mut running = FuturesUnordered::new();
         let mut verdict = None;
-        for position in 0..self.steps.len() {
-            if self.steps[position].status == StepStatus::Done {
-                // A step a resumed task's dead process finished: its stored output stands.
-                continue;
+        loop {
+            for position in self.ready(&launched) {
+                launched.insert(position);
+                running.push(self.run_position(position, llm, None));
             }
-            if let Some(found) = self.run_position(position, &llm, None).await? {
+            let Some(outcome) = running.next().await else {
+                break;
+            };
+            if let Some(found) = outcome? {
                 verdict = Some(found);
             }
         }
-        let verdict = self.settle_verdict(verdict, &llm).await?;
-        Ok(self.result(&plan, verdict, llm.as_ref()))
+        Ok(verdict)
+    }
+
+    /// The steps not launched yet whose dependencies are all done.
+    fn ready(&self, launched: &BTreeSet<usize>) -> Vec<usize> {
+        self.board(|board| {
+            let done: BTreeSet<i32> = board
+                .steps
+                .iter()
+                .filter(|step| step.status == StepStatus::Done)
+                .map(|step| step.idx)
+                .collect();
+            (0..board.steps.len())
+                .filter(|position| !launched.contains(position))
+                .filter(|&position| {
+                    board.steps[position]
+                        .depends_on
+                        .iter()
+                        .all(|dependency| done.contains(dependency))
+                })
+                .collect()
+        })
     }
 
     /// Plans the task, assigns each step an agent and stores the steps.
     async fn plan_and_assign(&mut self, llm: &Arc<TaskModels>) -> Result<Plan, FlowError> {
         let plan = self.plan(llm.as_ref()).await?;
-        for (position, instruction) in plan.steps.iter().enumerate() {
+        let mut steps = Vec::with_capacity(plan.steps.len() + 1);
+        for (position, planned) in plan.steps.iter().enumerate() {
             let idx = i32::try_from(position + 1).unwrap_or(i32::MAX);
-            let agent = self.assign(llm.as_ref(), idx, instruction).await?;
-            self.steps.push(PlannedStep {
+            let agent = self.assign(llm.as_ref(), idx, &planned.instruction).await?;
+            steps.push(PlannedStep {
                 idx,
                 agent,
-                instruction: instruction.clone(),
+                instruction: planned.instruction.clone(),
+                depends_on: planned.depends_on.clone(),
                 kind: StepKind::Work,
                 status: StepStatus::Pending,
                 attempts: 0,
                 output: None,
             });
         }
-        self.steps.push(PlannedStep {
+        steps.push(PlannedStep {
             idx: i32::try_from(plan.steps.len() + 1).unwrap_or(i32::MAX),
             agent: AgentKind::Qa,
             instruction: "Check the work against the task".to_owned(),
+            depends_on: steps.iter().map(|step| step.idx).collect(),
             kind: StepKind::Verify,
             status: StepStatus::Pending,
             attempts: 0,
@@ -291,28 +356,33 @@ impl TaskFlow {
         });
         self.deps.agent.writer.send(WriteOp::InsertSteps {
             task_id: self.task_id,
-            steps: self
-                .steps
+            steps: steps
                 .iter()
-                .map(|step| (step.idx, step.agent, step.instruction.clone()))
+                .map(|step| NewStep {
+                    idx: step.idx,
+                    agent: step.agent,
+                    instruction: step.instruction.clone(),
+                    depends_on: step.depends_on.clone(),
+                })
                 .collect(),
         });
+        self.board.get_mut().steps = steps;
         Ok(plan)
     }
 
     /// Runs step `position` (a code step as the Code/QA loop), with `feedback` when QA's verdict sent it
     /// back; for the verification, announces QA's verdict and returns it.
     async fn run_position(
-        &mut self,
+        &self,
         position: usize,
         llm: &Arc<TaskModels>,
         feedback: Option<Feedback>,
     ) -> Result<Option<Verdict>, FlowError> {
-        let step = &self.steps[position];
+        let step = self.step_at(position);
         let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
             self.run_code_step(position, llm, feedback).await?
         } else {
-            self.run_step(position, llm, 1, feedback).await?
+            self.run_step(position, llm, 1, feedback, Ends::WithAnswer).await?
         };
         let Some(mut found) = output.verdict else {
             return Ok(None);
@@ -374,14 +444,9 @@ impl TaskFlow {
                 counter.with_label_values(&["advisory"]).inc();
                 return Ok(verdict);
             }
-            let work = self
-                .steps
-                .iter()
-                .rposition(|step| step.kind == StepKind::Work);
-            let verify = self
-                .steps
-                .iter()
-                .rposition(|step| step.kind == StepKind::Verify);
+            let steps = &self.board.get_mut().steps;
+            let work = steps.iter().rposition(|step| step.kind == StepKind::Work);
+            let verify = steps.iter().rposition(|step| step.kind == StepKind::Verify);
             let done = self.round - 1;
             let (Some(work), Some(verify), true) = (work, verify, done < revisions) else {
                 self.deps.agent.events.emit(
@@ -401,7 +466,8 @@ impl TaskFlow {
                 });
             };
             self.round += 1;
-            let idx = self.steps[work].idx;
+            let board = self.board.get_mut();
+            let idx = board.steps[work].idx;
             self.deps.agent.events.emit(
                 self.task_id,
                 EventKind::QaRevision,
@@ -416,13 +482,15 @@ impl TaskFlow {
             );
             // The rejected work leaves nothing in memory: its snippet or fact is dropped, the revision's
             // takes its place.
-            let agent = self.steps[work].agent;
-            self.drafts
+            let board = self.board.get_mut();
+            let agent = board.steps[work].agent;
+            board
+                .drafts
                 .retain(|draft| draft.step != Some(idx) || draft.agent != agent);
-            self.reviews.remove(&idx);
+            board.reviews.remove(&idx);
             let feedback = Feedback {
                 kind: FeedbackKind::QaVerdict,
-                code: self.steps[work].output.clone().unwrap_or_default(),
+                code: board.steps[work].output.clone().unwrap_or_default(),
                 failure: failed.feedback,
                 known_fixes: Vec::new(),
             };
@@ -438,7 +506,7 @@ impl TaskFlow {
 
     /// What the verification is told about the accepted code steps, in step order.
     fn review_lines(&self) -> Vec<String> {
-        self.reviews.values().cloned().collect()
+        self.board(|board| board.reviews.values().cloned().collect())
     }
 
     /// The task's model: the default provider, or a replay of the task named by `options.replay_of`; for a
@@ -469,6 +537,8 @@ impl TaskFlow {
     }
 
     async fn plan(&self, llm: &TaskModels) -> Result<Plan, FlowError> {
+        // `Core::submit` refuses more steps than `director.max_steps`; a task submitted to a node configured
+        // with a larger bound and run here is planned within this node's bound (the grammar's).
         let max_steps = self
             .options
             .max_steps
@@ -501,13 +571,13 @@ impl TaskFlow {
             .agent
             .memory
             .short_term()
-            .put(self.task_id, "plan", &json!(plan.steps).to_string())
+            .put(self.task_id, "plan", &json!(plan.instructions()).to_string())
             .await;
         self.deps.agent.events.emit(
             self.task_id,
             EventKind::PlanCreated,
             Some(AgentKind::Director),
-            json!({ "steps": plan.steps }),
+            json!({ "steps": plan.instructions(), "depends_on": plan.dependencies() }),
         );
         Ok(plan)
     }

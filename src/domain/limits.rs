@@ -13,9 +13,10 @@ pub const MAX_INSTRUCTION_CHARS: u32 = 60;
 pub const MAX_FEEDBACK_CHARS: u32 = 48;
 
 /// The most tokens a plan of `max_steps` steps can take (one token per character at worst, plus the JSON
-/// around the strings): `llm.limits.plan_tokens` must cover it, or a long plan would be cut off.
+/// around the strings: `{"instruction": "`, `", "depends_on": [`, `]}, ` and up to `max_steps - 1` numbers of
+/// three characters each): `llm.limits.plan_tokens` must cover it, or a long plan would be cut off.
 pub fn plan_token_bound(max_steps: u32) -> u32 {
-    max_steps * (MAX_INSTRUCTION_CHARS + 4) + 16
+    max_steps * (MAX_INSTRUCTION_CHARS + 38 + 3 * max_steps) + 16
 }
 
 /// The most tokens a verdict can take: `llm.limits.verdict_tokens` must cover it.

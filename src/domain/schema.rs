@@ -1,13 +1,28 @@
 //! Checks a value against a JSON schema: the subset Troupe's schemas use (`type` object, array, string,
-//! integer, boolean; `properties`, `required`, `additionalProperties: false`, `items`, `minItems`/`maxItems`,
-//! `enum`, `const`, `minLength`/`maxLength`, `minimum`/`maximum`). Model output is hostile input: a tool call
-//! whose arguments do not fit is refused before the tool runs, and a remote model's structured answer that
-//! does not fit is asked for again (`llm::openai`), each with the first problem found.
+//! integer, boolean; `properties`, `required`, `additionalProperties: false`, `items`, `prefixItems`,
+//! `minItems`/`maxItems`, `enum`, `const`, `minLength`/`maxLength`, `minimum`/`maximum`, `anyOf`). Model
+//! output is hostile input: a tool call whose arguments do not fit is refused before the tool runs, and a
+//! remote model's structured answer that does not fit is asked for again (`llm::openai`), each with the
+//! first problem found.
 
 use serde_json::Value;
 
 /// The first way `value` does not fit `schema`, or `None` when it fits. `at` names the place (`arguments`).
 pub fn problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    if let Some(Value::Array(alternatives)) = schema.get("anyOf") {
+        // Fits one of them; otherwise the problem with the alternative that got furthest (its problem's
+        // place is the deepest), which names the step where, say, a plan went wrong.
+        let mut problems = Vec::with_capacity(alternatives.len());
+        for alternative in alternatives {
+            match problem(alternative, value, at) {
+                None => return None,
+                Some(found) => problems.push(found),
+            }
+        }
+        return problems
+            .into_iter()
+            .max_by_key(|found| found.split(' ').next().map_or(0, str::len));
+    }
     if let Some(allowed) = schema.get("const") {
         if value != allowed {
             return Some(format!("{at} must be {allowed}"));
@@ -73,6 +88,16 @@ fn array_problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
     if let Some(most) = schema.get("maxItems").and_then(Value::as_u64) {
         if count > most {
             return Some(format!("{at} must have at most {most} items"));
+        }
+    }
+    if let Some(Value::Array(positions)) = schema.get("prefixItems") {
+        if let Some(found) = items
+            .iter()
+            .zip(positions)
+            .enumerate()
+            .find_map(|(index, (item, position))| problem(position, item, &format!("{at}[{index}]")))
+        {
+            return Some(found);
         }
     }
     let item_schema = schema.get("items")?;

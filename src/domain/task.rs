@@ -184,7 +184,7 @@ impl FromStr for StepStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskOptions {
-    /// Most steps the plan may have (1..=8, at most the configured `director.max_steps`).
+    /// Most steps the plan may have (1..=`director.max_steps`; more is refused, not clamped).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

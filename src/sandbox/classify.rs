@@ -20,17 +20,20 @@ pub enum Outcome {
     Killed,
     /// Tried to reach the network, write outside its workspace, or fork without bound.
     Violation,
+    /// Killed at once because its task was cancelled.
+    Cancelled,
 }
 
 impl Outcome {
     /// Every outcome of a run that happened (a refused run is counted as `refused`).
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Error,
         Outcome::Timeout,
         Outcome::Oom,
         Outcome::Killed,
         Outcome::Violation,
+        Outcome::Cancelled,
     ];
 
     /// The stable name (a metric label).
@@ -42,6 +45,7 @@ impl Outcome {
             Outcome::Oom => "oom",
             Outcome::Killed => "killed",
             Outcome::Violation => "violation",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct Ending {
     pub output_exceeded: bool,
     /// The watcher saw the process limit reached.
     pub process_limit_reached: bool,
+    /// The run's task was cancelled and the watcher killed it.
+    pub cancelled: bool,
     /// The program's stderr, markers removed.
     pub stderr: String,
     /// The audit hook's reports.
@@ -249,7 +255,10 @@ pub fn classify(ending: &Ending) -> (Outcome, Vec<Violation>) {
         );
     }
     let has = |kind: ViolationKind| found.iter().any(|v| v.kind == kind);
-    let outcome = if has(ViolationKind::Network)
+    let outcome = if ending.cancelled {
+        // Whatever the program was doing, it was stopped for its task.
+        Outcome::Cancelled
+    } else if has(ViolationKind::Network)
         || has(ViolationKind::Filesystem)
         || has(ViolationKind::ForkBomb)
     {
@@ -279,6 +288,17 @@ mod tests {
             memory_limit_bytes: 512 << 20,
             ..Ending::default()
         }
+    }
+
+    #[test]
+    fn a_run_killed_for_its_cancelled_task_is_cancelled() {
+        let killed = Ending {
+            code: None,
+            signal: Some(libc::SIGKILL),
+            cancelled: true,
+            ..ending()
+        };
+        assert_eq!(classify(&killed).0, Outcome::Cancelled);
     }
 
     #[test]

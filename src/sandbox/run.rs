@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use super::classify;
 use super::types::{Language, RunReport, RunRequest, SandboxError};
 use super::{jail, process, Inner};
@@ -51,6 +53,7 @@ pub(super) fn run_blocking(
     inner: &Inner,
     request: &RunRequest,
     uid: Option<u32>,
+    cancel: &CancellationToken,
 ) -> Result<RunReport, SandboxError> {
     let settings = &inner.settings;
     let io = |what: &str, e: std::io::Error| SandboxError::Io(format!("{what}: {e}"));
@@ -152,7 +155,7 @@ pub(super) fn run_blocking(
     });
     let deadline = started + Duration::from_secs_f64(settings.timeout_seconds);
     // With a per-run user id, the watcher counts that id's processes against the same limit.
-    let watched = watch(pid, deadline, uid, max_processes);
+    let watched = watch(pid, deadline, uid, max_processes, cancel);
     let reaped = process::reap(pid, false)
         .map_err(|e| io("wait for the jail", e))?
         .ok_or_else(|| SandboxError::Io("the jail was not reaped".into()))?;
@@ -192,6 +195,7 @@ pub(super) fn run_blocking(
         timed_out: watched == Watched::TimedOut,
         output_exceeded: exceeded.load(Ordering::SeqCst),
         process_limit_reached: watched == Watched::ProcessLimit,
+        cancelled: watched == Watched::Cancelled,
         stderr,
         reported,
         cpu_limit_seconds: settings.cpu_seconds,
@@ -221,6 +225,7 @@ enum Watched {
     Exited,
     TimedOut,
     ProcessLimit,
+    Cancelled,
 }
 
 /// Reads the shim's report, `maxrss <KB>`; `None` if the shim ended without it.
@@ -230,11 +235,22 @@ fn read_peak_rss_kb(report: &mut impl BufRead) -> Option<i64> {
     line.trim_end().strip_prefix("maxrss ")?.parse().ok()
 }
 
-/// Waits for the jail (pid `pid`, also its process group) to exit, killing its group at the deadline or,
-/// with a per-run `uid`, when the run holds `max_processes` processes.
-fn watch(pid: u32, deadline: Instant, uid: Option<u32>, max_processes: u64) -> Watched {
+/// Waits for the jail (pid `pid`, also its process group) to exit, killing its group at the deadline, when
+/// `cancel` fires (its task was cancelled: within one watch interval), or, with a per-run `uid`, when the
+/// run holds `max_processes` processes.
+fn watch(
+    pid: u32,
+    deadline: Instant,
+    uid: Option<u32>,
+    max_processes: u64,
+    cancel: &CancellationToken,
+) -> Watched {
     let pidfd = process::pidfd(pid);
     loop {
+        if cancel.is_cancelled() {
+            process::kill_group(pid);
+            return Watched::Cancelled;
+        }
         let now = Instant::now();
         if now >= deadline {
             process::kill_group(pid);

@@ -164,6 +164,9 @@ pub enum SandboxError {
     /// [`Sandbox::run_waiting`]: super::Sandbox::run_waiting
     #[error("every sandbox slot stayed busy for {0} s; try again shortly")]
     Busy(u64),
+    /// The run's task was cancelled before a slot was free.
+    #[error("the task was cancelled before the run started")]
+    Cancelled,
 }
 
 /// Checks file names, the entry and the total size.

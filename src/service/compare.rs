@@ -241,12 +241,14 @@ pub fn compare_runs(a: &Run, b: &Run) -> Value {
                 || x.instruction != y.instruction
                 || x.status != y.status
                 || x.output != y.output
+                || x.depends_on != y.depends_on
         },
         |step| {
             json!({
                 "idx": step.idx,
                 "agent": step.agent,
                 "instruction": step.instruction,
+                "depends_on": step.depends_on,
                 "status": step.status,
                 "output": step.output,
                 "attempts": step.attempts,
@@ -327,6 +329,9 @@ mod tests {
                 status: StepStatus::Done,
                 output: Some(work.to_owned()),
                 attempts: 1,
+                depends_on: Vec::new(),
+                started_at: None,
+                finished_at: None,
             }],
             decisions: vec![StoredDecision {
                 kind: "assign_agent".into(),

@@ -70,6 +70,9 @@ pub mod step {
         pub attempts: i32,
         pub started_at: Option<DateTimeUtc>,
         pub finished_at: Option<DateTimeUtc>,
+        /// JSON array of the earlier steps it depends on; null: stored before plans were graphs (it
+        /// depends on the step before it).
+        pub depends_on: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

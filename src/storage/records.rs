@@ -97,6 +97,19 @@ pub struct NewTask {
     pub owner: Option<String>,
 }
 
+/// A planned step, as stored before it runs.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    /// Position in the plan, from 1.
+    pub idx: i32,
+    /// The agent that works it.
+    pub agent: AgentKind,
+    /// What to do.
+    pub instruction: String,
+    /// The earlier steps it waits for.
+    pub depends_on: Vec<i32>,
+}
+
 /// A change to one step.
 #[derive(Debug, Clone)]
 pub struct StepUpdate {
@@ -223,8 +236,8 @@ pub enum WriteOp {
     InsertSteps {
         /// Task.
         task_id: TaskId,
-        /// (idx, agent, instruction).
-        steps: Vec<(i32, AgentKind, String)>,
+        /// The steps.
+        steps: Vec<NewStep>,
     },
     /// Update a step.
     UpdateStep(StepUpdate),

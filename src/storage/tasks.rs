@@ -58,6 +58,12 @@ pub struct StepRecord {
     pub output: Option<String>,
     /// How many times it was tried.
     pub attempts: i32,
+    /// The earlier steps it waits for (a step stored before plans were graphs waits for the one before it).
+    pub depends_on: Vec<i32>,
+    /// When it (last) started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// A task's model usage.
@@ -324,6 +330,12 @@ impl Storage {
                     what: "step",
                     detail,
                 };
+                let depends_on = match &row.depends_on {
+                    Some(text) => serde_json::from_str(text)
+                        .map_err(|e| corrupt(format!("depends_on of step {}: {e}", row.idx)))?,
+                    None if row.idx > 1 => vec![row.idx - 1],
+                    None => Vec::new(),
+                };
                 Ok(StepRecord {
                     agent: row.agent.parse().map_err(|e| corrupt(format!("{e}")))?,
                     idx: row.idx,
@@ -331,6 +343,9 @@ impl Storage {
                     status: row.status.parse().map_err(|e| corrupt(format!("{e}")))?,
                     output: row.output,
                     attempts: row.attempts,
+                    depends_on,
+                    started_at: row.started_at,
+                    finished_at: row.finished_at,
                 })
             })
             .collect()

@@ -213,6 +213,8 @@ pub struct Metrics {
     pub sandbox_violations: IntCounterVec,
     /// See [`names::SANDBOX_UP`].
     pub sandbox_up: IntGauge,
+    /// See [`names::SANDBOX_SLOTS_BUSY`].
+    pub sandbox_slots_busy: IntGauge,
     /// See [`names::TOOL_CALLS`]; labels `tool`, `outcome`.
     pub tool_calls: IntCounterVec,
     /// See [`names::TOOL_CALL_DURATION`]; label `tool`.
@@ -604,7 +606,7 @@ impl Metrics {
             )?,
             sandbox_runs: r.counter_vec(
                 names::SANDBOX_RUNS,
-                "Sandbox runs by language and outcome (ok, error, timeout, oom, killed, violation, refused).",
+                "Sandbox runs by language and outcome (ok, error, timeout, oom, killed, violation, cancelled, refused).",
                 &["language", "outcome"],
             )?,
             sandbox_run_duration: r.histogram_vec(
@@ -633,6 +635,10 @@ impl Metrics {
             sandbox_up: r.gauge(
                 names::SANDBOX_UP,
                 "1 when the sandbox can run code (bubblewrap works), 0 when it refuses every run.",
+            )?,
+            sandbox_slots_busy: r.gauge(
+                names::SANDBOX_SLOTS_BUSY,
+                "Sandbox slots in use now (of sandbox.parallel_runs); a cancelled task's runs are killed and their slots freed at once.",
             )?,
             tool_calls: r.counter_vec(
                 names::TOOL_CALLS,

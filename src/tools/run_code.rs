@@ -60,7 +60,7 @@ impl Tool for RunCode {
         let request = run_request(&self.workspaces, context, &arguments).await?;
         let report = self
             .sandbox
-            .run(request)
+            .run_for(context.task_id, request)
             .await
             .map_err(|e| ToolError::Failed(e.to_string()))?;
         for violation in &report.violations {

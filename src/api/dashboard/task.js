@@ -11,6 +11,7 @@ import { barChart } from "./charts.js";
 import { python, looksLikePython } from "./highlight.js";
 import { describeToken, wireAlternatives } from "./alternatives.js";
 import { pausePanel, forkControl, compareLink } from "./debug.js";
+import { planGraph } from "./plan_graph.js";
 
 const $ = (id) => document.getElementById(id);
 const PANELS = ["decisions", "timeline", "tokens", "memory", "tools", "sandbox", "result", "events"];
@@ -214,14 +215,17 @@ function renderDecisions() {
   const children = steps.map((step) => h("li", {}, stepCard(step), branch(byStep.get(step.idx))));
   for (const event of loose) children.push(h("li", {}, eventCard(event)));
   if (end) children.push(h("li", {}, endCard(end)));
-  return h("div", {}, h("ul", { class: "tree", "aria-label": "decision tree" }, h("li", {}, treeRoot(task, steps), h("ul", {}, children))));
+  return h("div", {}, planGraph(steps, state.events), h("ul", { class: "tree", "aria-label": "decision tree" }, h("li", {}, treeRoot(task, steps), h("ul", {}, children))));
 }
 
 function planSteps() {
   const rows = state.task.steps || [];
   if (rows.length) return rows;
   const plan = ofKind("plan.created").pop();
-  return plan ? (plan.data.steps || []).map((instruction, i) => ({ idx: i + 1, instruction, agent: null, status: "pending", attempts: 0 })) : [];
+  if (!plan) return [];
+  // Before the steps are stored: the plan as announced (a plan announced before graphs ran in order).
+  const after = plan.data.depends_on || [];
+  return (plan.data.steps || []).map((instruction, i) => ({ idx: i + 1, instruction, agent: null, status: "pending", attempts: 0, depends_on: after[i] || (i ? [i] : []) }));
 }
 
 function treeRoot(task, steps) {
@@ -372,7 +376,15 @@ function endCard(event) {
     { class: `node-card ${status === "completed" ? "passed" : "failed"}` },
     h("div", { class: "title" }, h("span", { class: "kind", text: "end" }), badge(status), h("span", { class: "hint", text: clock(event.at) })),
     event.data && event.data.error ? h("div", { class: "reason", text: event.data.error }) : null,
+    event.data && event.data.stopped ? h("div", { class: "reason", dataset: { cancelled: "" }, text: cancelSummary(event.data) }) : null,
   );
+}
+
+/** What a cancellation stopped and kept, in words. */
+function cancelSummary(data) {
+  const list = (steps) => (steps && steps.length ? `step${steps.length === 1 ? "" : "s"} ${steps.join(", ")}` : "nothing");
+  const runs = data.stopped.sandbox_runs || 0;
+  return `stopped ${list(data.stopped.steps)}${runs ? ` and ${runs} sandbox run${runs === 1 ? "" : "s"} (killed at once)` : ""}; kept ${list(data.kept && data.kept.steps)}${data.not_started && data.not_started.length ? `; never started ${list(data.not_started)}` : ""}`;
 }
 
 function bytes(n) {
@@ -1023,7 +1035,7 @@ function onLive(event) {
     state.calls = null; // read again when shown: the call is now stored
     invalidate("tokens");
   }
-  if (["plan.created", "agent.finished", "llm.finished", "code.attempt", "qa.verdict"].includes(event.kind) || status) refreshTaskSoon();
+  if (["plan.created", "agent.started", "agent.finished", "llm.finished", "code.attempt", "qa.verdict"].includes(event.kind) || status) refreshTaskSoon();
   invalidate(...PANELS.filter((panel) => panel !== "tokens"));
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::dispatch::Ends;
 use super::{FlowError, TaskFlow};
 use crate::director::DispatchError;
 use crate::domain::{excerpt, shorten, AgentKind, EventKind, StepStatus};
@@ -111,16 +112,21 @@ impl TaskFlow {
     /// passed. Only the accepted attempt's code is kept as a snippet. Without a working sandbox the code is
     /// not run, and the result says why.
     pub(super) async fn run_code_step(
-        &mut self,
+        &self,
         position: usize,
         llm: &Arc<TaskModels>,
         mut sent_back: Option<Feedback>,
     ) -> Result<StepOutput, FlowError> {
-        let idx = self.steps[position].idx;
+        let idx = self.step_at(position).idx;
         if let Err(error) = self.deps.agent.tools.sandbox().check_ready() {
-            let output = self.run_step(position, llm, 1, sent_back).await?;
-            self.tests
-                .push(json!({ "step": idx, "tested": false, "reason": error.to_string() }));
+            let output = self
+                .run_step(position, llm, 1, sent_back, Ends::WithAnswer)
+                .await?;
+            self.board(|board| {
+                board
+                    .tests
+                    .push(json!({ "step": idx, "tested": false, "reason": error.to_string() }));
+            });
             return Ok(output);
         }
         let attempts = self.deps.settings.code_attempts.max(1);
@@ -143,8 +149,9 @@ impl TaskFlow {
                 }),
                 None => sent_back.take(),
             };
-            let kept = self.drafts.len();
-            let output = self.run_step(position, llm, revision, feedback).await?;
+            let output = self
+                .run_step(position, llm, revision, feedback, Ends::WhenAccepted)
+                .await?;
             let test = match &output.code {
                 Some(submission) => Some(
                     self.run_test(position, revision, &submission.test_file, llm)
@@ -207,24 +214,27 @@ impl TaskFlow {
             };
             self.record_attempt(&attempt, &failure, test.as_ref(), check.as_ref());
             if passed {
-                self.reviews.insert(
-                    idx,
-                    review_line(&self.steps[position].instruction, check.as_ref()),
-                );
+                let line = review_line(&self.step_at(position).instruction, check.as_ref());
+                self.board(|board| {
+                    board.reviews.insert(idx, line);
+                    board.steps[position].status = StepStatus::Done;
+                });
+                self.update_step(position, false);
                 if let (Some(rejected), Some(submission), true) = (&last, &output.code, learn) {
                     // Only a real test failure teaches a fix (a vacuous test is not an error of the code).
                     if rejected.kind == FeedbackKind::TestFailed {
                         if let Some(pattern) =
                             memory.learn_fix(AgentKind::Code, &rejected.run, &submission.code)
                         {
-                            self.drafts.push(pattern);
+                            self.board(|board| board.drafts.push(pattern));
                         }
                     }
                 }
                 return Ok(output);
             }
-            // A rejected attempt's code is not kept as a snippet.
-            self.drafts.truncate(kept);
+            // A rejected attempt's code is not kept as a snippet: what this step's attempt wanted kept goes
+            // (the step's earlier attempts kept nothing, and steps beside it keep theirs).
+            self.board(|board| board.drafts.retain(|draft| draft.step != Some(idx)));
             let code = output
                 .code
                 .as_ref()
@@ -260,7 +270,7 @@ impl TaskFlow {
                 },
             });
         }
-        self.steps[position].status = StepStatus::Failed;
+        self.board(|board| board.steps[position].status = StepStatus::Failed);
         self.update_step(position, false);
         Err(FlowError::CodeFailed {
             idx,
@@ -283,7 +293,7 @@ impl TaskFlow {
         }
         let texts = vec![
             self.prompt.clone(),
-            self.steps[position].instruction.clone(),
+            self.step_at(position).instruction,
             submission.code.clone(),
         ];
         match memory.embed(texts).await {
@@ -354,7 +364,7 @@ impl TaskFlow {
 
     /// Announces and counts one attempt of the Code/QA loop, and keeps it for the result.
     fn record_attempt(
-        &mut self,
+        &self,
         attempt: &Attempt,
         failure: &str,
         test: Option<&TestResult>,
@@ -406,26 +416,26 @@ impl TaskFlow {
             Some(AgentKind::Director),
             data.clone(),
         );
-        self.tests.push(data);
+        self.board(|board| board.tests.push(data));
     }
 
     /// Has QA run the test file of attempt `revision` of step `position` (retrying after a restart as the
     /// policy allows).
     async fn run_test(
-        &mut self,
+        &self,
         position: usize,
         revision: u32,
         test_file: &str,
         llm: &Arc<TaskModels>,
     ) -> Result<TestResult, FlowError> {
-        let idx = self.steps[position].idx;
+        let idx = self.step_at(position).idx;
         let spec = StepSpec {
             test_file: Some(test_file.to_owned()),
             ..self.spec_for(position, StepKind::Test, revision)
         };
         let mut attempt = 0;
         let output = self
-            .dispatch_retrying(position, AgentKind::Qa, spec, llm, |_| {
+            .dispatch_retrying(position, AgentKind::Qa, spec, llm, |_: &Self| {
                 attempt += 1;
                 attempt
             })

@@ -10,16 +10,27 @@ use crate::llm::models::TaskModels;
 use crate::messages::{Envelope, Feedback, RunStep, StepKind, StepOutput, StepSpec};
 use crate::storage::records::{StepUpdate, WriteOp};
 
+/// When a step sent to its agent is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ends {
+    /// With the agent's answer.
+    WithAnswer,
+    /// When the Director accepts the answer (a code step: once its test passed for real).
+    WhenAccepted,
+}
+
 impl TaskFlow {
     /// What an agent is sent for step `position` as `kind`, in attempt `revision` of the Code/QA loop (1
     /// outside it) of the current QA round; the agent fills in earlier work and recalled memories.
     pub(super) fn spec_for(&self, position: usize, kind: StepKind, revision: u32) -> StepSpec {
-        let step = &self.steps[position];
+        let step = self.step_at(position);
+        let after = self.board(|board| ancestors(&board.steps, position));
         StepSpec {
             idx: step.idx,
             kind,
             prompt: self.prompt.clone(),
-            instruction: step.instruction.clone(),
+            instruction: step.instruction,
+            after,
             earlier: Vec::new(),
             recalled: Vec::new(),
             attempt: 1,
@@ -37,12 +48,12 @@ impl TaskFlow {
     /// allows. `next_attempt` runs before each try and numbers it (it may also record the try on the step).
     /// A failure other than a restart or a cancellation marks the step failed.
     pub(super) async fn dispatch_retrying(
-        &mut self,
+        &self,
         position: usize,
         agent: AgentKind,
         mut spec: StepSpec,
         llm: &Arc<TaskModels>,
-        mut next_attempt: impl FnMut(&mut Self) -> u32,
+        mut next_attempt: impl FnMut(&Self) -> u32,
     ) -> Result<StepOutput, FlowError> {
         let retries = self.deps.settings.step_retries;
         let mut retry = 0_u32;
@@ -54,7 +65,7 @@ impl TaskFlow {
             // (kept for the step's later attempts).
             if let Some(instruction) = self.at_step(agent, &spec).await? {
                 if spec.kind != StepKind::Test {
-                    self.steps[position].instruction.clone_from(&instruction);
+                    self.board(|board| board.steps[position].instruction.clone_from(&instruction));
                 }
                 spec.instruction = instruction;
             }
@@ -63,10 +74,10 @@ impl TaskFlow {
                 Err(DispatchError::Restarted { .. }) if spec.attempt <= retries => {}
                 Err(DispatchError::Cancelled) => return Err(FlowError::Cancelled),
                 Err(source) => {
-                    self.steps[position].status = StepStatus::Failed;
+                    self.board(|board| board.steps[position].status = StepStatus::Failed);
                     self.update_step(position, false);
                     return Err(FlowError::Step {
-                        idx: self.steps[position].idx,
+                        idx: spec.idx,
                         agent,
                         source,
                     });
@@ -97,6 +108,7 @@ impl TaskFlow {
                     step: spec,
                     llm: Arc::clone(llm),
                     cancel: this_try,
+                    instance: 0,
                 },
             },
         );
@@ -109,15 +121,17 @@ impl TaskFlow {
     }
 
     /// Runs step `position` on its agent (attempt `revision` of a code step, with the feedback of the
-    /// previous one), retrying after a restart as the policy allows.
+    /// previous one), retrying after a restart as the policy allows; the step is done with the agent's
+    /// answer, or (`Ends::WhenAccepted`, a code step) stays running with it until its test passes.
     pub(super) async fn run_step(
-        &mut self,
+        &self,
         position: usize,
         llm: &Arc<TaskModels>,
         revision: u32,
         feedback: Option<Feedback>,
+        ends: Ends,
     ) -> Result<StepOutput, FlowError> {
-        let step = &self.steps[position];
+        let step = self.step_at(position);
         let agent = step.agent;
         let review = if step.kind == StepKind::Verify {
             self.review_lines()
@@ -131,34 +145,56 @@ impl TaskFlow {
         };
         let mut output = self
             .dispatch_retrying(position, agent, spec, llm, |flow| {
-                let step = &mut flow.steps[position];
-                step.attempts += 1;
-                step.status = StepStatus::Running;
-                let attempt = u32::try_from(step.attempts).unwrap_or(u32::MAX);
+                let attempt = flow.board(|board| {
+                    let step = &mut board.steps[position];
+                    step.attempts += 1;
+                    step.status = StepStatus::Running;
+                    u32::try_from(step.attempts).unwrap_or(u32::MAX)
+                });
                 flow.update_step(position, true);
                 attempt
             })
             .await?;
-        self.drafts.append(&mut output.memories);
-        let step = &mut self.steps[position];
-        step.status = StepStatus::Done;
-        step.output = Some(output.text.clone());
+        self.board(|board| {
+            board.drafts.append(&mut output.memories);
+            let step = &mut board.steps[position];
+            if ends == Ends::WithAnswer {
+                step.status = StepStatus::Done;
+            }
+            step.output = Some(output.text.clone());
+        });
         self.update_step(position, false);
         Ok(output)
     }
 
     pub(super) fn update_step(&self, position: usize, starting: bool) {
-        let step = &self.steps[position];
+        let step = self.step_at(position);
         let now = chrono::Utc::now();
         self.deps.agent.writer.send(WriteOp::UpdateStep(StepUpdate {
             task_id: self.task_id,
             idx: step.idx,
             agent: step.agent,
             status: step.status,
-            output: step.output.clone(),
+            output: step.output,
             attempts: step.attempts,
             started_at: starting.then_some(now),
             finished_at: (!starting && step.status != StepStatus::Running).then_some(now),
         }));
     }
+}
+
+/// The steps that step `position` waits for, directly or through others, in step order: what it is shown
+/// of earlier work (so that two steps running side by side never see each other's output, and what a step
+/// is shown does not depend on which of its dependencies ended first).
+fn ancestors(steps: &[super::PlannedStep], position: usize) -> Vec<i32> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut open: Vec<i32> = steps[position].depends_on.clone();
+    while let Some(idx) = open.pop() {
+        if found.insert(idx) {
+            if let Some(step) = steps.iter().find(|step| step.idx == idx) {
+                open.extend(step.depends_on.iter().copied());
+            }
+        }
+    }
+    found.into_iter().collect()
 }

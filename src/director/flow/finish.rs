@@ -33,13 +33,16 @@ impl TaskFlow {
                 EventKind::TaskCompleted,
                 json!({ "result": result }),
             ),
-            Err(FlowError::Cancelled) => (
-                TaskStatus::Cancelled,
-                None,
-                None,
-                EventKind::TaskCancelled,
-                json!({}),
-            ),
+            Err(FlowError::Cancelled) => {
+                let (partial, stopped) = self.stop_everything();
+                (
+                    TaskStatus::Cancelled,
+                    Some(partial),
+                    None,
+                    EventKind::TaskCancelled,
+                    stopped,
+                )
+            }
             Err(error) => {
                 let message = error.to_string();
                 tracing::warn!(task_id = %task_id, error = %message, "task failed");
@@ -70,9 +73,10 @@ impl TaskFlow {
             .task_duration
             .with_label_values(&[counted.as_str()])
             .observe(started.elapsed().as_secs_f64());
+        // Only a completed task leaves memories (a cancelled one's partial result does not).
         let memories = match &result {
-            Some(result) => self.memories(result).await,
-            None => Vec::new(),
+            Some(result) if status == TaskStatus::Completed => self.memories(result).await,
+            _ => Vec::new(),
         };
         let stored = memories.len();
         let mut data = data;
@@ -124,13 +128,20 @@ impl TaskFlow {
         verdict: Option<Verdict>,
         llm: &TaskModels,
     ) -> serde_json::Value {
-        let work: Vec<_> = self
+        let board = self.board.borrow();
+        let work: Vec<_> = board
             .steps
             .iter()
             .filter(|step| step.kind == StepKind::Work)
-            .map(|step| json!({ "idx": step.idx, "agent": step.agent, "instruction": step.instruction, "output": step.output }))
+            .map(|step| json!({
+                "idx": step.idx,
+                "agent": step.agent,
+                "instruction": step.instruction,
+                "depends_on": step.depends_on,
+                "output": step.output,
+            }))
             .collect();
-        let answer = self
+        let answer = board
             .steps
             .iter()
             .rev()
@@ -138,10 +149,11 @@ impl TaskFlow {
             .and_then(|step| step.output.clone());
         json!({
             "answer": answer,
-            "plan": plan.steps,
+            "plan": plan.instructions(),
+            "depends_on": plan.dependencies(),
             "steps": work,
             "verdict": verdict,
-            "tests": self.tests,
+            "tests": board.tests,
             "provider": llm.answering(AgentKind::Code).provider_name(),
             "model": llm.answering(AgentKind::Code).model_name(),
             "models": llm.describe(),
@@ -160,7 +172,7 @@ impl TaskFlow {
             .get("answer")
             .and_then(|answer| answer.as_str())
             .unwrap_or("");
-        let mut drafts = std::mem::take(&mut self.drafts);
+        let mut drafts = std::mem::take(&mut self.board.get_mut().drafts);
         drafts.push(MemoryDraft {
             kind: MemoryKind::Summary,
             content: format!(
@@ -186,6 +198,55 @@ impl TaskFlow {
         }
     }
 
+    /// What a cancelled task stops and keeps: its sandbox runs in progress are killed at once (their slots
+    /// freed; the model's streams stop at their next token on the task's token, which has fired). Returns
+    /// the partial result (the work steps that were done, with their outputs, and the code steps' test
+    /// attempts) and the `task.cancelled` event's data: what was stopped (the steps running, the sandbox
+    /// runs killed), what was kept (the steps done) and what never started.
+    fn stop_everything(&mut self) -> (serde_json::Value, serde_json::Value) {
+        let sandbox_runs = self.deps.agent.tools.sandbox().cancel_task(self.task_id);
+        let board = self.board.get_mut();
+        let with = |status: StepStatus| -> Vec<i32> {
+            board
+                .steps
+                .iter()
+                .filter(|step| step.status == status)
+                .map(|step| step.idx)
+                .collect()
+        };
+        let (running, done, pending) = (
+            with(StepStatus::Running),
+            with(StepStatus::Done),
+            with(StepStatus::Pending),
+        );
+        let kept: Vec<serde_json::Value> = board
+            .steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Work && step.status == StepStatus::Done)
+            .map(|step| {
+                json!({
+                    "idx": step.idx,
+                    "agent": step.agent,
+                    "instruction": step.instruction,
+                    "depends_on": step.depends_on,
+                    "output": step.output,
+                })
+            })
+            .collect();
+        let partial = json!({
+            "partial": true,
+            "answer": null,
+            "steps": kept,
+            "tests": board.tests,
+        });
+        let data = json!({
+            "stopped": { "steps": running, "sandbox_runs": sandbox_runs },
+            "kept": { "steps": done },
+            "not_started": pending,
+        });
+        (partial, data)
+    }
+
     /// Steps still pending or running when the task ends are marked `cancelled` or `skipped`.
     fn close_open_steps(&mut self, status: TaskStatus) {
         let closing = if status == TaskStatus::Cancelled {
@@ -193,9 +254,10 @@ impl TaskFlow {
         } else {
             StepStatus::Skipped
         };
-        for position in 0..self.steps.len() {
-            if self.steps[position].status.is_open() {
-                self.steps[position].status = closing;
+        for position in 0..self.board.get_mut().steps.len() {
+            let step = &mut self.board.get_mut().steps[position];
+            if step.status.is_open() {
+                step.status = closing;
                 self.update_step(position, false);
             }
         }

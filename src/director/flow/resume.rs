@@ -1,6 +1,7 @@
 //! Resuming a task whose process died (issue 15): the flow is rebuilt from what is stored of it. The plan
-//! comes from the stored steps; the leading steps that were done keep their stored outputs and are not
-//! sent to an agent again; every later step (and QA's verification, always) runs again, with each model
+//! comes from the stored steps (with their dependencies); a step that was done, and all it depends on with
+//! it, keeps its stored output and is not sent to an agent again; every other step (and QA's
+//! verification, always) runs again, with each model
 //! call already recorded for the task answered from the recording (`TaskModels::with_recording`) and each
 //! sandbox run already recorded answered with its result (`Tools::reuse_runs`), so what was done is not
 //! done twice and the flow reaches the same decisions it had reached. A crash before the steps were
@@ -16,7 +17,7 @@ use serde_json::json;
 use super::code_loop::{review_line, StubCheck};
 use super::{FlowError, PlannedStep, TaskFlow};
 use crate::agents::EARLIER_OUTPUT_CHARS;
-use crate::director::plan::Plan;
+use crate::director::plan::{Plan, PlanStep};
 use crate::domain::{shorten, AgentKind, EventKind, StepStatus, TaskStatus};
 use crate::memory::short_term::WindowEntry;
 use crate::messages::{Resume, StepKind};
@@ -66,22 +67,45 @@ pub(super) fn rebuild_steps(
         );
     }
     let mut planned = Vec::with_capacity(steps.len());
-    // Steps run in order: only the leading steps that were done are kept; from the first that was not,
-    // every step runs again.
-    let mut reusing = true;
+    // A step is kept when it was done and everything it depends on is kept (a step starts only after its
+    // dependencies are done, so this holds of every done step unless records were lost); every other step
+    // runs again.
+    let mut kept = BTreeSet::new();
     for step in work {
-        reusing = reusing && step.status == StepStatus::Done;
-        if reusing && step.output.is_none() {
+        if let Some(wrong) = step
+            .depends_on
+            .iter()
+            .find(|&&dependency| dependency < 1 || dependency >= step.idx)
+        {
             return Err(format!(
-                "step {} is done but its output is not stored",
+                "step {} depends on step {wrong}, which is not an earlier step",
                 step.idx
             ));
         }
+        let reusing = step.status == StepStatus::Done
+            && step.depends_on.iter().all(|dependency| kept.contains(dependency));
+        if reusing {
+            if step.output.is_none() {
+                return Err(format!(
+                    "step {} is done but its output is not stored",
+                    step.idx
+                ));
+            }
+            kept.insert(step.idx);
+        }
         planned.push(planned_step(step, StepKind::Work, reusing));
     }
-    planned.push(planned_step(verify, StepKind::Verify, false));
+    let mut verification = planned_step(verify, StepKind::Verify, false);
+    verification.depends_on = work.iter().map(|step| step.idx).collect();
+    planned.push(verification);
     let plan = Plan {
-        steps: work.iter().map(|step| step.instruction.clone()).collect(),
+        steps: work
+            .iter()
+            .map(|step| PlanStep {
+                instruction: step.instruction.clone(),
+                depends_on: step.depends_on.clone(),
+            })
+            .collect(),
     };
     Ok(Some((plan, planned)))
 }
@@ -93,6 +117,7 @@ fn planned_step(step: &StepRecord, kind: StepKind, reused: bool) -> PlannedStep 
         idx: step.idx,
         agent: step.agent,
         instruction: step.instruction.clone(),
+        depends_on: step.depends_on.clone(),
         kind,
         status: if reused {
             StepStatus::Done
@@ -117,7 +142,7 @@ impl TaskFlow {
         let rebuilt = rebuild_steps(&resume.records).map_err(FlowError::Unresumable)?;
         let plan = match rebuilt {
             Some((plan, steps)) => {
-                self.steps = steps;
+                self.board.get_mut().steps = steps;
                 self.restore_attempts(&resume.records);
                 self.restore_window().await;
                 Some(plan)
@@ -141,7 +166,8 @@ impl TaskFlow {
     /// announced some again) go back into the result, and the accepted ones' review lines into what the
     /// verification is told.
     fn restore_attempts(&mut self, records: &ResumeRecords) {
-        let reused: BTreeSet<i64> = self
+        let board = self.board.get_mut();
+        let reused: BTreeSet<i64> = board
             .steps
             .iter()
             .filter(|step| step.status == StepStatus::Done)
@@ -156,9 +182,9 @@ impl TaskFlow {
             if !seen.insert((step, number("round"), number("attempt"))) {
                 continue;
             }
-            self.tests.push(attempt.clone());
+            board.tests.push(attempt.clone());
             let passed = attempt.get("passed").and_then(serde_json::Value::as_bool) == Some(true);
-            let Some(position) = self.steps.iter().position(|s| i64::from(s.idx) == step) else {
+            let Some(position) = board.steps.iter().position(|s| i64::from(s.idx) == step) else {
                 continue;
             };
             if passed {
@@ -166,9 +192,9 @@ impl TaskFlow {
                     .get("stub_check")
                     .cloned()
                     .and_then(|check| serde_json::from_value::<StubCheck>(check).ok());
-                let idx = self.steps[position].idx;
-                let line = review_line(&self.steps[position].instruction, check.as_ref());
-                self.reviews.insert(idx, line);
+                let idx = board.steps[position].idx;
+                let line = review_line(&board.steps[position].instruction, check.as_ref());
+                board.reviews.insert(idx, line);
             }
         }
     }
@@ -178,8 +204,8 @@ impl TaskFlow {
     /// that survived (Redis) is left as it is.
     async fn restore_window(&self) {
         let short_term = self.deps.agent.memory.short_term();
-        let plan: Vec<&str> = self
-            .steps
+        let steps = self.board(|board| board.steps.clone());
+        let plan: Vec<&str> = steps
             .iter()
             .filter(|step| step.kind == StepKind::Work)
             .map(|step| step.instruction.as_str())
@@ -194,11 +220,7 @@ impl TaskFlow {
         {
             return;
         }
-        for step in self
-            .steps
-            .iter()
-            .filter(|step| step.status == StepStatus::Done)
-        {
+        for step in steps.iter().filter(|step| step.status == StepStatus::Done) {
             let entry = WindowEntry {
                 agent: step.agent,
                 step: step.idx,
@@ -214,12 +236,14 @@ impl TaskFlow {
     /// `task.resumed` (and the status back to `running`): whose the task was, which steps are reused, and
     /// how many recorded model calls and sandbox runs it starts with (none of them is made again).
     fn announce_resume(&self, resume: &Resume) {
-        let steps_reused: Vec<i32> = self
-            .steps
-            .iter()
-            .filter(|step| step.status == StepStatus::Done)
-            .map(|step| step.idx)
-            .collect();
+        let steps_reused: Vec<i32> = self.board(|board| {
+            board
+                .steps
+                .iter()
+                .filter(|step| step.status == StepStatus::Done)
+                .map(|step| step.idx)
+                .collect()
+        });
         self.deps.agent.writer.send(WriteOp::SetStatus {
             status: TaskStatus::Running,
             event: PendingEvent::now(
@@ -255,6 +279,10 @@ mod tests {
             status,
             output: output.map(str::to_owned),
             attempts: 2,
+            // As a step stored before plans were graphs reads: after the one before it.
+            depends_on: (idx > 1).then_some(idx - 1).into_iter().collect(),
+            started_at: None,
+            finished_at: None,
         }
     }
 
@@ -297,7 +325,7 @@ mod tests {
             &["plan", "work.1"],
         );
         let (plan, steps) = rebuild_steps(&stored).unwrap().unwrap();
-        assert_eq!(plan.steps, vec!["step 1", "step 2", "step 3"]);
+        assert_eq!(plan.instructions(), vec!["step 1", "step 2", "step 3"]);
         let shape: Vec<_> = steps
             .iter()
             .map(|s| (s.idx, s.status, s.attempts, s.output.as_deref(), s.kind))
@@ -313,6 +341,46 @@ mod tests {
                 (4, StepStatus::Pending, 0, None, StepKind::Verify),
             ]
         );
+    }
+
+    #[test]
+    fn a_done_step_beside_one_that_was_not_is_kept() {
+        let mut stored = vec![
+            step(1, AgentKind::Research, StepStatus::Done, Some("facts")),
+            step(2, AgentKind::Code, StepStatus::Running, None),
+            step(3, AgentKind::Research, StepStatus::Done, Some("beside")),
+            step(4, AgentKind::Research, StepStatus::Done, Some("after both")),
+            step(5, AgentKind::Qa, StepStatus::Pending, None),
+        ];
+        // 2 and 3 both follow 1; 4 follows 2 and 3.
+        stored[2].depends_on = vec![1];
+        stored[3].depends_on = vec![2, 3];
+        let (plan, steps) = rebuild_steps(&records(stored, &["plan"])).unwrap().unwrap();
+        assert_eq!(plan.dependencies(), vec![vec![], vec![1], vec![1], vec![2, 3]]);
+        let statuses: Vec<_> = steps.iter().map(|s| (s.idx, s.status)).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                (1, StepStatus::Done),
+                (2, StepStatus::Pending),
+                (3, StepStatus::Done),
+                // Done, but after a step that runs again: it runs again too.
+                (4, StepStatus::Pending),
+                (5, StepStatus::Pending),
+            ]
+        );
+        assert_eq!(steps[4].depends_on, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_stored_dependency_on_a_later_step_cannot_be_continued_from() {
+        let mut stored = vec![
+            step(1, AgentKind::Research, StepStatus::Done, Some("x")),
+            step(2, AgentKind::Qa, StepStatus::Pending, None),
+        ];
+        stored[0].depends_on = vec![1];
+        let error = rebuild_steps(&records(stored, &["plan"])).unwrap_err();
+        assert!(error.contains("not an earlier step"), "{error}");
     }
 
     #[test]

@@ -284,11 +284,15 @@ impl Logs {
                     .extend(
                         steps
                             .iter()
-                            .map(|(idx, agent, instruction)| step::ActiveModel {
+                            .map(|new| step::ActiveModel {
                                 task_id: Set(task_id.to_string()),
-                                idx: Set(*idx),
-                                agent: Set(agent.as_str().to_owned()),
-                                instruction: Set(instruction.clone()),
+                                idx: Set(new.idx),
+                                agent: Set(new.agent.as_str().to_owned()),
+                                instruction: Set(new.instruction.clone()),
+                                depends_on: Set(Some(
+                                    serde_json::to_string(&new.depends_on)
+                                        .unwrap_or_else(|_| "[]".to_owned()),
+                                )),
                                 status: Set(StepStatus::Pending.as_str().to_owned()),
                                 output: Set(None),
                                 attempts: Set(0),

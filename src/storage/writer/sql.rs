@@ -43,7 +43,7 @@ pub(super) async fn execute(
         "insert breakpoints",
     )
     .await?;
-    insert_rows(txn, &plan.steps, 9, "insert steps").await?;
+    insert_rows(txn, &plan.steps, 10, "insert steps").await?;
     upsert_steps(txn, plan).await?;
     insert_rows(txn, &plan.llm_calls, 16, "insert model calls").await?;
     insert_rows(txn, &plan.decisions, 9, "insert decisions").await?;
@@ -101,8 +101,8 @@ where
 }
 
 /// Applies the batch's step updates as multi-row upserts on `(task_id, idx)`: agent, status, output and
-/// attempts are replaced, `started_at` and `finished_at` only when the update sets them. The instruction of
-/// an existing step is never touched (the upsert's row carries an empty one).
+/// attempts are replaced, `started_at` and `finished_at` only when the update sets them. The instruction and
+/// the dependencies of an existing step are never touched (the upsert's row carries empty ones).
 async fn upsert_steps(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StorageError> {
     if plan.step_updates.is_empty() {
         return Ok(());
@@ -120,9 +120,10 @@ async fn upsert_steps(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), Stor
             attempts: sea_orm::Set(update.attempts),
             started_at: sea_orm::Set(update.started_at),
             finished_at: sea_orm::Set(update.finished_at),
+            depends_on: sea_orm::Set(None),
         })
         .collect();
-    for chunk in rows.chunks(MAX_PARAMETERS / 9) {
+    for chunk in rows.chunks(MAX_PARAMETERS / 10) {
         let mut on_conflict = OnConflict::columns([step::Column::TaskId, step::Column::Idx]);
         on_conflict
             .update_columns([

@@ -107,6 +107,8 @@ pub const SANDBOX_PEAK_RSS: &str = "troupe_sandbox_peak_rss_bytes";
 pub const SANDBOX_VIOLATIONS: &str = "troupe_sandbox_violations_total";
 /// 1 when the sandbox can run code (bubblewrap works), 0 when it refuses.
 pub const SANDBOX_UP: &str = "troupe_sandbox_up";
+/// Sandbox slots in use now (runs going; a cancelled task's are freed at once).
+pub const SANDBOX_SLOTS_BUSY: &str = "troupe_sandbox_slots_busy";
 /// Tool calls by tool and outcome (ok, error).
 pub const TOOL_CALLS: &str = "troupe_tool_calls_total";
 /// Tool call duration by tool.
