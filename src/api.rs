@@ -223,7 +223,9 @@ fn document_for(core: &Core) -> String {
         return OPENAPI.to_owned();
     };
     let max_steps = core.settings.director.max_steps;
-    if let Some(bound) = document.pointer_mut("/components/schemas/TaskOptions/properties/max_steps") {
+    if let Some(bound) =
+        document.pointer_mut("/components/schemas/TaskOptions/properties/max_steps")
+    {
         bound["maximum"] = serde_json::json!(max_steps);
     }
     document.to_string()

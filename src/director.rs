@@ -259,18 +259,21 @@ impl Director {
                     .with_label_values(&[agent.as_str(), reason.as_str()])
                     .inc();
                 tracing::warn!(%agent, instance, %reason, %detail, restarts, task_id = %task_id, "agent restarted");
-                self.deps.agent.writer.send(WriteOp::Event(PendingEvent::now_in(
-                    trace,
-                    task_id,
-                    EventKind::AgentRestarted,
-                    Some(agent),
-                    json!({
-                        "reason": reason.as_str(),
-                        "detail": detail,
-                        "restarts": restarts,
-                        "instance": instance,
-                    }),
-                )));
+                self.deps
+                    .agent
+                    .writer
+                    .send(WriteOp::Event(PendingEvent::now_in(
+                        trace,
+                        task_id,
+                        EventKind::AgentRestarted,
+                        Some(agent),
+                        json!({
+                            "reason": reason.as_str(),
+                            "detail": detail,
+                            "restarts": restarts,
+                            "instance": instance,
+                        }),
+                    )));
                 DispatchError::Restarted {
                     agent,
                     reason,
@@ -389,7 +392,8 @@ impl Handler<Envelope<Dispatch>> for Director {
         let Some(picked) = self.agents.get_mut(&agent).and_then(Pool::pick) else {
             return Box::pin(actix::fut::ready(Err(DispatchError::NoSuchAgent(agent))));
         };
-        let (recipient, generation, instance) = (picked.recipient, picked.generation, picked.instance);
+        let (recipient, generation, instance) =
+            (picked.recipient, picked.generation, picked.instance);
         run.instance = instance;
         let depth = self
             .deps

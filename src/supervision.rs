@@ -257,7 +257,10 @@ impl Pool {
 
     /// Instance `instance`'s step ended (however it ended).
     pub fn release(&mut self, instance: u32) {
-        if let Some(busy) = self.slot(instance).and_then(|index| self.busy.get_mut(index)) {
+        if let Some(busy) = self
+            .slot(instance)
+            .and_then(|index| self.busy.get_mut(index))
+        {
             *busy = busy.saturating_sub(1);
         }
     }

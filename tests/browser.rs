@@ -894,7 +894,10 @@ async fn a_tool_pause_shows_a_refused_override_in_its_panel_and_continues() {
 #[actix_rt::test]
 async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/dashboard.sqlite?mode=rwc", dir.path().display());
+    let url = format!(
+        "sqlite://{}/dashboard.sqlite?mode=rwc",
+        dir.path().display()
+    );
     let app_url = url.clone();
     let app = spawn_app_with(move |settings| {
         settings.sandbox.enabled = true;
@@ -943,8 +946,8 @@ async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
          return nodes.length === 4 && nodes.every((node) => node.dataset.status === 'done');",
     )
     .await;
-    // Edges: 1 and 2 into 3, and 1, 2, 3 into the verification.
-    assert_eq!(count(&client, ".plan-graph path[data-from]").await, 5);
+    // Arrows: 1 and 2 into 3, and 3 into the verification (which waits for 1 and 2 through 3).
+    assert_eq!(count(&client, ".plan-graph path[data-from]").await, 3);
     let titles = client
         .execute(
             "return [...document.querySelectorAll('.plan-graph .plan-node .plan-title')].map((t) => t.textContent);",
@@ -953,14 +956,23 @@ async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
         .await
         .unwrap();
     let titles: Vec<String> = serde_json::from_value(titles).unwrap();
-    assert!(titles.iter().any(|t| t == "1 · code-1" || t == "1 · code-2"), "{titles:?}");
+    assert!(
+        titles
+            .iter()
+            .any(|t| t == "1 · code-1" || t == "1 · code-2"),
+        "{titles:?}"
+    );
     assert_ne!(
         titles[0].rsplit('-').next(),
         titles[1].rsplit('-').next(),
         "steps 1 and 2 on the same instance: {titles:?}"
     );
     // Each node shows its duration once done.
-    let status = text(&client, ".plan-graph .plan-node[data-step='1'] .plan-status").await;
+    let status = text(
+        &client,
+        ".plan-graph .plan-node[data-step='1'] .plan-status",
+    )
+    .await;
     assert!(status.starts_with("done · "), "{status}");
     screenshot(&client, "plan-graph-done").await;
     client.close().await.unwrap();

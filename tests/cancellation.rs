@@ -96,7 +96,8 @@ fn marked_sleeps() -> Vec<u32> {
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| line == b"sleep\x0031.4159\x00")
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| line == b"sleep\x0031.4159\x00")
         })
         .collect()
 }
@@ -119,22 +120,31 @@ async fn cancelling_during_a_long_sandbox_run_kills_it_and_frees_its_slot_within
     outputs.extend([
         (
             "work.1",
-            serde_json::json!({ "code": "def add(a, b):\n    return a + b", "test": test }).to_string(),
+            serde_json::json!({ "code": "def add(a, b):\n    return a + b", "test": test })
+                .to_string(),
             None,
         ),
         ("test.1", crate::scripts::run_test_call(), None),
     ]);
     let source = seed_recording(&url, &outputs).await;
     let id = app
-        .submit_with(serde_json::json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }))
+        .submit_with(
+            serde_json::json!({ "prompt": "Write add(a, b)", "options": { "replay_of": source } }),
+        )
         .await;
     // Wait until the test's `sleep` runs in the jail.
     let deadline = Instant::now() + Duration::from_secs(60);
     while marked_sleeps().is_empty() {
-        assert!(Instant::now() < deadline, "the scripted test never started its sleep");
+        assert!(
+            Instant::now() < deadline,
+            "the scripted test never started its sleep"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(metric_value(&app.metrics().await, "troupe_sandbox_slots_busy"), 1.0);
+    assert_eq!(
+        metric_value(&app.metrics().await, "troupe_sandbox_slots_busy"),
+        1.0
+    );
 
     let asked = Instant::now();
     let (status, body) = app.post(&format!("/api/v1/tasks/{id}/cancel")).await;

@@ -98,7 +98,10 @@ async fn progress_comes_as_reasoning_and_a_plain_completion_is_the_answer() {
     let (mut reasoning, mut usage) = (String::new(), None);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap();
-        if let Some(text) = chunk.pointer("/choices/0/delta/reasoning_content").and_then(Value::as_str) {
+        if let Some(text) = chunk
+            .pointer("/choices/0/delta/reasoning_content")
+            .and_then(Value::as_str)
+        {
             reasoning.push_str(text);
         }
         if chunk["usage"].is_object() {
@@ -129,7 +132,10 @@ async fn progress_comes_as_reasoning_and_a_plain_completion_is_the_answer() {
 
     let (status, models) = app.get("/v1/models").await;
     assert_eq!(status, 200);
-    assert_eq!(models["data"], json!([{ "id": "troupe", "object": "model", "created": 0, "owned_by": "troupe" }]));
+    assert_eq!(
+        models["data"],
+        json!([{ "id": "troupe", "object": "model", "created": 0, "owned_by": "troupe" }])
+    );
 }
 
 #[actix_rt::test]
@@ -140,7 +146,11 @@ async fn errors_come_in_openai_shape_and_store_nothing() {
     wrong.model = "gpt-4o".into();
     match client.chat().create(wrong).await {
         Err(OpenAIError::ApiError(error)) => {
-            assert_eq!(error.api_error.code.as_deref(), Some("model_not_found"), "{error:?}");
+            assert_eq!(
+                error.api_error.code.as_deref(),
+                Some("model_not_found"),
+                "{error:?}"
+            );
             assert_eq!(error.api_error.param.as_deref(), Some("model"), "{error:?}");
             assert!(error.api_error.message.contains("troupe"), "{error:?}");
         }

@@ -70,7 +70,10 @@ async fn independent_steps_run_at_once_and_a_dependent_one_after_both() {
         one_start < two_end && two_start < one_end,
         "steps 1 and 2 did not overlap: {steps:#?}"
     );
-    assert!(one_end - one_start > chrono::Duration::seconds(3), "{steps:#?}");
+    assert!(
+        one_end - one_start > chrono::Duration::seconds(3),
+        "{steps:#?}"
+    );
     let (three_start, three_end) = span(&steps[2]);
     assert!(
         three_start >= one_end.max(two_end),

@@ -211,7 +211,10 @@ fn troupe_field(id: TaskId, status: Option<TaskStatus>) -> Value {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(core: web::Data<Core>, body: Bytes) -> Result<HttpResponse, ChatError> {
+pub async fn chat_completions(
+    core: web::Data<Core>,
+    body: Bytes,
+) -> Result<HttpResponse, ChatError> {
     let (prompt, stream, include_usage) = read_request(&body)?;
     let id = core
         .submit(&prompt, TaskOptions::default())
@@ -318,10 +321,11 @@ impl Streaming {
                     }
                     Ok(None) => {
                         self.guard.ended = true;
-                        let (text, status, usage) = match answer_of(&self.guard.core, self.guard.id).await {
-                            Ok(answer) => answer,
-                            Err(error) => (error.to_string(), TaskStatus::Failed, Value::Null),
-                        };
+                        let (text, status, usage) =
+                            match answer_of(&self.guard.core, self.guard.id).await {
+                                Ok(answer) => answer,
+                                Err(error) => (error.to_string(), TaskStatus::Failed, Value::Null),
+                            };
                         self.phase = Phase::Usage(usage);
                         let mut last = self.chunk(json!({ "content": text }), None);
                         let end = json!({
@@ -383,7 +387,12 @@ fn progress_line(
     data: &Value,
 ) -> Option<String> {
     let number = |key: &str| data.get(key).and_then(Value::as_i64).unwrap_or(0);
-    let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    let text = |key: &str| {
+        data.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     let agent = agent.map_or("", |agent| agent.as_str());
     Some(match kind {
         EventKind::TaskStarted => "Troupe started the task.\n".to_owned(),
@@ -401,7 +410,8 @@ fn progress_line(
                                 .and_then(Value::as_array)
                                 .filter(|after| !after.is_empty())
                                 .map(|after| {
-                                    let list: Vec<String> = after.iter().map(Value::to_string).collect();
+                                    let list: Vec<String> =
+                                        after.iter().map(Value::to_string).collect();
                                     format!(" (after {})", list.join(", "))
                                 })
                                 .unwrap_or_default();
@@ -412,13 +422,19 @@ fn progress_line(
                 .unwrap_or_default();
             format!("Plan: {}\n", steps.join("; "))
         }
-        EventKind::DecisionMade if data.get("kind").and_then(Value::as_str) == Some("assign_agent") => {
+        EventKind::DecisionMade
+            if data.get("kind").and_then(Value::as_str) == Some("assign_agent") =>
+        {
             let confidence = data
                 .get("confidence")
                 .and_then(Value::as_f64)
                 .map(|p| format!(" (p = {p:.2})"))
                 .unwrap_or_default();
-            format!("Step {} goes to {}{confidence}.\n", number("step"), text("chosen"))
+            format!(
+                "Step {} goes to {}{confidence}.\n",
+                number("step"),
+                text("chosen")
+            )
         }
         EventKind::AgentStarted => format!(
             "Step {}: {agent} starts ({}).\n",
@@ -438,7 +454,9 @@ fn progress_line(
         ),
         EventKind::QaVerdict => format!("QA's verdict: {} {}\n", text("verdict"), text("feedback")),
         EventKind::QaRevision => format!("QA sends the work back: {}\n", text("feedback")),
-        EventKind::TaskPaused => "The task is paused; resume it in Troupe's dashboard.\n".to_owned(),
+        EventKind::TaskPaused => {
+            "The task is paused; resume it in Troupe's dashboard.\n".to_owned()
+        }
         EventKind::TaskResumed => "The task goes on.\n".to_owned(),
         _ => return None,
     })
@@ -486,8 +504,9 @@ mod tests {
         let other = read(json!({ "model": "gpt-4o", "messages": [] })).unwrap_err();
         assert_eq!(other.status_code(), StatusCode::NOT_FOUND);
         assert_eq!(other.code(), "model_not_found");
-        let none = read(json!({ "model": "troupe", "messages": [{ "role": "system", "content": "x" }] }))
-            .unwrap_err();
+        let none =
+            read(json!({ "model": "troupe", "messages": [{ "role": "system", "content": "x" }] }))
+                .unwrap_err();
         assert!(none.to_string().contains("no user message"), "{none}");
         let image = read(json!({
             "model": "troupe",
@@ -495,8 +514,10 @@ mod tests {
         }))
         .unwrap_err();
         assert!(image.to_string().contains("image_url"), "{image}");
-        let many = read(json!({ "model": "troupe", "n": 2, "messages": [{ "role": "user", "content": "x" }] }))
-            .unwrap_err();
+        let many = read(
+            json!({ "model": "troupe", "n": 2, "messages": [{ "role": "user", "content": "x" }] }),
+        )
+        .unwrap_err();
         assert_eq!(many.param(), Some("n"));
         let broken = read_request(b"{\"model\":").unwrap_err();
         assert_eq!(broken.code(), "invalid_json");

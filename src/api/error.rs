@@ -471,7 +471,12 @@ impl OpenAiError {
 
     /// 400 for request field `param`.
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, Some(param), "invalid_value", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            Some(param),
+            "invalid_value",
+            message,
+        )
     }
 
     /// The error's code.

@@ -382,7 +382,8 @@ impl TaskFlow {
         let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
             self.run_code_step(position, llm, feedback).await?
         } else {
-            self.run_step(position, llm, 1, feedback, Ends::WithAnswer).await?
+            self.run_step(position, llm, 1, feedback, Ends::WithAnswer)
+                .await?
         };
         let Some(mut found) = output.verdict else {
             return Ok(None);
@@ -571,7 +572,11 @@ impl TaskFlow {
             .agent
             .memory
             .short_term()
-            .put(self.task_id, "plan", &json!(plan.instructions()).to_string())
+            .put(
+                self.task_id,
+                "plan",
+                &json!(plan.instructions()).to_string(),
+            )
             .await;
         self.deps.agent.events.emit(
             self.task_id,

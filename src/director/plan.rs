@@ -30,12 +30,18 @@ pub struct PlanStep {
 impl Plan {
     /// The instructions in order.
     pub fn instructions(&self) -> Vec<String> {
-        self.steps.iter().map(|step| step.instruction.clone()).collect()
+        self.steps
+            .iter()
+            .map(|step| step.instruction.clone())
+            .collect()
     }
 
     /// Each step's dependencies, in step order.
     pub fn dependencies(&self) -> Vec<Vec<i32>> {
-        self.steps.iter().map(|step| step.depends_on.clone()).collect()
+        self.steps
+            .iter()
+            .map(|step| step.depends_on.clone())
+            .collect()
     }
 }
 
@@ -159,9 +165,10 @@ pub fn parse_plan(text: &str, max_steps: u32) -> Result<Plan, MalformedPlan> {
                 instruction,
                 depends_on,
             } => (instruction, depends_on),
-            Written::Bare(instruction) => {
-                (instruction, (number > 1).then_some(number - 1).into_iter().collect())
-            }
+            Written::Bare(instruction) => (
+                instruction,
+                (number > 1).then_some(number - 1).into_iter().collect(),
+            ),
         };
         let mut after: Vec<i32> = Vec::new();
         for dependency in depends_on {
@@ -331,7 +338,9 @@ mod tests {
             crate::domain::schema::problem(&schema, &serde_json::from_str(text).unwrap(), "plan")
         };
         assert_eq!(
-            fits(r#"{"steps": [{"instruction": "abc", "depends_on": []}, {"instruction": "def", "depends_on": [1]}]}"#),
+            fits(
+                r#"{"steps": [{"instruction": "abc", "depends_on": []}, {"instruction": "def", "depends_on": [1]}]}"#
+            ),
             None
         );
         assert!(fits(r#"{"steps": [{"instruction": "abc", "depends_on": [1]}]}"#).is_some());

@@ -91,11 +91,14 @@ fn array_problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
         }
     }
     if let Some(Value::Array(positions)) = schema.get("prefixItems") {
-        if let Some(found) = items
-            .iter()
-            .zip(positions)
-            .enumerate()
-            .find_map(|(index, (item, position))| problem(position, item, &format!("{at}[{index}]")))
+        if let Some(found) =
+            items
+                .iter()
+                .zip(positions)
+                .enumerate()
+                .find_map(|(index, (item, position))| {
+                    problem(position, item, &format!("{at}[{index}]"))
+                })
         {
             return Some(found);
         }

@@ -1,12 +1,13 @@
 // Troupe dashboard: a task's plan drawn as a graph. Each step is a node in the column of its depth (one more
-// than the deepest step it waits for), with its agent, status and duration; an arrow runs from each step to
-// every step that waits for it. The task page draws it again whenever a step starts or ends, so it fills in
-// live.
+// than the deepest step it waits for), with its agent (the pool instance that ran it), status and duration;
+// an arrow runs from each step to every step that waits for it directly (an arrow implied by a longer path is
+// left out: the verification waits for every step, but only the last ones point at it). The task page draws
+// it again whenever a step starts or ends, so it fills in live.
 
 import { h, s, duration, secondsBetween } from "./common.js";
 
-const NODE_W = 190;
-const NODE_H = 58;
+const NODE_W = 220;
+const NODE_H = 62;
 const COL_GAP = 70;
 const ROW_GAP = 18;
 const PAD = 10;
@@ -37,6 +38,28 @@ export function depths(steps) {
   };
   for (const step of steps) visit(step.idx, new Set());
   return depth;
+}
+
+/** For each step, the steps it waits for that no other step it waits for already waits for. */
+export function directDependencies(steps) {
+  const byIdx = new Map(steps.map((step) => [step.idx, step]));
+  const reach = new Map();
+  const reachable = (idx) => {
+    if (reach.has(idx)) return reach.get(idx);
+    const found = new Set();
+    reach.set(idx, found);
+    for (const dep of (byIdx.get(idx) || {}).depends_on || []) {
+      found.add(dep);
+      for (const further of reachable(dep)) found.add(further);
+    }
+    return found;
+  };
+  const direct = new Map();
+  for (const step of steps) {
+    const deps = (step.depends_on || []).filter((dep) => byIdx.has(dep));
+    direct.set(step.idx, deps.filter((dep) => !deps.some((other) => other !== dep && reachable(other).has(dep))));
+  }
+  return direct;
 }
 
 /** The instance of each step's agent, from its latest `agent.started` event (`code-2`). */
@@ -87,9 +110,10 @@ export function planGraph(steps, events) {
     ),
   );
   const edges = s("g", { class: "plan-edges" });
+  const direct = directDependencies(steps);
   for (const step of steps) {
     const [x2, y2] = at.get(step.idx);
-    for (const dep of step.depends_on || []) {
+    for (const dep of direct.get(step.idx) || []) {
       if (!at.has(dep)) continue;
       const [x1, y1] = at.get(dep);
       const sx = x1 + NODE_W;
@@ -107,16 +131,16 @@ export function planGraph(steps, events) {
     const [x, y] = at.get(step.idx);
     const who = agentOf.get(step.idx) || step.agent || "unassigned";
     const took = stepDuration(step, now);
-    const label = step.instruction.length > 30 ? `${step.instruction.slice(0, 29)}…` : step.instruction;
+    const label = step.instruction.length > 34 ? `${step.instruction.slice(0, 33)}…` : step.instruction;
     svg.append(
       s(
         "g",
         { class: `plan-node ${step.status}`, dataset: { step: step.idx, status: step.status, agent: step.agent || "" } },
         s("rect", { x, y, width: NODE_W, height: NODE_H, rx: 7, fill: STATUS_FILL[step.status] || "#eceef1", stroke: step.status === "running" ? "#2f6fd6" : "#c9d1db", "stroke-width": step.status === "running" ? 2 : 1 }),
         s("rect", { x, y, width: 5, height: NODE_H, rx: 2, fill: AGENT_COLOR[step.agent] || "#6b7280" }),
-        s("text", { x: x + 12, y: y + 17, class: "plan-title", text: `${step.idx} · ${who}` }),
-        s("text", { x: x + NODE_W - 8, y: y + 17, class: "plan-status", "text-anchor": "end", text: `${step.status}${took ? ` · ${took}` : ""}` }),
-        s("text", { x: x + 12, y: y + 40, class: "plan-instruction", text: label }),
+        s("text", { x: x + 12, y: y + 18, class: "plan-title", text: `${step.idx} · ${who}` }),
+        s("text", { x: x + NODE_W - 9, y: y + 18, class: "plan-status", "text-anchor": "end", text: `${step.status}${took ? ` · ${took}` : ""}` }),
+        s("text", { x: x + 12, y: y + 42, class: "plan-instruction", text: label }),
         s("title", { text: `step ${step.idx} (${who}): ${step.instruction}\n${step.status}${took ? `, ${took}` : ""}${(step.depends_on || []).length ? `\nafter ${step.depends_on.join(", ")}` : "\nwaits for nothing"}` }),
       ),
     );

@@ -133,13 +133,15 @@ impl TaskFlow {
             .steps
             .iter()
             .filter(|step| step.kind == StepKind::Work)
-            .map(|step| json!({
-                "idx": step.idx,
-                "agent": step.agent,
-                "instruction": step.instruction,
-                "depends_on": step.depends_on,
-                "output": step.output,
-            }))
+            .map(|step| {
+                json!({
+                    "idx": step.idx,
+                    "agent": step.agent,
+                    "instruction": step.instruction,
+                    "depends_on": step.depends_on,
+                    "output": step.output,
+                })
+            })
             .collect();
         let answer = board
             .steps

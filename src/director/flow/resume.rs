@@ -83,7 +83,10 @@ pub(super) fn rebuild_steps(
             ));
         }
         let reusing = step.status == StepStatus::Done
-            && step.depends_on.iter().all(|dependency| kept.contains(dependency));
+            && step
+                .depends_on
+                .iter()
+                .all(|dependency| kept.contains(dependency));
         if reusing {
             if step.output.is_none() {
                 return Err(format!(
@@ -356,7 +359,10 @@ mod tests {
         stored[2].depends_on = vec![1];
         stored[3].depends_on = vec![2, 3];
         let (plan, steps) = rebuild_steps(&records(stored, &["plan"])).unwrap().unwrap();
-        assert_eq!(plan.dependencies(), vec![vec![], vec![1], vec![1], vec![2, 3]]);
+        assert_eq!(
+            plan.dependencies(),
+            vec![vec![], vec![1], vec![1], vec![2, 3]]
+        );
         let statuses: Vec<_> = steps.iter().map(|s| (s.idx, s.status)).collect();
         assert_eq!(
             statuses,

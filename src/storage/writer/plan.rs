@@ -280,26 +280,20 @@ impl Logs {
                 self.push_event(event, plan);
             }
             WriteOp::InsertSteps { task_id, steps } => {
-                plan.steps
-                    .extend(
-                        steps
-                            .iter()
-                            .map(|new| step::ActiveModel {
-                                task_id: Set(task_id.to_string()),
-                                idx: Set(new.idx),
-                                agent: Set(new.agent.as_str().to_owned()),
-                                instruction: Set(new.instruction.clone()),
-                                depends_on: Set(Some(
-                                    serde_json::to_string(&new.depends_on)
-                                        .unwrap_or_else(|_| "[]".to_owned()),
-                                )),
-                                status: Set(StepStatus::Pending.as_str().to_owned()),
-                                output: Set(None),
-                                attempts: Set(0),
-                                started_at: Set(None),
-                                finished_at: Set(None),
-                            }),
-                    );
+                plan.steps.extend(steps.iter().map(|new| step::ActiveModel {
+                    task_id: Set(task_id.to_string()),
+                    idx: Set(new.idx),
+                    agent: Set(new.agent.as_str().to_owned()),
+                    instruction: Set(new.instruction.clone()),
+                    depends_on: Set(Some(
+                        serde_json::to_string(&new.depends_on).unwrap_or_else(|_| "[]".to_owned()),
+                    )),
+                    status: Set(StepStatus::Pending.as_str().to_owned()),
+                    output: Set(None),
+                    attempts: Set(0),
+                    started_at: Set(None),
+                    finished_at: Set(None),
+                }));
             }
             WriteOp::UpdateStep(update) => plan.update_step(update),
             WriteOp::Decision(record) => plan.decisions.push(decision::ActiveModel {
