@@ -371,6 +371,8 @@ pub struct DirectorSettings {
     /// step instruction, whichever is closer; below it the code is rejected as not for the task. 0: off. Needs
     /// memory's embedding model (without it the check is skipped).
     pub min_code_relevance: f32,
+    /// QA's verification by several voters (one: the plain verdict) and the rule combining their votes.
+    pub consensus: crate::domain::ConsensusSpec,
 }
 
 /// `[agents]`: how many supervised instances of each specialist run (`agents.<agent>.instances`). Steps of a
@@ -644,6 +646,12 @@ impl Settings {
             problems.push(format!(
                 "director.max_steps: must be within 1..={}",
                 bounds::MAX_PLAN_STEPS
+            ));
+        }
+        if !(1..=crate::domain::consensus::MAX_VOTERS).contains(&self.director.consensus.voters) {
+            problems.push(format!(
+                "director.consensus.voters: must be within 1..={}",
+                crate::domain::consensus::MAX_VOTERS
             ));
         }
         for agent in AgentKind::SPECIALISTS {

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod breakpoint;
+pub mod consensus;
 pub mod event;
 pub mod json_types;
 pub mod limits;
@@ -22,6 +23,7 @@ pub use breakpoint::{
     BreakOn, Breakpoint, BreakpointError, BreakpointId, BreakpointSpec, Condition, ConditionError,
     PausePoint,
 };
+pub use consensus::{ConsensusRule, ConsensusSpec};
 pub use event::{Event, EventKind, UnknownEventKind};
 pub use memory::{MemoryKind, UnknownKind, EMBEDDING_DIMENSIONS};
 pub use replay::{DecisionKind, DecisionOverride, ForkOf, OnDivergence};

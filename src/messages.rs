@@ -151,6 +151,9 @@ pub struct StepSpec {
     /// Files of earlier steps in the task's workspace (name, content shortened), read by an agent that
     /// looks (Code, through `list_files`/`read_file`).
     pub earlier_files: Vec<(String, String)>,
+    /// For a verification given to several voters: which voter this is (from 1), so that QA votes through
+    /// its lens as a scored choice.
+    pub voter: Option<u32>,
 }
 
 impl StepSpec {
@@ -238,6 +241,8 @@ pub struct StepOutput {
     pub code: Option<CodeSubmission>,
     /// A test step's result.
     pub test: Option<TestResult>,
+    /// A voter's verdict as the model scored it (the options with their probabilities).
+    pub vote: Option<crate::llm::Choice>,
 }
 
 /// A step failed inside an agent.
@@ -368,6 +373,7 @@ mod tests {
             test_file: None,
             review: Vec::new(),
             earlier_files: Vec::new(),
+            voter: None,
         }
     }
 

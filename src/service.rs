@@ -577,6 +577,15 @@ impl Core {
                 )));
             }
         }
+        if let Some(consensus) = options.consensus {
+            let most = crate::domain::consensus::MAX_VOTERS;
+            if !(1..=most).contains(&consensus.voters) {
+                return Err(SubmitError::InvalidOption(format!(
+                    "options.consensus.voters must be within 1..={most}, got {}",
+                    consensus.voters
+                )));
+            }
+        }
         if let Some(budget) = options.budget {
             if budget.max_tokens == Some(0) {
                 return Err(SubmitError::InvalidOption(

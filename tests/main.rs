@@ -7,6 +7,7 @@ mod bad_input;
 mod breakpoints;
 mod budget;
 mod cancellation;
+mod consensus;
 mod dashboard_api;
 mod database_outage;
 mod durability;

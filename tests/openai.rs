@@ -450,6 +450,15 @@ fn instance_of(schema: &Value) -> Value {
     if let Some(options) = schema["enum"].as_array() {
         return options[0].clone();
     }
+    if let Some(constant) = schema.get("const") {
+        return constant.clone();
+    }
+    if let Some(alternatives) = schema["anyOf"].as_array() {
+        return instance_of(&alternatives[0]);
+    }
+    if let Some(positions) = schema["prefixItems"].as_array() {
+        return Value::Array(positions.iter().map(instance_of).collect());
+    }
     match schema["type"].as_str() {
         Some("object") => {
             let mut object = serde_json::Map::new();

@@ -112,6 +112,8 @@ impl Served {
             .env("TROUPE__TELEMETRY__LOG_FORMAT", "json")
             // A task on the real model: its code steps are not run (see helpers::test_settings).
             .env("TROUPE__SANDBOX__ENABLED", "false")
+            // QA's verification by three voters: the consensus span and its links are checked too.
+            .env("TROUPE__DIRECTOR__CONSENSUS__VOTERS", "3")
             .env("TROUPE__TELEMETRY__LOG_LEVEL", "info,troupe=debug")
             .env("TROUPE__TELEMETRY__OTLP_ENDPOINT", otlp)
             .env(
@@ -303,7 +305,34 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
     assert_eq!(director.len(), 1, "{names:?}");
     assert_eq!(director[0].parent_span_id, workflow[0].span_id);
 
-    // Every specialist that worked has its invoke_agent span under the Director's.
+    // The verification went to three voters at once: each a `vote N` span under the Director's, and one
+    // `consensus verify` span, also under it, linked to each of them.
+    let votes: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("vote "))
+        .collect();
+    assert_eq!(votes.len(), 3, "{names:?}");
+    for vote in &votes {
+        assert_eq!(vote.parent_span_id, director[0].span_id, "{}", vote.name);
+    }
+    let consensus = named("consensus verify");
+    assert_eq!(consensus.len(), 1, "{names:?}");
+    assert_eq!(consensus[0].parent_span_id, director[0].span_id);
+    let mut linked: Vec<String> = consensus[0]
+        .links
+        .iter()
+        .map(|link| hex(&link.span_id))
+        .collect();
+    let mut voted: Vec<String> = votes.iter().map(|vote| hex(&vote.span_id)).collect();
+    linked.sort();
+    voted.sort();
+    assert_eq!(linked, voted, "the consensus span links each vote");
+    assert!(consensus[0]
+        .links
+        .iter()
+        .all(|link| hex(&link.trace_id) == trace_id));
+
+    // Every specialist that worked has its invoke_agent span under the Director's (a voter's under its vote).
     let agents: Vec<String> = task["steps"]
         .as_array()
         .unwrap()
@@ -315,7 +344,14 @@ async fn one_task_is_one_trace_exported_over_otlp_and_its_logs_carry_the_trace_i
         let invoked = named(&format!("invoke_agent {agent}"));
         assert!(!invoked.is_empty(), "no span for {agent}: {names:?}");
         for span in invoked {
-            assert_eq!(span.parent_span_id, director[0].span_id, "{agent}");
+            let parent = by_id[&hex(&span.parent_span_id)];
+            assert!(
+                span.parent_span_id == director[0].span_id
+                    || (parent.name.starts_with("vote ")
+                        && parent.parent_span_id == director[0].span_id),
+                "{agent} under {}",
+                parent.name
+            );
             assert_eq!(
                 string_attribute(&span.attributes, "gen_ai.agent.name").as_deref(),
                 Some(agent.as_str())

@@ -369,6 +369,7 @@ mod tests {
             test_file: None,
             review: Vec::new(),
             earlier_files: Vec::new(),
+            voter: None,
         }
     }
 

@@ -94,6 +94,7 @@ impl Specialist for Qa {
                     },
                 }
             }
+            StepKind::Verify if step.voter.is_some() => vote_request(step, limits),
             StepKind::Verify => LlmRequest {
                 purpose: verify_purpose(step.round),
                 messages: vec![
@@ -121,6 +122,18 @@ impl Specialist for Qa {
         if kind == StepKind::Test {
             return Ok(StepOutput {
                 text: text.to_owned(),
+                ..StepOutput::default()
+            });
+        }
+        // A voter's verification is a scored choice of pass or fail, its feedback the reason after it.
+        if let (StepKind::Verify, Some(choice)) = (kind, &output.choice) {
+            return Ok(StepOutput {
+                text: text.to_owned(),
+                verdict: Some(Verdict {
+                    verdict: choice.chosen.clone(),
+                    feedback: choice.reasoning.trim().to_owned(),
+                }),
+                vote: Some(choice.clone()),
                 ..StepOutput::default()
             });
         }
@@ -171,6 +184,42 @@ impl Specialist for Qa {
                 .map_err(|e| AgentError::Tool(format!("run_code report: {e}")))?;
             Ok(test_output(step, report))
         })
+    }
+}
+
+/// The model-call purpose of voter `voter`'s verification in QA round `round`: `verify.v2`, `verify.q2.v2`.
+pub fn vote_purpose(round: u32, voter: u32) -> String {
+    format!("{}.v{voter}", verify_purpose(round))
+}
+
+/// A voter's verification: the verdict as a choice between pass and fail, scored by the model's own
+/// probabilities (so that each vote says how sure it is), looked at through the voter's lens, then short
+/// feedback.
+fn vote_request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
+    let voter = step.voter.unwrap_or(1);
+    let lens = crate::domain::consensus::LENSES
+        .get(usize::try_from(voter.saturating_sub(1)).unwrap_or(0))
+        .copied()
+        .unwrap_or(crate::domain::consensus::LENSES[0]);
+    LlmRequest {
+        purpose: vote_purpose(step.round, voter),
+        messages: vec![
+            ChatMessage::system(format!(
+                "You are one of several QA reviewers of a small team, and you look first at {lens}. Decide                  whether the work answers the task: pass or fail, then short feedback. Reply in JSON."
+            )),
+            ChatMessage::user(format!(
+                "Task: {}{}{}",
+                step.prompt,
+                review_lines(step),
+                earlier_work(step)
+            )),
+        ],
+        max_tokens: limits.verdict_tokens,
+        output: OutputSpec::Choice {
+            prefix: "{\"verdict\": \"".to_owned(),
+            options: vec!["pass".to_owned(), "fail".to_owned()],
+            suffix: "\", \"feedback\": \"".to_owned(),
+        },
     }
 }
 
@@ -274,6 +323,7 @@ mod tests {
                     .into(),
             ],
             earlier_files: Vec::new(),
+            voter: None,
         };
         let limits = crate::config::Settings::load_from(std::path::Path::new("config"), None)
             .unwrap()

@@ -291,6 +291,31 @@ impl LiveView {
                     text("feedback")
                 ));
             }
+            EventKind::ConsensusReached => {
+                let votes: Vec<String> = data
+                    .get("votes")
+                    .and_then(Value::as_array)
+                    .map(|votes| {
+                        votes
+                            .iter()
+                            .map(|vote| {
+                                format!(
+                                    "voter {} {}",
+                                    vote.get("voter").and_then(Value::as_u64).unwrap_or(0),
+                                    vote.get("verdict").and_then(Value::as_str).unwrap_or("?")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.note(&format!(
+                    "consensus ({}): {}, {:.0}% agreeing ({})",
+                    text("rule"),
+                    text("outcome"),
+                    100.0 * data.get("agreement").and_then(Value::as_f64).unwrap_or(0.0),
+                    votes.join(", ")
+                ));
+            }
             EventKind::ToolCalled => {
                 if let Some(agent) = event.agent {
                     let message = format!("tool {} {}", text("tool"), text("outcome"));

@@ -13,6 +13,7 @@
 //! (their models, their view of memory, a decision override) in `flow/fork.rs`.
 
 mod code_loop;
+mod consensus;
 mod dispatch;
 mod finish;
 mod fork;
@@ -379,8 +380,11 @@ impl TaskFlow {
         feedback: Option<Feedback>,
     ) -> Result<Option<Verdict>, FlowError> {
         let step = self.step_at(position);
+        let consensus = self.consensus();
         let output = if step.agent == AgentKind::Code && step.kind == StepKind::Work {
             self.run_code_step(position, llm, feedback).await?
+        } else if step.kind == StepKind::Verify && consensus.voters > 1 {
+            self.run_consensus(position, llm, consensus).await?
         } else {
             self.run_step(position, llm, 1, feedback, Ends::WithAnswer)
                 .await?

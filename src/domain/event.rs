@@ -100,6 +100,9 @@ pub enum EventKind {
     /// A breakpoint attached to the task was removed: `data.breakpoint`.
     #[serde(rename = "breakpoint.removed")]
     BreakpointRemoved,
+    /// Several voters verified the work: their votes, the rule, the outcome and who dissented.
+    #[serde(rename = "consensus.reached")]
+    ConsensusReached,
     /// Terminal: the task has a result.
     #[serde(rename = "task.completed")]
     TaskCompleted,
@@ -113,7 +116,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 29] = [
         EventKind::TaskQueued,
         EventKind::TaskStarted,
         EventKind::PlanCreated,
@@ -139,6 +142,7 @@ impl EventKind {
         EventKind::TaskForked,
         EventKind::BreakpointSet,
         EventKind::BreakpointRemoved,
+        EventKind::ConsensusReached,
         EventKind::TaskCompleted,
         EventKind::TaskFailed,
         EventKind::TaskCancelled,
@@ -172,6 +176,7 @@ impl EventKind {
             EventKind::TaskForked => "task.forked",
             EventKind::BreakpointSet => "breakpoint.set",
             EventKind::BreakpointRemoved => "breakpoint.removed",
+            EventKind::ConsensusReached => "consensus.reached",
             EventKind::TaskCompleted => "task.completed",
             EventKind::TaskFailed => "task.failed",
             EventKind::TaskCancelled => "task.cancelled",

@@ -19,8 +19,11 @@ pub fn problem(schema: &Value, value: &Value, at: &str) -> Option<String> {
                 Some(found) => problems.push(found),
             }
         }
+        // The deepest place wins; among equals, the first alternative's (its `max_by_key` over the
+        // reversed list).
         return problems
             .into_iter()
+            .rev()
             .max_by_key(|found| found.split(' ').next().map_or(0, str::len));
     }
     if let Some(allowed) = schema.get("const") {

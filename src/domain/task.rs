@@ -213,6 +213,14 @@ pub struct TaskOptions {
     /// a replay, `live` for a fork).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_divergence: Option<OnDivergence>,
+    /// QA's verification by several voters and the rule that combines their votes (over the configured
+    /// `director.consensus`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_object"
+    )]
+    pub consensus: Option<super::consensus::ConsensusSpec>,
 }
 
 impl TaskOptions {

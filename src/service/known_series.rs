@@ -26,11 +26,14 @@ use crate::tools::Tools;
 const CODE_ATTEMPT_OUTCOMES: [&str; 4] = ["passed", "failed", "vacuous", "off_task"];
 /// `troupe_qa_revisions_total`'s outcomes (`director/flow.rs`).
 const QA_REVISION_OUTCOMES: [&str; 3] = ["passed", "failed", "advisory"];
-/// `troupe_decisions_total`'s (agent, kind) pairs (`director/flow.rs`).
-const DECISIONS: [(AgentKind, &str); 2] = [
+/// `troupe_decisions_total`'s (agent, kind) pairs (`director/flow.rs`, `director/flow/consensus.rs`).
+const DECISIONS: [(AgentKind, &str); 3] = [
     (AgentKind::Director, "assign_agent"),
     (AgentKind::Qa, "verdict"),
+    (AgentKind::Qa, "vote"),
 ];
+/// `troupe_consensus_total`'s outcomes (`director/flow/consensus.rs`).
+const CONSENSUS_OUTCOMES: [&str; 3] = ["pass", "fail", "none"];
 /// `troupe_budget_exceeded_total`'s actions (`llm/recorded.rs`).
 const BUDGET_ACTIONS: [&str; 2] = ["fail", "downgrade"];
 /// `troupe_llm_retries_total`'s reasons (`llm/openai.rs`), for the providers that retry.
@@ -100,6 +103,13 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     }
     for outcome in QA_REVISION_OUTCOMES {
         metrics.qa_revisions.with_label_values(&[outcome]);
+    }
+    for rule in crate::domain::ConsensusRule::ALL {
+        for outcome in CONSENSUS_OUTCOMES {
+            metrics
+                .consensus
+                .with_label_values(&[rule.as_str(), outcome]);
+        }
     }
     for action in OnDivergence::ALL {
         metrics

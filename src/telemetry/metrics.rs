@@ -225,6 +225,10 @@ pub struct Metrics {
     pub code_attempts: IntCounterVec,
     /// See [`names::QA_REVISIONS`]; label `outcome`.
     pub qa_revisions: IntCounterVec,
+    /// See [`names::CONSENSUS`]; labels `rule`, `outcome`.
+    pub consensus: IntCounterVec,
+    /// See [`names::CONSENSUS_AGREEMENT`].
+    pub consensus_agreement: Histogram,
     /// See [`names::REPLAY_DIVERGENCES`]; label `on_divergence` (`stop`, `live`).
     pub replay_divergences: IntCounterVec,
     /// See [`names::FORKS`]; label `override` (`none`, `assign_agent`).
@@ -665,6 +669,16 @@ impl Metrics {
                 names::QA_REVISIONS,
                 "QA `fail` verdicts by what followed: passed (the revised work passed re-verification), failed (still fail: the task failed), advisory (not acted on, director.qa_verdict = advisory).",
                 &["outcome"],
+            )?,
+            consensus: r.counter_vec(
+                names::CONSENSUS,
+                "QA verifications by several voters (director.consensus or a task's options.consensus), by rule (majority, unanimous, weighted) and outcome (pass, fail, none: the rule was not met, which fails).",
+                &["rule", "outcome"],
+            )?,
+            consensus_agreement: r.histogram(
+                names::CONSENSUS_AGREEMENT,
+                "The share of voters whose vote was the outcome, per verification by several voters (1: unanimous).",
+                &[0.2, 0.34, 0.5, 0.6, 0.67, 0.75, 0.8, 0.99, 1.0],
             )?,
             replay_divergences: r.counter_vec(
                 names::REPLAY_DIVERGENCES,

@@ -204,7 +204,7 @@ function renderDecisions() {
     const data = event.data || {};
     if (event.kind === "agent.started") lastStarted = data.step;
     if (event.kind === "task.paused") lastPaused = data.point && Number.isInteger(data.point.step) ? data.point.step : null;
-    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed", "decision.overridden"];
+    const wanted = ["decision.made", "agent.started", "agent.finished", "agent.restarted", "code.attempt", "qa.verdict", "qa.revision", "llm.fallback", "budget.exceeded", "task.paused", "task.resumed", "decision.overridden", "consensus.reached"];
     if (!wanted.includes(event.kind)) continue;
     const paused = (event.kind === "task.paused" || event.kind === "task.resumed") && lastPaused !== null;
     const step = Number.isInteger(data.step) ? data.step : paused ? lastPaused : lastStarted;
@@ -277,6 +277,8 @@ function eventCard(event) {
       return h("div", { class: "node-card failed" }, h("div", { class: "title" }, h("span", { class: "kind", text: "restarted" }), agentChip(event.agent), badge("failed", data.reason), h("span", { class: "hint", text: `${data.reason}: ${data.detail || ""}` })));
     case "code.attempt":
       return attemptCard(event);
+    case "consensus.reached":
+      return consensusCard(event);
     case "qa.verdict":
       return h(
         "div",
@@ -338,7 +340,8 @@ function decisionCard(event) {
       "div",
       { class: "title" },
       h("span", { class: "kind", text: "decision" }),
-      h("b", { text: `${data.kind === "assign_agent" ? "assign" : data.kind} → ${data.chosen}` }),
+      h("b", { text: `${data.kind === "assign_agent" ? "assign" : data.kind === "vote" ? `vote ${data.voter}` : data.kind} → ${data.chosen}` }),
+      data.lens ? h("span", { class: "hint", text: data.lens }) : null,
       scored ? h("span", { class: "hint", text: `confidence ${prob(data.confidence)}` }) : badge("unscored", "the provider gave no probabilities"),
       data.calibration ? h("span", { class: "hint", text: `calibration ${typeof data.calibration === "string" ? data.calibration : data.calibration.method || "on"}` }) : null,
       Number.isFinite(data.tokens) ? h("span", { class: "hint", text: `${data.tokens} tokens` }) : null,
@@ -377,6 +380,35 @@ function endCard(event) {
     h("div", { class: "title" }, h("span", { class: "kind", text: "end" }), badge(status), h("span", { class: "hint", text: clock(event.at) })),
     event.data && event.data.error ? h("div", { class: "reason", text: event.data.error }) : null,
     event.data && event.data.stopped ? h("div", { class: "reason", dataset: { cancelled: "" }, text: cancelSummary(event.data) }) : null,
+  );
+}
+
+/** The vote of several QA reviewers: each voter's verdict and probability of pass, the outcome, who dissented. */
+function consensusCard(event) {
+  const data = event.data || {};
+  const dissent = new Set((data.dissent || []).map((d) => d.voter));
+  const rows = h("div", { class: "options", role: "list" });
+  for (const vote of data.votes || []) {
+    const p = Number(vote.p_pass);
+    rows.append(
+      h("div", { class: `name ${dissent.has(vote.voter) ? "dissent" : "chosen"}`, role: "listitem", title: vote.lens, dataset: { voter: vote.voter, vote: vote.verdict } }, `voter ${vote.voter} `, badge(vote.verdict === "pass" ? "passed" : "failed", vote.verdict)),
+      h("div", { class: "bar", title: "probability of pass" }, h("span", { class: vote.verdict === data.outcome ? "chosen" : "", style: { width: `${Number.isFinite(p) ? Math.max(0, Math.min(1, p)) * 100 : 0}%` } })),
+      h("div", { class: "value", text: Number.isFinite(p) ? `p(pass) ${prob(p)}` : "unscored" }),
+    );
+  }
+  const said = (data.dissent || []).map((d) => h("div", { class: "reason" }, h("b", { text: `voter ${d.voter} dissents (${d.verdict}): ` }), d.feedback || "no feedback"));
+  return h(
+    "div",
+    { class: `node-card consensus ${data.outcome === "pass" ? "passed" : "failed"}`, dataset: { outcome: data.outcome, reached: String(data.reached) } },
+    h(
+      "div",
+      { class: "title" },
+      h("span", { class: "kind", text: "consensus" }),
+      h("b", { text: `${data.rule} → ${data.outcome}` }),
+      h("span", { class: "hint", text: `${Math.round((data.agreement || 0) * 100)}% agreeing · ${data.voters} voters${data.reached ? "" : " · not reached"}${Number.isFinite(data.weight_of_pass) ? ` · mean p(pass) ${prob(data.weight_of_pass)}` : ""}` }),
+    ),
+    rows,
+    said,
   );
 }
 

@@ -41,6 +41,7 @@ impl TaskFlow {
             test_file: None,
             review: Vec::new(),
             earlier_files: Vec::new(),
+            voter: None,
         }
     }
 

@@ -119,6 +119,10 @@ pub const TOOL_REPLAYS: &str = "troupe_tool_replays_total";
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 /// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
 pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
+/// Verifications by several voters, by rule and outcome (pass, fail, none: no consensus, which fails).
+pub const CONSENSUS: &str = "troupe_consensus_total";
+/// The share of voters whose vote was the outcome, per verification by several voters.
+pub const CONSENSUS_AGREEMENT: &str = "troupe_consensus_agreement_ratio";
 /// Replay and fork model calls whose request differed from the recorded one (or was never recorded), by
 /// what the task did (stop, live).
 pub const REPLAY_DIVERGENCES: &str = "troupe_replay_divergences_total";
