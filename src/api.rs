@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod debug;
 pub mod error;
 pub mod events;
+pub mod experiments;
 pub mod fork;
 pub mod health;
 pub mod http_metrics;
@@ -138,6 +139,15 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                             .route(web::delete().to(breakpoints::delete_breakpoint)),
                     )
                     .service(resource("/events").route(web::get().to(events::all_events)))
+                    .service(
+                        resource("/experiments")
+                            .route(web::post().to(experiments::create_experiment))
+                            .route(web::get().to(experiments::list_experiments)),
+                    )
+                    .service(
+                        resource("/experiments/{id}")
+                            .route(web::get().to(experiments::get_experiment)),
+                    )
                     .service(resource("/stats").route(web::get().to(stats::get_stats)))
                     .service(resource("/collaboration").route(web::get().to(stats::collaboration)))
                     .service(resource("/memory/search").route(web::get().to(memory::search)))

@@ -2,12 +2,14 @@
 
 pub mod ask;
 pub mod debug;
+pub mod experiment;
 pub mod memory;
 pub mod migrate;
 pub mod model_worker;
 pub mod run;
 pub mod sandbox;
 pub mod serve;
+pub mod table;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,13 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Experiments: `experiment run FILE` runs a set of prompts under two or more variants in this process
+    /// and prints the comparison (pass rates with intervals, usage, latency, significance tests).
+    Experiment {
+        /// What to do.
+        #[command(subcommand)]
+        action: ExperimentCommand,
+    },
     /// Look into long-term memory (the configured database, with the embedding model in this process).
     Memory {
         /// What to do.
@@ -169,6 +178,19 @@ pub enum MemoryCommand {
         #[arg(long)]
         kind: Option<String>,
         /// Print the hits as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `troupe experiment ...`.
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Run the experiment a JSON file specifies (as `POST /api/v1/experiments` takes it) and print its report.
+    Run {
+        /// The specification.
+        file: PathBuf,
+        /// Print the report as JSON instead of tables.
         #[arg(long)]
         json: bool,
     },

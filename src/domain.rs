@@ -10,6 +10,7 @@ pub mod agent;
 pub mod breakpoint;
 pub mod consensus;
 pub mod event;
+pub mod experiment;
 pub mod json_types;
 pub mod limits;
 pub mod memory;

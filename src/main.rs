@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Run { verbose: false, .. }
             | Command::Memory { .. }
+            | Command::Experiment { .. }
             | Command::Sandbox { .. }
             | Command::Debug(_)
     ) {
@@ -122,6 +123,9 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Memory { action } => cli::memory::memory(settings, action).await,
+            Command::Experiment {
+                action: cli::ExperimentCommand::Run { file, json },
+            } => cli::experiment::run(settings, &file, json).await,
             Command::Sandbox { action } => cli::sandbox::sandbox(settings, action).await,
             Command::Debug(args) => cli::debug::debug(settings, args).await,
             Command::ModelWorker { .. } => Ok(ExitCode::SUCCESS),

@@ -44,6 +44,7 @@ mod consumer;
 mod control;
 mod debugging;
 mod durability;
+pub mod experiments;
 mod fork;
 mod known_series;
 pub mod retention;
@@ -549,15 +550,14 @@ impl Core {
         self.submit_pausing(prompt, options, &[]).await
     }
 
-    /// [`Core::submit`] with a breakpoint on every point of each kind in `break_on` attached to the new
-    /// task before it starts (`troupe run --break decision`), so that it cannot pass a point before they are
-    /// set. Should one not be stored, the task ends `cancelled` before it starts, saying why.
-    pub async fn submit_pausing(
+    /// Checks a submission as [`Core::submit`] does before it stores anything: the prompt (trimmed: not
+    /// empty, not too long) and the options (bounds, a replay's source, a rerun's rules). Returns the
+    /// trimmed prompt. An experiment checks each of its runs with it before it submits any.
+    pub async fn check_submission(
         &self,
         prompt: &str,
-        options: TaskOptions,
-        break_on: &[BreakOn],
-    ) -> Result<TaskId, SubmitError> {
+        options: &TaskOptions,
+    ) -> Result<String, SubmitError> {
         let prompt = prompt.trim();
         if prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
@@ -606,7 +606,21 @@ impl Core {
                 return Err(SubmitError::ReplaySourceNotFound(source));
             }
         }
-        self.check_rerun(prompt, &options).await?;
+        self.check_rerun(prompt, options).await?;
+        Ok(prompt.to_owned())
+    }
+
+    /// [`Core::submit`] with a breakpoint on every point of each kind in `break_on` attached to the new
+    /// task before it starts (`troupe run --break decision`), so that it cannot pass a point before they are
+    /// set. Should one not be stored, the task ends `cancelled` before it starts, saying why.
+    pub async fn submit_pausing(
+        &self,
+        prompt: &str,
+        options: TaskOptions,
+        break_on: &[BreakOn],
+    ) -> Result<TaskId, SubmitError> {
+        let prompt = self.check_submission(prompt, &options).await?;
+        let prompt = prompt.as_str();
         // A place before anything is stored: a refused submission leaves no row. On the Redis queue the
         // place is in the queue (bounded by queue.max_waiting); a worker takes one of its own to run it.
         let admission = match &self.queue {

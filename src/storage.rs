@@ -12,6 +12,7 @@ mod breakpoints;
 mod decisions;
 pub mod entities;
 mod events;
+mod experiments;
 pub mod leases;
 mod llm_calls;
 pub mod memories;

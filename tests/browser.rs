@@ -977,3 +977,77 @@ async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
     screenshot(&client, "plan-graph-done").await;
     client.close().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn the_experiment_page_charts_pass_rates_with_intervals_and_the_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = scripted_app(&dir).await;
+    let mut passing = frame();
+    passing.extend([
+        ("work.1", code("def add(a, b):\n    return a + b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    let fixed = seed_recording(&url, &passing).await;
+    let broken = seed_recording(&url, &scripts::failing_first_attempt()).await;
+    let mut response = app
+        .client
+        .post(format!("{}/api/v1/experiments", app.address))
+        .send_json(&json!({
+            "name": "fixed against broken",
+            "prompts": ["Write add(a, b)", "Write a function add(a, b) that adds"],
+            "repetitions": 2,
+            "variants": [
+                { "name": "fixed", "options": { "replay_of": fixed } },
+                { "name": "broken", "options": { "replay_of": broken } }
+            ]
+        }))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let Session { client, _driver } = session().await;
+    client
+        .goto(&format!("{}/experiments/{id}", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    // The page reads the report again while the experiment runs, until it is completed.
+    until(
+        &client,
+        Duration::from_secs(120),
+        "the experiment to be shown completed",
+        "const badge = document.querySelector('#experiment .title .badge'); \
+         return !!badge && badge.textContent === 'completed';",
+    )
+    .await;
+    let rates = client
+        .execute(
+            "return [...document.querySelectorAll('.experiment-chart rect[data-variant]')].map((r) => [r.dataset.variant, Number(r.dataset.rate)]);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rates, json!([["fixed", 1], ["broken", 0]]));
+    assert_eq!(count(&client, ".experiment-chart line.ci").await, 2);
+    let fisher = text(&client, "table[aria-label=pairs] tbody tr td:nth-child(3)").await;
+    assert_eq!(fisher, "0.0286");
+    css(&client, "table[aria-label=pairs] td.significant").await;
+    let passed = text(
+        &client,
+        "table[aria-label=variants] tr[data-variant=fixed] td:nth-child(2)",
+    )
+    .await;
+    assert_eq!(passed, "4/4");
+    screenshot(&client, "experiment").await;
+    client
+        .goto(&format!("{}/experiments", app.address))
+        .await
+        .unwrap();
+    wait_ready(&client, Duration::from_secs(10)).await.unwrap();
+    css(&client, &format!("#experiment tr[data-experiment='{id}']")).await;
+    screenshot(&client, "experiments").await;
+    client.close().await.unwrap();
+}

@@ -11,6 +11,7 @@ mod consensus;
 mod dashboard_api;
 mod database_outage;
 mod durability;
+mod experiments;
 mod fork;
 mod helpers;
 mod hostile_clients;

@@ -15,6 +15,7 @@ mod m20261203_000003_add_finished_at_index;
 mod m20261204_000001_create_breakpoints;
 mod m20261204_000002_add_llm_call_request;
 mod m20261205_000001_add_step_depends_on;
+mod m20261205_000002_create_experiments;
 
 /// Runs Troupe's migrations in order; used by `troupe migrate` and at start-up.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_create_breakpoints::Migration),
             Box::new(m20261204_000002_add_llm_call_request::Migration),
             Box::new(m20261205_000001_add_step_depends_on::Migration),
+            Box::new(m20261205_000002_create_experiments::Migration),
         ]
     }
 }

@@ -64,8 +64,15 @@ pub const COMPARE: Asset = Asset {
     bytes: include_bytes!("dashboard/compare.html"),
 };
 
+/// The experiments page's shell (the list, or one experiment's report).
+pub const EXPERIMENT: Asset = Asset {
+    name: "experiment.html",
+    content_type: HTML,
+    bytes: include_bytes!("dashboard/experiment.html"),
+};
+
 /// The pages, each at its route.
-pub const PAGES: &[&Asset] = &[&OVERVIEW, &TASK, &BREAKPOINTS, &COMPARE];
+pub const PAGES: &[&Asset] = &[&OVERVIEW, &TASK, &BREAKPOINTS, &COMPARE, &EXPERIMENT];
 
 /// Every file under `/assets/`.
 pub const ASSETS: &[Asset] = &[
@@ -120,6 +127,11 @@ pub const ASSETS: &[Asset] = &[
         bytes: include_bytes!("dashboard/breakpoints.js"),
     },
     Asset {
+        name: "experiment.js",
+        content_type: JS,
+        bytes: include_bytes!("dashboard/experiment.js"),
+    },
+    Asset {
         name: "compare.js",
         content_type: JS,
         bytes: include_bytes!("dashboard/compare.js"),
@@ -160,10 +172,25 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(compare_page)),
         )
         .service(
+            super::resource("/experiments")
+                .wrap(Compress::default())
+                .route(web::get().to(experiment_page)),
+        )
+        .service(
+            super::resource("/experiments/{id}")
+                .wrap(Compress::default())
+                .route(web::get().to(experiment_page)),
+        )
+        .service(
             super::resource("/assets/{name}")
                 .wrap(Compress::default())
                 .route(web::get().to(serve_asset)),
         );
+}
+
+/// `GET /experiments` and `GET /experiments/{id}`: the experiments, or one experiment's report.
+pub async fn experiment_page(request: HttpRequest) -> HttpResponse {
+    respond(&request, &EXPERIMENT)
 }
 
 /// `GET /`: the overview.

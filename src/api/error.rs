@@ -70,6 +70,12 @@ pub enum ApiError {
     /// No such task.
     #[error("task {0} does not exist")]
     TaskNotFound(TaskId),
+    /// An experiment's specification cannot run; says what is wrong.
+    #[error("{0}")]
+    InvalidExperiment(String),
+    /// No such experiment.
+    #[error("experiment {0} does not exist")]
+    ExperimentNotFound(crate::domain::experiment::ExperimentId),
     /// The task is already over.
     #[error("task {id} is already {status}")]
     TaskFinished {
@@ -183,6 +189,8 @@ impl ApiError {
             ApiError::SandboxUnavailable(_) => "sandbox_unavailable",
             ApiError::SandboxBusy(_) => "sandbox_busy",
             ApiError::TaskNotFound(_) => "task_not_found",
+            ApiError::InvalidExperiment(_) => "invalid_experiment",
+            ApiError::ExperimentNotFound(_) => "experiment_not_found",
             ApiError::TaskFinished { .. } => "task_finished",
             ApiError::TaskUnfinished { .. } => "task_unfinished",
             ApiError::SourceUnfinished { .. } => "source_unfinished",
@@ -219,6 +227,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidCallId(_)
             | ApiError::InvalidBreakpoint(_)
             | ApiError::InvalidBreakpointId(_)
+            | ApiError::InvalidExperiment(_)
             | ApiError::UpgradeRequired => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -226,6 +235,7 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::TaskNotFound(_)
+            | ApiError::ExperimentNotFound(_)
             | ApiError::ToolCallNotFound(_)
             | ApiError::BreakpointNotFound(_)
             | ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -298,6 +308,30 @@ impl From<JsonPayloadError> for ApiError {
             }
             JsonPayloadError::Payload(error) => ApiError::InvalidBody(error.to_string()),
             other => ApiError::InvalidBody(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::service::experiments::ExperimentError> for ApiError {
+    fn from(error: crate::service::experiments::ExperimentError) -> Self {
+        use crate::service::experiments::ExperimentError;
+        match error {
+            ExperimentError::Invalid(message) => ApiError::InvalidExperiment(message),
+            ExperimentError::NotFound(id) => ApiError::ExperimentNotFound(id),
+            ExperimentError::Storage(error) => ApiError::from(error),
+            // A run the server cannot take now (unavailable, busy) is not the client's mistake.
+            ExperimentError::Run {
+                variant,
+                prompt,
+                source,
+            } => match ApiError::from(source) {
+                error @ (ApiError::Unavailable(_)
+                | ApiError::Internal(_)
+                | ApiError::TooManyTasks(_)) => error,
+                refused => ApiError::InvalidExperiment(format!(
+                    "variant '{variant}', prompt {prompt}: {refused}"
+                )),
+            },
         }
     }
 }

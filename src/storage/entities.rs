@@ -222,3 +222,26 @@ pub mod memory {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// `experiments`: a set of prompts run under several variants (specification and runs as JSON).
+pub mod experiment {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "experiments")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub name: String,
+        pub spec: String,
+        pub runs: String,
+        pub status: String,
+        pub created_at: DateTimeUtc,
+        pub finished_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -273,6 +273,14 @@ pub enum WriteOp {
         /// Commit result: true when a breakpoint was removed.
         reply: oneshot::Sender<Result<bool, StorageError>>,
     },
+    /// Insert or replace an experiment's row; answered after the commit when `reply` is given (its
+    /// creation, a client's request).
+    PutExperiment {
+        /// The experiment as it stands.
+        experiment: Box<crate::domain::experiment::Experiment>,
+        /// Commit result.
+        reply: Option<oneshot::Sender<Result<(), StorageError>>>,
+    },
     /// Count one use of each of these memories (by id).
     MemoriesUsed(Vec<String>),
     /// Count one success of this pattern (by id).
@@ -302,6 +310,7 @@ impl WriteOp {
             WriteOp::InsertMemories { .. }
             | WriteOp::InsertBreakpoint { .. }
             | WriteOp::DeleteBreakpoint { .. }
+            | WriteOp::PutExperiment { .. }
             | WriteOp::MemoriesUsed(_)
             | WriteOp::PatternSucceeded(_)
             | WriteOp::Flush(_)

@@ -314,6 +314,21 @@ impl Writer {
         committed.await.map_err(|_| StorageError::WriterStopped)?
     }
 
+    /// Stores a new experiment and waits for the commit.
+    pub async fn create_experiment(
+        &self,
+        experiment: crate::domain::experiment::Experiment,
+    ) -> Result<(), StorageError> {
+        self.refuse_while_down()?;
+        let (reply, committed) = oneshot::channel();
+        self.send_waiting(WriteOp::PutExperiment {
+            experiment: Box::new(experiment),
+            reply: Some(reply),
+        })
+        .await?;
+        committed.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
     /// Removes breakpoint `id`; answered after the commit: false when no breakpoint has that id.
     pub async fn delete_breakpoint(&self, id: BreakpointId) -> Result<bool, StorageError> {
         self.refuse_while_down()?;
@@ -536,6 +551,7 @@ fn is_request(op: &WriteOp) -> bool {
             | WriteOp::DeleteTask { .. }
             | WriteOp::InsertBreakpoint { .. }
             | WriteOp::DeleteBreakpoint { .. }
+            | WriteOp::PutExperiment { reply: Some(_), .. }
     )
 }
 
@@ -773,6 +789,9 @@ fn answer(op: WriteOp, fate: &Fate, deletions: &Deletions) {
         | WriteOp::InsertMemories { reply, .. }
         | WriteOp::InsertBreakpoint { reply, .. }
         | WriteOp::FinishTask {
+            reply: Some(reply), ..
+        }
+        | WriteOp::PutExperiment {
             reply: Some(reply), ..
         } => {
             let _ = reply.send(fate.as_ref().map_err(failed).copied());

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::ActiveValue::Set;
 
-use super::super::breakpoints;
-use super::super::entities::{breakpoint, decision, event, llm_call, step, task};
+use super::super::entities::{breakpoint, decision, event, experiment, llm_call, step, task};
 use super::super::events::{is_piece, token_row, MAX_ROW_PIECES};
 use super::super::memories::NewMemory;
 use super::super::records::{PendingEvent, StepUpdate, WriteOp};
+use super::super::{breakpoints, experiments};
 use crate::domain::{BreakpointId, Event, EventKind, StepStatus, TaskId, TaskStatus};
 
 /// How long a model call's pieces are held back at most before their row is written.
@@ -103,6 +103,8 @@ pub(super) struct Plan {
     pub deletes: Vec<TaskId>,
     pub breakpoints: Vec<breakpoint::ActiveModel>,
     pub breakpoint_deletes: Vec<BreakpointId>,
+    /// Experiment rows to insert or replace (the last of each id in the batch).
+    pub experiments: Vec<experiment::ActiveModel>,
     /// Committed events to publish, in `seq` order per task.
     pub published: Vec<Event>,
     /// Tasks whose end is in this plan.
@@ -128,6 +130,7 @@ impl Plan {
             && self.deletes.is_empty()
             && self.breakpoints.is_empty()
             && self.breakpoint_deletes.is_empty()
+            && self.experiments.is_empty()
     }
 
     /// Rows written, for the logs.
@@ -143,6 +146,7 @@ impl Plan {
             + self.deletes.len()
             + self.breakpoints.len()
             + self.breakpoint_deletes.len()
+            + self.experiments.len()
     }
 
     fn task_row(&mut self, task_id: TaskId) -> &mut TaskRow {
@@ -349,6 +353,14 @@ impl Logs {
                 plan.breakpoints.push(breakpoints::row(breakpoint));
             }
             WriteOp::DeleteBreakpoint { id, .. } => plan.breakpoint_deletes.push(*id),
+            WriteOp::PutExperiment { experiment, .. } => {
+                // The last row of an experiment in a batch is the one written (one upsert may not touch a
+                // row twice).
+                let id = experiment.id.to_string();
+                plan.experiments
+                    .retain(|row| row.id.as_ref().as_str() != id.as_str());
+                plan.experiments.push(experiments::row(experiment));
+            }
             WriteOp::MemoriesUsed(ids) => plan.memories_used.push(ids.clone()),
             WriteOp::PatternSucceeded(id) => plan.patterns.push(id.clone()),
             WriteOp::HandOff(task_id) => {

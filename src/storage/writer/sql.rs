@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::super::breakpoints;
-use super::super::entities::{breakpoint, decision, event, llm_call, step, task};
+use super::super::entities::{breakpoint, decision, event, experiment, llm_call, step, task};
 use super::super::memories::{insert_memories, mark_succeeded, mark_used};
 use super::super::statement::Sql;
 use super::super::StorageError;
@@ -52,6 +52,7 @@ pub(super) async fn execute(
     }
     insert_rows(txn, &plan.events, 9, "append events").await?;
     update_tasks(txn, &plan.task_rows).await?;
+    upsert_experiments(txn, &plan.experiments).await?;
     for ids in &plan.memories_used {
         mark_used(txn, ids).await?;
     }
@@ -145,6 +146,29 @@ async fn upsert_steps(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), Stor
             .exec_without_returning(txn)
             .await
             .map_err(StorageError::query("update steps"))?;
+    }
+    Ok(())
+}
+
+/// Inserts or replaces experiment rows (each id once per batch; experiments are few and written rarely).
+async fn upsert_experiments(
+    txn: &DatabaseTransaction,
+    rows: &[experiment::ActiveModel],
+) -> Result<(), StorageError> {
+    for row in rows {
+        let mut on_conflict = OnConflict::column(experiment::Column::Id);
+        on_conflict.update_columns([
+            experiment::Column::Name,
+            experiment::Column::Spec,
+            experiment::Column::Runs,
+            experiment::Column::Status,
+            experiment::Column::FinishedAt,
+        ]);
+        experiment::Entity::insert(row.clone())
+            .on_conflict(on_conflict)
+            .exec_without_returning(txn)
+            .await
+            .map_err(StorageError::query("store experiment"))?;
     }
     Ok(())
 }

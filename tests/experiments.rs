@@ -1,0 +1,192 @@
+//! Experiments over the API (issue 18): two variants over two prompts, twice each, each variant replaying a
+//! scripted recording (the replay provider), so that the figures are known: variant `fixed` replays code that
+//! passes its test, `broken` code that fails it (one attempt). The report gives 4/4 against 0/4 with their
+//! Wilson intervals, Fisher's exact p = 2/70 with a difference of 1, and a latency test; bad specifications
+//! get 400 saying what is wrong, and nothing is stored.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+use crate::scripts::{code, failing_first_attempt, frame, run_test_call, seed_recording};
+use crate::self_correction::app_on_with;
+
+fn close(value: &Value, expected: f64) -> bool {
+    value
+        .as_f64()
+        .is_some_and(|found| (found - expected).abs() < 1e-4)
+}
+
+async fn wait_until_completed(app: &TestApp, location: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (status, experiment) = app.get(location).await;
+        assert_eq!(status, 200, "{experiment}");
+        if experiment["status"] == "completed" {
+            return experiment;
+        }
+        assert!(Instant::now() < deadline, "not completed: {experiment:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn two_variants_are_compared_with_intervals_and_a_p_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on_with(&dir, 1, |_| {}).await;
+    // A passing first attempt: the frame and the fixed code as attempt 1.
+    let mut passing = frame();
+    passing.extend([
+        ("work.1", code("def add(a, b):\n    return a + b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    let fixed = seed_recording(&url, &passing).await;
+    let broken = seed_recording(&url, &failing_first_attempt()).await;
+
+    let spec = json!({
+        "name": "fixed against broken",
+        "prompts": ["Write add(a, b)", "Write a function add(a, b) that adds"],
+        "repetitions": 2,
+        "variants": [
+            { "name": "fixed", "options": { "replay_of": fixed } },
+            { "name": "broken", "prompt_template": "Careful: {prompt}", "options": { "replay_of": broken } }
+        ]
+    });
+    let mut response = app
+        .client
+        .post(format!("{}/api/v1/experiments", app.address))
+        .send_json(&spec)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let location = response
+        .headers()
+        .get("Location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["runs"], 8);
+    let report = wait_until_completed(&app, &location).await;
+
+    let variants = report["variants"].as_array().unwrap();
+    let (fixed, broken) = (&variants[0], &variants[1]);
+    assert_eq!(
+        (fixed["ended"].as_u64(), fixed["passed"].as_u64()),
+        (Some(4), Some(4)),
+        "{report:#}"
+    );
+    assert_eq!(
+        (broken["ended"].as_u64(), broken["passed"].as_u64()),
+        (Some(4), Some(0)),
+        "{report:#}"
+    );
+    assert!(close(&fixed["pass_rate"], 1.0) && close(&broken["pass_rate"], 0.0));
+    assert!(close(&fixed["pass_rate_ci95"][0], 0.510_109), "{fixed}");
+    assert!(close(&fixed["pass_rate_ci95"][1], 1.0));
+    assert!(close(&broken["pass_rate_ci95"][0], 0.0));
+    assert!(close(&broken["pass_rate_ci95"][1], 0.489_891), "{broken}");
+    assert_eq!(
+        (
+            fixed["code_steps"].as_u64(),
+            fixed["code_steps_passed"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
+    assert_eq!(
+        (
+            broken["code_steps"].as_u64(),
+            broken["code_steps_passed"].as_u64()
+        ),
+        (Some(4), Some(0))
+    );
+    assert!(
+        fixed["latency_p50_seconds"].as_f64().unwrap() > 0.0,
+        "{fixed}"
+    );
+    assert!(fixed["tokens"].as_u64().unwrap() > 0, "{fixed}");
+
+    let pair = &report["pairs"][0];
+    assert_eq!(
+        (pair["a"].as_str(), pair["b"].as_str()),
+        (Some("fixed"), Some("broken"))
+    );
+    assert!(close(&pair["pass_rate"]["p_value"], 2.0 / 70.0), "{pair}");
+    assert!(close(&pair["pass_rate"]["difference"], 1.0));
+    assert!(close(&pair["pass_rate"]["cohens_h"], std::f64::consts::PI));
+    assert_eq!(pair["pass_rate"]["significant_at_0_05"], true);
+    let latency = pair["latency"]["p_value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&latency), "{pair}");
+
+    // Each run's task is listed; the variant's template reached its prompt.
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 8);
+    let broken_run = runs.iter().find(|run| run["variant"] == "broken").unwrap();
+    let (_, task) = app
+        .get(&format!(
+            "/api/v1/tasks/{}",
+            broken_run["task"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        task["prompt"].as_str().unwrap().starts_with("Careful: "),
+        "{task}"
+    );
+    let (_, listed) = app.get("/api/v1/experiments").await;
+    assert_eq!(listed["experiments"][0]["name"], "fixed against broken");
+}
+
+#[actix_rt::test]
+async fn a_specification_that_cannot_run_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _url) = app_on_with(&dir, 1, |_| {}).await;
+    let unknown = "01a20ed9-190e-71e7-b819-dccc4404e287";
+    for (spec, code, expected) in [
+        (
+            json!({ "prompts": ["p"], "variants": [{ "name": "only" }] }),
+            "invalid_experiment",
+            "2..=4 variants",
+        ),
+        (
+            json!({ "prompts": ["p"], "variants": [{ "name": "a" }, { "name": "b", "model": "gpt" }] }),
+            "invalid_body",
+            "unknown field `model`",
+        ),
+        (
+            json!({ "prompts": ["p"], "variants": [{ "name": "a" }, { "name": "b", "options": { "replay_of": unknown } }] }),
+            "invalid_experiment",
+            "variant 'b', prompt 1",
+        ),
+        (
+            json!({ "prompts": ["p"], "variants": [{ "name": "a" }, { "name": "b", "options": { "max_steps": 7 } }] }),
+            "invalid_experiment",
+            "director.max_steps",
+        ),
+    ] {
+        let mut response = app
+            .client
+            .post(format!("{}/api/v1/experiments", app.address))
+            .send_json(&spec)
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{body}"
+        );
+    }
+    let (_, listed) = app.get("/api/v1/experiments").await;
+    assert_eq!(listed["experiments"], json!([]));
+    let (_, page) = app.get("/api/v1/tasks").await;
+    assert_eq!(page["tasks"], json!([]));
+    let (status, body) = app.get(&format!("/api/v1/experiments/{unknown}")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "experiment_not_found");
+}
