@@ -150,6 +150,7 @@ pub fn server(listener: TcpListener, core: Arc<Core>) -> std::io::Result<Server>
                     )
                     .service(resource("/stats").route(web::get().to(stats::get_stats)))
                     .service(resource("/collaboration").route(web::get().to(stats::collaboration)))
+                    .service(resource("/learning").route(web::get().to(stats::learning)))
                     .service(resource("/memory/search").route(web::get().to(memory::search)))
                     .service(resource("/agents").route(web::get().to(agents::list_agents)))
                     .service(resource("/openapi.json").route(web::get().to(openapi))),

@@ -47,6 +47,7 @@ mod durability;
 pub mod experiments;
 mod fork;
 mod known_series;
+mod learning;
 pub mod retention;
 pub mod tool_replay;
 

@@ -142,6 +142,14 @@ async fn the_overview_shows_a_task_live_and_its_page_reads_it() {
     // Stats and the collaboration graph have drawn (or said why not) by now.
     css(&client, "#chart-tokens .chart, #chart-tokens .note").await;
     css(&client, "#collaboration .graph, #collaboration .note").await;
+    // The learning curve has the task's Code/QA loop (it failed once, then passed) once it is read again.
+    until(
+        &client,
+        Duration::from_secs(25),
+        "the learning curve to count the task's loop",
+        "const hint = document.querySelector('#learning .hint[data-loops]');          return !!hint && hint.dataset.loops === '1' && !!document.querySelector('#learning .chart svg');",
+    )
+    .await;
     screenshot(&client, "overview").await;
 
     // Its page: the plan, the decision with every option's probability, the attempts as branches.

@@ -340,6 +340,36 @@ async fn a_fix_learned_in_one_task_is_offered_to_the_next() {
         scrape.contains("troupe_code_attempts_total{attempt=\"2\",outcome=\"passed\"} 2"),
         "{scrape}"
     );
+    assert!(
+        scrape
+            .contains("troupe_code_fix_outcomes_total{fix_offered=\"true\",outcome=\"passed\"} 1"),
+        "{scrape}"
+    );
+
+    // The learning curve: two loops of one error signature, each passing at its second attempt, once
+    // with the learned fix offered and once without.
+    let learning = core.learning(1, 1).await.unwrap();
+    let total = &learning["total"];
+    assert_eq!(total["loops"], 2, "{learning:#}");
+    assert_eq!(total["mean_attempts_to_pass"], 2.0);
+    assert_eq!(
+        total["with_fix"],
+        json!({ "attempts": 1, "passed": 1, "pass_rate": 1.0 })
+    );
+    assert_eq!(
+        total["without_fix"],
+        json!({ "attempts": 1, "passed": 1, "pass_rate": 1.0 })
+    );
+    let signature = &learning["signatures"][0];
+    assert_eq!(signature["loops"], 2);
+    assert!(
+        signature["signature"]
+            .as_str()
+            .unwrap()
+            .contains("AssertionError"),
+        "{signature}"
+    );
+    assert_eq!(learning["curve"].as_array().unwrap().len(), 1);
 }
 
 /// `outputs` with the verdict of round 1 replaced by `verdict`.

@@ -52,3 +52,34 @@ pub async fn collaboration(
     let edges = core.storage.collaboration(scope).await?;
     Ok(HttpResponse::Ok().json(json!({ "edges": edges })))
 }
+
+/// Query of `GET /api/v1/learning`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningQuery {
+    /// The last this many hours (1..=720, default 168).
+    pub hours: Option<u32>,
+    /// Hours per point of the curve (1..=720, default 24 or `hours` when smaller; one larger than the
+    /// window makes a curve of one point).
+    pub bucket_hours: Option<u32>,
+}
+
+/// `GET /api/v1/learning[?hours=N&bucket_hours=M]`: the Code/QA loop's learning curves (`service/learning.rs`).
+pub async fn learning(
+    core: web::Data<Core>,
+    query: web::Query<LearningQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let hours = query.hours.unwrap_or(168);
+    if !(1..=720).contains(&hours) {
+        return Err(ApiError::InvalidQuery(format!(
+            "hours must be within 1..=720, got {hours}"
+        )));
+    }
+    let bucket = query.bucket_hours.unwrap_or(24.min(hours));
+    if !(1..=720).contains(&bucket) {
+        return Err(ApiError::InvalidQuery(format!(
+            "bucket_hours must be within 1..=720, got {bucket}"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(core.learning(i64::from(hours), i64::from(bucket)).await?))
+}

@@ -104,6 +104,13 @@ pub(super) fn export(metrics: &Metrics, settings: &Settings, models: &Models, to
     for outcome in QA_REVISION_OUTCOMES {
         metrics.qa_revisions.with_label_values(&[outcome]);
     }
+    for offered in ["true", "false"] {
+        for outcome in ["passed", "failed"] {
+            metrics
+                .code_fix_outcomes
+                .with_label_values(&[offered, outcome]);
+        }
+    }
     for rule in crate::domain::ConsensusRule::ALL {
         for outcome in CONSENSUS_OUTCOMES {
             metrics

@@ -40,7 +40,36 @@ fn scoped(select: Select<event::Entity>, kind: EventKind, scope: Scope) -> Selec
     }
 }
 
+/// Most `code.attempt` events the learning report reads (the latest of the window).
+pub const MAX_LEARNING_ATTEMPTS: u64 = 50_000;
+
 impl Storage {
+    /// The `code.attempt` events since `since` (task, time, data), oldest first, at most
+    /// [`MAX_LEARNING_ATTEMPTS`] (the `(kind, at)` index serves the window).
+    pub async fn code_attempts_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>, serde_json::Value)>, StorageError> {
+        use sea_orm::QueryOrder;
+        let mut rows = scoped(
+            event::Entity::find(),
+            EventKind::CodeAttempt,
+            Scope::Since(since),
+        )
+        .select_only()
+        .column(event::Column::TaskId)
+        .column(event::Column::At)
+        .column(event::Column::Data)
+        .order_by_desc(event::Column::At)
+        .limit(MAX_LEARNING_ATTEMPTS)
+        .into_tuple::<(String, DateTime<Utc>, serde_json::Value)>()
+        .all(&self.db)
+        .await
+        .map_err(StorageError::query("read code attempts"))?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// Who handed work to whom in `scope`: the Director to an agent for each `agent.started` (one per step
     /// attempt), Code to QA for each `code.attempt`, and QA to the agent whose step goes back for each
     /// `qa.revision` that sends work back. Edges in a stable order (by `from`, then `to`).

@@ -225,6 +225,8 @@ pub struct Metrics {
     pub code_attempts: IntCounterVec,
     /// See [`names::QA_REVISIONS`]; label `outcome`.
     pub qa_revisions: IntCounterVec,
+    /// See [`names::CODE_FIX_OUTCOMES`]; labels `fix_offered`, `outcome`.
+    pub code_fix_outcomes: IntCounterVec,
     /// See [`names::CONSENSUS`]; labels `rule`, `outcome`.
     pub consensus: IntCounterVec,
     /// See [`names::CONSENSUS_AGREEMENT`].
@@ -669,6 +671,11 @@ impl Metrics {
                 names::QA_REVISIONS,
                 "QA `fail` verdicts by what followed: passed (the revised work passed re-verification), failed (still fail: the task failed), advisory (not acted on, director.qa_verdict = advisory).",
                 &["outcome"],
+            )?,
+            code_fix_outcomes: r.counter_vec(
+                names::CODE_FIX_OUTCOMES,
+                "Code/QA attempts after a failed one, by whether a learned fix was offered with the feedback (fix_offered true/false) and whether the attempt passed (passed/failed): the pass rate with a fix against without is how much learning helps.",
+                &["fix_offered", "outcome"],
             )?,
             consensus: r.counter_vec(
                 names::CONSENSUS,

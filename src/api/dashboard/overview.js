@@ -138,6 +138,49 @@ async function loadCollaboration() {
   }
 }
 
+async function loadLearning() {
+  try {
+    const body = await api("/api/v1/learning?hours=720&bucket_hours=24");
+    const points = body.curve.map((point) => ({
+      t: point.start,
+      values: {
+        first: point.first_attempt_pass_rate ?? 0,
+        fix: point.with_fix.pass_rate ?? 0,
+        none: point.without_fix.pass_rate ?? 0,
+      },
+    }));
+    const total = body.total;
+    const top = body.signatures.filter((s) => s.signature !== "(passed at once)").slice(0, 5);
+    fill(
+      $("learning"),
+      points.length
+        ? lineChart({
+            points,
+            series: [
+              { key: "first", label: "first attempt passed", color: "#1f8a4c" },
+              { key: "fix", label: "after a failure, fix offered", color: "#2f6fd6" },
+              { key: "none", label: "after a failure, no fix", color: "#d9822b" },
+            ],
+          })
+        : note("no Code/QA loop in the last 30 days"),
+      h("div", { class: "hint", dataset: { loops: total.loops }, text: `${total.loops} loops, ${total.passed} passed; mean attempts to pass ${total.mean_attempts_to_pass === null ? "–" : total.mean_attempts_to_pass.toFixed(2)}; after a failure: ${total.with_fix.passed}/${total.with_fix.attempts} passed with a learned fix offered, ${total.without_fix.passed}/${total.without_fix.attempts} without` }),
+      top.length
+        ? h("table", { class: "table", "aria-label": "error signatures" },
+            h("thead", {}, h("tr", {}, ["error signature", "loops", "passed", "mean attempts", "with fix", "without"].map((t) => h("th", { text: t })))),
+            h("tbody", {}, top.map((s) => h("tr", {},
+              h("td", { class: "mono", text: s.signature }),
+              h("td", { class: "num", text: s.loops }),
+              h("td", { class: "num", text: s.passed }),
+              h("td", { class: "num", text: s.mean_attempts_to_pass === null ? "–" : s.mean_attempts_to_pass.toFixed(2) }),
+              h("td", { class: "num", text: `${s.with_fix.passed}/${s.with_fix.attempts}` }),
+              h("td", { class: "num", text: `${s.without_fix.passed}/${s.without_fix.attempts}` })))))
+        : null,
+    );
+  } catch (error) {
+    fill($("learning"), errorBox(error));
+  }
+}
+
 // ---- tasks ---------------------------------------------------------------------------------------------
 
 /** The rows on screen, by task id: their row element and the task. */
@@ -332,6 +375,7 @@ async function start() {
   every(2, loadStats);
   setTimeout(() => every(2, loadAgents), 2000);
   every(10, loadCollaboration);
+  every(10, loadLearning);
   setInterval(tickDurations, 1000);
 }
 

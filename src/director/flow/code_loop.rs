@@ -392,6 +392,16 @@ impl TaskFlow {
             .code_attempts
             .with_label_values(&[&revision.to_string(), outcome])
             .inc();
+        if revision > 1 {
+            let offered = if fixes_offered > 0 { "true" } else { "false" };
+            let ended = if passed { "passed" } else { "failed" };
+            self.deps
+                .agent
+                .metrics
+                .code_fix_outcomes
+                .with_label_values(&[offered, ended])
+                .inc();
+        }
         let report = test.map(|test| &test.report);
         let data = json!({
             "step": idx,

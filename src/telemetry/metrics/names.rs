@@ -119,6 +119,8 @@ pub const TOOL_REPLAYS: &str = "troupe_tool_replays_total";
 pub const CODE_ATTEMPTS: &str = "troupe_code_attempts_total";
 /// Revisions QA's `fail` verdict asked for, by outcome (passed, failed, advisory).
 pub const QA_REVISIONS: &str = "troupe_qa_revisions_total";
+/// Code/QA attempts after a failure, by whether a learned fix was offered and how they ended.
+pub const CODE_FIX_OUTCOMES: &str = "troupe_code_fix_outcomes_total";
 /// Verifications by several voters, by rule and outcome (pass, fail, none: no consensus, which fails).
 pub const CONSENSUS: &str = "troupe_consensus_total";
 /// The share of voters whose vote was the outcome, per verification by several voters.
