@@ -16,6 +16,7 @@ pub mod limits;
 pub mod memory;
 pub mod replay;
 pub mod schema;
+pub mod tables;
 pub mod task;
 pub mod text;
 

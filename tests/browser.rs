@@ -983,6 +983,14 @@ async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
     .await;
     assert!(status.starts_with("done · "), "{status}");
     screenshot(&client, "plan-graph-done").await;
+    // The research step's figures are a table and a bar chart in the result.
+    click(&client, "#tab-result").await;
+    css(&client, "#panel-result .rich-table .chart svg").await;
+    assert_eq!(
+        count(&client, "#panel-result .result-table tbody tr").await,
+        2
+    );
+    screenshot(&client, "rich-result").await;
     client.close().await.unwrap();
 }
 

@@ -107,6 +107,15 @@ async fn independent_steps_run_at_once_and_a_dependent_one_after_both() {
         .find(|agent| agent["name"] == "code")
         .unwrap();
     assert_eq!(code["instances"], 2, "{agents}");
+    // The research step's table is in the result, read as a table with its numeric column.
+    assert_eq!(
+        task["result"]["tables"],
+        json!([{ "step": 3, "table": {
+            "columns": ["function", "f(2, 3)"],
+            "rows": [["add", "5"], ["mul", "6"]],
+            "numeric": [false, true]
+        } }])
+    );
     assert_eq!(code["busy"], json!([0, 0]), "{agents}");
 }
 

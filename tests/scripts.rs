@@ -193,7 +193,7 @@ pub fn diamond() -> Vec<Output> {
         ("test.2", run_test(2), None),
         (
             "work.3",
-            "add adds its arguments and mul multiplies them.".into(),
+            "add adds its arguments and mul multiplies them:\n\n| function | f(2, 3) |\n|---|---|\n| add | 5 |\n| mul | 6 |".into(),
             None,
         ),
         (

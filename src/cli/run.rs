@@ -86,6 +86,40 @@ fn print_result(result: Option<&Value>) {
     if let Some(answer) = result.get("answer").and_then(Value::as_str) {
         println!("Answer:\n{answer}");
     }
+    // Tables in the steps' outputs, aligned.
+    for found in result
+        .get("tables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let table = &found["table"];
+        let columns: Vec<&str> = table["columns"]
+            .as_array()
+            .map(|columns| columns.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let rows: Vec<Vec<String>> = table["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(Value::as_array)
+                    .map(|row| {
+                        row.iter()
+                            .map(|cell| cell.as_str().unwrap_or("").to_owned())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !columns.is_empty() {
+            println!(
+                "
+Table from step {}:",
+                found["step"]
+            );
+            print!("{}", super::table::render(&columns, &rows));
+        }
+    }
     if let Some(verdict) = result.get("verdict").filter(|v| !v.is_null()) {
         println!(
             "\nQA verdict: {} ({})",

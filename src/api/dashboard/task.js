@@ -864,6 +864,7 @@ function renderResult() {
   const sections = [];
   if (result.answer !== undefined && result.answer !== null) sections.push(section("Answer", outputView(result.answer)));
   if (result.verdict) sections.push(section("QA verdict", h("div", {}, badge(result.verdict.verdict), " ", result.verdict.feedback || "")));
+  for (const found of result.tables || []) sections.push(section(`Table from step ${found.step}`, richTable(found.table)));
   const steps = (result.steps || []).filter((step) => step.output && step.output !== result.answer);
   for (const step of steps) sections.push(section(`Step ${step.idx} (${step.agent}): ${step.instruction}`, outputView(step.output)));
   if ((result.tests || []).length) {
@@ -881,6 +882,27 @@ function renderResult() {
   if (result.model) sections.push(section("Model", h("span", { class: "mono", text: `${result.provider || ""} ${result.model}` })));
   sections.push(h("details", {}, h("summary", { text: "the result as JSON" }), h("pre", { text: pretty(result) })));
   return h("div", {}, sections);
+}
+
+/** A table found in a step's output (`result.tables`): the table, and a bar chart of its first numeric column
+ * by its first other column. */
+function richTable(table) {
+  const numericAt = table.numeric.findIndex((numeric, i) => numeric && i > 0);
+  const labelAt = table.numeric.findIndex((numeric) => !numeric);
+  const value = (cell) => Number.parseFloat(cell);
+  return h(
+    "div",
+    { class: "rich-table" },
+    h(
+      "table",
+      { class: "table result-table" },
+      h("thead", {}, h("tr", {}, table.columns.map((column, i) => h("th", { class: table.numeric[i] ? "num" : "", text: column })))),
+      h("tbody", {}, table.rows.map((row) => h("tr", {}, row.map((cell, i) => h("td", { class: table.numeric[i] ? "num" : "", text: cell }))))),
+    ),
+    numericAt >= 0 && table.rows.length > 1
+      ? barChart(table.rows.map((row, i) => ({ label: labelAt >= 0 ? row[labelAt] : String(i + 1), value: value(row[numericAt]) })))
+      : null,
+  );
 }
 
 function section(title, body) {

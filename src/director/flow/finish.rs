@@ -149,11 +149,26 @@ impl TaskFlow {
             .rev()
             .find(|step| step.kind == StepKind::Work)
             .and_then(|step| step.output.clone());
+        // Rich results: the tables in the work steps' outputs (Markdown tables, figures, JSON rows), for
+        // the dashboard's tables and charts and the CLI's aligned tables.
+        let tables: Vec<serde_json::Value> = board
+            .steps
+            .iter()
+            .filter(|step| step.kind == StepKind::Work)
+            .flat_map(|step| {
+                let idx = step.idx;
+                crate::domain::tables::tables_in(step.output.as_deref().unwrap_or(""))
+                    .into_iter()
+                    .map(move |table| json!({ "step": idx, "table": table }))
+            })
+            .take(crate::domain::tables::MAX_TABLES * 2)
+            .collect();
         json!({
             "answer": answer,
             "plan": plan.instructions(),
             "depends_on": plan.dependencies(),
             "steps": work,
+            "tables": tables,
             "verdict": verdict,
             "tests": board.tests,
             "provider": llm.answering(AgentKind::Code).provider_name(),
