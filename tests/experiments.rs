@@ -190,3 +190,73 @@ async fn a_specification_that_cannot_run_is_refused_and_nothing_is_stored() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "experiment_not_found");
 }
+
+#[actix_rt::test]
+async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cli.sqlite?mode=rwc", dir.path().display());
+    let mut passing = frame();
+    passing.extend([
+        ("work.1", code("def add(a, b):\n    return a + b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    let fixed = seed_recording(&url, &passing).await;
+    let broken = seed_recording(&url, &failing_first_attempt()).await;
+    let spec = dir.path().join("experiment.json");
+    std::fs::write(
+        &spec,
+        json!({
+            "prompts": ["Write add(a, b)"],
+            "repetitions": 3,
+            "variants": [
+                { "name": "fixed", "options": { "replay_of": fixed } },
+                { "name": "broken", "options": { "replay_of": broken } }
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let base = troupe::config::Settings::load_from(&crate::helpers::root().join("config"), Some("test"))
+        .unwrap()
+        .sandbox
+        .uid_base;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["experiment", "run"])
+        .arg(&spec)
+        .current_dir(crate::helpers::root())
+        .env("TROUPE_PROFILE", "test")
+        .env("TROUPE__DATABASE__URL", &url)
+        .env("TROUPE__MEMORY__ENABLED", "false")
+        .env("TROUPE__SANDBOX__ENABLED", "true")
+        // Ids of its own: the test apps use base + 1000 and up, the sandbox tests below base + 100.
+        .env("TROUPE__SANDBOX__UID_BASE", (base + 600).to_string())
+        .env("TROUPE__SANDBOX__WORKSPACES", dir.path().join("workspaces"))
+        .env("TROUPE__DIRECTOR__CODE_ATTEMPTS", "1")
+        .env("TROUPE__DIRECTOR__QA_VERDICT", "decides")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("variant  passed  pass rate"), "{stdout}");
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}: {stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(&row("fixed ")[1..4], ["3/3", "100.0%", "43.9%–100.0%"], "{stdout}");
+    assert_eq!(&row("broken ")[1..4], ["0/3", "0.0%", "0.0%–56.1%"], "{stdout}");
+    // Fisher's exact p of 3/3 against 0/3 is 0.1 (not significant with three runs each).
+    let pair = row("fixed vs broken");
+    assert_eq!(pair[3], "1.000", "{stdout}");
+    assert_eq!(pair[4], "0.1000", "{stdout}");
+}
