@@ -216,10 +216,11 @@ async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
         .to_string(),
     )
     .unwrap();
-    let base = troupe::config::Settings::load_from(&crate::helpers::root().join("config"), Some("test"))
-        .unwrap()
-        .sandbox
-        .uid_base;
+    let base =
+        troupe::config::Settings::load_from(&crate::helpers::root().join("config"), Some("test"))
+            .unwrap()
+            .sandbox
+            .uid_base;
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_troupe"))
         .args(["experiment", "run"])
         .arg(&spec)
@@ -243,7 +244,10 @@ async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
         String::from_utf8_lossy(&output.stderr)
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].starts_with("variant  passed  pass rate"), "{stdout}");
+    assert!(
+        lines[0].starts_with("variant  passed  pass rate"),
+        "{stdout}"
+    );
     let row = |name: &str| {
         lines
             .iter()
@@ -253,8 +257,16 @@ async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    assert_eq!(&row("fixed ")[1..4], ["3/3", "100.0%", "43.9%–100.0%"], "{stdout}");
-    assert_eq!(&row("broken ")[1..4], ["0/3", "0.0%", "0.0%–56.1%"], "{stdout}");
+    assert_eq!(
+        &row("fixed ")[1..4],
+        ["3/3", "100.0%", "43.9%–100.0%"],
+        "{stdout}"
+    );
+    assert_eq!(
+        &row("broken ")[1..4],
+        ["0/3", "0.0%", "0.0%–56.1%"],
+        "{stdout}"
+    );
     // Fisher's exact p of 3/3 against 0/3 is 0.1 (not significant with three runs each).
     let pair = row("fixed vs broken");
     assert_eq!(pair[3], "1.000", "{stdout}");
