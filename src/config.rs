@@ -375,6 +375,31 @@ pub struct DirectorSettings {
     pub consensus: crate::domain::ConsensusSpec,
 }
 
+impl DirectorSettings {
+    /// These settings with a task's own `options.director` over them.
+    pub fn for_task(&self, options: Option<&crate::domain::DirectorOptions>) -> DirectorSettings {
+        let mut settings = self.clone();
+        if let Some(options) = options {
+            if let Some(attempts) = options.code_attempts {
+                settings.code_attempts = attempts;
+            }
+            if let Some(mode) = options.qa_verdict {
+                settings.qa_verdict = mode;
+            }
+            if let Some(revisions) = options.qa_revisions {
+                settings.qa_revisions = revisions;
+            }
+            if let Some(calibrate) = options.calibrate_routing {
+                settings.calibrate_routing = calibrate;
+            }
+            if let Some(relevance) = options.min_code_relevance {
+                settings.min_code_relevance = relevance;
+            }
+        }
+        settings
+    }
+}
+
 /// `[agents]`: how many supervised instances of each specialist run (`agents.<agent>.instances`). Steps of a
 /// plan that run at once go to different instances where there are enough (the least busy first); each
 /// instance is restarted on its own.
@@ -410,15 +435,7 @@ impl AgentsSettings {
     }
 }
 
-/// What QA's final verdict does (`director.qa_verdict`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QaVerdictMode {
-    /// `fail` sends the work back for revision (`director.qa_revisions`), then fails the task.
-    Decides,
-    /// The verdict is recorded (event, result) and the task completes whatever it says.
-    Advisory,
-}
+pub use crate::domain::QaVerdictMode;
 
 /// `[supervision]`
 #[derive(Debug, Clone, Deserialize)]

@@ -30,6 +30,7 @@ pub use event::{Event, EventKind, UnknownEventKind};
 pub use memory::{MemoryKind, UnknownKind, EMBEDDING_DIMENSIONS};
 pub use replay::{DecisionKind, DecisionOverride, ForkOf, OnDivergence};
 pub use task::{
-    StepStatus, TaskBudget, TaskId, TaskOptions, TaskStatus, UnknownStatus, UnknownStepStatus,
+    DirectorOptions, QaVerdictMode, StepStatus, TaskBudget, TaskId, TaskOptions, TaskStatus,
+    UnknownStatus, UnknownStepStatus,
 };
 pub use text::{excerpt, redact_url, shorten};

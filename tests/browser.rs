@@ -998,12 +998,7 @@ async fn the_plan_graph_fills_in_live_as_steps_run_side_by_side() {
 async fn the_experiment_page_charts_pass_rates_with_intervals_and_the_tests() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = scripted_app(&dir).await;
-    let mut passing = frame();
-    passing.extend([
-        ("work.1", code("def add(a, b):\n    return a + b"), None),
-        ("test.1", run_test_call(), None),
-    ]);
-    let fixed = seed_recording(&url, &passing).await;
+    let fixed = seed_recording(&url, &scripts::passing_first_attempt()).await;
     let broken = seed_recording(&url, &scripts::failing_first_attempt()).await;
     let mut response = app
         .client

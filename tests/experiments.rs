@@ -9,8 +9,29 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
-use crate::scripts::{code, failing_first_attempt, frame, run_test_call, seed_recording};
+use crate::scripts::{
+    failing_first_attempt, passing_first_attempt as scripts_passing, seed_recording,
+};
 use crate::self_correction::app_on_with;
+
+/// Posts experiment `spec`; returns its `Location` and body.
+async fn create(app: &TestApp, spec: &Value) -> (String, Value) {
+    let mut response = app
+        .client
+        .post(format!("{}/api/v1/experiments", app.address))
+        .send_json(spec)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let location = response
+        .headers()
+        .get("Location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (location, response.json().await.unwrap())
+}
 
 fn close(value: &Value, expected: f64) -> bool {
     value
@@ -36,12 +57,7 @@ async fn two_variants_are_compared_with_intervals_and_a_p_value() {
     let dir = tempfile::tempdir().unwrap();
     let (app, url) = app_on_with(&dir, 1, |_| {}).await;
     // A passing first attempt: the frame and the fixed code as attempt 1.
-    let mut passing = frame();
-    passing.extend([
-        ("work.1", code("def add(a, b):\n    return a + b"), None),
-        ("test.1", run_test_call(), None),
-    ]);
-    let fixed = seed_recording(&url, &passing).await;
+    let fixed = seed_recording(&url, &scripts_passing()).await;
     let broken = seed_recording(&url, &failing_first_attempt()).await;
 
     let spec = json!({
@@ -53,21 +69,7 @@ async fn two_variants_are_compared_with_intervals_and_a_p_value() {
             { "name": "broken", "prompt_template": "Careful: {prompt}", "options": { "replay_of": broken } }
         ]
     });
-    let mut response = app
-        .client
-        .post(format!("{}/api/v1/experiments", app.address))
-        .send_json(&spec)
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
-    let location = response
-        .headers()
-        .get("Location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let created: Value = response.json().await.unwrap();
+    let (location, created) = create(&app, &spec).await;
     assert_eq!(created["runs"], 8);
     let report = wait_until_completed(&app, &location).await;
 
@@ -195,12 +197,7 @@ async fn a_specification_that_cannot_run_is_refused_and_nothing_is_stored() {
 async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/cli.sqlite?mode=rwc", dir.path().display());
-    let mut passing = frame();
-    passing.extend([
-        ("work.1", code("def add(a, b):\n    return a + b"), None),
-        ("test.1", run_test_call(), None),
-    ]);
-    let fixed = seed_recording(&url, &passing).await;
+    let fixed = seed_recording(&url, &scripts_passing()).await;
     let broken = seed_recording(&url, &failing_first_attempt()).await;
     let spec = dir.path().join("experiment.json");
     std::fs::write(
@@ -271,4 +268,41 @@ async fn troupe_experiment_run_prints_the_comparison_as_aligned_tables() {
     let pair = row("fixed vs broken");
     assert_eq!(pair[3], "1.000", "{stdout}");
     assert_eq!(pair[4], "0.1000", "{stdout}");
+}
+
+#[actix_rt::test]
+async fn a_director_setting_is_a_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on_with(&dir, 3, |_| {}).await;
+    // Code that fails its test once, then passes: it needs two attempts.
+    let source = seed_recording(&url, &crate::scripts::fixed_on_second_attempt()).await;
+    let (location, _) = create(
+        &app,
+        &json!({
+            "prompts": ["Write add(a, b)"],
+            "repetitions": 2,
+            "variants": [
+                { "name": "one attempt", "options": { "replay_of": source, "director": { "code_attempts": 1 } } },
+                { "name": "two attempts", "options": { "replay_of": source, "director": { "code_attempts": 2 } } }
+            ]
+        }),
+    )
+    .await;
+    let report = wait_until_completed(&app, &location).await;
+    let passed: Vec<Option<u64>> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variant| variant["passed"].as_u64())
+        .collect();
+    assert_eq!(passed, vec![Some(0), Some(2)], "{report:#}");
+    // Out of its bounds, the setting is refused like any option.
+    let (status, body) = app
+        .post_task(&json!({ "prompt": "p", "options": { "director": { "code_attempts": 11 } } }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("options.director.code_attempts"));
 }

@@ -105,6 +105,16 @@ pub fn frame() -> Vec<Output> {
     ]
 }
 
+/// The frame and a first attempt whose `add` adds (its test passes at once).
+pub fn passing_first_attempt() -> Vec<Output> {
+    let mut outputs = frame();
+    outputs.extend([
+        ("work.1", code("def add(a, b):\n    return a + b"), None),
+        ("test.1", run_test_call(), None),
+    ]);
+    outputs
+}
+
 /// The frame and a first attempt whose `add` subtracts (its test fails with an AssertionError).
 pub fn failing_first_attempt() -> Vec<Output> {
     let mut outputs = frame();

@@ -103,12 +103,7 @@ impl Specialist for Qa {
                          for code, whether the functions are the ones the steps ask for and the tests call \
                          them. Reply in JSON with a verdict (pass or fail) and short feedback.",
                     ),
-                    ChatMessage::user(format!(
-                        "Task: {}{}{}",
-                        step.prompt,
-                        review_lines(step),
-                        earlier_work(step)
-                    )),
+                    ChatMessage::user(verification_input(step)),
                 ],
                 max_tokens: limits.verdict_tokens,
                 output: OutputSpec::Json { schema: verdict_schema() },
@@ -205,14 +200,9 @@ fn vote_request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
         purpose: vote_purpose(step.round, voter),
         messages: vec![
             ChatMessage::system(format!(
-                "You are one of several QA reviewers of a small team, and you look first at {lens}. Decide                  whether the work answers the task: pass or fail, then short feedback. Reply in JSON."
+                "You are one of several QA reviewers of a small team, and you look first at {lens}. Decide whether the work answers the task: pass or fail, then short feedback. Reply in JSON."
             )),
-            ChatMessage::user(format!(
-                "Task: {}{}{}",
-                step.prompt,
-                review_lines(step),
-                earlier_work(step)
-            )),
+            ChatMessage::user(verification_input(step)),
         ],
         max_tokens: limits.verdict_tokens,
         output: OutputSpec::Choice {
@@ -221,6 +211,16 @@ fn vote_request(step: &StepSpec, limits: &LlmLimits) -> LlmRequest {
             suffix: "\", \"feedback\": \"".to_owned(),
         },
     }
+}
+
+/// What a verification (a voter's too) is shown: the task, the code steps' review lines, the earlier work.
+fn verification_input(step: &StepSpec) -> String {
+    format!(
+        "Task: {}{}{}",
+        step.prompt,
+        review_lines(step),
+        earlier_work(step)
+    )
 }
 
 /// What the verification is told about the code steps (their instructions, the functions the code defines

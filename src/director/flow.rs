@@ -176,6 +176,8 @@ pub struct TaskFlow {
     board: RefCell<Board>,
     /// The current round of QA's verification: 1, then one more for each revision its `fail` asked for.
     round: u32,
+    /// The `[director]` settings of this task: the configured ones with its `options.director` over them.
+    settings: crate::config::DirectorSettings,
     /// The routing decision's content-free scores, fetched at the task's first assignment.
     content_free: Option<Result<Vec<ScoredOption>, &'static str>>,
     /// What is stored of a task taken over from a dead process, until the flow is rebuilt from it.
@@ -209,8 +211,10 @@ impl TaskFlow {
         director: Addr<Director>,
         cancel: CancellationToken,
     ) -> Self {
+        let settings = deps.settings.for_task(start.options.director.as_ref());
         TaskFlow {
             task_id,
+            settings,
             prompt: start.prompt,
             options: start.options,
             deps,
@@ -439,13 +443,13 @@ impl TaskFlow {
         mut verdict: Option<Verdict>,
         llm: &Arc<TaskModels>,
     ) -> Result<Option<Verdict>, FlowError> {
-        let revisions = self.deps.settings.qa_revisions;
+        let revisions = self.settings.qa_revisions;
         let counter = self.deps.agent.metrics.qa_revisions.clone();
         loop {
             let Some(failed) = verdict.clone().filter(|found| found.verdict == "fail") else {
                 return Ok(verdict);
             };
-            if self.deps.settings.qa_verdict == QaVerdictMode::Advisory {
+            if self.settings.qa_verdict == QaVerdictMode::Advisory {
                 counter.with_label_values(&["advisory"]).inc();
                 return Ok(verdict);
             }
@@ -713,7 +717,7 @@ impl TaskFlow {
             calibration: why,
             reasoning: choice.reasoning,
         };
-        if !self.deps.settings.calibrate_routing {
+        if !self.settings.calibrate_routing {
             return Ok(uncalibrated(choice, "off"));
         }
         if !choice.scored {

@@ -60,8 +60,9 @@ pub struct Variant {
     /// The task's prompt, with `{prompt}` where the experiment's prompt goes (default: the prompt alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_template: Option<String>,
-    /// The task options every run of this variant gets: `max_steps`, `budget`, `consensus`, `replay_of` and
-    /// `on_divergence` (a replay of a recording per variant gives known figures).
+    /// The task options every run of this variant gets: `max_steps`, `budget`, `consensus`, `director` (its
+    /// own `[director]` settings: code attempts, QA's verdict and revisions, calibration, code relevance),
+    /// `replay_of` and `on_divergence` (a replay of a recording per variant gives known figures).
     #[serde(
         default,
         deserialize_with = "super::json_types::optional_object",

@@ -221,6 +221,52 @@ pub struct TaskOptions {
         deserialize_with = "super::json_types::optional_object"
     )]
     pub consensus: Option<super::consensus::ConsensusSpec>,
+    /// Director settings of this task's own, over the configured `[director]` (an experiment's variant).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_object"
+    )]
+    pub director: Option<DirectorOptions>,
+}
+
+/// What QA's final verdict does (`director.qa_verdict`, or a task's `options.director.qa_verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QaVerdictMode {
+    /// `fail` sends the work back for revision (`director.qa_revisions`), then fails the task.
+    Decides,
+    /// The verdict is recorded (event, result) and the task completes whatever it says.
+    Advisory,
+}
+
+/// `[director]` settings a task may set for itself, each over the configured one when given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorOptions {
+    /// Attempts Code gets at a code step, 1..=10.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_whole"
+    )]
+    pub code_attempts: Option<u32>,
+    /// Whether QA's verdict decides or is only recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa_verdict: Option<QaVerdictMode>,
+    /// Revisions a `fail` verdict sends the work back for, 0..=3.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::json_types::optional_whole"
+    )]
+    pub qa_revisions: Option<u32>,
+    /// Whether the agent choice is calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrate_routing: Option<bool>,
+    /// Least similarity of accepted code to the task, 0..=1 (0: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_code_relevance: Option<f32>,
 }
 
 impl TaskOptions {

@@ -11,8 +11,9 @@
 //! - per pair of variants: Fisher's exact test (two-sided) on the pass counts with the difference in pass
 //!   rate and Cohen's h, and the Mann-Whitney U test on the latencies with the rank-biserial correlation.
 //!
-//! Not built: a variant of another model, provider or any other setting than the task options (a task takes
-//! the process's configuration), resuming an experiment's runner after its process died (its submitted
+//! A variant's settings are its task options: `max_steps`, `budget`, `consensus` and `director` (the
+//! `[director]` settings a task may set for itself). Not built: a variant of another model, provider, or an
+//! `[llm]`/`[memory]` setting (a task takes the process's), resuming an experiment's runner after its process died (its submitted
 //! tasks are resumed like any other; runs not yet submitted stay so), and a live A/B at one decision.
 
 pub mod stats;

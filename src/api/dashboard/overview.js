@@ -28,6 +28,7 @@ async function loadAgents() {
       h("td", {}, agentChip(agent.name)),
       h("td", {}, badge(agent.status === "running" && agent.in_flight > 0 ? "running" : agent.status === "running" ? "ready" : agent.status, agent.status)),
       h("td", { class: "num" }, count(agent.in_flight)),
+      h("td", { class: "num", title: Array.isArray(agent.busy) ? `steps in flight per instance: ${agent.busy.join(" · ")}` : "" }, count(agent.instances)),
       h("td", { class: "num" }, count(agent.mailbox_depth)),
       h("td", { class: "num" }, count(agent.restarts)),
       h(
@@ -44,7 +45,7 @@ async function loadAgents() {
     h(
       "table",
       { class: "agents" },
-      h("thead", {}, h("tr", {}, h("th", { text: "agent" }), h("th", { text: "status" }), h("th", { class: "num", text: "in flight" }), h("th", { class: "num", text: "mailbox" }), h("th", { class: "num", text: "restarts" }), h("th", { text: "current tasks" }))),
+      h("thead", {}, h("tr", {}, h("th", { text: "agent" }), h("th", { text: "status" }), h("th", { class: "num", text: "in flight" }), h("th", { class: "num", text: "instances" }), h("th", { class: "num", text: "mailbox" }), h("th", { class: "num", text: "restarts" }), h("th", { text: "current tasks" }))),
       h("tbody", {}, rows),
     ),
   );

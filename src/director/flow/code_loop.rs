@@ -129,7 +129,7 @@ impl TaskFlow {
             });
             return Ok(output);
         }
-        let attempts = self.deps.settings.code_attempts.max(1);
+        let attempts = self.settings.code_attempts.max(1);
         let memory = self.deps.agent.memory.clone();
         // A replay or fork learns nothing and scores nothing (it repeats its source), but looks up the fixes
         // its source was offered (through its view of memory), so that Code is asked what was recorded.
@@ -172,7 +172,7 @@ impl TaskFlow {
                 _ => None,
             };
             let off_task = relevance.and_then(|score| {
-                let bar = self.deps.settings.min_code_relevance;
+                let bar = self.settings.min_code_relevance;
                 (score < bar).then(|| {
                     let functions = check
                         .as_ref()
@@ -288,7 +288,7 @@ impl TaskFlow {
     /// embedding failed (logged): the check then rejects nothing.
     async fn relevance(&self, position: usize, submission: &CodeSubmission) -> Option<f32> {
         let memory = &self.deps.agent.memory;
-        if self.deps.settings.min_code_relevance <= 0.0 || !memory.enabled() {
+        if self.settings.min_code_relevance <= 0.0 || !memory.enabled() {
             return None;
         }
         let texts = vec![

@@ -133,15 +133,7 @@ impl TaskFlow {
             .steps
             .iter()
             .filter(|step| step.kind == StepKind::Work)
-            .map(|step| {
-                json!({
-                    "idx": step.idx,
-                    "agent": step.agent,
-                    "instruction": step.instruction,
-                    "depends_on": step.depends_on,
-                    "output": step.output,
-                })
-            })
+            .map(work_step)
             .collect();
         let answer = board
             .steps
@@ -240,15 +232,7 @@ impl TaskFlow {
             .steps
             .iter()
             .filter(|step| step.kind == StepKind::Work && step.status == StepStatus::Done)
-            .map(|step| {
-                json!({
-                    "idx": step.idx,
-                    "agent": step.agent,
-                    "instruction": step.instruction,
-                    "depends_on": step.depends_on,
-                    "output": step.output,
-                })
-            })
+            .map(work_step)
             .collect();
         let partial = json!({
             "partial": true,
@@ -279,4 +263,15 @@ impl TaskFlow {
             }
         }
     }
+}
+
+/// A work step as a result lists it.
+fn work_step(step: &super::PlannedStep) -> serde_json::Value {
+    json!({
+        "idx": step.idx,
+        "agent": step.agent,
+        "instruction": step.instruction,
+        "depends_on": step.depends_on,
+        "output": step.output,
+    })
 }
