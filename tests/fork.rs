@@ -764,3 +764,57 @@ async fn a_fork_on_postgres_replays_step_one_and_runs_the_rest_live() {
     drop(app);
     database.drop_now().await;
 }
+
+/// A live A/B at one decision is an experiment of two forks: both fork the source at step 2, one keeping
+/// the model's agent and one overriding it; each run goes live from step 2 and the report compares them.
+#[actix_rt::test]
+async fn an_experiment_of_two_forks_is_a_live_ab_at_one_decision() {
+    let script = script();
+    let (app, _core) = script_app(Arc::clone(&script), None, |_| {}).await;
+    let source = source(&app, &script).await;
+    let fork = |chosen: &str| {
+        json!({ "task": source, "from_step": 2,
+                "override": { "decision": "assign_agent", "step": 2, "chosen": chosen } })
+    };
+    let (status, body) = app
+        .post_json(
+            "/api/v1/experiments",
+            &json!({
+                "name": "step 2: research or qa",
+                "prompts": [PROMPT],
+                "variants": [
+                    { "name": "research", "options": { "fork_of": fork("research") } },
+                    { "name": "qa", "options": { "fork_of": fork("qa") } }
+                ]
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let location = format!("/api/v1/experiments/{}", body["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let report = loop {
+        let (_, report) = app.get(&location).await;
+        if report["status"] == "completed" {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for run in report["runs"].as_array().unwrap() {
+        let task = app.ended(run["task"].as_str().unwrap()).await;
+        assert_eq!(task["steps"][1]["agent"], run["variant"], "{task}");
+        let log = app.events(task["id"].as_str().unwrap()).await;
+        assert_eq!(
+            of_kind(&log, "task.forked")[0]["data"]["override"]["chosen"],
+            run["variant"]
+        );
+    }
+    let ended: Vec<u64> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variant| variant["ended"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ended, vec![1, 1], "{report:#}");
+    assert_eq!(report["pairs"].as_array().unwrap().len(), 1);
+}

@@ -12,9 +12,13 @@
 //!   rate and Cohen's h, and the Mann-Whitney U test on the latencies with the rank-biserial correlation.
 //!
 //! A variant's settings are its task options: `max_steps`, `budget`, `consensus` and `director` (the
-//! `[director]` settings a task may set for itself). Not built: a variant of another model, provider, or an
-//! `[llm]`/`[memory]` setting (a task takes the process's), resuming an experiment's runner after its process died (its submitted
-//! tasks are resumed like any other; runs not yet submitted stay so), and a live A/B at one decision.
+//! `[director]` settings a task may set for itself). A variant may also be a fork (`fork_of`): two variants
+//! forking one finished task at the same decision with different overrides are a live A/B at that
+//! decision, each repetition going live from the fork's step (give the source's prompt as the experiment's).
+//!
+//! Not built: a variant of another model, provider, or an `[llm]`/`[memory]` setting (a task takes the
+//! process's), and resuming an experiment's runner after its process died (its submitted tasks are resumed
+//! like any other; runs not yet submitted stay so).
 
 pub mod stats;
 
@@ -62,7 +66,8 @@ pub enum ExperimentError {
     Storage(#[from] StorageError),
 }
 
-/// Checks what a specification asks for on its own (the runs are checked by the core).
+/// Checks what a specification asks for on its own (the runs are checked by the core, a fork's against its
+/// source).
 fn check_spec(spec: &ExperimentSpec) -> Result<(), ExperimentError> {
     let invalid = |message: String| Err(ExperimentError::Invalid(message));
     if spec.prompts.is_empty() || spec.prompts.len() > MAX_PROMPTS {
@@ -102,16 +107,6 @@ fn check_spec(spec: &ExperimentSpec) -> Result<(), ExperimentError> {
                     variant.name
                 ));
             }
-        }
-        if variant
-            .options
-            .as_ref()
-            .is_some_and(|options| options.fork_of.is_some())
-        {
-            return invalid(format!(
-                "variant '{}': fork_of is not a variant's option (a fork is one task of its own)",
-                variant.name
-            ));
         }
     }
     Ok(())
