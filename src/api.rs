@@ -227,8 +227,9 @@ pub fn allowed_methods() -> &'static std::collections::HashMap<String, String> {
 /// The OpenAPI document as this server serves it.
 struct OpenApi(String);
 
-/// [`OPENAPI`] with what depends on the settings filled in: the most steps a task may ask for is the
-/// configured `director.max_steps`, so that the document says what the server checks.
+/// [`OPENAPI`] with what depends on the settings filled in, so that the document says what the server
+/// checks: the most steps a task may ask for (the configured `director.max_steps`) and the named models it
+/// may pick (`[llm.models.<name>]`).
 fn document_for(core: &Core) -> String {
     let Ok(mut document) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
         return OPENAPI.to_owned();
@@ -238,6 +239,16 @@ fn document_for(core: &Core) -> String {
         document.pointer_mut("/components/schemas/TaskOptions/properties/max_steps")
     {
         bound["maximum"] = serde_json::json!(max_steps);
+    }
+    if let Some(model) = document.pointer_mut("/components/schemas/TaskOptions/properties/model") {
+        let mut names: Vec<serde_json::Value> = core
+            .llm
+            .names()
+            .into_iter()
+            .map(serde_json::Value::from)
+            .collect();
+        names.push(serde_json::Value::Null);
+        model["enum"] = serde_json::Value::Array(names);
     }
     document.to_string()
 }

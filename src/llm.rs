@@ -462,6 +462,7 @@ pub async fn start_provider(
 }
 
 /// Starts every configured model once: the primary (`[llm]`), the agents' own (`[llm.agents.<agent>]`), the
+/// named ones a task may pick (`[llm.models.<name>]`), the
 /// cloud fallback (`llm.fallback`, only with `[llm.groq] enabled`) and the budget's downgrade model
 /// (`budget.on_exceed = "downgrade"`); an endpoint named twice shares one provider.
 pub async fn start_models(
@@ -486,6 +487,11 @@ pub async fn start_models(
         }
     }
     models = models.with_agents(agents);
+    let mut named = std::collections::BTreeMap::new();
+    for (name, over) in &settings.models {
+        named.insert(name.clone(), start(settings.resolve(over)).await?);
+    }
+    models = models.with_named(named);
     if settings.fallback == FallbackTarget::Groq && settings.groq.enabled {
         models = models.with_fallback(start(settings.groq_endpoint()).await?);
     }

@@ -587,6 +587,20 @@ impl Core {
                 )));
             }
         }
+        if let Some(model) = &options.model {
+            let names = self.llm.names();
+            if !names.contains(model) {
+                return Err(SubmitError::InvalidOption(format!(
+                    "options.model '{}' is not a configured model; [llm.models.<name>] names: {}",
+                    crate::domain::shorten(model, 64),
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
         if let Some(director) = options.director {
             if let Some(attempts) = director.code_attempts.filter(|n| !(1..=10).contains(n)) {
                 return Err(SubmitError::InvalidOption(format!(

@@ -1113,3 +1113,92 @@ async fn a_pause_inside_a_step_does_not_count_against_the_step_timeout() {
         assert!(!error.contains("cloud fallback"), "{task}");
     }
 }
+
+/// An experiment of two models: the embedded one (the configured `[llm]`) against the same weights behind
+/// `llama-server`, named `[llm.models.server]` and picked by one variant's `options.model`. Each run's model
+/// calls go to its variant's provider, and the report compares them; an unknown model is a 400.
+#[actix_rt::test]
+async fn an_experiment_compares_the_embedded_model_with_a_named_server_model() {
+    let base_url = llama_server().to_owned();
+    let app = spawn_app_with(move |settings| {
+        settings.llm.models.insert(
+            "server".into(),
+            troupe::config::ModelOverride {
+                provider: Some(ProviderKind::Openai),
+                model: Some("SmolLM2-135M-Instruct".into()),
+                base_url: Some(base_url),
+            },
+        );
+    })
+    .await;
+    let (_, agents) = app.get("/api/v1/agents").await;
+    assert_eq!(
+        agents["models"]["named"]["server"]["provider"], "openai",
+        "{agents}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = app
+        .post_json(
+            "/api/v1/experiments",
+            &json!({
+                "prompts": ["What is the capital of France?"],
+                "variants": [
+                    { "name": "embedded", "options": { "max_steps": 1 } },
+                    { "name": "server", "options": { "max_steps": 1, "model": "server" } }
+                ]
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let location = format!("/api/v1/experiments/{}", body["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let report = loop {
+        let (_, report) = app.get(&location).await;
+        if report["status"] == "completed" {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "{report:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for run in report["runs"].as_array().unwrap() {
+        let task = run["task"].as_str().unwrap();
+        let (_, calls) = app.get(&format!("/api/v1/tasks/{task}/llm-calls")).await;
+        let providers: std::collections::BTreeSet<&str> = calls["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|call| call["provider"].as_str())
+            .filter(|provider| !provider.ends_with("(cached)"))
+            .collect();
+        let expected = if run["variant"] == "server" {
+            "openai"
+        } else {
+            "llama.cpp"
+        };
+        assert_eq!(
+            providers.into_iter().collect::<Vec<_>>(),
+            vec![expected],
+            "{calls:#}"
+        );
+    }
+    assert_eq!(report["variants"][0]["ended"], 1, "{report:#}");
+    assert_eq!(report["variants"][1]["ended"], 1, "{report:#}");
+    let (status, body) = app
+        .post_json(
+            "/api/v1/tasks",
+            &json!({ "prompt": "p", "options": { "model": "nowhere" } }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[llm.models.<name>] names: server"),
+        "{body}"
+    );
+}

@@ -212,6 +212,10 @@ pub struct LlmSettings {
     /// Per-agent models (`[llm.agents.code] model = "..."`), over the primary.
     #[serde(default)]
     pub agents: BTreeMap<String, ModelOverride>,
+    /// Named models a task may run on instead (`[llm.models.<name>]`, each over the primary; a task's
+    /// `options.model`, an experiment's variant): every agent of that task uses it.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelOverride>,
     /// The opt-in cloud provider.
     pub groq: GroqSettings,
     /// Where a call goes when the primary fails.
@@ -339,6 +343,20 @@ impl LlmSettings {
                 Err(_) => problems.push(format!(
                     "llm.agents.{name}: '{name}' is not an agent (director, research, code, qa)"
                 )),
+            }
+        }
+        for (name, over) in &self.models {
+            let fits = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if fits {
+                endpoints.push((format!("llm.models.{name}"), self.resolve(over)));
+            } else {
+                problems.push(format!(
+                    "llm.models.{name}: a model's name is 1..=64 letters, digits, '-', '_' or '.'"
+                ));
             }
         }
         if budget.on_exceed == OnExceed::Downgrade {

@@ -84,6 +84,9 @@ pub enum FlowError {
         #[source]
         source: DispatchError,
     },
+    /// The task picked a named model this process does not configure (submitted to another node).
+    #[error("the task asks for the model '{0}', which this process does not configure ([llm.models.{0}])")]
+    UnknownModel(String),
     /// Replay was asked for but is impossible.
     #[error("replay: {0}")]
     Replay(String),
@@ -541,8 +544,16 @@ impl TaskFlow {
                 max_cost_usd: budget.max_cost_usd.or(policy.limits.max_cost_usd),
             };
         }
-        self.with_rerun(TaskModels::new(self.deps.llm.clone(), policy))
-            .await
+        // A task that picked a named model runs every agent on it (an experiment's variant).
+        let models = match &self.options.model {
+            Some(name) => self
+                .deps
+                .llm
+                .picking(name)
+                .ok_or_else(|| FlowError::UnknownModel(name.clone()))?,
+            None => self.deps.llm.clone(),
+        };
+        self.with_rerun(TaskModels::new(models, policy)).await
     }
 
     async fn plan(&self, llm: &TaskModels) -> Result<Plan, FlowError> {

@@ -221,6 +221,9 @@ pub struct TaskOptions {
         deserialize_with = "super::json_types::optional_object"
     )]
     pub consensus: Option<super::consensus::ConsensusSpec>,
+    /// The named model (`[llm.models.<name>]`) every agent of this task uses instead of the configured ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Director settings of this task's own, over the configured `[director]` (an experiment's variant).
     #[serde(
         default,

@@ -34,6 +34,8 @@ pub struct Models {
     agents: BTreeMap<AgentKind, Arc<dyn LlmProvider>>,
     fallback: Option<Arc<dyn LlmProvider>>,
     downgrade: Option<Arc<dyn LlmProvider>>,
+    /// The named models a task may run on (`[llm.models.<name>]`).
+    named: BTreeMap<String, Arc<dyn LlmProvider>>,
 }
 
 impl Models {
@@ -44,7 +46,32 @@ impl Models {
             agents: BTreeMap::new(),
             fallback: None,
             downgrade: None,
+            named: BTreeMap::new(),
         }
+    }
+
+    /// The named models a task may pick (`options.model`).
+    pub fn with_named(mut self, named: BTreeMap<String, Arc<dyn LlmProvider>>) -> Self {
+        self.named = named;
+        self
+    }
+
+    /// The names of the models a task may pick, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.named.keys().cloned().collect()
+    }
+
+    /// The models of a task that picked the named model `name`: it serves every agent (the agents' own
+    /// models give way to it); the fallback and the downgrade stay. `None` when no model has that name.
+    pub fn picking(&self, name: &str) -> Option<Models> {
+        let chosen = self.named.get(name)?;
+        Some(Models {
+            primary: Arc::clone(chosen),
+            agents: BTreeMap::new(),
+            fallback: self.fallback.clone(),
+            downgrade: self.downgrade.clone(),
+            named: self.named.clone(),
+        })
     }
 
     /// Per-agent providers over the primary.
@@ -87,7 +114,8 @@ impl Models {
             .agents
             .values()
             .chain(self.fallback.iter())
-            .chain(self.downgrade.iter());
+            .chain(self.downgrade.iter())
+            .chain(self.named.values());
         for provider in others {
             if !seen.iter().any(|known| Arc::ptr_eq(known, provider)) {
                 seen.push(provider);
@@ -108,6 +136,15 @@ impl Models {
         }
         if let Some(downgrade) = &self.downgrade {
             described.insert("downgrade".into(), named(downgrade));
+        }
+        if !self.named.is_empty() {
+            // The models a task may pick with `options.model`.
+            let picks: serde_json::Map<String, serde_json::Value> = self
+                .named
+                .iter()
+                .map(|(name, provider)| (name.clone(), named(provider)))
+                .collect();
+            described.insert("named".into(), serde_json::Value::Object(picks));
         }
         serde_json::Value::Object(described)
     }

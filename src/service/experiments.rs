@@ -16,8 +16,8 @@
 //! forking one finished task at the same decision with different overrides are a live A/B at that
 //! decision, each repetition going live from the fork's step (give the source's prompt as the experiment's).
 //!
-//! Not built: a variant of another model, provider, or an `[llm]`/`[memory]` setting (a task takes the
-//! process's), and resuming an experiment's runner after its process died (its submitted tasks are resumed
+//! A variant's `model` picks one of the process's named models (`[llm.models.<name>]`). Not built: other
+//! `[llm]`/`[memory]` settings per variant, and resuming an experiment's runner after its process died (its submitted tasks are resumed
 //! like any other; runs not yet submitted stay so).
 
 pub mod stats;
