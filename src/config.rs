@@ -697,15 +697,15 @@ impl Settings {
         if self.director.step_timeout_seconds == 0 {
             problems.push("director.step_timeout_seconds: must be positive".into());
         }
-        if !(1..=10).contains(&self.director.code_attempts) {
-            problems.push("director.code_attempts: must be within 1..=10".into());
-        }
-        if !(0.0..=1.0).contains(&self.director.min_code_relevance) {
-            problems.push("director.min_code_relevance: must be within 0..=1".into());
-        }
-        if self.director.qa_revisions > 3 {
-            problems.push("director.qa_revisions: must be within 0..=3".into());
-        }
+        problems.extend(
+            crate::domain::DirectorOptions {
+                code_attempts: Some(self.director.code_attempts),
+                qa_revisions: Some(self.director.qa_revisions),
+                min_code_relevance: Some(self.director.min_code_relevance),
+                ..crate::domain::DirectorOptions::default()
+            }
+            .problems("director"),
+        );
         problems.extend(self.sandbox.problems());
         if self.supervision.window_seconds == 0 {
             problems.push("supervision.window_seconds: must be positive".into());

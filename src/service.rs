@@ -601,25 +601,11 @@ impl Core {
                 )));
             }
         }
-        if let Some(director) = options.director {
-            if let Some(attempts) = director.code_attempts.filter(|n| !(1..=10).contains(n)) {
-                return Err(SubmitError::InvalidOption(format!(
-                    "options.director.code_attempts must be within 1..=10, got {attempts}"
-                )));
-            }
-            if let Some(revisions) = director.qa_revisions.filter(|n| *n > 3) {
-                return Err(SubmitError::InvalidOption(format!(
-                    "options.director.qa_revisions must be within 0..=3, got {revisions}"
-                )));
-            }
-            if let Some(bar) = director
-                .min_code_relevance
-                .filter(|bar| !(bar.is_finite() && (0.0..=1.0).contains(bar)))
-            {
-                return Err(SubmitError::InvalidOption(format!(
-                    "options.director.min_code_relevance must be within 0..=1, got {bar}"
-                )));
-            }
+        if let Some(problem) = options
+            .director
+            .and_then(|director| director.problems("options.director").into_iter().next())
+        {
+            return Err(SubmitError::InvalidOption(problem));
         }
         if let Some(budget) = options.budget {
             if budget.max_tokens == Some(0) {

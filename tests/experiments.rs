@@ -39,8 +39,9 @@ fn close(value: &Value, expected: f64) -> bool {
         .is_some_and(|found| (found - expected).abs() < 1e-4)
 }
 
-async fn wait_until_completed(app: &TestApp, location: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
+/// Reads the experiment at `location` until it is completed, at most `limit`.
+pub(crate) async fn wait_until_completed(app: &TestApp, location: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
     loop {
         let (status, experiment) = app.get(location).await;
         assert_eq!(status, 200, "{experiment}");
@@ -71,7 +72,7 @@ async fn two_variants_are_compared_with_intervals_and_a_p_value() {
     });
     let (location, created) = create(&app, &spec).await;
     assert_eq!(created["runs"], 8);
-    let report = wait_until_completed(&app, &location).await;
+    let report = wait_until_completed(&app, &location, Duration::from_secs(180)).await;
 
     let variants = report["variants"].as_array().unwrap();
     let (fixed, broken) = (&variants[0], &variants[1]);
@@ -288,7 +289,7 @@ async fn a_director_setting_is_a_variant() {
         }),
     )
     .await;
-    let report = wait_until_completed(&app, &location).await;
+    let report = wait_until_completed(&app, &location, Duration::from_secs(180)).await;
     let passed: Vec<Option<u64>> = report["variants"]
         .as_array()
         .unwrap()

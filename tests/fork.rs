@@ -791,15 +791,12 @@ async fn an_experiment_of_two_forks_is_a_live_ab_at_one_decision() {
         .await;
     assert_eq!(status, 201, "{body}");
     let location = format!("/api/v1/experiments/{}", body["id"].as_str().unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let report = loop {
-        let (_, report) = app.get(&location).await;
-        if report["status"] == "completed" {
-            break report;
-        }
-        assert!(std::time::Instant::now() < deadline, "{report:#}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let report = crate::experiments::wait_until_completed(
+        &app,
+        &location,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     for run in report["runs"].as_array().unwrap() {
         let task = app.ended(run["task"].as_str().unwrap()).await;
         assert_eq!(task["steps"][1]["agent"], run["variant"], "{task}");

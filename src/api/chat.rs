@@ -288,17 +288,25 @@ struct Streaming {
 }
 
 impl Streaming {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let id = self.guard.id;
-        let chunk = json!({
-            "id": format!("chatcmpl-{id}"),
+    /// A `chat.completion.chunk` event of `choices`, with one more field (`troupe` or `usage`).
+    fn frame(&self, choices: Value, (key, value): (&str, Value)) -> Bytes {
+        let mut chunk = json!({
+            "id": format!("chatcmpl-{}", self.guard.id),
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": MODEL,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }],
-            "troupe": troupe_field(id, None),
+            "choices": choices,
         });
+        chunk[key] = value;
         sse(&chunk)
+    }
+
+    /// A chunk of one choice's `delta`, ending with `finish` when given; `status` once the task ended.
+    fn chunk(&self, delta: Value, finish: Option<&str>, status: Option<TaskStatus>) -> Bytes {
+        self.frame(
+            json!([{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null }]),
+            ("troupe", troupe_field(self.guard.id, status)),
+        )
     }
 
     /// The next server-sent event, `None` after `[DONE]`.
@@ -307,7 +315,11 @@ impl Streaming {
             match std::mem::replace(&mut self.phase, Phase::Over) {
                 Phase::Start => {
                     self.phase = Phase::Progress;
-                    return Some(self.chunk(json!({ "role": "assistant", "content": "" }), None));
+                    return Some(self.chunk(
+                        json!({ "role": "assistant", "content": "" }),
+                        None,
+                        None,
+                    ));
                 }
                 Phase::Progress => match self.subscription.next().await {
                     Ok(Some(event)) => {
@@ -316,7 +328,11 @@ impl Streaming {
                             continue;
                         }
                         if let Some(line) = progress_line(event.kind, event.agent, &event.data) {
-                            return Some(self.chunk(json!({ "reasoning_content": line }), None));
+                            return Some(self.chunk(
+                                json!({ "reasoning_content": line }),
+                                None,
+                                None,
+                            ));
                         }
                     }
                     Ok(None) => {
@@ -327,19 +343,14 @@ impl Streaming {
                                 Err(error) => (error.to_string(), TaskStatus::Failed, Value::Null),
                             };
                         self.phase = Phase::Usage(usage);
-                        let mut last = self.chunk(json!({ "content": text }), None);
-                        let end = json!({
-                            "id": format!("chatcmpl-{}", self.guard.id),
-                            "object": "chat.completion.chunk",
-                            "created": self.created,
-                            "model": MODEL,
-                            "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop", "logprobs": null }],
-                            "troupe": troupe_field(self.guard.id, Some(status)),
-                        });
-                        let mut joined = last.to_vec();
-                        joined.extend_from_slice(&sse(&end));
-                        last = Bytes::from(joined);
-                        return Some(last);
+                        let mut joined =
+                            self.chunk(json!({ "content": text }), None, None).to_vec();
+                        joined.extend_from_slice(&self.chunk(
+                            json!({}),
+                            Some("stop"),
+                            Some(status),
+                        ));
+                        return Some(Bytes::from(joined));
                     }
                     Err(error) => {
                         tracing::warn!(task_id = %self.guard.id, %error, "read a chat completion's events");
@@ -348,21 +359,14 @@ impl Streaming {
                         return Some(self.chunk(
                             json!({ "content": format!("Troupe could not read the task's events: {error}") }),
                             Some("stop"),
+                            None,
                         ));
                     }
                 },
                 Phase::Usage(usage) => {
                     self.phase = Phase::Done;
                     if self.include_usage {
-                        let chunk = json!({
-                            "id": format!("chatcmpl-{}", self.guard.id),
-                            "object": "chat.completion.chunk",
-                            "created": self.created,
-                            "model": MODEL,
-                            "choices": [],
-                            "usage": usage,
-                        });
-                        return Some(sse(&chunk));
+                        return Some(self.frame(json!([]), ("usage", usage)));
                     }
                 }
                 Phase::Done => {

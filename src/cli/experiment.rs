@@ -29,11 +29,17 @@ pub async fn run(settings: Settings, file: &Path, json: bool) -> anyhow::Result<
                 experiment.runs.len(),
                 core.settings.director.max_concurrent_tasks
             );
-            // The runner was started by the core; wait for it by following the experiment's row.
+            // The runner was started by the core; wait for it by following the experiment's row (its
+            // status alone), then compute the report once.
             loop {
-                let report = core.experiment_report(experiment.id).await?;
-                if report["status"] == "completed" {
-                    break Ok(report);
+                let stored = core.storage.experiment(experiment.id).await?;
+                if stored.is_some_and(|stored| {
+                    stored.status == crate::domain::experiment::ExperimentStatus::Completed
+                }) {
+                    break core
+                        .experiment_report(experiment.id)
+                        .await
+                        .map_err(anyhow::Error::from);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }

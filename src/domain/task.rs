@@ -272,6 +272,43 @@ pub struct DirectorOptions {
     pub min_code_relevance: Option<f32>,
 }
 
+impl DirectorOptions {
+    /// Most attempts Code may get at a code step.
+    pub const MAX_CODE_ATTEMPTS: u32 = 10;
+    /// Most revisions QA's `fail` may ask for.
+    pub const MAX_QA_REVISIONS: u32 = 3;
+
+    /// What is out of bounds here, each named under `at` (`director`, `options.director`): the one check
+    /// of these bounds, for the configuration and for a task's options alike.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(attempts) = self
+            .code_attempts
+            .filter(|n| !(1..=Self::MAX_CODE_ATTEMPTS).contains(n))
+        {
+            problems.push(format!(
+                "{at}.code_attempts: must be within 1..={}, got {attempts}",
+                Self::MAX_CODE_ATTEMPTS
+            ));
+        }
+        if let Some(revisions) = self.qa_revisions.filter(|n| *n > Self::MAX_QA_REVISIONS) {
+            problems.push(format!(
+                "{at}.qa_revisions: must be within 0..={}, got {revisions}",
+                Self::MAX_QA_REVISIONS
+            ));
+        }
+        if let Some(bar) = self
+            .min_code_relevance
+            .filter(|bar| !(bar.is_finite() && (0.0..=1.0).contains(bar)))
+        {
+            problems.push(format!(
+                "{at}.min_code_relevance: must be within 0..=1, got {bar}"
+            ));
+        }
+        problems
+    }
+}
+
 impl TaskOptions {
     /// The task whose recording this one re-runs (a replay's or a fork's source), if any.
     pub fn rerun_of(&self) -> Option<TaskId> {

@@ -288,15 +288,14 @@ impl Core {
             .variants
             .iter()
             .zip(&mut samples)
-            .map(|(variant, sample)| {
+            .enumerate()
+            .map(|(index, (variant, sample))| {
                 sample.latencies.sort_by(f64::total_cmp);
                 let (low, high) = stats::wilson(sample.passed, sample.ended);
-                let per_run = |total: f64| {
-                    (sample.ended > 0).then(|| total / sample.ended as f64)
-                };
+                let per_run = |total: f64| (sample.ended > 0).then(|| total / sample.ended as f64);
                 json!({
                     "name": variant.name,
-                    "runs": experiment.runs.iter().filter(|run| experiment.spec.variants[run.variant].name == variant.name).count(),
+                    "runs": experiment.runs.iter().filter(|run| run.variant == index).count(),
                     "ended": sample.ended,
                     "passed": sample.passed,
                     "pass_rate": sample.rate(),
