@@ -316,22 +316,27 @@ ensure_redis() {
 # bubblewrap needs user namespaces; without them the sandbox refuses to run code (and says so at /readyz).
 # schemathesis (PyPI) checks a running server against its OpenAPI document (tests/schemathesis.rs), from a venv
 # in the cache outside the checkout: $TROUPE_CACHE/schemathesis-VERSION/bin/schemathesis. Debian's python3-venv
-# (ensurepip) is installed where the venv module cannot make one.
+# (ensurepip) is installed where the venv module cannot make one. Every package in the venv is pinned by
+# tests/data/schemathesis-requirements.txt (what `pip freeze` printed), so a fresh machine runs the same
+# hypothesis as the last one; a venv made from other pins is made again.
 SCHEMATHESIS=4.32.5
 SCHEMATHESIS_VENV="$TROUPE_CACHE/schemathesis-$SCHEMATHESIS"
+SCHEMATHESIS_PINS="$root/tests/data/schemathesis-requirements.txt"
 ensure_schemathesis() {
-  local bin="$SCHEMATHESIS_VENV/bin/schemathesis"
-  # .complete is written last: a venv an interrupted run left half made is made again.
-  if [ -f "$SCHEMATHESIS_VENV/.complete" ] && "$bin" --version >/dev/null 2>&1; then
+  local bin="$SCHEMATHESIS_VENV/bin/schemathesis" pins
+  pins=$(sha256sum "$SCHEMATHESIS_PINS" | cut -d' ' -f1)
+  # .complete is written last and holds the pins' digest: a venv an interrupted run left half made, or one
+  # made from other pins, is made again.
+  if [ "$(cat "$SCHEMATHESIS_VENV/.complete" 2>/dev/null)" = "$pins" ] && "$bin" --version >/dev/null 2>&1; then
     log "schemathesis $SCHEMATHESIS present: $bin"; return
   fi
   python3 -c 'import ensurepip' 2>/dev/null || need_debs python3-venv
   rm -rf "$SCHEMATHESIS_VENV"
   log "installing schemathesis $SCHEMATHESIS with pip into $SCHEMATHESIS_VENV"
   python3 -m venv "$SCHEMATHESIS_VENV"
-  "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet "schemathesis==$SCHEMATHESIS"
+  "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --requirement "$SCHEMATHESIS_PINS"
   "$bin" --version >/dev/null
-  touch "$SCHEMATHESIS_VENV/.complete"
+  echo "$pins" > "$SCHEMATHESIS_VENV/.complete"
 }
 
 check_sandbox() {

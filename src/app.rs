@@ -53,6 +53,9 @@ impl Application {
             })?
             .port();
         let core = Arc::new(Core::start(settings).await?);
+        // The experiments of a process that died are run on by this one (their tasks are taken over by
+        // `Core::start`).
+        core.watch_experiments().await?;
         let server = api::server(listener, Arc::clone(&core))
             .map_err(|source| StartError::Bind { address, source })?;
         Ok(Application { port, server, core })

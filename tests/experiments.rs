@@ -2,15 +2,18 @@
 //! scripted recording (the replay provider), so that the figures are known: variant `fixed` replays code that
 //! passes its test, `broken` code that fails it (one attempt). The report gives 4/4 against 0/4 with their
 //! Wilson intervals, Fisher's exact p = 2/70 with a difference of 1, and a latency test; bad specifications
-//! get 400 saying what is wrong, and nothing is stored.
+//! get 400 saying what is wrong, and nothing is stored. An experiment whose process died is run on by a live
+//! one.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::helpers::TestApp;
+use troupe::domain::experiment::{Experiment, ExperimentSpec};
+
 use crate::scripts::{
-    failing_first_attempt, passing_first_attempt as scripts_passing, seed_recording,
+    failing_first_attempt, passing_first_attempt as scripts_passing, seed_recording, writer_on,
 };
 use crate::self_correction::app_on_with;
 
@@ -306,4 +309,59 @@ async fn a_director_setting_is_a_variant() {
         .as_str()
         .unwrap()
         .contains("options.director.code_attempts"));
+}
+
+#[actix_rt::test]
+async fn an_experiment_whose_process_died_is_run_on_by_a_live_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, url) = app_on_with(&dir, 1, |settings| {
+        // Orphans are looked for every lease_seconds.
+        settings.durability.heartbeat_seconds = 1;
+        settings.durability.lease_seconds = 2;
+    })
+    .await;
+    let fixed = seed_recording(&url, &scripts_passing()).await;
+    // The process that died had submitted the first of three runs; the other two it never reached.
+    let submitted = app
+        .submit_with(json!({ "prompt": "Write add(a, b)", "options": { "replay_of": fixed } }))
+        .await;
+    let spec: ExperimentSpec = serde_json::from_value(json!({
+        "name": "left by a dead process",
+        "prompts": ["Write add(a, b)"],
+        "repetitions": 1,
+        "variants": [
+            { "name": "a", "options": { "replay_of": fixed } },
+            { "name": "b", "options": { "replay_of": fixed } },
+            { "name": "c", "options": { "replay_of": fixed } }
+        ]
+    }))
+    .unwrap();
+    let mut orphan = Experiment::new(spec);
+    orphan.runs[0].task = Some(submitted.parse().unwrap());
+    // A lease no process holds: its owner is gone.
+    orphan.owner = Some(uuid::Uuid::now_v7().to_string());
+    let id = orphan.id;
+    writer_on(&url)
+        .await
+        .create_experiment(orphan)
+        .await
+        .unwrap();
+
+    let location = format!("/api/v1/experiments/{id}");
+    let report = wait_until_completed(&app, &location, Duration::from_secs(120)).await;
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{report:#}");
+    // The submitted run was waited for, not submitted again; the others were submitted by the live process.
+    assert_eq!(runs[0]["task"], submitted.as_str(), "{report:#}");
+    assert!(runs.iter().all(|run| run["task"].is_string()), "{report:#}");
+    let tasks: std::collections::HashSet<&str> =
+        runs.iter().filter_map(|run| run["task"].as_str()).collect();
+    assert_eq!(tasks.len(), 3, "{report:#}");
+    for variant in report["variants"].as_array().unwrap() {
+        assert_eq!(
+            (variant["ended"].as_u64(), variant["passed"].as_u64()),
+            (Some(1), Some(1)),
+            "{report:#}"
+        );
+    }
 }

@@ -10,18 +10,22 @@ use troupe::storage::writer::Writer;
 use troupe::storage::Storage;
 use troupe::telemetry::metrics::Metrics;
 
+/// A writer of its own on the (migrated) database at `url`, as another process would have.
+pub async fn writer_on(url: &str) -> Writer {
+    let mut settings = crate::helpers::test_settings(&tempfile::tempdir().unwrap());
+    settings.database.url = url.to_owned();
+    let storage = Storage::connect(&settings.database).await.unwrap();
+    storage.migrate().await.unwrap();
+    Writer::spawn(storage, Hub::new(), Metrics::new().unwrap())
+}
+
 /// One scripted model output: the call's purpose, its text, its choice (for decisions).
 pub type Output = (&'static str, String, Option<Value>);
 
 /// Stores a finished source task whose recorded model outputs are `outputs` (purpose, text, choice) in the
 /// SQLite database at `url`; returns its id.
 pub async fn seed_recording(url: &str, outputs: &[(&str, String, Option<Value>)]) -> TaskId {
-    let mut settings = crate::helpers::test_settings(&tempfile::tempdir().unwrap());
-    settings.database.url = url.to_owned();
-    let storage = Storage::connect(&settings.database).await.unwrap();
-    storage.migrate().await.unwrap();
-    let hub = Hub::new();
-    let writer = Writer::spawn(storage, hub, Metrics::new().unwrap());
+    let writer = writer_on(url).await;
     let id = TaskId::new();
     let queued = PendingEvent::now(id, EventKind::TaskQueued, None, json!({ "prompt": "p" }));
     let task = NewTask {

@@ -1,7 +1,8 @@
 //! Experiments (issue 18): a set of prompts run under two or more variants, each several times. One row per
 //! experiment: its specification (JSON), its runs (JSON: variant, prompt, repetition and the task of each,
-//! once submitted), where it stands, and when it was created and finished. The report is computed from the
-//! runs' tasks when read.
+//! once submitted), where it stands, when it was created and finished, and its owner: the lease of the process
+//! running it, so that another process finishes an experiment whose process died. The report is computed
+//! from the runs' tasks when read.
 
 use sea_orm_migration::prelude::*;
 
@@ -40,6 +41,7 @@ impl MigrationTrait for Migration {
                             .timestamp_with_time_zone()
                             .null(),
                     )
+                    .col(ColumnDef::new(Experiments::Owner).string().null())
                     .to_owned(),
             )
             .await
@@ -62,4 +64,5 @@ enum Experiments {
     Status,
     CreatedAt,
     FinishedAt,
+    Owner,
 }

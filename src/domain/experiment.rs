@@ -163,6 +163,10 @@ pub struct Experiment {
     pub created_at: DateTime<Utc>,
     /// When its last run ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The lease of the process running it (`None`: no process yet, or a core without a lease); a process
+    /// whose owner died takes it over and finishes it.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 impl Experiment {
@@ -190,6 +194,7 @@ impl Experiment {
             status: ExperimentStatus::Running,
             created_at: Utc::now(),
             finished_at: None,
+            owner: None,
         }
     }
 }

@@ -17,13 +17,17 @@
 //! decision, each repetition going live from the fork's step (give the source's prompt as the experiment's).
 //!
 //! A variant's `model` picks one of the process's named models (`[llm.models.<name>]`). Not built: other
-//! `[llm]`/`[memory]` settings per variant, and resuming an experiment's runner after its process died (its submitted tasks are resumed
-//! like any other; runs not yet submitted stay so).
+//! `[llm]`/`[memory]` settings per variant.
+//!
+//! An experiment is owned by the lease of the process running it. When that process dies, another one
+//! (`Core::take_over_experiments`, at start-up and every `durability.lease_seconds` while it serves) claims
+//! the experiment with a compare-and-set on its owner and runs it on from its stored runs: the runs already
+//! submitted are waited for (their tasks are taken over like any other), the others are submitted.
 
 pub mod stats;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -131,7 +135,8 @@ impl Core {
                     })?;
             }
         }
-        let experiment = Experiment::new(spec);
+        let mut experiment = Experiment::new(spec);
+        experiment.owner = self.lease_id().map(str::to_owned);
         self.writer.create_experiment(experiment.clone()).await?;
         let core = Arc::clone(self);
         let running = experiment.clone();
@@ -139,7 +144,8 @@ impl Core {
         Ok(experiment)
     }
 
-    /// Runs `experiment` to its end: its runs submitted a few at a time, each recorded with its task.
+    /// Runs `experiment` to its end: its runs submitted a few at a time, each recorded with its task. A run
+    /// that already has a task (or a submission error) is not submitted again: its task is waited for.
     pub async fn run_experiment(self: Arc<Self>, mut experiment: Experiment) -> Experiment {
         let at_once = self.settings.director.max_concurrent_tasks.max(1);
         let mut in_flight: Vec<TaskId> = Vec::new();
@@ -149,6 +155,13 @@ impl Core {
                 self.wait_for_end(first).await;
             }
             let run = &experiment.runs[position];
+            if run.error.is_some() {
+                continue;
+            }
+            if let Some(task) = run.task {
+                in_flight.push(task);
+                continue;
+            }
             let variant = &experiment.spec.variants[run.variant];
             let prompt = variant.prompt_for(&experiment.spec.prompts[run.prompt]);
             let options = variant.options.clone().unwrap_or_default();
@@ -187,6 +200,67 @@ impl Core {
         });
         let _ = self.writer.flush().await;
         experiment
+    }
+
+    /// Claims the running experiments whose process died (see [`Storage::orphaned_experiments`]) and runs
+    /// each on from its stored runs. The ids taken over; none for a core without a lease.
+    ///
+    /// [`Storage::orphaned_experiments`]: crate::storage::Storage::orphaned_experiments
+    pub async fn take_over_experiments(
+        self: &Arc<Self>,
+    ) -> Result<Vec<ExperimentId>, StorageError> {
+        let Some(me) = self.lease_id().map(str::to_owned) else {
+            return Ok(Vec::new());
+        };
+        let lease = Duration::from_secs(self.settings.durability.lease_seconds);
+        let mut taken = Vec::new();
+        for mut experiment in self.storage.orphaned_experiments(&me, lease).await? {
+            if !self
+                .storage
+                .claim_experiment(experiment.id, experiment.owner.as_deref(), &me)
+                .await?
+            {
+                continue;
+            }
+            let submitted = experiment
+                .runs
+                .iter()
+                .filter(|run| run.task.is_some())
+                .count();
+            tracing::info!(
+                experiment = %experiment.id,
+                previous_owner = experiment.owner.as_deref().unwrap_or("none"),
+                runs = experiment.runs.len(),
+                submitted,
+                "an experiment whose process died is run on here"
+            );
+            experiment.owner = Some(me.clone());
+            taken.push(experiment.id);
+            let core = Arc::clone(self);
+            actix_rt::spawn(async move { core.run_experiment(experiment).await });
+        }
+        Ok(taken)
+    }
+
+    /// Takes over experiments whose process died now and then every `durability.lease_seconds`, for as long
+    /// as the core lives (the watch holds it weakly and ends with it).
+    pub async fn watch_experiments(self: &Arc<Self>) -> Result<(), StorageError> {
+        self.take_over_experiments().await?;
+        let every = Duration::from_secs(self.settings.durability.lease_seconds.max(1));
+        let core: Weak<Core> = Arc::downgrade(self);
+        actix_rt::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(core) = core.upgrade() else { return };
+                if let Err(error) = core.take_over_experiments().await {
+                    tracing::warn!(%error, "look for the experiments of processes that died");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Waits until task `id` has ended (its log's terminal event), or its log cannot be read.

@@ -238,6 +238,7 @@ pub mod experiment {
         pub status: String,
         pub created_at: DateTimeUtc,
         pub finished_at: Option<DateTimeUtc>,
+        pub owner: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,11 +1,17 @@
-//! Experiments as rows: the reads (one by id, the latest) and the row an experiment is written as. The writes
-//! go through the writer (`WriteOp::PutExperiment`: the whole row, inserted or replaced).
+//! Experiments as rows: the reads (one by id, the latest, the running ones whose owner died), the claim of an
+//! orphan (compare-and-set on its owner, as for tasks in `leases.rs`) and the row an experiment is written
+//! as. The other writes go through the writer (`WriteOp::PutExperiment`: the whole row, inserted or replaced).
 
-use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entities::experiment;
+use super::leases::is_orphaned;
 use super::{Storage, StorageError};
-use crate::domain::experiment::{Experiment, ExperimentId};
+use crate::domain::experiment::{Experiment, ExperimentId, ExperimentStatus};
 
 impl Storage {
     /// Experiment `id`, if there is one.
@@ -30,6 +36,60 @@ impl Storage {
             .map(from_row)
             .collect()
     }
+
+    /// The running experiments whose owner is gone (no owner, an unknown lease, or a heartbeat older than
+    /// `lease`; see [`is_orphaned`]), oldest first. A row that does not parse is skipped (logged).
+    pub async fn orphaned_experiments(
+        &self,
+        me: &str,
+        lease: Duration,
+    ) -> Result<Vec<Experiment>, StorageError> {
+        let heartbeats = self.lease_heartbeats().await?;
+        let now = Utc::now();
+        let rows = experiment::Entity::find()
+            .filter(experiment::Column::Status.eq(ExperimentStatus::Running.as_str()))
+            .order_by_asc(experiment::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(StorageError::query("find running experiments"))?;
+        let mut orphans = Vec::new();
+        for row in rows {
+            if !is_orphaned(row.owner.as_deref(), me, &heartbeats, now, lease) {
+                continue;
+            }
+            let id = row.id.clone();
+            match from_row(row) {
+                Ok(experiment) => orphans.push(experiment),
+                Err(error) => {
+                    tracing::warn!(experiment = %id, %error, "a running experiment's row does not parse; left alone")
+                }
+            }
+        }
+        Ok(orphans)
+    }
+
+    /// Makes `me` the owner of experiment `id` if it is still running and still owned by `expected`
+    /// (compare-and-set: of two processes claiming one experiment, one wins). Whether this claim won.
+    pub async fn claim_experiment(
+        &self,
+        id: ExperimentId,
+        expected: Option<&str>,
+        me: &str,
+    ) -> Result<bool, StorageError> {
+        let owner = match expected {
+            Some(expected) => experiment::Column::Owner.eq(expected),
+            None => experiment::Column::Owner.is_null(),
+        };
+        let claimed = experiment::Entity::update_many()
+            .col_expr(experiment::Column::Owner, Expr::value(me))
+            .filter(experiment::Column::Id.eq(id.to_string()))
+            .filter(experiment::Column::Status.eq(ExperimentStatus::Running.as_str()))
+            .filter(owner)
+            .exec(&self.db)
+            .await
+            .map_err(StorageError::query("claim experiment"))?;
+        Ok(claimed.rows_affected == 1)
+    }
 }
 
 /// The row `experiment` is stored as.
@@ -42,6 +102,7 @@ pub(super) fn row(experiment: &Experiment) -> experiment::ActiveModel {
         status: Set(experiment.status.as_str().to_owned()),
         created_at: Set(experiment.created_at),
         finished_at: Set(experiment.finished_at),
+        owner: Set(experiment.owner.clone()),
     }
 }
 
@@ -57,5 +118,6 @@ fn from_row(row: experiment::Model) -> Result<Experiment, StorageError> {
         status: row.status.parse().map_err(corrupt)?,
         created_at: row.created_at,
         finished_at: row.finished_at,
+        owner: row.owner,
     })
 }

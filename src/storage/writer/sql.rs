@@ -150,7 +150,9 @@ async fn upsert_steps(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), Stor
     Ok(())
 }
 
-/// Inserts or replaces experiment rows (each id once per batch; experiments are few and written rarely).
+/// Inserts or replaces experiment rows (each id once per batch; experiments are few and written rarely). The
+/// owner is written by the insert and then only by a claim (`Storage::claim_experiment`): a runner's writes
+/// never take an experiment back from the process that took it over.
 async fn upsert_experiments(
     txn: &DatabaseTransaction,
     rows: &[experiment::ActiveModel],
